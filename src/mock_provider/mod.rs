@@ -1,0 +1,1 @@
+//! A faithful mock of the Gemini, OpenAI and Anthropic APIs, for tests and the demo.

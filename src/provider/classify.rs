@@ -1,0 +1,1 @@
+//! classify wire format (to be written).
