@@ -1,8 +1,17 @@
 //! keyrelay: a pool of LLM API keys behind RabbitMQ, one actix actor per key.
 //!
 //! Start at [`app`] (wiring) and [`actors`] (supervisor and key workers); a job's
-//! journey is described in `docs/architecture.md`.
+//! journey is in [`pipeline`] and described in `docs/architecture.md`.
 
+pub mod actors;
+pub mod amqp;
+pub mod app;
+pub mod config;
+pub mod job;
+pub mod keys;
+pub mod metrics;
 pub mod mock_provider;
+pub mod pipeline;
 pub mod provider;
 pub mod secret;
+pub mod store;

@@ -89,16 +89,28 @@ pub enum Outcome {
     Success(Completion),
     /// Per-minute style limit: the key may be used again after `retry_after`
     /// (None: the provider did not say).
-    RateLimited { retry_after: Option<Duration>, message: String },
+    RateLimited {
+        retry_after: Option<Duration>,
+        message: String,
+    },
     /// Per-day quota or spend limit: the key is spent until `until`
     /// (None: until the pool's next daily reset).
-    QuotaExhausted { until: Option<Timestamp>, message: String },
+    QuotaExhausted {
+        until: Option<Timestamp>,
+        message: String,
+    },
     /// 5xx, 529, timeouts, connection errors, malformed success bodies.
-    Transient { message: String },
+    Transient {
+        message: String,
+    },
     /// Invalid, revoked or unauthorised key.
-    Unauthorized { message: String },
+    Unauthorized {
+        message: String,
+    },
     /// The request itself was rejected: the job's fault, not the key's.
-    BadRequest { message: String },
+    BadRequest {
+        message: String,
+    },
 }
 
 impl Outcome {

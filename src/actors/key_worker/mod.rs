@@ -1,0 +1,56 @@
+//! KeyWorker: one per API key. Owns an AMQP channel with `basic_qos(concurrency)`
+//! and a consumer on its pool's queue whose `x-priority` comes from the key's
+//! priority, so the broker itself fills preferred keys first. Each delivery
+//! becomes a job task ([`crate::pipeline`]); the worker only manages consuming.
+
+mod actor;
+mod handlers;
+
+use std::sync::Arc;
+
+use actix::Recipient;
+use lapin::Channel;
+
+use super::messages::WorkerStopped;
+use crate::amqp::Broker;
+use crate::pipeline::{KeyContext, Services};
+
+pub struct KeyWorker {
+    key: Arc<KeyContext>,
+    services: Arc<Services>,
+    broker: Arc<Broker>,
+    supervisor: Recipient<WorkerStopped>,
+    channel: Option<Channel>,
+    /// The live consumer, if consuming: its tag and generation.
+    consumer: Option<(String, u64)>,
+    /// Bumped for every new consumer, so the end of an old (cancelled) consumer's
+    /// stream is not mistaken for the loss of the current one.
+    generation: u64,
+    /// Set by `StopWorker`: stopping is intended, do not ask for a restart.
+    retiring: bool,
+}
+
+impl KeyWorker {
+    pub fn new(
+        key: Arc<KeyContext>,
+        services: Arc<Services>,
+        broker: Arc<Broker>,
+        supervisor: Recipient<WorkerStopped>,
+    ) -> KeyWorker {
+        KeyWorker {
+            key,
+            services,
+            broker,
+            supervisor,
+            channel: None,
+            consumer: None,
+            generation: 0,
+            retiring: false,
+        }
+    }
+
+    /// `x-priority` of the consumer: priority 1 (preferred) ranks above 2.
+    pub fn consumer_priority(priority: u8) -> i32 {
+        -i32::from(priority)
+    }
+}

@@ -1,0 +1,120 @@
+//! Every message the actors exchange.
+
+use actix::Message;
+
+use crate::keys::{KeyId, KeyState};
+use crate::pipeline::InFlight;
+use crate::provider::Outcome;
+
+/// Job task → supervisor: what a provider call on `key` returned (a success's
+/// text is dropped).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct KeyOutcome {
+    pub key: KeyId,
+    pub outcome: Outcome,
+}
+
+/// Why a job leaves the key it was on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RerouteReason {
+    RateLimited,
+    QuotaExhausted,
+    Unauthorized,
+    Transient,
+    /// The key left rotation before the job's call started.
+    KeyUnavailable,
+}
+
+impl RerouteReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RerouteReason::RateLimited => "rate_limited",
+            RerouteReason::QuotaExhausted => "quota_exhausted",
+            RerouteReason::Unauthorized => "unauthorized",
+            RerouteReason::Transient => "transient",
+            RerouteReason::KeyUnavailable => "key_unavailable",
+        }
+    }
+}
+
+/// Job task → supervisor: run this job on another key of its pool, or hand it
+/// back to the broker when none can take it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reroute {
+    pub from: KeyId,
+    pub reason: RerouteReason,
+    pub inflight: InFlight,
+}
+
+/// Worker → supervisor: the worker stopped (channel lost, consumer cancelled by
+/// the broker); restart it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerStopped {
+    pub key: KeyId,
+}
+
+/// Supervisor → worker: stop consuming (cancel the consumer, keep the channel so
+/// in-flight jobs can still be acked).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PauseConsuming;
+
+/// Supervisor → worker: consume again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ResumeConsuming;
+
+/// Supervisor → worker: cancel the consumer and stop for good (shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopWorker;
+
+/// Timer → supervisor: `key`'s cooldown or exhaustion may have ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CooldownOver {
+    pub key: KeyId,
+}
+
+/// Operator → supervisor: put a key back into rotation.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct EnableKey {
+    pub pool: String,
+    pub key: String,
+}
+
+/// Operator → supervisor: take a key out of rotation.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct DisableKey {
+    pub pool: String,
+    pub key: String,
+    pub reason: String,
+}
+
+/// Anyone → supervisor: a snapshot of every key.
+#[derive(Message)]
+#[rtype(result = "Vec<KeySnapshot>")]
+pub struct GetKeys;
+
+/// One key as seen by the supervisor.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeySnapshot {
+    pub pool: String,
+    pub name: String,
+    pub fingerprint: String,
+    pub priority: u8,
+    pub concurrency: u16,
+    pub in_flight: usize,
+    pub state: KeyState,
+}
+
+/// Shutdown → supervisor: stop every worker's consumer; resolves when all have
+/// been told.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopAll;

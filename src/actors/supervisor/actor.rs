@@ -1,0 +1,224 @@
+//! Supervisor construction, start-up and the state transitions every handler uses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::{info, warn};
+
+use super::{KeySlot, PoolSlot, Supervisor};
+use crate::actors::key_worker::KeyWorker;
+use crate::actors::messages::CooldownOver;
+use crate::amqp::{Broker, Publisher};
+use crate::config::{JobsConfig, TemplateConfig};
+use crate::keys::{KeyId, KeyState, ResetPolicy};
+use crate::metrics as m;
+use crate::pipeline::{KeyContext, PoolContext, Services};
+use crate::secret::ApiKey;
+use crate::store::Store;
+
+/// Everything the supervisor is built from.
+pub struct SupervisorSetup {
+    pub broker: Arc<Broker>,
+    pub store: Store,
+    pub publisher: Publisher,
+    pub jobs: JobsConfig,
+    pub templates: std::collections::BTreeMap<String, TemplateConfig>,
+    pub pools: Vec<PoolSetup>,
+}
+
+pub struct PoolSetup {
+    pub ctx: Arc<PoolContext>,
+    pub policy: ResetPolicy,
+    pub keys: Vec<KeySetup>,
+}
+
+pub struct KeySetup {
+    pub name: String,
+    pub secret: ApiKey,
+    pub priority: u8,
+    pub concurrency: u16,
+}
+
+impl Supervisor {
+    /// Start the supervisor; it starts one worker per key.
+    pub fn launch(setup: SupervisorSetup) -> Addr<Supervisor> {
+        Supervisor::create(move |ctx| {
+            let services = Arc::new(Services {
+                store: setup.store,
+                publisher: setup.publisher,
+                jobs: setup.jobs,
+                templates: setup.templates,
+                outcomes: ctx.address().recipient(),
+                reroutes: ctx.address().recipient(),
+            });
+            let mut pools = Vec::new();
+            let mut keys = Vec::new();
+            for (p, pool) in setup.pools.into_iter().enumerate() {
+                let mut ids = Vec::new();
+                for key in pool.keys {
+                    let id = KeyId(keys.len());
+                    let ctx = Arc::new(KeyContext::new(
+                        id,
+                        key.name,
+                        pool.ctx.clone(),
+                        key.secret,
+                        key.priority,
+                        key.concurrency,
+                    ));
+                    keys.push(KeySlot {
+                        ctx,
+                        pool: p,
+                        state: KeyState::Active,
+                        worker: None,
+                        timer: None,
+                        restarts: 0,
+                    });
+                    ids.push(id);
+                }
+                pools.push(PoolSlot {
+                    ctx: pool.ctx,
+                    policy: pool.policy,
+                    keys: ids,
+                    outage_logged: false,
+                });
+            }
+            Supervisor {
+                keys,
+                pools,
+                services,
+                broker: setup.broker,
+                stopping: false,
+            }
+        })
+    }
+
+    /// Restore persisted key states, then start every worker.
+    fn boot(&mut self, ctx: &mut Context<Self>) {
+        let now = jiff::Timestamp::now();
+        for i in 0..self.keys.len() {
+            let id = KeyId(i);
+            let stored = self
+                .services
+                .store
+                .key_state::<KeyState>(&self.keys[i].ctx.store_key);
+            let state = match stored {
+                Ok(Some(state)) => state.as_of(now),
+                Ok(None) => KeyState::Active,
+                Err(e) => {
+                    warn!(key = %self.keys[i].ctx.store_key, error = %e, "stored key state unreadable; starting active");
+                    KeyState::Active
+                }
+            };
+            if !state.is_available() {
+                info!(pool = %self.keys[i].ctx.pool.name, key = %self.keys[i].ctx.name, state = state.label(), "key restored out of rotation");
+            }
+            self.apply(id, state, false, ctx);
+            self.start_worker(id, ctx);
+        }
+        for p in 0..self.pools.len() {
+            self.check_pool(p);
+        }
+    }
+
+    pub(super) fn start_worker(&mut self, id: KeyId, ctx: &mut Context<Self>) {
+        let slot = &mut self.keys[id.0];
+        let worker = KeyWorker::new(
+            slot.ctx.clone(),
+            self.services.clone(),
+            self.broker.clone(),
+            ctx.address().recipient(),
+        );
+        slot.worker = Some(worker.start());
+    }
+
+    /// Move a key to `state`: flag, metrics, timer, worker, and (if `persist`) store.
+    pub(super) fn apply(
+        &mut self,
+        id: KeyId,
+        state: KeyState,
+        persist: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let slot = &mut self.keys[id.0];
+        let was_available = slot.state.is_available();
+        slot.ctx.set_available(state.is_available());
+        if let Some(timer) = slot.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        if let Some(until) = state.until() {
+            let wait = until.duration_since(jiff::Timestamp::now()).unsigned_abs();
+            slot.timer = Some(
+                ctx.notify_later(CooldownOver { key: id }, wait.max(Duration::from_millis(1))),
+            );
+        }
+        if let Some(worker) = &slot.worker {
+            match (was_available, state.is_available()) {
+                (true, false) => worker.do_send(crate::actors::messages::PauseConsuming),
+                (false, true) => worker.do_send(crate::actors::messages::ResumeConsuming),
+                _ => {}
+            }
+        }
+        for label in KeyState::LABELS {
+            let value = if label == state.label() { 1.0 } else { 0.0 };
+            metrics::gauge!(m::KEY_STATE, "pool" => slot.ctx.pool.name.clone(), "key" => slot.ctx.name.clone(), "state" => label)
+                .set(value);
+        }
+        if persist {
+            let store = self.services.store.clone();
+            let key = slot.ctx.store_key.clone();
+            let saved = state.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.save_key_state(&key, &saved).await {
+                    warn!(key = %key, error = %e, "cannot persist key state");
+                }
+            });
+        }
+        slot.state = state;
+        let pool = slot.pool;
+        self.check_pool(pool);
+    }
+
+    /// Update the pool's available-keys gauge; warn once when none is left.
+    fn check_pool(&mut self, p: usize) {
+        let pool = &self.pools[p];
+        let available = pool
+            .keys
+            .iter()
+            .filter(|k| self.keys[k.0].state.is_available())
+            .count();
+        metrics::gauge!(m::KEYS_AVAILABLE, "pool" => pool.ctx.name.clone()).set(available as f64);
+        let next = pool
+            .keys
+            .iter()
+            .filter_map(|k| self.keys[k.0].state.until())
+            .min();
+        let pool = &mut self.pools[p];
+        match (available, pool.outage_logged) {
+            (0, false) => {
+                pool.outage_logged = true;
+                match next {
+                    Some(t) => {
+                        warn!(pool = %pool.ctx.name, next_key_at = %t, "every key of the pool is unavailable; jobs wait in the queue")
+                    }
+                    None => {
+                        warn!(pool = %pool.ctx.name, "every key of the pool is disabled; jobs wait in the queue until an operator enables one")
+                    }
+                }
+            }
+            (n, true) if n > 0 => {
+                pool.outage_logged = false;
+                info!(pool = %pool.ctx.name, available = n, "pool has usable keys again");
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.boot(ctx);
+    }
+}

@@ -1,0 +1,48 @@
+//! Supervisor: the one actor that knows every key's state. It starts the key
+//! workers (and restarts those that stop), moves keys in and out of rotation on
+//! the outcomes job tasks report, reroutes jobs off keys that cannot run them,
+//! and persists key states so a restart honours cooldowns and exhaustion.
+
+mod actor;
+mod handlers;
+
+use std::sync::Arc;
+
+use actix::{Addr, SpawnHandle};
+
+use super::key_worker::KeyWorker;
+use crate::amqp::Broker;
+use crate::keys::{KeyId, KeyState, ResetPolicy};
+use crate::pipeline::{KeyContext, PoolContext, Services};
+
+pub use actor::{KeySetup, PoolSetup, SupervisorSetup};
+
+pub struct Supervisor {
+    keys: Vec<KeySlot>,
+    pools: Vec<PoolSlot>,
+    services: Arc<Services>,
+    broker: Arc<Broker>,
+    /// Set by `StopAll`: workers that stop are not restarted.
+    stopping: bool,
+}
+
+/// The supervisor's view of one key.
+struct KeySlot {
+    ctx: Arc<KeyContext>,
+    pool: usize,
+    state: KeyState,
+    worker: Option<Addr<KeyWorker>>,
+    /// Fires when the key's cooldown or exhaustion ends.
+    timer: Option<SpawnHandle>,
+    /// Consecutive restarts, for the restart backoff; cleared by a success.
+    restarts: u32,
+}
+
+struct PoolSlot {
+    ctx: Arc<PoolContext>,
+    policy: ResetPolicy,
+    keys: Vec<KeyId>,
+    /// Whether "every key is unavailable" has been logged since the last time
+    /// a key was available (one warning per outage, not one per job).
+    outage_logged: bool,
+}

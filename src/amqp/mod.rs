@@ -1,0 +1,34 @@
+//! The AMQP edge: connection, topology, publishing with confirms, and the
+//! mapping between AMQP properties and the job contract.
+
+mod broker;
+mod properties;
+mod publisher;
+pub mod topology;
+
+use thiserror::Error;
+
+pub use broker::Broker;
+pub use properties::{dead_letter_properties, job_properties, reply_properties};
+pub use publisher::{PublishOutcome, Publisher};
+
+/// What can go wrong talking to RabbitMQ.
+#[derive(Debug, Error)]
+pub enum AmqpError {
+    #[error("cannot connect to the broker: {0}")]
+    Connect(#[source] lapin::Error),
+    #[error("broker operation `{op}` failed: {source}")]
+    Op {
+        op: &'static str,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("the broker refused (nacked) a publish to `{0}`")]
+    Nacked(String),
+}
+
+impl AmqpError {
+    pub(crate) fn op(op: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
+        move |source| AmqpError::Op { op, source }
+    }
+}

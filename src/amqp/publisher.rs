@@ -1,0 +1,82 @@
+//! Publishing with publisher confirms: a message counts as sent only when the
+//! broker acks it; a nack is an error and an unroutable `mandatory` message is
+//! reported, not mistaken for success.
+
+use std::sync::Arc;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel};
+use tokio::sync::Mutex;
+
+use super::{AmqpError, Broker};
+
+/// How a confirmed publish ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Routed to at least one queue and confirmed.
+    Delivered,
+    /// `mandatory` and no queue matched: the broker returned it.
+    Unroutable,
+}
+
+/// A confirm-mode channel shared by every task; replaced when it breaks.
+pub struct Publisher {
+    broker: Arc<Broker>,
+    channel: Mutex<Channel>,
+}
+
+impl Publisher {
+    pub async fn new(broker: Arc<Broker>) -> Result<Publisher, AmqpError> {
+        let channel = confirm_channel(&broker).await?;
+        Ok(Publisher {
+            broker,
+            channel: Mutex::new(channel),
+        })
+    }
+
+    /// Publish through the default exchange to queue `queue` and wait for the confirm.
+    pub async fn publish(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<PublishOutcome, AmqpError> {
+        let channel = self.live_channel().await?;
+        let options = BasicPublishOptions {
+            mandatory,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = channel
+            .basic_publish("".into(), queue.into(), options, body, properties)
+            .await
+            .map_err(AmqpError::op("basic.publish"))?
+            .await
+            .map_err(AmqpError::op("publisher confirm"))?;
+        if confirm.is_nack() {
+            return Err(AmqpError::Nacked(queue.to_owned()));
+        }
+        Ok(match confirm.take_message() {
+            Some(_) => PublishOutcome::Unroutable,
+            None => PublishOutcome::Delivered,
+        })
+    }
+
+    /// The current channel, or a fresh one when it has closed.
+    async fn live_channel(&self) -> Result<Channel, AmqpError> {
+        let mut guard = self.channel.lock().await;
+        if !guard.status().connected() {
+            *guard = confirm_channel(&self.broker).await?;
+        }
+        Ok(guard.clone())
+    }
+}
+
+async fn confirm_channel(broker: &Broker) -> Result<Channel, AmqpError> {
+    let channel = broker.channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(AmqpError::op("confirm.select"))?;
+    Ok(channel)
+}

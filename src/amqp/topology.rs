@@ -1,0 +1,64 @@
+//! Declares keyrelay's queues: one job queue per pool, the default results
+//! queue, and the dead-letter queue. Declarations are idempotent.
+
+use lapin::Channel;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::{AMQPValue, FieldTable};
+
+use super::AmqpError;
+use crate::config::{Config, QueueType};
+
+/// Declare every queue the config needs.
+pub async fn declare(channel: &Channel, config: &Config) -> Result<(), AmqpError> {
+    declare_plain(channel, &config.jobs.dead_letter_queue).await?;
+    declare_plain(channel, &config.jobs.results_queue).await?;
+    for pool in &config.pools {
+        declare_job_queue(channel, config, &config.job_queue(&pool.name)).await?;
+    }
+    Ok(())
+}
+
+/// A pool's job queue. Messages the broker gives up on (delivery limit reached on
+/// a quorum queue) go to the dead-letter queue through the default exchange.
+pub async fn declare_job_queue(
+    channel: &Channel,
+    config: &Config,
+    queue: &str,
+) -> Result<(), AmqpError> {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(config.jobs.dead_letter_queue.as_str().into()),
+    );
+    if config.broker.queue_type == QueueType::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(config.broker.delivery_limit as i32),
+        );
+    }
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), args)
+        .await
+        .map_err(AmqpError::op("queue.declare"))?;
+    Ok(())
+}
+
+async fn declare_plain(channel: &Channel, queue: &str) -> Result<(), AmqpError> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(AmqpError::op("queue.declare"))?;
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! Wiring: opens the store, connects to the broker, declares the topology,
+//! starts the supervisor (which starts the key workers) and the HTTP endpoint.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use actix_web::{App as WebApp, HttpResponse, HttpServer, web};
+use metrics_exporter_prometheus::PrometheusHandle;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::actors::messages::{GetKeys, StopAll};
+use crate::actors::supervisor::{KeySetup, PoolSetup};
+use crate::actors::supervisor::{Supervisor, SupervisorSetup};
+use crate::amqp::{AmqpError, Broker, Publisher, topology};
+use crate::config::Config;
+use crate::keys::ResetPolicy;
+use crate::pipeline::PoolContext;
+use crate::provider::ProviderClient;
+use crate::provider::client::ProviderError;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    #[error("pool `{pool}`: {source}")]
+    Provider { pool: String, source: ProviderError },
+    #[error("metrics recorder: {0}")]
+    Metrics(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running keyrelay.
+pub struct App {
+    supervisor: Addr<Supervisor>,
+    broker: Arc<Broker>,
+    store: Store,
+    http: actix_web::dev::ServerHandle,
+    http_addr: SocketAddr,
+}
+
+/// The process-wide Prometheus recorder (installed once, shared by every App).
+pub fn metrics_handle() -> Result<PrometheusHandle, AppError> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = crate::metrics::install().map_err(|e| AppError::Metrics(e.to_string()))?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+impl App {
+    /// Start keyrelay. Must run inside an actix System.
+    pub async fn start(config: Config) -> Result<App, AppError> {
+        let prometheus = metrics_handle()?;
+        let store = Store::open(&config.store.path)?;
+        let broker = Arc::new(Broker::connect(&config.broker.url).await?);
+        let channel = broker.channel().await?;
+        topology::declare(&channel, &config).await?;
+        let _ = channel.close(200, "topology declared".into()).await;
+        let publisher = Publisher::new(broker.clone()).await?;
+        let setup = SupervisorSetup {
+            broker: broker.clone(),
+            store: store.clone(),
+            publisher,
+            pools: pool_setups(&config)?,
+            jobs: config.jobs.clone(),
+            templates: config.templates.clone(),
+        };
+        let supervisor = Supervisor::launch(setup);
+        let (http, http_addr) = serve_http(config.metrics.listen, prometheus, broker.clone())?;
+        info!(pools = config.pools.len(), http = %http_addr, "keyrelay running");
+        Ok(App {
+            supervisor,
+            broker,
+            store,
+            http,
+            http_addr,
+        })
+    }
+
+    pub fn supervisor(&self) -> &Addr<Supervisor> {
+        &self.supervisor
+    }
+
+    /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Stop consuming, let in-flight jobs finish within `deadline`, flush the
+    /// store, close the connection. Unfinished jobs are redelivered by the broker
+    /// when the connection closes.
+    pub async fn shutdown(self, deadline: Duration) {
+        let _ = self.supervisor.send(StopAll).await;
+        let started = Instant::now();
+        loop {
+            let in_flight: usize = match self.supervisor.send(GetKeys).await {
+                Ok(keys) => keys.iter().map(|k| k.in_flight).sum(),
+                Err(_) => 0,
+            };
+            if in_flight == 0 {
+                break;
+            }
+            if started.elapsed() >= deadline {
+                warn!(
+                    in_flight,
+                    "shutdown deadline reached; unfinished jobs return to the queue"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Err(e) = self.store.flush().await {
+            warn!(error = %e, "final store flush failed");
+        }
+        self.broker.close().await;
+        self.http.stop(true).await;
+        info!("keyrelay stopped");
+    }
+}
+
+fn pool_setups(config: &Config) -> Result<Vec<PoolSetup>, AppError> {
+    config
+        .pools
+        .iter()
+        .map(|pool| {
+            let client = ProviderClient::new(pool.provider, &pool.base_url, config.jobs.timeouts())
+                .map_err(|source| AppError::Provider {
+                    pool: pool.name.clone(),
+                    source,
+                })?;
+            let timezone =
+                jiff::tz::TimeZone::get(pool.reset_timezone()).unwrap_or(jiff::tz::TimeZone::UTC);
+            Ok(PoolSetup {
+                ctx: Arc::new(PoolContext {
+                    name: pool.name.clone(),
+                    queue: config.job_queue(&pool.name),
+                    client,
+                    default_model: pool.default_model.clone(),
+                    models: pool.models.clone(),
+                }),
+                policy: ResetPolicy {
+                    timezone,
+                    default_cooldown: Duration::from_secs(pool.default_cooldown_secs),
+                },
+                keys: pool
+                    .keys
+                    .iter()
+                    .map(|k| KeySetup {
+                        name: k.name.clone(),
+                        secret: k.secret.clone(),
+                        priority: k.priority,
+                        concurrency: k.concurrency,
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+fn serve_http(
+    listen: SocketAddr,
+    prometheus: PrometheusHandle,
+    broker: Arc<Broker>,
+) -> Result<(actix_web::dev::ServerHandle, SocketAddr), AppError> {
+    let server = HttpServer::new(move || {
+        let prometheus = prometheus.clone();
+        let broker = broker.clone();
+        WebApp::new()
+            .route("/healthz", web::get().to(|| async { HttpResponse::Ok().json(serde_json::json!({"status": "ok"})) }))
+            .route(
+                "/readyz",
+                web::get().to(move || {
+                    let broker = broker.clone();
+                    async move {
+                        if broker.is_connected().await {
+                            HttpResponse::Ok().json(serde_json::json!({"ready": true}))
+                        } else {
+                            HttpResponse::ServiceUnavailable().json(serde_json::json!({"ready": false, "reason": "broker disconnected"}))
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/metrics",
+                web::get().to(move || {
+                    let body = prometheus.render();
+                    async move { HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body) }
+                }),
+            )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(listen)
+    .map_err(|source| AppError::Listen { addr: listen, source })?;
+    let addr = server.addrs().first().copied().unwrap_or(listen);
+    let server = server.run();
+    let handle = server.handle();
+    actix::spawn(async move {
+        if let Err(e) = server.await {
+            warn!(error = %e, "HTTP endpoint stopped");
+        }
+    });
+    Ok((handle, addr))
+}

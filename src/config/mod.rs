@@ -1,0 +1,294 @@
+//! keyrelay's configuration: the TOML schema, defaults, and loading.
+//!
+//! Layers: built-in defaults < TOML file < environment (`KEYRELAY__SECTION__FIELD`,
+//! see [`env_overlay`]). Loading validates everything and resolves key secrets, so a
+//! config that loads is a config that runs.
+
+mod env_overlay;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::provider::ProviderKind;
+use crate::secret::ApiKey;
+
+pub use validate::ConfigError;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub broker: BrokerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub jobs: JobsConfig,
+    /// Named prompt templates, used by jobs with `template` + `input`.
+    #[serde(default)]
+    pub templates: BTreeMap<String, TemplateConfig>,
+    pub pools: Vec<PoolConfig>,
+}
+
+/// `[broker]`: the RabbitMQ connection and queue layout.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// AMQP URI (`amqp://` or `amqps://`). Env: `KEYRELAY__BROKER__URL`.
+    pub url: String,
+    /// Prefix of every queue keyrelay declares. Env: `KEYRELAY__BROKER__QUEUE_PREFIX`.
+    #[serde(default = "defaults::queue_prefix")]
+    pub queue_prefix: String,
+    /// Job queue type: `quorum` (delivery limit for poison jobs) or `classic`.
+    #[serde(default)]
+    pub queue_type: QueueType,
+    /// Deliveries of one job before the broker dead-letters it (quorum queues only).
+    #[serde(default = "defaults::delivery_limit")]
+    pub delivery_limit: u32,
+}
+
+/// RabbitMQ queue type for the job queues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    #[default]
+    Quorum,
+    Classic,
+}
+
+/// `[store]`: where results and key state live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// sled database directory. Env: `KEYRELAY__STORE__PATH`.
+    #[serde(default = "defaults::store_path")]
+    pub path: PathBuf,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP listener serving `GET /metrics`. Env: `KEYRELAY__METRICS__LISTEN`.
+    #[serde(default = "defaults::metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+/// `[jobs]`: limits and retry policy that apply to every pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Largest accepted job body in bytes; larger ones fail with `invalid_job`.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Provider calls one job may make on transient failures before it fails.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// Reply queue for jobs that carry no `reply_to`.
+    #[serde(default = "defaults::results_queue")]
+    pub results_queue: String,
+    /// Queue receiving dead letters (with an `x-keyrelay-reason` header).
+    #[serde(default = "defaults::dead_letter_queue")]
+    pub dead_letter_queue: String,
+    /// Connect timeout for provider calls, in seconds.
+    #[serde(default = "defaults::connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// Total timeout for one provider call, in seconds.
+    #[serde(default = "defaults::request_timeout_secs")]
+    pub request_timeout_secs: u64,
+}
+
+/// `[templates.NAME]`: a named prompt; `{{input}}` is replaced by the job's input JSON,
+/// `{{input.FIELD}}` by one top-level field of it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateConfig {
+    /// Optional system prompt.
+    pub system: Option<String>,
+    /// The user prompt text with placeholders.
+    pub text: String,
+    /// Default `response_format` of jobs using this template (`text` or `json`).
+    #[serde(default)]
+    pub response_format: Option<crate::job::ResponseFormat>,
+}
+
+/// `[[pools]]`: one provider account and its keys, fed by one queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Pool name; jobs are consumed from `<queue_prefix>.jobs.<name>`.
+    pub name: String,
+    pub provider: ProviderKind,
+    /// API base URL (mock provider, vLLM, Ollama ... for `openai`).
+    pub base_url: String,
+    /// Model used by jobs that name none.
+    pub default_model: String,
+    /// When set, jobs naming another model fail with `invalid_job`.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// Cooldown after a rate limit whose answer gave no retry delay, in seconds.
+    #[serde(default = "defaults::cooldown_secs")]
+    pub default_cooldown_secs: u64,
+    /// IANA time zone of the provider's daily quota reset (Gemini: America/Los_Angeles).
+    #[serde(default)]
+    pub daily_reset_timezone: Option<String>,
+    pub keys: Vec<KeyConfig>,
+}
+
+/// `[[pools.keys]]`: one API key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// What logs, metrics, replies and the store call this key.
+    pub name: String,
+    /// Environment variable holding the key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// File holding the key (trailing whitespace ignored).
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// Lower is preferred: the broker serves the lowest-priority-number keys first.
+    #[serde(default = "defaults::priority")]
+    pub priority: u8,
+    /// Jobs in flight on this key at once (the channel's prefetch).
+    #[serde(default = "defaults::concurrency")]
+    pub concurrency: u16,
+    /// The resolved secret (filled by validation, never deserialized).
+    #[serde(skip, default = "defaults::empty_key")]
+    pub secret: ApiKey,
+}
+
+impl Config {
+    /// Read, overlay the environment, validate and resolve secrets.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text, std::env::vars())
+    }
+
+    /// Parse `text`, apply `env` overrides, validate. Split out for tests.
+    pub fn from_toml_str(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        env_overlay::apply(&mut value, env)?;
+        let mut config: Config =
+            serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Field {
+                field: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        validate::validate(&mut config)?;
+        Ok(config)
+    }
+
+    /// Name of the queue a pool consumes from.
+    pub fn job_queue(&self, pool: &str) -> String {
+        format!("{}.jobs.{}", self.broker.queue_prefix, pool)
+    }
+}
+
+impl JobsConfig {
+    pub fn timeouts(&self) -> crate::provider::client::HttpTimeouts {
+        crate::provider::client::HttpTimeouts {
+            connect: Duration::from_secs(self.connect_timeout_secs),
+            total: Duration::from_secs(self.request_timeout_secs),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// The time zone of the daily reset: configured, else the provider's own.
+    pub fn reset_timezone(&self) -> &str {
+        match (&self.daily_reset_timezone, self.provider) {
+            (Some(tz), _) => tz,
+            (None, ProviderKind::Gemini) => "America/Los_Angeles",
+            (None, _) => "UTC",
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: defaults::store_path(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: defaults::metrics_listen(),
+        }
+    }
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            max_body_bytes: defaults::max_body_bytes(),
+            max_attempts: defaults::max_attempts(),
+            results_queue: defaults::results_queue(),
+            dead_letter_queue: defaults::dead_letter_queue(),
+            connect_timeout_secs: defaults::connect_timeout_secs(),
+            request_timeout_secs: defaults::request_timeout_secs(),
+        }
+    }
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn queue_prefix() -> String {
+        "keyrelay".into()
+    }
+    pub fn delivery_limit() -> u32 {
+        20
+    }
+    pub fn store_path() -> PathBuf {
+        PathBuf::from("data/keyrelay.sled")
+    }
+    pub fn metrics_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9464))
+    }
+    pub fn max_body_bytes() -> usize {
+        1024 * 1024
+    }
+    pub fn max_attempts() -> u32 {
+        3
+    }
+    pub fn results_queue() -> String {
+        "keyrelay.results".into()
+    }
+    pub fn dead_letter_queue() -> String {
+        "keyrelay.dead".into()
+    }
+    pub fn connect_timeout_secs() -> u64 {
+        10
+    }
+    pub fn request_timeout_secs() -> u64 {
+        120
+    }
+    pub fn cooldown_secs() -> u64 {
+        60
+    }
+    pub fn priority() -> u8 {
+        1
+    }
+    pub fn concurrency() -> u16 {
+        4
+    }
+    pub fn empty_key() -> ApiKey {
+        ApiKey::new("")
+    }
+}

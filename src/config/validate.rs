@@ -1,0 +1,144 @@
+//! Checks a parsed config and resolves key secrets; every error names its field.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use super::{Config, KeyConfig};
+use crate::secret::ApiKey;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config is not valid TOML: {0}")]
+    Syntax(String),
+    #[error("config field `{field}`: {message}")]
+    Field { field: String, message: String },
+    #[error("environment variable {variable}: {message}")]
+    Env { variable: String, message: String },
+}
+
+fn field(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
+    check_url(&config.broker.url)?;
+    check_name("broker.queue_prefix", &config.broker.queue_prefix)?;
+    if config.pools.is_empty() {
+        return Err(field("pools", "at least one [[pools]] entry is required"));
+    }
+    if config.jobs.max_attempts == 0 {
+        return Err(field("jobs.max_attempts", "must be at least 1"));
+    }
+    let mut pool_names = HashSet::new();
+    for (p, pool) in config.pools.iter_mut().enumerate() {
+        let at = format!("pools[{p}]");
+        check_name(&format!("{at}.name"), &pool.name)?;
+        if !pool_names.insert(pool.name.clone()) {
+            return Err(field(
+                format!("{at}.name"),
+                format!("duplicate pool name `{}`", pool.name),
+            ));
+        }
+        reqwest::Url::parse(&pool.base_url)
+            .map_err(|e| field(format!("{at}.base_url"), format!("not a URL: {e}")))?;
+        jiff::tz::TimeZone::get(pool.reset_timezone())
+            .map_err(|e| field(format!("{at}.daily_reset_timezone"), e.to_string()))?;
+        if pool.keys.is_empty() {
+            return Err(field(format!("{at}.keys"), "a pool needs at least one key"));
+        }
+        let mut key_names = HashSet::new();
+        for (k, key) in pool.keys.iter_mut().enumerate() {
+            let at = format!("{at}.keys[{k}]");
+            check_name(&format!("{at}.name"), &key.name)?;
+            if !key_names.insert(key.name.clone()) {
+                return Err(field(
+                    format!("{at}.name"),
+                    format!("duplicate key name `{}` in pool `{}`", key.name, pool.name),
+                ));
+            }
+            if key.concurrency == 0 {
+                return Err(field(format!("{at}.concurrency"), "must be at least 1"));
+            }
+            key.secret = resolve_secret(&at, key)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_url(url: &str) -> Result<(), ConfigError> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| field("broker.url", format!("not a URL: {e}")))?;
+    match parsed.scheme() {
+        "amqp" | "amqps" => Ok(()),
+        other => Err(field(
+            "broker.url",
+            format!("scheme must be amqp or amqps, not `{other}`"),
+        )),
+    }
+}
+
+/// Names end up in queue names, metric labels and URLs: keep them plain.
+fn check_name(at: &str, name: &str) -> Result<(), ConfigError> {
+    let plain = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if name.is_empty() || name.len() > 64 || !plain {
+        return Err(field(
+            at,
+            format!("`{name}` must be 1-64 characters of letters, digits, `-`, `_` or `.`"),
+        ));
+    }
+    Ok(())
+}
+
+fn resolve_secret(at: &str, key: &KeyConfig) -> Result<ApiKey, ConfigError> {
+    let value = match (&key.api_key_env, &key.api_key_file) {
+        (Some(var), None) => std::env::var(var).map_err(|_| {
+            field(
+                format!("{at}.api_key_env"),
+                format!("environment variable {var} is not set"),
+            )
+        })?,
+        (None, Some(path)) => read_key_file(&format!("{at}.api_key_file"), path)?,
+        _ => {
+            return Err(field(
+                at,
+                "set exactly one of api_key_env or api_key_file (never the key itself)",
+            ));
+        }
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(field(at, "the API key is empty"));
+    }
+    Ok(ApiKey::new(value))
+}
+
+fn read_key_file(at: &str, path: &PathBuf) -> Result<String, ConfigError> {
+    warn_if_world_readable(at, path);
+    std::fs::read_to_string(path).map_err(|e| field(at, format!("{}: {e}", path.display())))
+}
+
+#[cfg(unix)]
+fn warn_if_world_readable(at: &str, path: &PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o004 != 0
+    {
+        tracing::warn!(field = at, path = %path.display(), "API key file is readable by other users");
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_world_readable(_at: &str, _path: &PathBuf) {}

@@ -1,0 +1,249 @@
+//! Turns an AMQP delivery (body + properties) into a validated [`Job`], or says
+//! exactly what is wrong with it. Pure: no I/O, table-tested below.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Job, ReplyAddress, ResponseFormat, template};
+use crate::config::TemplateConfig;
+use crate::provider::{ChatMessage, ProviderRequest, Role};
+
+/// The AMQP properties a job's decoding looks at.
+#[derive(Debug, Clone, Default)]
+pub struct JobProperties {
+    pub message_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub reply_to: Option<String>,
+    pub content_type: Option<String>,
+}
+
+/// What decoding needs to know about the pool the job arrived on.
+#[derive(Debug, Clone)]
+pub struct DecodeContext<'a> {
+    pub pool: &'a str,
+    pub default_model: &'a str,
+    pub models: Option<&'a [String]>,
+    pub templates: &'a BTreeMap<String, TemplateConfig>,
+    pub max_body_bytes: usize,
+    pub results_queue: &'a str,
+}
+
+/// A job that breaks the contract, with what is known of where to reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidJob {
+    pub id: String,
+    pub reply: ReplyAddress,
+    pub reason: String,
+}
+
+/// The job body as producers write it (contract v1).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobBody {
+    id: Option<String>,
+    model: Option<String>,
+    prompt: Option<String>,
+    messages: Option<Vec<ChatMessage>>,
+    template: Option<String>,
+    input: Option<Value>,
+    response_format: Option<ResponseFormat>,
+    max_output_tokens: Option<u32>,
+    temperature: Option<f32>,
+    user: Option<String>,
+    metadata: Option<Value>,
+}
+
+/// Decode and validate one delivery. `generated_id` is used when neither the body
+/// nor the AMQP `message_id` carries an id.
+pub fn decode(
+    body: &[u8],
+    props: &JobProperties,
+    ctx: &DecodeContext<'_>,
+    generated_id: impl Fn() -> String,
+) -> Result<Job, InvalidJob> {
+    let fallback_id = props.message_id.clone().filter(|id| valid_id(id).is_ok());
+    // Until the body is parsed we only know the AMQP-level id and reply address.
+    let early = |reason: String, id: Option<String>| {
+        let id = id.unwrap_or_else(|| fallback_id.clone().unwrap_or_else(|| generated_id()));
+        InvalidJob {
+            reply: reply_address(props, ctx, &id),
+            id,
+            reason,
+        }
+    };
+    if body.len() > ctx.max_body_bytes {
+        let reason = format!(
+            "body is {} bytes, over the limit of {}",
+            body.len(),
+            ctx.max_body_bytes
+        );
+        return Err(early(reason, None));
+    }
+    if let Err(reason) = check_content_type(props.content_type.as_deref()) {
+        return Err(early(reason, None));
+    }
+    let parsed: JobBody = match serde_json::from_slice(body) {
+        Ok(parsed) => parsed,
+        Err(e) => return Err(early(format!("body is not a valid job: {e}"), None)),
+    };
+    let id = match parsed.id.clone() {
+        Some(id) => match valid_id(&id) {
+            Ok(()) => id,
+            Err(reason) => return Err(early(reason, None)),
+        },
+        None => fallback_id.clone().unwrap_or_else(&generated_id),
+    };
+    let reply = reply_address(props, ctx, &id);
+    build(parsed, id.clone(), reply.clone(), ctx).map_err(|reason| InvalidJob { id, reply, reason })
+}
+
+fn build(
+    body: JobBody,
+    id: String,
+    reply: ReplyAddress,
+    ctx: &DecodeContext<'_>,
+) -> Result<Job, String> {
+    let (messages, template_format) = messages_of(&body, ctx)?;
+    let model = body.model.unwrap_or_else(|| ctx.default_model.to_owned());
+    check_model(&model, ctx)?;
+    if let Some(t) = body.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return Err(format!("temperature {t} is outside 0.0..=2.0"));
+    }
+    if body.max_output_tokens == Some(0) {
+        return Err("max_output_tokens must be at least 1".into());
+    }
+    let response_format = body.response_format.or(template_format).unwrap_or_default();
+    Ok(Job {
+        id,
+        pool: ctx.pool.to_owned(),
+        request: ProviderRequest {
+            model,
+            messages,
+            json_output: response_format == ResponseFormat::Json,
+            max_output_tokens: body.max_output_tokens,
+            temperature: body.temperature,
+            user: body.user.clone(),
+        },
+        response_format,
+        user: body.user,
+        metadata: body.metadata.unwrap_or(Value::Object(Default::default())),
+        reply,
+    })
+}
+
+/// Exactly one of `prompt`, `messages`, `template`+`input`.
+fn messages_of(
+    body: &JobBody,
+    ctx: &DecodeContext<'_>,
+) -> Result<(Vec<ChatMessage>, Option<ResponseFormat>), String> {
+    let given = [
+        body.prompt.is_some(),
+        body.messages.is_some(),
+        body.template.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err("exactly one of `prompt`, `messages` or `template` is required".into());
+    }
+    if body.input.is_some() && body.template.is_none() {
+        return Err("`input` is only allowed with `template`".into());
+    }
+    if let Some(prompt) = &body.prompt {
+        if prompt.trim().is_empty() {
+            return Err("`prompt` is empty".into());
+        }
+        return Ok((vec![user_message(prompt.clone())], None));
+    }
+    if let Some(messages) = &body.messages {
+        if !messages.iter().any(|m| m.role != Role::System) {
+            return Err("`messages` needs at least one user or assistant message".into());
+        }
+        return Ok((messages.clone(), None));
+    }
+    let name = body.template.as_deref().unwrap_or_default();
+    let template = ctx
+        .templates
+        .get(name)
+        .ok_or_else(|| format!("unknown template `{name}`"))?;
+    let input = body
+        .input
+        .as_ref()
+        .ok_or_else(|| format!("template `{name}` needs `input`"))?;
+    let text =
+        template::render(&template.text, input).map_err(|e| format!("template `{name}`: {e}"))?;
+    let mut messages = Vec::with_capacity(2);
+    if let Some(system) = &template.system {
+        messages.push(ChatMessage {
+            role: Role::System,
+            content: system.clone(),
+        });
+    }
+    messages.push(user_message(text));
+    Ok((messages, template.response_format))
+}
+
+fn user_message(content: String) -> ChatMessage {
+    ChatMessage {
+        role: Role::User,
+        content,
+    }
+}
+
+fn check_model(model: &str, ctx: &DecodeContext<'_>) -> Result<(), String> {
+    match ctx.models {
+        Some(models) if !models.iter().any(|m| m == model) => Err(format!(
+            "unknown model `{model}` for pool `{}` (known: {})",
+            ctx.pool,
+            models.join(", ")
+        )),
+        _ if model.is_empty() => Err("`model` is empty".into()),
+        _ => Ok(()),
+    }
+}
+
+fn check_content_type(content_type: Option<&str>) -> Result<(), String> {
+    let Some(ct) = content_type else {
+        return Ok(());
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "" | "application/json" | "text/json" => Ok(()),
+        other => Err(format!(
+            "content_type `{other}` is not supported (use application/json)"
+        )),
+    }
+}
+
+/// Ids become sled keys, log fields and reply fields: bounded and printable.
+fn valid_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+        return Err("`id` must be 1-256 printable characters".into());
+    }
+    Ok(())
+}
+
+fn reply_address(props: &JobProperties, ctx: &DecodeContext<'_>, id: &str) -> ReplyAddress {
+    ReplyAddress {
+        queue: props
+            .reply_to
+            .clone()
+            .filter(|q| !q.is_empty())
+            .unwrap_or_else(|| ctx.results_queue.to_owned()),
+        correlation_id: props
+            .correlation_id
+            .clone()
+            .unwrap_or_else(|| id.to_owned()),
+    }
+}
+
+#[cfg(test)]
+#[path = "decode_tests.rs"]
+mod tests;

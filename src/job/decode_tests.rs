@@ -1,0 +1,172 @@
+use super::*;
+use serde_json::json;
+
+fn templates() -> BTreeMap<String, TemplateConfig> {
+    let mut t = BTreeMap::new();
+    t.insert(
+        "fitness".to_string(),
+        TemplateConfig {
+            system: Some("You are a coach.".into()),
+            text: "Analyse {{input}} and answer as JSON".into(),
+            response_format: Some(ResponseFormat::Json),
+        },
+    );
+    t
+}
+
+fn run(body: &[u8], props: JobProperties) -> Result<Job, InvalidJob> {
+    let templates = templates();
+    let models = vec!["m1".to_string(), "m2".to_string()];
+    let ctx = DecodeContext {
+        pool: "p",
+        default_model: "m1",
+        models: Some(&models),
+        templates: &templates,
+        max_body_bytes: 1024,
+        results_queue: "results",
+    };
+    decode(body, &props, &ctx, || "generated".into())
+}
+
+fn reason(body: &[u8]) -> String {
+    run(body, JobProperties::default()).unwrap_err().reason
+}
+
+#[test]
+fn invalid_jobs_name_their_problem() {
+    let deep = "[".repeat(200) + &"]".repeat(200);
+    let big = format!("{{\"prompt\": \"{}\"}}", "x".repeat(2000));
+    let cases: &[(&[u8], &str)] = &[
+        (b"not json", "not a valid job"),
+        (b"\xff\xfe{}", "not a valid job"),
+        (b"{\"prompt\": 5}", "invalid type"),
+        (b"{}", "exactly one of"),
+        (b"{\"prompt\": \"a\", \"messages\": []}", "exactly one of"),
+        (b"{\"prompt\": \"  \"}", "`prompt` is empty"),
+        (
+            b"{\"prompt\": \"a\", \"input\": {}}",
+            "only allowed with `template`",
+        ),
+        (
+            b"{\"messages\": [{\"role\": \"system\", \"content\": \"x\"}]}",
+            "at least one user",
+        ),
+        (
+            b"{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}",
+            "unknown variant",
+        ),
+        (
+            b"{\"template\": \"nope\", \"input\": {}}",
+            "unknown template `nope`",
+        ),
+        (b"{\"template\": \"fitness\"}", "needs `input`"),
+        (
+            b"{\"prompt\": \"a\", \"model\": \"gpt-9\"}",
+            "unknown model `gpt-9`",
+        ),
+        (b"{\"prompt\": \"a\", \"temperature\": 3.5}", "temperature"),
+        (
+            b"{\"prompt\": \"a\", \"max_output_tokens\": 0}",
+            "max_output_tokens",
+        ),
+        (
+            b"{\"prompt\": \"a\", \"colour\": \"red\"}",
+            "unknown field `colour`",
+        ),
+        (b"{\"prompt\": \"a\", \"id\": \"\"}", "`id` must be"),
+        (
+            b"{\"prompt\": \"a\", \"response_format\": \"xml\"}",
+            "unknown variant",
+        ),
+        (deep.as_bytes(), "not a valid job"),
+        (big.as_bytes(), "over the limit of 1024"),
+    ];
+    for (body, expected) in cases {
+        let got = reason(body);
+        assert!(
+            got.contains(expected),
+            "body {:?}: expected {expected:?} in {got:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}
+
+#[test]
+fn wrong_content_type_is_invalid() {
+    let props = JobProperties {
+        content_type: Some("application/xml".into()),
+        ..Default::default()
+    };
+    let err = run(b"{\"prompt\": \"a\"}", props).unwrap_err();
+    assert!(err.reason.contains("application/xml"));
+}
+
+#[test]
+fn invalid_job_keeps_reply_address_and_best_id() {
+    let props = JobProperties {
+        message_id: Some("amqp-id".into()),
+        reply_to: Some("my.replies".into()),
+        correlation_id: Some("corr-1".into()),
+        content_type: None,
+    };
+    let err = run(b"garbage", props.clone()).unwrap_err();
+    assert_eq!(err.id, "amqp-id");
+    assert_eq!(err.reply.queue, "my.replies");
+    assert_eq!(err.reply.correlation_id, "corr-1");
+
+    let err = run(
+        b"{\"id\": \"body-id\", \"prompt\": 1}",
+        JobProperties::default(),
+    );
+    // A body that fails to deserialize has no trusted id: fall back.
+    assert_eq!(err.unwrap_err().id, "generated");
+}
+
+#[test]
+fn id_falls_back_to_message_id_then_generated() {
+    let props = JobProperties {
+        message_id: Some("amqp-id".into()),
+        ..Default::default()
+    };
+    assert_eq!(run(b"{\"prompt\": \"a\"}", props).unwrap().id, "amqp-id");
+    let job = run(b"{\"prompt\": \"a\"}", JobProperties::default()).unwrap();
+    assert_eq!(job.id, "generated");
+    assert_eq!(job.reply.queue, "results");
+    assert_eq!(job.reply.correlation_id, "generated");
+}
+
+#[test]
+fn prompt_job_uses_pool_defaults() {
+    let body = json!({"id": "j1", "prompt": "hello", "user": "u-1", "metadata": {"k": 1}});
+    let job = run(body.to_string().as_bytes(), JobProperties::default()).unwrap();
+    assert_eq!(job.id, "j1");
+    assert_eq!(job.request.model, "m1");
+    assert_eq!(job.request.messages, vec![user_message("hello".into())]);
+    assert!(!job.request.json_output);
+    assert_eq!(job.user.as_deref(), Some("u-1"));
+    assert_eq!(job.metadata, json!({"k": 1}));
+}
+
+#[test]
+fn template_job_renders_and_inherits_json_format() {
+    let body = json!({"template": "fitness", "input": {"steps": 3}, "model": "m2"});
+    let job = run(body.to_string().as_bytes(), JobProperties::default()).unwrap();
+    assert_eq!(job.request.model, "m2");
+    assert_eq!(job.request.messages.len(), 2);
+    assert_eq!(job.request.messages[0].role, Role::System);
+    assert!(job.request.messages[1].content.contains("\"steps\": 3"));
+    assert!(job.request.json_output);
+    assert_eq!(job.response_format, ResponseFormat::Json);
+}
+
+proptest::proptest! {
+    #[test]
+    fn decode_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+        let _ = run(&body, JobProperties::default());
+    }
+
+    #[test]
+    fn decode_never_panics_on_json_like_text(body in "\\{(\"[a-z_]{1,16}\": ?(\"[^\"]{0,8}\"|[0-9]{1,3}|null|\\[\\]|\\{\\}), ?){0,6}\\}") {
+        let _ = run(body.as_bytes(), JobProperties::default());
+    }
+}

@@ -1,0 +1,83 @@
+//! The result record: stored in sled and published to the job's reply queue.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::provider::Usage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Succeeded,
+    Failed,
+}
+
+/// Why a job failed; a bounded set, also used as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The job body broke the contract; it is also dead-lettered.
+    InvalidJob,
+    /// `response_format: json` but the model's text is not JSON.
+    InvalidOutput,
+    /// The provider rejected the request itself (HTTP 400-style).
+    BadRequest,
+    /// Transient provider failures outlasted `jobs.max_attempts`.
+    Upstream,
+    /// No key of the pool could run the job.
+    AllKeysUnavailable,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidJob => "invalid_job",
+            ErrorKind::InvalidOutput => "invalid_output",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Upstream => "upstream",
+            ErrorKind::AllKeysUnavailable => "all_keys_unavailable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// One job's outcome, exactly as producers receive it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub id: String,
+    pub status: JobStatus,
+    pub text: Option<String>,
+    pub json: Option<Value>,
+    pub error: Option<JobError>,
+    pub pool: String,
+    pub model: Option<String>,
+    /// Configured name of the key that produced the answer (never the key).
+    pub key: Option<String>,
+    pub usage: Usage,
+    pub attempts: u32,
+    pub latency_ms: u64,
+    pub metadata: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub completed_at: Timestamp,
+}
+
+impl JobResult {
+    pub fn is_success(&self) -> bool {
+        self.status == JobStatus::Succeeded
+    }
+
+    /// Outcome label for logs and metrics: `succeeded` or the error kind.
+    pub fn outcome_label(&self) -> &'static str {
+        match &self.error {
+            None => "succeeded",
+            Some(e) => e.kind.as_str(),
+        }
+    }
+}

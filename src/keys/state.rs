@@ -1,0 +1,244 @@
+//! A key's state machine: active, cooling down, exhausted, disabled.
+
+use std::time::Duration;
+
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, ToSpan};
+use serde::{Deserialize, Serialize};
+
+use crate::provider::Outcome;
+
+/// Where a key stands. Persisted in the store so restarts honour it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum KeyState {
+    Active,
+    /// Rate limited: usable again at `until`.
+    CoolingDown {
+        until: Timestamp,
+        reason: String,
+    },
+    /// Daily quota or spend limit reached: usable again at `until`.
+    Exhausted {
+        until: Timestamp,
+        reason: String,
+    },
+    /// Invalid or revoked: unusable until an operator enables it.
+    Disabled {
+        reason: String,
+    },
+}
+
+impl KeyState {
+    pub fn is_available(&self) -> bool {
+        matches!(self, KeyState::Active)
+    }
+
+    /// When the key comes back by itself, if it does.
+    pub fn until(&self) -> Option<Timestamp> {
+        match self {
+            KeyState::CoolingDown { until, .. } | KeyState::Exhausted { until, .. } => Some(*until),
+            _ => None,
+        }
+    }
+
+    /// Bounded label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::CoolingDown { .. } => "cooling_down",
+            KeyState::Exhausted { .. } => "exhausted",
+            KeyState::Disabled { .. } => "disabled",
+        }
+    }
+
+    pub const LABELS: [&'static str; 4] = ["active", "cooling_down", "exhausted", "disabled"];
+
+    /// The state as of `now`: a cooldown or exhaustion that has ended is active.
+    pub fn as_of(self, now: Timestamp) -> KeyState {
+        match self.until() {
+            Some(until) if until <= now => KeyState::Active,
+            _ => self,
+        }
+    }
+}
+
+/// A pool's rules for taking keys out of rotation.
+#[derive(Debug, Clone)]
+pub struct ResetPolicy {
+    /// Time zone whose midnight resets daily quotas.
+    pub timezone: TimeZone,
+    /// Cooldown when a rate limit names no retry delay.
+    pub default_cooldown: Duration,
+}
+
+/// The state an outcome puts a key in; `None` leaves the key as it is.
+pub fn after_outcome(outcome: &Outcome, now: Timestamp, policy: &ResetPolicy) -> Option<KeyState> {
+    match outcome {
+        Outcome::RateLimited {
+            retry_after,
+            message,
+        } => {
+            let wait = retry_after.unwrap_or(policy.default_cooldown);
+            Some(KeyState::CoolingDown {
+                until: add(now, wait.max(Duration::from_millis(100))),
+                reason: message.clone(),
+            })
+        }
+        Outcome::QuotaExhausted { until, message } => Some(KeyState::Exhausted {
+            until: until
+                .filter(|u| *u > now)
+                .unwrap_or_else(|| next_daily_reset(now, &policy.timezone)),
+            reason: message.clone(),
+        }),
+        Outcome::Unauthorized { message } => Some(KeyState::Disabled {
+            reason: message.clone(),
+        }),
+        Outcome::Success(_) | Outcome::Transient { .. } | Outcome::BadRequest { .. } => None,
+    }
+}
+
+/// The next midnight in `tz` after `now` (DST-aware: a 23- or 25-hour day is
+/// still one day).
+pub fn next_daily_reset(now: Timestamp, tz: &TimeZone) -> Timestamp {
+    let local = now.to_zoned(tz.clone());
+    local
+        .date()
+        .checked_add(1.day())
+        .ok()
+        .and_then(|tomorrow| tomorrow.to_zoned(tz.clone()).ok())
+        .map(|z| z.timestamp())
+        // Only at the end of representable time; a day from now is as good.
+        .unwrap_or_else(|| add(now, Duration::from_secs(86_400)))
+}
+
+fn add(now: Timestamp, wait: Duration) -> Timestamp {
+    jiff::SignedDuration::try_from(wait)
+        .ok()
+        .and_then(|d| now.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::{Completion, Usage};
+
+    fn policy(tz: &str) -> ResetPolicy {
+        ResetPolicy {
+            timezone: TimeZone::get(tz).unwrap(),
+            default_cooldown: Duration::from_secs(60),
+        }
+    }
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn outcomes_move_keys_as_the_table_says() {
+        let now = ts("2026-03-07T12:00:00Z");
+        let p = policy("America/Los_Angeles");
+        let msg = || "m".to_string();
+        let cases: Vec<(Outcome, Option<KeyState>)> = vec![
+            (
+                Outcome::Success(Completion {
+                    text: "x".into(),
+                    usage: Usage::default(),
+                }),
+                None,
+            ),
+            (Outcome::Transient { message: msg() }, None),
+            (Outcome::BadRequest { message: msg() }, None),
+            (
+                Outcome::RateLimited {
+                    retry_after: Some(Duration::from_secs(17)),
+                    message: msg(),
+                },
+                Some(KeyState::CoolingDown {
+                    until: ts("2026-03-07T12:00:17Z"),
+                    reason: msg(),
+                }),
+            ),
+            (
+                Outcome::RateLimited {
+                    retry_after: None,
+                    message: msg(),
+                },
+                Some(KeyState::CoolingDown {
+                    until: ts("2026-03-07T12:01:00Z"),
+                    reason: msg(),
+                }),
+            ),
+            (
+                // Midnight Pacific on 8 March 2026 is still PST (UTC-8).
+                Outcome::QuotaExhausted {
+                    until: None,
+                    message: msg(),
+                },
+                Some(KeyState::Exhausted {
+                    until: ts("2026-03-08T08:00:00Z"),
+                    reason: msg(),
+                }),
+            ),
+            (
+                Outcome::QuotaExhausted {
+                    until: Some(ts("2026-03-07T13:00:00Z")),
+                    message: msg(),
+                },
+                Some(KeyState::Exhausted {
+                    until: ts("2026-03-07T13:00:00Z"),
+                    reason: msg(),
+                }),
+            ),
+            (
+                Outcome::Unauthorized { message: msg() },
+                Some(KeyState::Disabled { reason: msg() }),
+            ),
+        ];
+        for (outcome, expected) in cases {
+            assert_eq!(after_outcome(&outcome, now, &p), expected, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn daily_reset_follows_dst() {
+        let la = TimeZone::get("America/Los_Angeles").unwrap();
+        // Summer: PDT, midnight is 07:00 UTC.
+        assert_eq!(
+            next_daily_reset(ts("2026-07-01T20:00:00Z"), &la),
+            ts("2026-07-02T07:00:00Z")
+        );
+        // Day of the spring-forward switch (8 March 2026): next midnight is PDT.
+        assert_eq!(
+            next_daily_reset(ts("2026-03-08T12:00:00Z"), &la),
+            ts("2026-03-09T07:00:00Z")
+        );
+        // Just before midnight local: the reset is minutes away, not a day.
+        assert_eq!(
+            next_daily_reset(ts("2026-07-02T06:59:00Z"), &la),
+            ts("2026-07-02T07:00:00Z")
+        );
+        assert_eq!(
+            next_daily_reset(ts("2026-07-02T06:59:00Z"), &TimeZone::UTC),
+            ts("2026-07-03T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn expired_states_become_active() {
+        let now = ts("2026-01-01T00:00:00Z");
+        let past = KeyState::Exhausted {
+            until: ts("2025-12-31T23:00:00Z"),
+            reason: "r".into(),
+        };
+        assert_eq!(past.as_of(now), KeyState::Active);
+        let future = KeyState::CoolingDown {
+            until: ts("2026-01-01T00:00:05Z"),
+            reason: "r".into(),
+        };
+        assert_eq!(future.clone().as_of(now), future);
+        let disabled = KeyState::Disabled { reason: "r".into() };
+        assert_eq!(disabled.clone().as_of(now), disabled);
+    }
+}

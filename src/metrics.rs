@@ -1,0 +1,99 @@
+//! Metric names (one constant each), their descriptions, and the Prometheus recorder.
+//!
+//! Label values come from bounded sets only: pool and key names from the config,
+//! outcome classes, error kinds and reasons from enums. Never a job id.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const JOBS_TOTAL: &str = "keyrelay_jobs_total";
+pub const JOB_DURATION: &str = "keyrelay_job_duration_seconds";
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "keyrelay_upstream_requests_total";
+pub const UPSTREAM_DURATION: &str = "keyrelay_upstream_duration_seconds";
+pub const KEY_STATE: &str = "keyrelay_key_state";
+pub const KEYS_AVAILABLE: &str = "keyrelay_pool_keys_available";
+pub const REROUTES_TOTAL: &str = "keyrelay_reroutes_total";
+pub const JOBS_IN_FLIGHT: &str = "keyrelay_jobs_in_flight";
+pub const DEAD_LETTERS_TOTAL: &str = "keyrelay_dead_letters_total";
+pub const REPLIES_UNROUTABLE_TOTAL: &str = "keyrelay_replies_unroutable_total";
+pub const ANSWERED_FROM_STORE_TOTAL: &str = "keyrelay_jobs_answered_from_store_total";
+pub const RETURNED_TO_BROKER_TOTAL: &str = "keyrelay_jobs_returned_to_broker_total";
+pub const ACKS_LOST_TOTAL: &str = "keyrelay_acks_lost_total";
+pub const WORKER_RESTARTS_TOTAL: &str = "keyrelay_worker_restarts_total";
+pub const STORE_FLUSH_BATCH: &str = "keyrelay_store_flush_batch_size";
+pub const TOKENS_TOTAL: &str = "keyrelay_tokens_total";
+
+/// Install the global Prometheus recorder and describe every metric.
+/// Returns the handle that renders `/metrics`.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+            ],
+        )?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(
+        JOBS_TOTAL,
+        "Jobs completed, by pool and outcome (succeeded or error kind)."
+    );
+    describe_histogram!(
+        JOB_DURATION,
+        Unit::Seconds,
+        "Time from delivery to result, by pool."
+    );
+    describe_counter!(
+        UPSTREAM_REQUESTS_TOTAL,
+        "Provider calls, by pool, key and outcome class."
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "Provider call latency, by pool and key."
+    );
+    describe_gauge!(
+        KEY_STATE,
+        "1 for the key's current state (active, cooling_down, exhausted, disabled), by pool and key."
+    );
+    describe_gauge!(KEYS_AVAILABLE, "Keys of the pool currently in rotation.");
+    describe_counter!(
+        REROUTES_TOTAL,
+        "Jobs moved to another key in-process, by pool and reason."
+    );
+    describe_gauge!(JOBS_IN_FLIGHT, "Jobs being processed, by pool and key.");
+    describe_counter!(
+        DEAD_LETTERS_TOTAL,
+        "Messages dead-lettered by keyrelay, by pool and reason."
+    );
+    describe_counter!(
+        REPLIES_UNROUTABLE_TOTAL,
+        "Results whose reply queue does not exist (the result is kept in the store)."
+    );
+    describe_counter!(
+        ANSWERED_FROM_STORE_TOTAL,
+        "Redelivered jobs answered from the store without a provider call."
+    );
+    describe_counter!(
+        RETURNED_TO_BROKER_TOTAL,
+        "Jobs handed back to their queue because no key of the pool could take them."
+    );
+    describe_counter!(
+        ACKS_LOST_TOTAL,
+        "Acks that could not be sent (channel gone); the broker redelivers."
+    );
+    describe_counter!(
+        WORKER_RESTARTS_TOTAL,
+        "Key workers restarted by the supervisor, by pool and key."
+    );
+    describe_histogram!(STORE_FLUSH_BATCH, "Results made durable by one sled flush.");
+    describe_counter!(
+        TOKENS_TOTAL,
+        "Tokens reported by providers, by pool, key and direction."
+    );
+}

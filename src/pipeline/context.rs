@@ -1,0 +1,137 @@
+//! The shared, thread-safe context a job task runs with.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use actix::Recipient;
+use tokio::sync::Semaphore;
+
+use crate::actors::messages::{KeyOutcome, Reroute};
+use crate::amqp::Publisher;
+use crate::config::{JobsConfig, TemplateConfig};
+use crate::job::{DecodeContext, Job};
+use crate::keys::KeyId;
+use crate::provider::ProviderClient;
+use crate::secret::ApiKey;
+use crate::store::Store;
+
+/// Process-wide services every job task needs.
+pub struct Services {
+    pub store: Store,
+    pub publisher: Publisher,
+    pub jobs: JobsConfig,
+    pub templates: BTreeMap<String, TemplateConfig>,
+    pub outcomes: Recipient<KeyOutcome>,
+    pub reroutes: Recipient<Reroute>,
+}
+
+/// One pool: its queue and the client its keys share.
+pub struct PoolContext {
+    pub name: String,
+    pub queue: String,
+    pub client: ProviderClient,
+    pub default_model: String,
+    pub models: Option<Vec<String>>,
+}
+
+impl PoolContext {
+    pub fn decode_context<'a>(&'a self, services: &'a Services) -> DecodeContext<'a> {
+        DecodeContext {
+            pool: &self.name,
+            default_model: &self.default_model,
+            models: self.models.as_deref(),
+            templates: &services.templates,
+            max_body_bytes: services.jobs.max_body_bytes,
+            results_queue: &services.jobs.results_queue,
+        }
+    }
+}
+
+/// One key. Lives as long as the process, across worker restarts.
+pub struct KeyContext {
+    pub id: KeyId,
+    pub name: String,
+    pub pool: Arc<PoolContext>,
+    pub secret: ApiKey,
+    pub priority: u8,
+    pub concurrency: u16,
+    /// `pool/key`, the store's counter prefix.
+    pub store_key: String,
+    /// Caps provider calls on this key, broker deliveries and reroutes alike.
+    pub permits: Semaphore,
+    in_flight: AtomicUsize,
+    available: AtomicBool,
+}
+
+impl KeyContext {
+    pub fn new(
+        id: KeyId,
+        name: String,
+        pool: Arc<PoolContext>,
+        secret: ApiKey,
+        priority: u8,
+        concurrency: u16,
+    ) -> KeyContext {
+        KeyContext {
+            store_key: format!("{}/{}", pool.name, name),
+            id,
+            name,
+            pool,
+            secret,
+            priority,
+            concurrency,
+            permits: Semaphore::new(usize::from(concurrency)),
+            in_flight: AtomicUsize::new(0),
+            available: AtomicBool::new(true),
+        }
+    }
+
+    /// Whether the key is in rotation (set by the supervisor only).
+    pub fn is_available(&self) -> bool {
+        self.available.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_available(&self, available: bool) {
+        self.available.store(available, Ordering::Release);
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Count a job as in flight on this key until the guard drops.
+    pub fn track(self: &Arc<Self>) -> InFlightGuard {
+        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.publish_in_flight(n);
+        InFlightGuard { key: self.clone() }
+    }
+
+    fn publish_in_flight(&self, n: usize) {
+        metrics::gauge!(crate::metrics::JOBS_IN_FLIGHT, "pool" => self.pool.name.clone(), "key" => self.name.clone())
+            .set(n as f64);
+    }
+}
+
+pub struct InFlightGuard {
+    key: Arc<KeyContext>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let n = self.key.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.key.publish_in_flight(n);
+    }
+}
+
+/// A decoded job together with the delivery it came from (its ack handle and
+/// the original message, kept for dead-lettering or handing back).
+pub struct InFlight {
+    pub job: Job,
+    pub delivery: lapin::message::Delivery,
+    /// Provider calls made so far.
+    pub attempts: u32,
+    pub received: Instant,
+    pub last_error: Option<String>,
+}

@@ -1,0 +1,58 @@
+//! Group commit: many writers wait for one sled flush instead of one flush each.
+//!
+//! A writer inserts, then asks for a flush and waits. The committer task takes the
+//! first request, drains every other request already queued, flushes once, and
+//! answers them all: under load one fsync covers a whole batch of jobs.
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// Each request carries its own handle to the database, so the committer holds
+/// none while idle and dropping the last `Store` really closes sled.
+#[derive(Clone)]
+pub struct GroupCommit {
+    db: sled::Db,
+    requests: mpsc::UnboundedSender<(sled::Db, Waiter)>,
+}
+
+impl GroupCommit {
+    pub fn spawn(db: sled::Db) -> GroupCommit {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(rx));
+        GroupCommit { db, requests: tx }
+    }
+
+    /// Resolve once everything written before this call is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send((self.db.clone(), tx))
+            .map_err(|_| StoreError::Flush("committer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Flush("committer stopped".into()))?
+            .map_err(StoreError::Flush)
+    }
+}
+
+async fn run(mut rx: mpsc::UnboundedReceiver<(sled::Db, Waiter)>) {
+    let mut batch = Vec::new();
+    while let Some((db, first)) = rx.recv().await {
+        batch.push(first);
+        while let Ok((_, more)) = rx.try_recv() {
+            batch.push(more);
+        }
+        let result = db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        drop(db);
+        metrics::histogram!(crate::metrics::STORE_FLUSH_BATCH).record(batch.len() as f64);
+        for waiter in batch.drain(..) {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}

@@ -1,0 +1,90 @@
+use super::*;
+use crate::job::{JobResult, JobStatus};
+use crate::provider::Usage;
+
+fn result(id: &str) -> JobResult {
+    JobResult {
+        id: id.into(),
+        status: JobStatus::Succeeded,
+        text: Some("hi".into()),
+        json: None,
+        error: None,
+        pool: "p".into(),
+        model: Some("m".into()),
+        key: Some("k".into()),
+        usage: Usage {
+            input_tokens: 1,
+            output_tokens: 2,
+        },
+        attempts: 1,
+        latency_ms: 3,
+        metadata: serde_json::json!({}),
+        user: None,
+        completed_at: jiff::Timestamp::now(),
+    }
+}
+
+#[tokio::test]
+async fn results_and_counters_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let store = Store::open(&path).unwrap();
+        assert!(store.result("a").unwrap().is_none());
+        store
+            .persist_result(&result("a"), Some("p/k"))
+            .await
+            .unwrap();
+        store
+            .persist_result(&result("b"), Some("p/k"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.result("a").unwrap(),
+            Some(result_with_time("a", &store))
+        );
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.result("b").unwrap().unwrap().id, "b");
+    let counters = store.counters("p/k").unwrap();
+    assert!(counters.contains(&("completed".into(), 2)));
+    assert!(counters.contains(&("succeeded".into(), 2)));
+}
+
+fn result_with_time(id: &str, store: &Store) -> JobResult {
+    // The stored timestamp is whatever was written; compare everything else.
+    let stored = store.result(id).unwrap().unwrap();
+    JobResult {
+        completed_at: stored.completed_at,
+        ..result(id)
+    }
+}
+
+#[tokio::test]
+async fn concurrent_persists_share_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.persist_result(&result(&format!("j{i}")), None).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    for i in 0..64 {
+        assert!(store.result(&format!("j{i}")).unwrap().is_some());
+    }
+}
+
+#[tokio::test]
+async fn corrupt_record_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    store.results.insert(b"bad", b"{not json".to_vec()).unwrap();
+    assert!(matches!(
+        store.result("bad"),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
