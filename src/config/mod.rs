@@ -102,6 +102,9 @@ pub struct JobsConfig {
     /// Total timeout for one provider call, in seconds.
     #[serde(default = "defaults::request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, how long in-flight jobs may take to finish, in seconds.
+    #[serde(default = "defaults::shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
 }
 
 /// `[templates.NAME]`: a named prompt; `{{input}}` is replaced by the job's input JSON,
@@ -242,6 +245,7 @@ impl Default for JobsConfig {
             dead_letter_queue: defaults::dead_letter_queue(),
             connect_timeout_secs: defaults::connect_timeout_secs(),
             request_timeout_secs: defaults::request_timeout_secs(),
+            shutdown_grace_secs: defaults::shutdown_grace_secs(),
         }
     }
 }
@@ -278,6 +282,9 @@ mod defaults {
     }
     pub fn request_timeout_secs() -> u64 {
         120
+    }
+    pub fn shutdown_grace_secs() -> u64 {
+        30
     }
     pub fn cooldown_secs() -> u64 {
         60
