@@ -42,6 +42,7 @@ pub enum AppError {
 /// A running keyrelay.
 pub struct App {
     supervisor: Addr<Supervisor>,
+    consumers: tokio::sync::watch::Receiver<usize>,
     broker: Arc<Broker>,
     store: Store,
     http: actix_web::dev::ServerHandle,
@@ -76,11 +77,12 @@ impl App {
             jobs: config.jobs.clone(),
             templates: config.templates.clone(),
         };
-        let supervisor = Supervisor::launch(setup);
+        let (supervisor, consumers) = Supervisor::launch(setup);
         let (http, http_addr) = serve_http(config.metrics.listen, prometheus, broker.clone())?;
         info!(pools = config.pools.len(), http = %http_addr, "keyrelay running");
         Ok(App {
             supervisor,
+            consumers,
             broker,
             store,
             http,
@@ -90,6 +92,16 @@ impl App {
 
     pub fn supervisor(&self) -> &Addr<Supervisor> {
         &self.supervisor
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Wait until exactly `n` keys are consuming (start-up, pause, resume).
+    pub async fn wait_for_consumers(&self, n: usize) {
+        let mut watch = self.consumers.clone();
+        let _ = watch.wait_for(|c| *c == n).await;
     }
 
     /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).

@@ -6,6 +6,7 @@
 pub mod actors;
 pub mod amqp;
 pub mod app;
+pub mod commands;
 pub mod config;
 pub mod job;
 pub mod keys;

@@ -56,6 +56,14 @@ pub struct WorkerStopped {
     pub key: KeyId,
 }
 
+/// Worker → supervisor: its consumer started (`true`) or stopped (`false`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConsumerState {
+    pub key: KeyId,
+    pub consuming: bool,
+}
+
 /// Supervisor → worker: stop consuming (cancel the consumer, keep the channel so
 /// in-flight jobs can still be acked).
 #[derive(Message)]

@@ -299,3 +299,6 @@ mod defaults {
         ApiKey::new("")
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,7 +8,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use tracing::{error, info};
 
 use super::KeyWorker;
-use crate::actors::messages::WorkerStopped;
+use crate::actors::messages::{ConsumerState, WorkerStopped};
 use crate::amqp::AmqpError;
 
 /// One item of a consumer stream, tagged with the consumer's generation;
@@ -44,6 +44,9 @@ impl Actor for KeyWorker {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if self.consumer.take().is_some() {
+            self.report_consuming(false);
+        }
         if !self.retiring {
             self.supervisor.do_send(WorkerStopped { key: self.key.id });
         }
@@ -51,6 +54,10 @@ impl Actor for KeyWorker {
 }
 
 impl KeyWorker {
+    pub(super) fn report_consuming(&self, consuming: bool) {
+        self.supervisor.do_send(ConsumerState { key: self.key.id, consuming });
+    }
+
     /// Start a consumer on the pool's queue (no-op when already consuming).
     pub(super) fn start_consuming(&mut self, ctx: &mut Context<Self>) {
         let Some(channel) = self.channel.clone() else {
@@ -87,6 +94,7 @@ impl KeyWorker {
             Ok(consumer) => {
                 info!(pool = %act.key.pool.name, key = %act.key.name, "consuming");
                 act.consumer = Some((tag, generation));
+                act.report_consuming(true);
                 let items = consumer
                     .map(move |d| ConsumerItem(generation, Some(d)))
                     .chain(stream::once(async move { ConsumerItem(generation, None) }));

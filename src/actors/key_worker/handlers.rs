@@ -76,6 +76,7 @@ impl KeyWorker {
             return;
         };
         info!(pool = %self.key.pool.name, key = %self.key.name, "pausing consumer");
+        self.report_consuming(false);
         let cancel = async move {
             channel
                 .basic_cancel(tag.into(), BasicCancelOptions::default())

@@ -8,10 +8,10 @@ mod handlers;
 
 use std::sync::Arc;
 
-use actix::Recipient;
+use actix::Addr;
 use lapin::Channel;
 
-use super::messages::WorkerStopped;
+use super::supervisor::Supervisor;
 use crate::amqp::Broker;
 use crate::pipeline::{KeyContext, Services};
 
@@ -19,7 +19,7 @@ pub struct KeyWorker {
     key: Arc<KeyContext>,
     services: Arc<Services>,
     broker: Arc<Broker>,
-    supervisor: Recipient<WorkerStopped>,
+    supervisor: Addr<Supervisor>,
     channel: Option<Channel>,
     /// The live consumer, if consuming: its tag and generation.
     consumer: Option<(String, u64)>,
@@ -35,7 +35,7 @@ impl KeyWorker {
         key: Arc<KeyContext>,
         services: Arc<Services>,
         broker: Arc<Broker>,
-        supervisor: Recipient<WorkerStopped>,
+        supervisor: Addr<Supervisor>,
     ) -> KeyWorker {
         KeyWorker {
             key,

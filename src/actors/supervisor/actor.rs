@@ -42,7 +42,13 @@ pub struct KeySetup {
 
 impl Supervisor {
     /// Start the supervisor; it starts one worker per key.
-    pub fn launch(setup: SupervisorSetup) -> Addr<Supervisor> {
+    pub fn launch(setup: SupervisorSetup) -> (Addr<Supervisor>, tokio::sync::watch::Receiver<usize>) {
+        let (consumers, watch) = tokio::sync::watch::channel(0);
+        let addr = Self::launch_with(setup, consumers);
+        (addr, watch)
+    }
+
+    fn launch_with(setup: SupervisorSetup, consumers: tokio::sync::watch::Sender<usize>) -> Addr<Supervisor> {
         Supervisor::create(move |ctx| {
             let services = Arc::new(Services {
                 store: setup.store,
@@ -73,6 +79,7 @@ impl Supervisor {
                         worker: None,
                         timer: None,
                         restarts: 0,
+                        consuming: false,
                     });
                     ids.push(id);
                 }
@@ -89,6 +96,7 @@ impl Supervisor {
                 services,
                 broker: setup.broker,
                 stopping: false,
+                consumers,
             }
         })
     }
@@ -127,7 +135,7 @@ impl Supervisor {
             slot.ctx.clone(),
             self.services.clone(),
             self.broker.clone(),
-            ctx.address().recipient(),
+            ctx.address(),
         );
         slot.worker = Some(worker.start());
     }

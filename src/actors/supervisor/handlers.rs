@@ -80,6 +80,16 @@ impl Handler<Reroute> for Supervisor {
     }
 }
 
+impl Handler<ConsumerState> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConsumerState, _ctx: &mut Self::Context) {
+        self.keys[msg.key.0].consuming = msg.consuming;
+        let n = self.keys.iter().filter(|k| k.consuming).count();
+        self.consumers.send_replace(n);
+    }
+}
+
 impl Handler<CooldownOver> for Supervisor {
     type Result = ();
 

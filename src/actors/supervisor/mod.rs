@@ -24,6 +24,8 @@ pub struct Supervisor {
     broker: Arc<Broker>,
     /// Set by `StopAll`: workers that stop are not restarted.
     stopping: bool,
+    /// Number of keys consuming right now (readiness, tests, shutdown).
+    consumers: tokio::sync::watch::Sender<usize>,
 }
 
 /// The supervisor's view of one key.
@@ -36,6 +38,7 @@ struct KeySlot {
     timer: Option<SpawnHandle>,
     /// Consecutive restarts, for the restart backoff; cleared by a success.
     restarts: u32,
+    consuming: bool,
 }
 
 struct PoolSlot {

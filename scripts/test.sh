@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, property and integration tests against a real
+# RabbitMQ (started or installed when needed) and the bundled mock provider.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-rabbitmq.sh
+cargo test --all-targets --locked "$@"

@@ -1,0 +1,138 @@
+//! `keyrelay enqueue`: publish a JSONL file of jobs to a pool's queue with
+//! publisher confirms, a progress bar and a summary line.
+
+use std::io::{BufRead, BufReader, IsTerminal};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use indicatif::{ProgressBar, ProgressStyle};
+use lapin::BasicProperties;
+
+use crate::amqp::{Broker, PublishOutcome, Publisher};
+
+/// Confirms awaited at once: enough to keep the broker busy, bounded memory.
+const WINDOW: usize = 512;
+
+pub struct EnqueueArgs<'a> {
+    pub broker_url: &'a str,
+    pub queue: String,
+    /// A JSONL file, or `-` for standard input.
+    pub input: &'a Path,
+    pub reply_to: Option<String>,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+/// What an enqueue run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EnqueueSummary {
+    pub published: u64,
+    /// Lines that are not JSON (reported, not sent).
+    pub rejected: Vec<(u64, String)>,
+    pub failed: u64,
+}
+
+pub async fn enqueue(args: EnqueueArgs<'_>) -> anyhow::Result<EnqueueSummary> {
+    let reader = open_input(args.input)?;
+    let broker = Arc::new(Broker::connect(args.broker_url).await?);
+    let publisher = Publisher::new(broker.clone()).await?;
+    let bar = progress_bar(args.progress);
+    let started = Instant::now();
+    let mut summary = EnqueueSummary::default();
+    let mut pending = FuturesUnordered::new();
+    for (index, line) in reader.lines().enumerate() {
+        let number = index as u64 + 1;
+        let line = line.with_context(|| format!("cannot read line {number}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let props = match job_properties(&line, args.reply_to.as_deref()) {
+            Ok(props) => props,
+            Err(reason) => {
+                summary.rejected.push((number, reason));
+                continue;
+            }
+        };
+        let publisher = &publisher;
+        let queue = args.queue.as_str();
+        pending.push(async move { publisher.publish(queue, line.as_bytes(), props, true).await });
+        if pending.len() >= WINDOW {
+            settle(pending.next().await, &mut summary, &bar);
+        }
+    }
+    while let Some(done) = pending.next().await {
+        settle(Some(done), &mut summary, &bar);
+    }
+    bar.finish_and_clear();
+    broker.close().await;
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    println!(
+        "enqueued {} jobs to {} in {:.2} s ({:.0} jobs/s); {} lines rejected, {} publishes failed",
+        summary.published,
+        args.queue,
+        secs,
+        summary.published as f64 / secs,
+        summary.rejected.len(),
+        summary.failed
+    );
+    for (line, reason) in &summary.rejected {
+        eprintln!("line {line}: {reason}");
+    }
+    Ok(summary)
+}
+
+fn settle(
+    done: Option<Result<PublishOutcome, crate::amqp::AmqpError>>,
+    summary: &mut EnqueueSummary,
+    bar: &ProgressBar,
+) {
+    match done {
+        Some(Ok(PublishOutcome::Delivered)) => summary.published += 1,
+        Some(Ok(PublishOutcome::Unroutable)) | Some(Err(_)) => summary.failed += 1,
+        None => {}
+    }
+    bar.inc(1);
+}
+
+/// Persistent JSON message; the job's `id` doubles as AMQP `message_id`.
+fn job_properties(line: &str, reply_to: Option<&str>) -> Result<BasicProperties, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let mut props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    if let Some(id) = value.get("id").and_then(|v| v.as_str()) {
+        props = props.with_message_id(id.into()).with_correlation_id(id.into());
+    }
+    if let Some(queue) = reply_to {
+        props = props.with_reply_to(queue.into());
+    }
+    Ok(props)
+}
+
+fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(BufReader::new(std::io::stdin())));
+    }
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        bail!("{} is a directory, not a JSONL file", path.display());
+    }
+    Ok(Box::new(BufReader::new(file)))
+}
+
+fn progress_bar(enabled: bool) -> ProgressBar {
+    if !enabled || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {pos} jobs confirmed ({per_sec}) {elapsed}") {
+        bar.set_style(style);
+    }
+    bar
+}

@@ -1,0 +1,217 @@
+//! Test harness: the real broker, the mock provider over real HTTP, and a
+//! keyrelay started in-process with its own queue names and data directory.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use keyrelay::amqp::{Broker, PublishOutcome, Publisher};
+use keyrelay::app::App;
+use keyrelay::config::Config;
+use keyrelay::job::JobResult;
+use keyrelay::mock_provider::{MockKey, MockProvider, MockSettings};
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// How long a test waits for one event before failing (never a sleep).
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// One key of a test pool.
+pub struct TestKey {
+    pub name: &'static str,
+    pub priority: u8,
+    pub concurrency: u16,
+    pub mock: MockKey,
+}
+
+impl TestKey {
+    /// A valid key whose secret is unique to this test run.
+    pub fn new(name: &'static str, priority: u8) -> TestKey {
+        let secret = format!("test-secret-{name}-{}", uuid::Uuid::now_v7().simple());
+        TestKey { name, priority, concurrency: 4, mock: MockKey::new(name, secret) }
+    }
+
+    pub fn mock(mut self, f: impl FnOnce(MockKey) -> MockKey) -> TestKey {
+        self.mock = f(self.mock);
+        self
+    }
+
+    pub fn concurrency(mut self, n: u16) -> TestKey {
+        self.concurrency = n;
+        self
+    }
+}
+
+pub struct TestPool {
+    pub name: &'static str,
+    pub provider: &'static str,
+    pub keys: Vec<TestKey>,
+}
+
+pub struct TestEnv {
+    pub app: Option<App>,
+    pub mock: MockProvider,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+    pub broker: Arc<Broker>,
+    pub publisher: Publisher,
+    pub replies: String,
+    consumer: lapin::Consumer,
+}
+
+impl TestEnv {
+    pub async fn start(pools: Vec<TestPool>) -> TestEnv {
+        Self::start_with(pools, MockSettings::default(), "").await
+    }
+
+    /// Start the mock, write key files, start keyrelay, open a reply queue.
+    pub async fn start_with(pools: Vec<TestPool>, mut settings: MockSettings, extra_toml: &str) -> TestEnv {
+        settings.keys = pools.iter().flat_map(|p| p.keys.iter().map(|k| k.mock.clone())).collect();
+        let mock = MockProvider::start(settings, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = format!("kr-test.{}", uuid::Uuid::now_v7().simple());
+        let config = config_for(&pools, &mock, dir.path(), &prefix, extra_toml);
+        let app = App::start(config.clone()).await.expect("keyrelay starts");
+        let key_count: usize = pools.iter().map(|p| p.keys.len()).sum();
+        tokio::time::timeout(WAIT, app.wait_for_consumers(key_count)).await.expect("all keys consuming");
+        let broker = Arc::new(Broker::connect(&amqp_url()).await.unwrap());
+        let publisher = Publisher::new(broker.clone()).await.unwrap();
+        let replies = format!("{prefix}.replies");
+        let channel = broker.channel().await.unwrap();
+        channel
+            .queue_declare(replies.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
+            .await
+            .unwrap();
+        let consumer = channel
+            .basic_consume(replies.as_str().into(), "test".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .unwrap();
+        TestEnv { app: Some(app), mock, config, dir, broker, publisher, replies, consumer }
+    }
+
+    pub fn app(&self) -> &App {
+        self.app.as_ref().expect("app running")
+    }
+
+    pub fn queue(&self, pool: &str) -> String {
+        self.config.job_queue(pool)
+    }
+
+    /// Publish a job body to a pool with `reply_to` set to this test's queue.
+    pub async fn publish(&self, pool: &str, body: &serde_json::Value) {
+        let id = body["id"].as_str().unwrap_or("").to_string();
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_reply_to(self.replies.as_str().into())
+            .with_correlation_id(format!("corr-{id}").into());
+        self.publish_raw(pool, body.to_string().as_bytes(), props).await;
+    }
+
+    pub async fn publish_raw(&self, pool: &str, body: &[u8], props: BasicProperties) {
+        let outcome = self.publisher.publish(&self.queue(pool), body, props, true).await.unwrap();
+        assert_eq!(outcome, PublishOutcome::Delivered);
+    }
+
+    /// The next reply on this test's reply queue.
+    pub async fn next_reply(&mut self) -> (JobResult, Delivery) {
+        let delivery = tokio::time::timeout(WAIT, self.consumer.next())
+            .await
+            .expect("a reply within the wait")
+            .expect("reply stream open")
+            .expect("reply delivery");
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        let result: JobResult = serde_json::from_slice(&delivery.data).expect("reply is contract JSON");
+        (result, delivery)
+    }
+
+    /// Collect `n` replies, by job id.
+    pub async fn replies(&mut self, n: usize) -> HashMap<String, JobResult> {
+        let mut out = HashMap::new();
+        for _ in 0..n {
+            let (result, _) = self.next_reply().await;
+            assert!(out.insert(result.id.clone(), result).is_none(), "one reply per job");
+        }
+        out
+    }
+
+    /// Fetch every message currently in the dead-letter queue.
+    pub async fn dead_letters(&self, expected: usize) -> Vec<Delivery> {
+        let channel = self.broker.channel().await.unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                self.config.jobs.dead_letter_queue.as_str().into(),
+                "dead-reader".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        while out.len() < expected {
+            let d = tokio::time::timeout(WAIT, consumer.next()).await.expect("dead letter").unwrap().unwrap();
+            d.ack(BasicAckOptions::default()).await.unwrap();
+            out.push(d);
+        }
+        out
+    }
+
+    /// Stop keyrelay and remove this test's queues.
+    pub async fn finish(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown(Duration::from_secs(5)).await;
+        }
+        let channel = self.broker.channel().await.unwrap();
+        let mut queues: Vec<String> = self.config.pools.iter().map(|p| self.config.job_queue(&p.name)).collect();
+        queues.extend([
+            self.config.jobs.results_queue.clone(),
+            self.config.jobs.dead_letter_queue.clone(),
+            self.replies.clone(),
+        ]);
+        for q in queues {
+            let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        self.broker.close().await;
+        self.mock.stop().await;
+    }
+}
+
+fn config_for(pools: &[TestPool], mock: &MockProvider, dir: &Path, prefix: &str, extra: &str) -> Config {
+    let mut text = format!(
+        "[broker]\nurl = \"{}\"\nqueue_prefix = \"{prefix}\"\n\n[store]\npath = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[jobs]\nresults_queue = \"{prefix}.results\"\ndead_letter_queue = \"{prefix}.dead\"\n{extra}\n",
+        amqp_url(),
+        dir.join("store").display()
+    );
+    for pool in pools {
+        let base_url = match pool.provider {
+            "gemini" => mock.gemini_base_url(),
+            "openai" => mock.openai_base_url(),
+            _ => mock.anthropic_base_url(),
+        };
+        text += &format!(
+            "[[pools]]\nname = \"{}\"\nprovider = \"{}\"\nbase_url = \"{base_url}\"\ndefault_model = \"model-a\"\n",
+            pool.name, pool.provider
+        );
+        for key in &pool.keys {
+            let path = dir.join(format!("{}-{}.key", pool.name, key.name));
+            std::fs::write(&path, &key.mock.secret).unwrap();
+            text += &format!(
+                "  [[pools.keys]]\n  name = \"{}\"\n  api_key_file = \"{}\"\n  priority = {}\n  concurrency = {}\n",
+                key.name,
+                path.display(),
+                key.priority,
+                key.concurrency
+            );
+        }
+    }
+    Config::from_toml_str(&text, std::iter::empty()).expect("test config is valid")
+}
