@@ -17,6 +17,12 @@ mod settings;
 mod state;
 mod stats;
 
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_faults;
+#[cfg(test)]
+mod tests_keys;
 
 use std::io;
 use std::net::SocketAddr;
