@@ -1,0 +1,170 @@
+//! Provider-neutral pieces the three wire formats share: the parsed request, the
+//! failures each provider renders in its own shape, answer text and token counts.
+
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::state::Limited;
+
+/// What the mock needs from a provider request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Parsed {
+    pub model: String,
+    /// Text of the last user message: the echoed prompt, and where directives live.
+    pub last_user: String,
+    /// Characters of every message and the system prompt, for the usage numbers.
+    pub input_chars: usize,
+    pub json_output: bool,
+}
+
+/// Token usage of one answer: ceil(chars / 4) each way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub input: u64,
+    pub output: u64,
+}
+
+impl Usage {
+    pub fn of(parsed: &Parsed, text: &str) -> Usage {
+        Usage {
+            input: tokens(parsed.input_chars),
+            output: tokens(text.chars().count()),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.input + self.output
+    }
+}
+
+fn tokens(chars: usize) -> u64 {
+    u64::try_from(chars.div_ceil(4)).unwrap_or(u64::MAX)
+}
+
+/// An error answer, described once; each provider renders its real shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    MissingKey,
+    /// Unknown, invalid or revoked key (the secret goes into OpenAI's message, masked).
+    InvalidKey {
+        secret: String,
+    },
+    RateLimited {
+        limited: Limited,
+        model: String,
+    },
+    Exhausted {
+        limited: Limited,
+        model: String,
+    },
+    /// An injected error status.
+    Status(u16),
+    /// The request could not be understood.
+    BadRequest(String),
+}
+
+/// The answer text: a deterministic function of the request.
+pub(crate) fn answer_text(parsed: &Parsed, invalid_json: bool) -> String {
+    if invalid_json {
+        // Looks like the start of the requested JSON but never closes: not parseable.
+        let echo = Value::String(parsed.last_user.clone());
+        return format!("Sure! Here is the JSON you asked for: {{\"echo\": {echo}, \"model\": ");
+    }
+    if parsed.json_output {
+        json!({ "echo": parsed.last_user, "model": parsed.model }).to_string()
+    } else {
+        format!("mock answer: {}", parsed.last_user)
+    }
+}
+
+/// Text of a message `content`: a string, or the `text` of each block of an array.
+pub(crate) fn content_text(content: &Value) -> Option<String> {
+    match content {
+        Value::String(text) => Some(text.clone()),
+        Value::Array(blocks) => Some(
+            blocks
+                .iter()
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(""),
+        ),
+        _ => None,
+    }
+}
+
+/// A JSON answer with this status and content type.
+pub(crate) fn json_response(status: u16, content_type: &str, body: &Value) -> HttpResponse {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status)
+        .content_type(content_type)
+        .body(body.to_string())
+}
+
+/// Whole seconds, rounded up (what `retry-after` carries).
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    let secs = d.as_secs();
+    if d.subsec_nanos() > 0 { secs + 1 } else { secs }
+}
+
+/// Whole milliseconds, rounded up.
+pub(crate) fn ceil_millis(d: Duration) -> u64 {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if !d.as_nanos().is_multiple_of(1_000_000) {
+        ms.saturating_add(1)
+    } else {
+        ms
+    }
+}
+
+/// A fresh id with this prefix, in the providers' style (`chatcmpl-...`, `msg_...`).
+pub(crate) fn fresh_id(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Seconds since the Unix epoch (OpenAI's `created`).
+pub(crate) fn unix_now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(json_output: bool) -> Parsed {
+        Parsed {
+            model: "m".into(),
+            last_user: "say \"hi\"".into(),
+            input_chars: 9,
+            json_output,
+        }
+    }
+
+    #[test]
+    fn answer_text_variants() {
+        assert_eq!(
+            answer_text(&parsed(false), false),
+            "mock answer: say \"hi\""
+        );
+        let json: Value = serde_json::from_str(&answer_text(&parsed(true), false)).unwrap();
+        assert_eq!(json, json!({"echo": "say \"hi\"", "model": "m"}));
+        assert!(serde_json::from_str::<Value>(&answer_text(&parsed(true), true)).is_err());
+        assert_eq!(
+            Usage::of(&parsed(false), "12345"),
+            Usage {
+                input: 3,
+                output: 2
+            }
+        );
+    }
+
+    #[test]
+    fn rounding_up() {
+        assert_eq!(ceil_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(ceil_secs(Duration::from_secs(3)), 3);
+        assert_eq!(ceil_millis(Duration::from_micros(1500)), 2);
+        assert_eq!(ceil_millis(Duration::from_millis(7)), 7);
+    }
+}

@@ -1,0 +1,189 @@
+//! One provider request from start to answer: key, parse, directives, admission,
+//! fault or success, counting, delay. Provider specifics are dispatched through [`Api`].
+
+use std::time::Instant;
+
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
+use serde_json::Value;
+
+use super::bodies;
+use super::common::{self, Failure, Parsed, Usage};
+use super::directives::{self, BodyFault, Directives};
+use super::state::{Admission, MockState, Window};
+use super::stats::Tally;
+use super::{anthropic, gemini, openai};
+
+/// Which wire format a request speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    Gemini,
+    Openai,
+    Anthropic,
+}
+
+impl Api {
+    fn key(self, req: &HttpRequest) -> Option<String> {
+        match self {
+            Api::Gemini => gemini::key(req),
+            Api::Openai => openai::key(req),
+            Api::Anthropic => anthropic::key(req),
+        }
+    }
+
+    fn parse(self, req: &HttpRequest, path_model: &str, body: &[u8]) -> Result<Parsed, String> {
+        match self {
+            Api::Gemini => gemini::parse(path_model, body),
+            Api::Openai => openai::parse(body),
+            Api::Anthropic => anthropic::parse(req, body),
+        }
+    }
+
+    fn success(self, parsed: &Parsed, text: &str, usage: Usage) -> Value {
+        match self {
+            Api::Gemini => gemini::success(parsed, text, usage),
+            Api::Openai => openai::success(parsed, text, usage),
+            Api::Anthropic => anthropic::success(parsed, text, usage),
+        }
+    }
+
+    fn strip_text(self) -> fn(&mut Value) {
+        match self {
+            Api::Gemini => gemini::strip_text,
+            Api::Openai => openai::strip_text,
+            Api::Anthropic => anthropic::strip_text,
+        }
+    }
+
+    fn ok(self, window: &Window) -> HttpResponseBuilder {
+        match self {
+            Api::Gemini => gemini::ok(),
+            Api::Openai => openai::ok(window),
+            Api::Anthropic => anthropic::ok(window),
+        }
+    }
+
+    pub(crate) fn failure(self, failure: &Failure) -> HttpResponse {
+        match self {
+            Api::Gemini => gemini::failure(failure),
+            Api::Openai => openai::failure(failure),
+            Api::Anthropic => anthropic::failure(failure),
+        }
+    }
+
+    /// The transient error statuses this provider really sends (a reset is added to them).
+    fn transient_statuses(self) -> [u16; 2] {
+        match self {
+            Api::Gemini | Api::Openai => [500, 503],
+            Api::Anthropic => [500, 529],
+        }
+    }
+}
+
+/// A parsed request with its directives, or why it could not be understood.
+type Understood = Result<(Parsed, Directives), String>;
+
+/// Answers one provider request; `path_model` is the model named in the URL, if any.
+pub(crate) async fn serve(
+    api: Api,
+    state: &MockState,
+    req: &HttpRequest,
+    path_model: &str,
+    body: &[u8],
+) -> HttpResponse {
+    let secret = api.key(req);
+    let understood: Understood = api
+        .parse(req, path_model, body)
+        .and_then(|parsed| directives::parse(&parsed.last_user).map(|d| (parsed, d)));
+    let directives = understood.as_ref().ok().map(|(_, d)| d);
+    let forced = directives.and_then(|d| d.forced);
+    let delay = state.latency + directives.and_then(|d| d.sleep).unwrap_or_default();
+    let admission = state.admit(secret.as_deref(), forced, Instant::now());
+    let label = admission.label().to_string();
+    let (response, tally) = answer(api, state, admission, secret, understood, path_model);
+    // Counted before the delay: like a real provider, a request is billed even when
+    // the client gives up waiting for its answer.
+    state.count(&label, tally);
+    if !delay.is_zero() {
+        actix_web::rt::time::sleep(delay).await;
+    }
+    response
+}
+
+fn answer(
+    api: Api,
+    state: &MockState,
+    admission: Admission,
+    secret: Option<String>,
+    understood: Understood,
+    path_model: &str,
+) -> (HttpResponse, Tally) {
+    let model = understood
+        .as_ref()
+        .map_or_else(|_| path_model.to_string(), |(p, _)| p.model.clone());
+    match admission {
+        Admission::Unauthorized { .. } => {
+            let failure = match secret {
+                None => Failure::MissingKey,
+                Some(secret) => Failure::InvalidKey { secret },
+            };
+            (api.failure(&failure), Tally::Unauthorized)
+        }
+        Admission::RateLimited { limited, .. } => (
+            api.failure(&Failure::RateLimited { limited, model }),
+            Tally::RateLimited,
+        ),
+        Admission::Exhausted { limited, .. } => (
+            api.failure(&Failure::Exhausted { limited, model }),
+            Tally::Exhausted,
+        ),
+        Admission::Admitted { window, .. } => match understood {
+            Err(message) => (
+                api.failure(&Failure::BadRequest(message)),
+                Tally::BadRequest,
+            ),
+            Ok((parsed, directives)) => admitted(api, state, &parsed, &directives, &window),
+        },
+    }
+}
+
+/// The answer to an admitted, understood request.
+fn admitted(
+    api: Api,
+    state: &MockState,
+    parsed: &Parsed,
+    directives: &Directives,
+    window: &Window,
+) -> (HttpResponse, Tally) {
+    if let Some(code) = directives.status {
+        return (api.failure(&Failure::Status(code)), Tally::Fault);
+    }
+    // Random faults only hit plain requests, so a directive's outcome stays certain.
+    let plain = directives.body.is_none() && !directives.invalid_json;
+    if plain && state.fault_rate > 0.0 && rand::random_bool(state.fault_rate) {
+        return (random_fault(api), Tally::Fault);
+    }
+    let mut text = common::answer_text(parsed, directives.invalid_json);
+    if directives.body == Some(BodyFault::Huge) {
+        text = bodies::huge_text(&text);
+    }
+    let body = api.success(parsed, &text, Usage::of(parsed, &text));
+    let mut ok = api.ok(window);
+    match directives.body {
+        None => {
+            let prompt = parsed.last_user.clone();
+            (ok.body(body.to_string()), Tally::Success { prompt })
+        }
+        Some(fault) => (
+            bodies::faulty(fault, ok, body, api.strip_text()),
+            Tally::Fault,
+        ),
+    }
+}
+
+fn random_fault(api: Api) -> HttpResponse {
+    let statuses = api.transient_statuses();
+    match rand::random_range(0..=statuses.len()) {
+        pick if pick < statuses.len() => api.failure(&Failure::Status(statuses[pick])),
+        _ => bodies::reset(),
+    }
+}

@@ -1,0 +1,152 @@
+//! Mock configuration: the keys it accepts, their limits, window lengths and fault rate.
+//!
+//! Deserialisable (TOML or JSON) with durations as `*_ms` integer fields, so a CLI can
+//! load a mock from a file.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Label under which requests with a missing or unknown key are counted.
+pub const UNKNOWN_LABEL: &str = "unknown";
+
+/// One API key the mock knows.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockKey {
+    /// Name used in stats and control endpoints.
+    pub label: String,
+    /// What clients send as the key.
+    pub secret: String,
+    /// At most this many requests in any sliding `minute` window (None: unlimited).
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// At most this many requests in any sliding `day` window (None: unlimited).
+    #[serde(default)]
+    pub rpd: Option<u32>,
+    /// Answer every request with this key as an invalid key.
+    #[serde(default)]
+    pub invalid: bool,
+}
+
+impl MockKey {
+    /// A valid key without limits.
+    pub fn new(label: impl Into<String>, secret: impl Into<String>) -> MockKey {
+        MockKey {
+            label: label.into(),
+            secret: secret.into(),
+            rpm: None,
+            rpd: None,
+            invalid: false,
+        }
+    }
+
+    pub fn with_rpm(mut self, rpm: u32) -> MockKey {
+        self.rpm = Some(rpm);
+        self
+    }
+
+    pub fn with_rpd(mut self, rpd: u32) -> MockKey {
+        self.rpd = Some(rpd);
+        self
+    }
+
+    pub fn invalid(mut self) -> MockKey {
+        self.invalid = true;
+        self
+    }
+}
+
+/// Everything the mock needs to run.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockSettings {
+    #[serde(default)]
+    pub keys: Vec<MockKey>,
+    /// Added to every answer, errors included.
+    #[serde(default, rename = "latency_ms", with = "millis")]
+    pub latency: Duration,
+    /// Length of the sliding per-minute window (short in tests).
+    #[serde(default = "default_minute", rename = "minute_ms", with = "millis")]
+    pub minute: Duration,
+    /// Length of the sliding per-day window (short in tests).
+    #[serde(default = "default_day", rename = "day_ms", with = "millis")]
+    pub day: Duration,
+    /// Share (0.0..=1.0) of requests answered with a random transient fault.
+    #[serde(default)]
+    pub fault_rate: f64,
+}
+
+fn default_minute() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_day() -> Duration {
+    Duration::from_secs(24 * 60 * 60)
+}
+
+impl Default for MockSettings {
+    fn default() -> MockSettings {
+        MockSettings {
+            keys: Vec::new(),
+            latency: Duration::ZERO,
+            minute: default_minute(),
+            day: default_day(),
+            fault_rate: 0.0,
+        }
+    }
+}
+
+impl MockSettings {
+    /// Settings with these keys and default windows.
+    pub fn with_keys(keys: Vec<MockKey>) -> MockSettings {
+        MockSettings {
+            keys,
+            ..MockSettings::default()
+        }
+    }
+
+    /// Rejects settings the mock could not honour (duplicate keys, empty windows, ...).
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.fault_rate) {
+            return Err(format!(
+                "fault_rate {} is not within 0.0..=1.0",
+                self.fault_rate
+            ));
+        }
+        if self.minute.is_zero() || self.day.is_zero() {
+            return Err("minute_ms and day_ms must be positive".to_string());
+        }
+        let mut labels = HashSet::new();
+        let mut secrets = HashSet::new();
+        for key in &self.keys {
+            if key.label == UNKNOWN_LABEL {
+                return Err(format!("key label {UNKNOWN_LABEL:?} is reserved"));
+            }
+            if !labels.insert(key.label.as_str()) {
+                return Err(format!("duplicate key label {:?}", key.label));
+            }
+            if !secrets.insert(key.secret.as_str()) {
+                return Err(format!("duplicate secret for key {:?}", key.label));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `Duration` as whole milliseconds, the unit the settings file uses.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        let ms = u64::try_from(value.as_millis()).unwrap_or(u64::MAX);
+        serializer.serialize_u64(ms)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+}
