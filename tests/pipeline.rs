@@ -11,12 +11,21 @@ use lapin::BasicProperties;
 use serde_json::json;
 
 fn pool(name: &'static str, provider: &'static str, keys: Vec<TestKey>) -> TestPool {
-    TestPool { name, provider, keys }
+    TestPool {
+        name,
+        provider,
+        keys,
+    }
 }
 
 async fn key_state(env: &TestEnv, key: &str) -> String {
     let keys = env.app().supervisor().send(GetKeys).await.unwrap();
-    keys.iter().find(|k| k.name == key).unwrap().state.label().to_string()
+    keys.iter()
+        .find(|k| k.name == key)
+        .unwrap()
+        .state
+        .label()
+        .to_string()
 }
 
 #[actix::test]
@@ -35,7 +44,10 @@ async fn happy_path_through_each_provider() {
     for p in ["g", "o", "a"] {
         let text = &replies[&format!("{p}-text")];
         assert_eq!(text.status, JobStatus::Succeeded, "{text:?}");
-        assert_eq!(text.text.as_deref(), Some(format!("mock answer: hello from {p}").as_str()));
+        assert_eq!(
+            text.text.as_deref(),
+            Some(format!("mock answer: hello from {p}").as_str())
+        );
         assert_eq!(text.pool, p);
         assert_eq!(text.key.as_deref(), Some(format!("{p}1").as_str()));
         assert_eq!(text.model.as_deref(), Some("model-a"));
@@ -44,7 +56,10 @@ async fn happy_path_through_each_provider() {
         assert!(text.usage.input_tokens > 0 && text.usage.output_tokens > 0);
         let js = &replies[&format!("{p}-json")];
         assert_eq!(js.status, JobStatus::Succeeded, "{js:?}");
-        assert_eq!(js.json.as_ref().unwrap()["echo"], format!("json please {p}"));
+        assert_eq!(
+            js.json.as_ref().unwrap()["echo"],
+            format!("json please {p}")
+        );
     }
     // Results are in the store too.
     let stored = env.app().store().result("g-text").unwrap().unwrap();
@@ -59,8 +74,14 @@ async fn reply_carries_correlation_id_and_properties() {
     let (result, delivery) = env.next_reply().await;
     assert_eq!(result.id, "c1");
     let props = &delivery.properties;
-    assert_eq!(props.correlation_id().as_ref().map(|s| s.as_str()), Some("corr-c1"));
-    assert_eq!(props.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+    assert_eq!(
+        props.correlation_id().as_ref().map(|s| s.as_str()),
+        Some("corr-c1")
+    );
+    assert_eq!(
+        props.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
     assert_eq!(*props.delivery_mode(), Some(2));
     env.finish().await;
 }
@@ -71,17 +92,29 @@ async fn daily_exhaustion_mid_run_moves_jobs_to_the_next_key() {
         "g",
         "gemini",
         vec![
-            TestKey::new("primary", 1).mock(|k| k.with_rpd(3)).concurrency(1),
+            TestKey::new("primary", 1)
+                .mock(|k| k.with_rpd(3))
+                .concurrency(1),
             TestKey::new("secondary", 2).concurrency(1),
         ],
     )])
     .await;
     for i in 0..12 {
-        env.publish("g", &json!({"id": format!("j{i}"), "prompt": format!("job {i}")})).await;
+        env.publish(
+            "g",
+            &json!({"id": format!("j{i}"), "prompt": format!("job {i}")}),
+        )
+        .await;
     }
     let replies = env.replies(12).await;
-    assert!(replies.values().all(|r| r.status == JobStatus::Succeeded), "{replies:?}");
-    let on_primary = replies.values().filter(|r| r.key.as_deref() == Some("primary")).count();
+    assert!(
+        replies.values().all(|r| r.status == JobStatus::Succeeded),
+        "{replies:?}"
+    );
+    let on_primary = replies
+        .values()
+        .filter(|r| r.key.as_deref() == Some("primary"))
+        .count();
     assert_eq!(on_primary, 3, "primary answers exactly its daily quota");
     let stats = env.mock.stats();
     // Three successes and the one call that found the quota spent; nothing after.
@@ -100,16 +133,45 @@ async fn invalid_key_is_disabled_after_its_first_failure() {
     let mut env = TestEnv::start(vec![pool(
         "o",
         "openai",
-        vec![TestKey::new("revoked", 1).mock(|k| k.invalid()), TestKey::new("good", 2)],
+        vec![
+            TestKey::new("revoked", 1).mock(|k| k.invalid()),
+            TestKey::new("good", 2),
+        ],
     )])
     .await;
     for i in 0..8 {
-        env.publish("o", &json!({"id": format!("j{i}"), "prompt": format!("job {i}")})).await;
+        env.publish(
+            "o",
+            &json!({"id": format!("j{i}"), "prompt": format!("job {i}")}),
+        )
+        .await;
     }
     let replies = env.replies(8).await;
-    assert!(replies.values().all(|r| r.status == JobStatus::Succeeded && r.key.as_deref() == Some("good")));
-    assert_eq!(env.mock.stats().key("revoked").requests, 1, "one call, then never again");
+    assert!(
+        replies
+            .values()
+            .all(|r| r.status == JobStatus::Succeeded && r.key.as_deref() == Some("good"))
+    );
+    // Calls already in flight when the first 401 came back cannot be recalled:
+    // at most the key's concurrency, all of them answered 401.
+    let calls = env.mock.stats().key("revoked").requests;
+    assert!((1..=4).contains(&calls), "{calls} calls");
+    assert_eq!(env.mock.stats().key("revoked").unauthorized, calls);
     assert_eq!(key_state(&env, "revoked").await, "disabled");
+    // Disabled means never used again.
+    for i in 8..16 {
+        env.publish(
+            "o",
+            &json!({"id": format!("j{i}"), "prompt": format!("job {i}")}),
+        )
+        .await;
+    }
+    env.replies(8).await;
+    assert_eq!(
+        env.mock.stats().key("revoked").requests,
+        calls,
+        "no call after disabling"
+    );
     env.finish().await;
 }
 
@@ -125,8 +187,16 @@ async fn malformed_jobs_get_invalid_job_replies_and_dead_letters() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("bad-1", b"this is not json".to_vec(), "not a valid job"),
         ("bad-2", br#"{"prompt": 7}"#.to_vec(), "invalid type"),
-        ("bad-3", br#"{"prompt": "a", "messages": [{"role": "user", "content": "b"}]}"#.to_vec(), "exactly one of"),
-        ("bad-4", br#"{"template": "missing", "input": {}}"#.to_vec(), "unknown template"),
+        (
+            "bad-3",
+            br#"{"prompt": "a", "messages": [{"role": "user", "content": "b"}]}"#.to_vec(),
+            "exactly one of",
+        ),
+        (
+            "bad-4",
+            br#"{"template": "missing", "input": {}}"#.to_vec(),
+            "unknown template",
+        ),
         ("bad-5", big.into_bytes(), "over the limit"),
         ("bad-6", b"\xff\xfe\xfd".to_vec(), "not a valid job"),
     ];
@@ -137,7 +207,8 @@ async fn malformed_jobs_get_invalid_job_replies_and_dead_letters() {
         env.publish_raw("g", body, props).await;
     }
     // The consumer goes on: a good job after the garbage still succeeds.
-    env.publish("g", &json!({"id": "good", "prompt": "still alive"})).await;
+    env.publish("g", &json!({"id": "good", "prompt": "still alive"}))
+        .await;
     let replies = env.replies(cases.len() + 1).await;
     for (id, _, expected) in &cases {
         let r = &replies[*id];
@@ -150,10 +221,17 @@ async fn malformed_jobs_get_invalid_job_replies_and_dead_letters() {
     let dead = env.dead_letters(cases.len()).await;
     for d in &dead {
         let headers = d.properties.headers().as_ref().unwrap();
-        let reason = headers.inner().get("x-keyrelay-reason").expect("reason header");
+        let reason = headers
+            .inner()
+            .get("x-keyrelay-reason")
+            .expect("reason header");
         assert!(format!("{reason:?}").len() > 10);
     }
-    assert_eq!(env.mock.stats().total().requests, 1, "no provider call for garbage");
+    assert_eq!(
+        env.mock.stats().total().requests,
+        1,
+        "no provider call for garbage"
+    );
     env.finish().await;
 }
 
@@ -173,12 +251,18 @@ async fn completed_job_delivered_again_is_answered_from_the_store() {
 
 #[actix::test]
 async fn consumer_priority_sends_work_to_the_primary_while_it_has_capacity() {
-    let settings = MockSettings { latency: std::time::Duration::from_millis(300), ..MockSettings::default() };
+    let settings = MockSettings {
+        latency: std::time::Duration::from_millis(300),
+        ..MockSettings::default()
+    };
     let mut env = TestEnv::start_with(
         vec![pool(
             "g",
             "gemini",
-            vec![TestKey::new("backup", 3).concurrency(4), TestKey::new("primary", 1).concurrency(4)],
+            vec![
+                TestKey::new("backup", 3).concurrency(4),
+                TestKey::new("primary", 1).concurrency(4),
+            ],
         )],
         settings,
         "",
@@ -186,16 +270,30 @@ async fn consumer_priority_sends_work_to_the_primary_while_it_has_capacity() {
     .await;
     // Four jobs fit the primary's prefetch: the broker gives it all of them.
     for i in 0..4 {
-        env.publish("g", &json!({"id": format!("first-{i}"), "prompt": format!("first {i}")})).await;
+        env.publish(
+            "g",
+            &json!({"id": format!("first-{i}"), "prompt": format!("first {i}")}),
+        )
+        .await;
     }
     let first = env.replies(4).await;
-    assert!(first.values().all(|r| r.key.as_deref() == Some("primary")), "{first:?}");
+    assert!(
+        first.values().all(|r| r.key.as_deref() == Some("primary")),
+        "{first:?}"
+    );
     // Twelve at once overflow it: the backup takes what the primary cannot.
     for i in 0..12 {
-        env.publish("g", &json!({"id": format!("burst-{i}"), "prompt": format!("burst {i}")})).await;
+        env.publish(
+            "g",
+            &json!({"id": format!("burst-{i}"), "prompt": format!("burst {i}")}),
+        )
+        .await;
     }
     let burst = env.replies(12).await;
-    let on_backup = burst.values().filter(|r| r.key.as_deref() == Some("backup")).count();
+    let on_backup = burst
+        .values()
+        .filter(|r| r.key.as_deref() == Some("backup"))
+        .count();
     assert!(on_backup > 0, "overflow reaches the backup");
     assert!(on_backup < 12, "the primary keeps working");
     env.finish().await;
@@ -203,9 +301,22 @@ async fn consumer_priority_sends_work_to_the_primary_while_it_has_capacity() {
 
 #[actix::test]
 async fn transient_failures_are_retried_then_fail_with_upstream() {
-    let mut env = TestEnv::start(vec![pool("o", "openai", vec![TestKey::new("k1", 1), TestKey::new("k2", 1)])]).await;
-    env.publish("o", &json!({"id": "flaky", "prompt": "[[mock:status=503]] always down"})).await;
-    env.publish("o", &json!({"id": "bad", "prompt": "[[mock:status=400]] rejected"})).await;
+    let mut env = TestEnv::start(vec![pool(
+        "o",
+        "openai",
+        vec![TestKey::new("k1", 1), TestKey::new("k2", 1)],
+    )])
+    .await;
+    env.publish(
+        "o",
+        &json!({"id": "flaky", "prompt": "[[mock:status=503]] always down"}),
+    )
+    .await;
+    env.publish(
+        "o",
+        &json!({"id": "bad", "prompt": "[[mock:status=400]] rejected"}),
+    )
+    .await;
     let replies = env.replies(2).await;
     let flaky = &replies["flaky"];
     assert_eq!(flaky.error.as_ref().unwrap().kind, ErrorKind::Upstream);
@@ -213,14 +324,22 @@ async fn transient_failures_are_retried_then_fail_with_upstream() {
     let bad = &replies["bad"];
     assert_eq!(bad.error.as_ref().unwrap().kind, ErrorKind::BadRequest);
     assert_eq!(bad.attempts, 1, "a bad request is never retried");
-    assert_eq!(key_state(&env, "k1").await, "active", "transient errors do not park keys");
+    assert_eq!(
+        key_state(&env, "k1").await,
+        "active",
+        "transient errors do not park keys"
+    );
     env.finish().await;
 }
 
 #[actix::test]
 async fn invalid_json_output_is_a_failed_result() {
     let mut env = TestEnv::start(vec![pool("g", "gemini", vec![TestKey::new("k", 1)])]).await;
-    env.publish("g", &json!({"id": "j", "prompt": "[[mock:invalid_json]] give json", "response_format": "json"})).await;
+    env.publish(
+        "g",
+        &json!({"id": "j", "prompt": "[[mock:invalid_json]] give json", "response_format": "json"}),
+    )
+    .await;
     let (r, _) = env.next_reply().await;
     assert_eq!(r.status, JobStatus::Failed);
     assert_eq!(r.error.unwrap().kind, ErrorKind::InvalidOutput);
@@ -231,15 +350,25 @@ async fn invalid_json_output_is_a_failed_result() {
 #[actix::test]
 async fn reply_to_a_missing_queue_is_recorded_not_looped() {
     // Concurrency 1: "after" is delivered only once "lost" is acked (and stored).
-    let mut env = TestEnv::start(vec![pool("g", "gemini", vec![TestKey::new("k", 1).concurrency(1)])]).await;
+    let mut env = TestEnv::start(vec![pool(
+        "g",
+        "gemini",
+        vec![TestKey::new("k", 1).concurrency(1)],
+    )])
+    .await;
     let props = BasicProperties::default()
         .with_message_id("lost".into())
         .with_reply_to("no.such.queue.anywhere".into());
-    env.publish_raw("g", br#"{"prompt": "where does this go"}"#, props).await;
-    env.publish("g", &json!({"id": "after", "prompt": "next"})).await;
+    env.publish_raw("g", br#"{"prompt": "where does this go"}"#, props)
+        .await;
+    env.publish("g", &json!({"id": "after", "prompt": "next"}))
+        .await;
     let (r, _) = env.next_reply().await;
     assert_eq!(r.id, "after");
-    assert!(env.app().store().result("lost").unwrap().is_some(), "result kept in the store");
+    assert!(
+        env.app().store().result("lost").unwrap().is_some(),
+        "result kept in the store"
+    );
     assert_eq!(env.mock.stats().key("k").requests, 2);
     env.finish().await;
 }

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
 use lapin::BasicProperties;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
 use serde_json::json;
 
 use crate::actors::messages::GetKeys;
@@ -49,10 +51,13 @@ async fn run_in(amqp_url: &str, jobs: usize, run_id: &str, dir: &Path) -> anyhow
     .context("cannot start the mock provider")?;
     println!("mock provider listening on {}", mock.addr());
     let config = demo_config(amqp_url, run_id, dir, &mock, &keys)?;
-    let app = App::start(config.clone())
-        .await
-        .context("keyrelay could not start (is RabbitMQ running? `scripts/ensure-rabbitmq.sh` starts it)")?;
-    println!("keyrelay running; metrics at http://{}/metrics\n", app.http_addr());
+    let app = App::start(config.clone()).await.context(
+        "keyrelay could not start (is RabbitMQ running? `scripts/ensure-rabbitmq.sh` starts it)",
+    )?;
+    println!(
+        "keyrelay running; metrics at http://{}/metrics\n",
+        app.http_addr()
+    );
 
     let outcome = exchange_jobs(&config, run_id, jobs).await;
     if let Ok(results) = &outcome {
@@ -69,11 +74,23 @@ async fn run_in(amqp_url: &str, jobs: usize, run_id: &str, dir: &Path) -> anyhow
 fn demo_keys(run_id: &str) -> Vec<(&'static str, MockKey)> {
     let secret = |name: &str| format!("demo-{name}-{run_id}");
     vec![
-        ("gemini", MockKey::new("gemini-primary", secret("gemini-primary")).with_rpd(PRIMARY_RPD)),
-        ("gemini", MockKey::new("gemini-secondary", secret("gemini-secondary"))),
-        ("gemini", MockKey::new("gemini-backup", secret("gemini-backup"))),
+        (
+            "gemini",
+            MockKey::new("gemini-primary", secret("gemini-primary")).with_rpd(PRIMARY_RPD),
+        ),
+        (
+            "gemini",
+            MockKey::new("gemini-secondary", secret("gemini-secondary")),
+        ),
+        (
+            "gemini",
+            MockKey::new("gemini-backup", secret("gemini-backup")),
+        ),
         ("openai", MockKey::new("openai-main", secret("openai-main"))),
-        ("anthropic", MockKey::new("anthropic-main", secret("anthropic-main"))),
+        (
+            "anthropic",
+            MockKey::new("anthropic-main", secret("anthropic-main")),
+        ),
     ]
 }
 
@@ -92,16 +109,29 @@ fn demo_config(
     };
     let mut pools = String::new();
     let pool_defs = [
-        ("gemini", "gemini", mock.gemini_base_url(), "gemini-2.0-flash"),
+        (
+            "gemini",
+            "gemini",
+            mock.gemini_base_url(),
+            "gemini-2.0-flash",
+        ),
         ("openai", "openai", mock.openai_base_url(), "gpt-4o-mini"),
-        ("anthropic", "anthropic", mock.anthropic_base_url(), "claude-3-5-haiku-latest"),
+        (
+            "anthropic",
+            "anthropic",
+            mock.anthropic_base_url(),
+            "claude-3-5-haiku-latest",
+        ),
     ];
     for (pool, provider, base_url, model) in pool_defs {
         pools += &format!(
             "[[pools]]\nname = \"{pool}\"\nprovider = \"{provider}\"\nbase_url = \"{base_url}\"\ndefault_model = \"{model}\"\n"
         );
         for (priority, (_, key)) in keys.iter().filter(|(p, _)| *p == pool).enumerate() {
-            let name = key.label.trim_start_matches(&format!("{pool}-")).to_string();
+            let name = key
+                .label
+                .trim_start_matches(&format!("{pool}-"))
+                .to_string();
             pools += &format!(
                 "  [[pools.keys]]\n  name = \"{name}\"\n  api_key_file = \"{}\"\n  priority = {}\n  concurrency = 2\n",
                 key_file(key)?.display(),
@@ -161,14 +191,29 @@ fn sample_jobs(jobs: usize) -> Vec<(&'static str, serde_json::Value)> {
 }
 
 /// Publish the sample jobs with a private reply queue and collect one result each.
-async fn exchange_jobs(config: &Config, run_id: &str, jobs: usize) -> anyhow::Result<Vec<JobResult>> {
+async fn exchange_jobs(
+    config: &Config,
+    run_id: &str,
+    jobs: usize,
+) -> anyhow::Result<Vec<JobResult>> {
     let broker = Arc::new(Broker::connect(&config.broker.url).await?);
     let channel = broker.channel().await?;
     let replies = format!("keyrelay.demo.{run_id}.replies");
-    let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-    channel.queue_declare(replies.as_str().into(), exclusive, FieldTable::default()).await?;
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(replies.as_str().into(), exclusive, FieldTable::default())
+        .await?;
     let mut consumer = channel
-        .basic_consume(replies.as_str().into(), "demo".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            replies.as_str().into(),
+            "demo".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let publisher = Publisher::new(broker.clone()).await?;
     let jobs = sample_jobs(jobs);
@@ -179,17 +224,34 @@ async fn exchange_jobs(config: &Config, run_id: &str, jobs: usize) -> anyhow::Re
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_reply_to(replies.as_str().into());
-        publisher.publish(&config.job_queue(pool), body.to_string().as_bytes(), props, true).await?;
+        publisher
+            .publish(
+                &config.job_queue(pool),
+                body.to_string().as_bytes(),
+                props,
+                true,
+            )
+            .await?;
     }
-    println!("published {} jobs; waiting for their results...", jobs.len());
+    println!(
+        "published {} jobs; waiting for their results...",
+        jobs.len()
+    );
     let mut results = Vec::with_capacity(jobs.len());
     while results.len() < jobs.len() {
         let next = tokio::time::timeout(Duration::from_secs(60), consumer.next()).await;
         let Ok(Some(Ok(delivery))) = next else {
-            bail!("only {} of {} results arrived within 60 s", results.len(), jobs.len());
+            bail!(
+                "only {} of {} results arrived within 60 s",
+                results.len(),
+                jobs.len()
+            );
         };
         delivery.ack(BasicAckOptions::default()).await?;
-        results.push(serde_json::from_slice::<JobResult>(&delivery.data).context("result is not contract JSON")?);
+        results.push(
+            serde_json::from_slice::<JobResult>(&delivery.data)
+                .context("result is not contract JSON")?,
+        );
     }
     broker.close().await;
     results.sort_by(|a, b| a.id.cmp(&b.id));
@@ -197,7 +259,10 @@ async fn exchange_jobs(config: &Config, run_id: &str, jobs: usize) -> anyhow::Re
 }
 
 fn print_results(results: &[JobResult]) {
-    println!("{:<14} {:<10} {:<10} {:<10} {:>8}  answer", "job", "pool", "key", "status", "latency");
+    println!(
+        "{:<14} {:<10} {:<10} {:<10} {:>8}  answer",
+        "job", "pool", "key", "status", "latency"
+    );
     for r in results {
         let answer = match (&r.json, &r.text, &r.error) {
             (Some(json), _, _) => json.to_string(),
@@ -218,9 +283,19 @@ fn print_results(results: &[JobResult]) {
     }
     let mut by_key: BTreeMap<String, usize> = BTreeMap::new();
     for r in results.iter().filter(|r| r.is_success()) {
-        *by_key.entry(format!("{}/{}", r.pool, r.key.as_deref().unwrap_or("-"))).or_default() += 1;
+        *by_key
+            .entry(format!("{}/{}", r.pool, r.key.as_deref().unwrap_or("-")))
+            .or_default() += 1;
     }
     println!("\nsucceeded per key: {by_key:?}");
+    for r in results.iter().filter(|r| r.attempts > 1) {
+        println!(
+            "{} needed {} provider calls: its first key ran out of quota mid-job and it moved to `{}`",
+            r.id,
+            r.attempts,
+            r.key.as_deref().unwrap_or("-")
+        );
+    }
 }
 
 async fn print_keys(app: &App, mock: &MockProvider) {
@@ -229,13 +304,26 @@ async fn print_keys(app: &App, mock: &MockProvider) {
     };
     println!("\nkey states (the primary Gemini key had {PRIMARY_RPD} requests a day):");
     for k in keys {
-        let until = k.state.until().map(|t| format!(" until {t}")).unwrap_or_default();
-        println!("  {}/{:<10} [{}] {}{}", k.pool, k.name, k.fingerprint, k.state.label(), until);
+        let until = k
+            .state
+            .until()
+            .map(|t| format!(" until {t}"))
+            .unwrap_or_default();
+        let name = format!("{}/{}", k.pool, k.name);
+        println!(
+            "  {name:<18} [{}] {}{}",
+            k.fingerprint,
+            k.state.label(),
+            until
+        );
     }
     let stats = mock.stats();
     println!("\nprovider calls seen by the mock:");
     for (label, s) in &stats.keys {
-        println!("  {label:<18} requests {:>3}, successes {:>3}, exhausted {:>2}", s.requests, s.successes, s.exhausted);
+        println!(
+            "  {label:<18} requests {:>3}, successes {:>3}, exhausted {:>2}",
+            s.requests, s.successes, s.exhausted
+        );
     }
 }
 
@@ -245,11 +333,17 @@ async fn cleanup(config: &Config, run_id: &str) {
         return;
     };
     if let Ok(channel) = broker.channel().await {
-        let mut queues: Vec<String> = config.pools.iter().map(|p| config.job_queue(&p.name)).collect();
+        let mut queues: Vec<String> = config
+            .pools
+            .iter()
+            .map(|p| config.job_queue(&p.name))
+            .collect();
         queues.push(config.jobs.results_queue.clone());
         queues.push(config.jobs.dead_letter_queue.clone());
         for q in queues {
-            let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
     }
     broker.close().await;

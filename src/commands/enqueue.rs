@@ -106,7 +106,9 @@ fn job_properties(line: &str, reply_to: Option<&str>) -> Result<BasicProperties,
         .with_content_type("application/json".into())
         .with_delivery_mode(2);
     if let Some(id) = value.get("id").and_then(|v| v.as_str()) {
-        props = props.with_message_id(id.into()).with_correlation_id(id.into());
+        props = props
+            .with_message_id(id.into())
+            .with_correlation_id(id.into());
     }
     if let Some(queue) = reply_to {
         props = props.with_reply_to(queue.into());
@@ -118,8 +120,8 @@ fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
     if path == Path::new("-") {
         return Ok(Box::new(BufReader::new(std::io::stdin())));
     }
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
         bail!("{} is a directory, not a JSONL file", path.display());
     }
@@ -131,7 +133,9 @@ fn progress_bar(enabled: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new_spinner();
-    if let Ok(style) = ProgressStyle::with_template("{spinner} {pos} jobs confirmed ({per_sec}) {elapsed}") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} {pos} jobs confirmed ({per_sec}) {elapsed}")
+    {
         bar.set_style(style);
     }
     bar

@@ -27,7 +27,9 @@ pub async fn run(listen: SocketAddr, config: Option<&Path>) -> anyhow::Result<()
         mock.openai_base_url(),
         mock.anthropic_base_url()
     );
-    tokio::signal::ctrl_c().await.context("cannot listen for SIGINT")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot listen for SIGINT")?;
     mock.stop().await;
     Ok(())
 }

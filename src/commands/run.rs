@@ -11,7 +11,9 @@ use crate::config::Config;
 /// Run until a shutdown signal, then stop gracefully.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let grace = Duration::from_secs(config.jobs.shutdown_grace_secs);
-    let app = App::start(config).await.context("keyrelay could not start")?;
+    let app = App::start(config)
+        .await
+        .context("keyrelay could not start")?;
     wait_for_signal().await?;
     info!(grace_secs = grace.as_secs(), "shutting down");
     app.shutdown(grace).await;

@@ -8,10 +8,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Default filter of the service: one line per job at info.
+pub const SERVICE_FILTER: &str = "info,lapin=warn,actix_server=warn";
+/// Default filter of the demo: only what goes wrong (keys leaving rotation).
+pub const DEMO_FILTER: &str = "warn,lapin=error";
+
 /// Install the global subscriber. `RUST_LOG` overrides the default `info` level.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,actix_server=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+pub fn init(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -16,7 +16,9 @@ default_model = "gemini-2.0-flash"
 "#;
 
 fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
-    vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    vars.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn load(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -34,7 +36,10 @@ fn key_file(content: &str) -> (tempfile::TempDir, String) {
 #[test]
 fn minimal_config_gets_defaults() {
     let (_dir, path) = key_file("AIza-test-value\n");
-    let text = BASE.replace("api_key_env = \"KR_TEST_KEY_PRIMARY\"", &format!("api_key_file = \"{path}\""));
+    let text = BASE.replace(
+        "api_key_env = \"KR_TEST_KEY_PRIMARY\"",
+        &format!("api_key_file = \"{path}\""),
+    );
     let config = load(&text, &[]).unwrap();
     assert_eq!(config.job_queue("gemini"), "keyrelay.jobs.gemini");
     assert_eq!(config.jobs.results_queue, "keyrelay.results");
@@ -47,22 +52,57 @@ fn minimal_config_gets_defaults() {
 #[test]
 fn config_errors_name_the_field() {
     let (_dir, path) = key_file("k");
-    let with_file = BASE.replace("api_key_env = \"KR_TEST_KEY_PRIMARY\"", &format!("api_key_file = \"{path}\""));
+    let with_file = BASE.replace(
+        "api_key_env = \"KR_TEST_KEY_PRIMARY\"",
+        &format!("api_key_file = \"{path}\""),
+    );
     let cases: Vec<(String, &str)> = vec![
         (BASE.to_string(), "KR_TEST_KEY_PRIMARY is not set"),
-        (with_file.replace("default_model", "colour = \"red\"\ndefault_model"), "unknown field `colour`"),
-        (with_file.replace("amqp://guest", "http://guest"), "broker.url"),
-        (with_file.replace("https://generativelanguage.googleapis.com", "not a url"), "pools[0].base_url"),
-        (with_file.replace("provider = \"gemini\"", "provider = \"cohere\""), "pools[0].provider"),
         (
-            format!("{with_file}\n  [[pools.keys]]\n  name = \"primary\"\n  api_key_file = \"{path}\"\n"),
+            with_file.replace("default_model", "colour = \"red\"\ndefault_model"),
+            "unknown field `colour`",
+        ),
+        (
+            with_file.replace("amqp://guest", "http://guest"),
+            "broker.url",
+        ),
+        (
+            with_file.replace("https://generativelanguage.googleapis.com", "not a url"),
+            "pools[0].base_url",
+        ),
+        (
+            with_file.replace("provider = \"gemini\"", "provider = \"cohere\""),
+            "pools[0].provider",
+        ),
+        (
+            format!(
+                "{with_file}\n  [[pools.keys]]\n  name = \"primary\"\n  api_key_file = \"{path}\"\n"
+            ),
             "duplicate key name `primary`",
         ),
-        (with_file.replace("name = \"primary\"", "name = \"has space\""), "pools[0].keys[0].name"),
-        (with_file.replace(&format!("api_key_file = \"{path}\""), ""), "exactly one of api_key_env or api_key_file"),
-        (with_file.replace("name = \"primary\"", "name = \"primary\"\n  concurrency = 0"), "concurrency"),
-        (with_file.replace("[broker]", "[broker]\nqueue_type = \"stream\""), "broker.queue_type"),
-        (format!("{with_file}\n[jobs]\nmax_attempts = \"three\"\n"), "jobs.max_attempts"),
+        (
+            with_file.replace("name = \"primary\"", "name = \"has space\""),
+            "pools[0].keys[0].name",
+        ),
+        (
+            with_file.replace(&format!("api_key_file = \"{path}\""), ""),
+            "exactly one of api_key_env or api_key_file",
+        ),
+        (
+            with_file.replace(
+                "name = \"primary\"",
+                "name = \"primary\"\n  concurrency = 0",
+            ),
+            "concurrency",
+        ),
+        (
+            with_file.replace("[broker]", "[broker]\nqueue_type = \"stream\""),
+            "broker.queue_type",
+        ),
+        (
+            format!("{with_file}\n[jobs]\nmax_attempts = \"three\"\n"),
+            "jobs.max_attempts",
+        ),
         ("[broker\n".to_string(), "not valid TOML"),
     ];
     for (text, expected) in cases {
@@ -77,7 +117,10 @@ fn environment_overrides_file_values() {
         BASE,
         &[
             ("KR_TEST_KEY_PRIMARY", "ignored-here"),
-            ("KEYRELAY__BROKER__URL", "amqps://user:pw@broker.example:5671/vhost"),
+            (
+                "KEYRELAY__BROKER__URL",
+                "amqps://user:pw@broker.example:5671/vhost",
+            ),
             ("KEYRELAY__POOLS__GEMINI__KEYS__PRIMARY__CONCURRENCY", "9"),
             ("KEYRELAY__JOBS__MAX_ATTEMPTS", "5"),
         ],
@@ -87,24 +130,37 @@ fn environment_overrides_file_values() {
     assert!(err.contains("KR_TEST_KEY_PRIMARY"), "{err}");
 
     let (_dir, path) = key_file("k");
-    let text = BASE.replace("api_key_env = \"KR_TEST_KEY_PRIMARY\"", &format!("api_key_file = \"{path}\""));
+    let text = BASE.replace(
+        "api_key_env = \"KR_TEST_KEY_PRIMARY\"",
+        &format!("api_key_file = \"{path}\""),
+    );
     let config = load(
         &text,
         &[
-            ("KEYRELAY__BROKER__URL", "amqps://user:pw@broker.example:5671/vhost"),
+            (
+                "KEYRELAY__BROKER__URL",
+                "amqps://user:pw@broker.example:5671/vhost",
+            ),
             ("KEYRELAY__POOLS__GEMINI__KEYS__PRIMARY__CONCURRENCY", "9"),
             ("KEYRELAY__JOBS__MAX_ATTEMPTS", "5"),
         ],
     )
     .unwrap();
-    assert_eq!(config.broker.url, "amqps://user:pw@broker.example:5671/vhost");
+    assert_eq!(
+        config.broker.url,
+        "amqps://user:pw@broker.example:5671/vhost"
+    );
     assert_eq!(config.pools[0].keys[0].concurrency, 9);
     assert_eq!(config.jobs.max_attempts, 5);
 }
 
 #[test]
 fn example_config_documents_a_valid_config() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/keyrelay.example.toml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/keyrelay.example.toml"
+    ))
+    .unwrap();
     // Keys come from env vars in the example; point them all at one file instead.
     let (_dir, path) = key_file("k");
     let mut text = text;

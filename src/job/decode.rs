@@ -66,7 +66,7 @@ pub fn decode(
     let fallback_id = props.message_id.clone().filter(|id| valid_id(id).is_ok());
     // Until the body is parsed we only know the AMQP-level id and reply address.
     let early = |reason: String, id: Option<String>| {
-        let id = id.unwrap_or_else(|| fallback_id.clone().unwrap_or_else(|| generated_id()));
+        let id = id.unwrap_or_else(|| fallback_id.clone().unwrap_or_else(&generated_id));
         InvalidJob {
             reply: reply_address(props, ctx, &id),
             id,

@@ -52,7 +52,8 @@ mod tests {
 
     #[test]
     fn routing_table() {
-        let cases: Vec<(&str, Vec<Candidate>, Option<usize>, Option<usize>)> = vec![
+        type Case = (&'static str, Vec<Candidate>, Option<usize>, Option<usize>);
+        let cases: Vec<Case> = vec![
             ("no keys", vec![], None, None),
             (
                 "none available",

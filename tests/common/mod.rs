@@ -15,7 +15,9 @@ use keyrelay::job::JobResult;
 use keyrelay::mock_provider::{MockKey, MockProvider, MockSettings};
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 
 pub fn amqp_url() -> String {
@@ -37,7 +39,12 @@ impl TestKey {
     /// A valid key whose secret is unique to this test run.
     pub fn new(name: &'static str, priority: u8) -> TestKey {
         let secret = format!("test-secret-{name}-{}", uuid::Uuid::now_v7().simple());
-        TestKey { name, priority, concurrency: 4, mock: MockKey::new(name, secret) }
+        TestKey {
+            name,
+            priority,
+            concurrency: 4,
+            mock: MockKey::new(name, secret),
+        }
     }
 
     pub fn mock(mut self, f: impl FnOnce(MockKey) -> MockKey) -> TestKey {
@@ -74,28 +81,57 @@ impl TestEnv {
     }
 
     /// Start the mock, write key files, start keyrelay, open a reply queue.
-    pub async fn start_with(pools: Vec<TestPool>, mut settings: MockSettings, extra_toml: &str) -> TestEnv {
-        settings.keys = pools.iter().flat_map(|p| p.keys.iter().map(|k| k.mock.clone())).collect();
-        let mock = MockProvider::start(settings, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    pub async fn start_with(
+        pools: Vec<TestPool>,
+        mut settings: MockSettings,
+        extra_toml: &str,
+    ) -> TestEnv {
+        settings.keys = pools
+            .iter()
+            .flat_map(|p| p.keys.iter().map(|k| k.mock.clone()))
+            .collect();
+        let mock = MockProvider::start(settings, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("kr-test.{}", uuid::Uuid::now_v7().simple());
         let config = config_for(&pools, &mock, dir.path(), &prefix, extra_toml);
         let app = App::start(config.clone()).await.expect("keyrelay starts");
         let key_count: usize = pools.iter().map(|p| p.keys.len()).sum();
-        tokio::time::timeout(WAIT, app.wait_for_consumers(key_count)).await.expect("all keys consuming");
+        tokio::time::timeout(WAIT, app.wait_for_consumers(key_count))
+            .await
+            .expect("all keys consuming");
         let broker = Arc::new(Broker::connect(&amqp_url()).await.unwrap());
         let publisher = Publisher::new(broker.clone()).await.unwrap();
         let replies = format!("{prefix}.replies");
         let channel = broker.channel().await.unwrap();
         channel
-            .queue_declare(replies.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
+            .queue_declare(
+                replies.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         let consumer = channel
-            .basic_consume(replies.as_str().into(), "test".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                replies.as_str().into(),
+                "test".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
-        TestEnv { app: Some(app), mock, config, dir, broker, publisher, replies, consumer }
+        TestEnv {
+            app: Some(app),
+            mock,
+            config,
+            dir,
+            broker,
+            publisher,
+            replies,
+            consumer,
+        }
     }
 
     pub fn app(&self) -> &App {
@@ -114,11 +150,16 @@ impl TestEnv {
             .with_delivery_mode(2)
             .with_reply_to(self.replies.as_str().into())
             .with_correlation_id(format!("corr-{id}").into());
-        self.publish_raw(pool, body.to_string().as_bytes(), props).await;
+        self.publish_raw(pool, body.to_string().as_bytes(), props)
+            .await;
     }
 
     pub async fn publish_raw(&self, pool: &str, body: &[u8], props: BasicProperties) {
-        let outcome = self.publisher.publish(&self.queue(pool), body, props, true).await.unwrap();
+        let outcome = self
+            .publisher
+            .publish(&self.queue(pool), body, props, true)
+            .await
+            .unwrap();
         assert_eq!(outcome, PublishOutcome::Delivered);
     }
 
@@ -130,7 +171,8 @@ impl TestEnv {
             .expect("reply stream open")
             .expect("reply delivery");
         delivery.ack(BasicAckOptions::default()).await.unwrap();
-        let result: JobResult = serde_json::from_slice(&delivery.data).expect("reply is contract JSON");
+        let result: JobResult =
+            serde_json::from_slice(&delivery.data).expect("reply is contract JSON");
         (result, delivery)
     }
 
@@ -139,7 +181,10 @@ impl TestEnv {
         let mut out = HashMap::new();
         for _ in 0..n {
             let (result, _) = self.next_reply().await;
-            assert!(out.insert(result.id.clone(), result).is_none(), "one reply per job");
+            assert!(
+                out.insert(result.id.clone(), result).is_none(),
+                "one reply per job"
+            );
         }
         out
     }
@@ -158,7 +203,11 @@ impl TestEnv {
             .unwrap();
         let mut out = Vec::new();
         while out.len() < expected {
-            let d = tokio::time::timeout(WAIT, consumer.next()).await.expect("dead letter").unwrap().unwrap();
+            let d = tokio::time::timeout(WAIT, consumer.next())
+                .await
+                .expect("dead letter")
+                .unwrap()
+                .unwrap();
             d.ack(BasicAckOptions::default()).await.unwrap();
             out.push(d);
         }
@@ -171,21 +220,34 @@ impl TestEnv {
             app.shutdown(Duration::from_secs(5)).await;
         }
         let channel = self.broker.channel().await.unwrap();
-        let mut queues: Vec<String> = self.config.pools.iter().map(|p| self.config.job_queue(&p.name)).collect();
+        let mut queues: Vec<String> = self
+            .config
+            .pools
+            .iter()
+            .map(|p| self.config.job_queue(&p.name))
+            .collect();
         queues.extend([
             self.config.jobs.results_queue.clone(),
             self.config.jobs.dead_letter_queue.clone(),
             self.replies.clone(),
         ]);
         for q in queues {
-            let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
         self.broker.close().await;
         self.mock.stop().await;
     }
 }
 
-fn config_for(pools: &[TestPool], mock: &MockProvider, dir: &Path, prefix: &str, extra: &str) -> Config {
+fn config_for(
+    pools: &[TestPool],
+    mock: &MockProvider,
+    dir: &Path,
+    prefix: &str,
+    extra: &str,
+) -> Config {
     let mut text = format!(
         "[broker]\nurl = \"{}\"\nqueue_prefix = \"{prefix}\"\n\n[store]\npath = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[jobs]\nresults_queue = \"{prefix}.results\"\ndead_letter_queue = \"{prefix}.dead\"\n{extra}\n",
         amqp_url(),

@@ -55,7 +55,10 @@ impl Actor for KeyWorker {
 
 impl KeyWorker {
     pub(super) fn report_consuming(&self, consuming: bool) {
-        self.supervisor.do_send(ConsumerState { key: self.key.id, consuming });
+        self.supervisor.do_send(ConsumerState {
+            key: self.key.id,
+            consuming,
+        });
     }
 
     /// Start a consumer on the pool's queue (no-op when already consuming).

@@ -42,13 +42,18 @@ pub struct KeySetup {
 
 impl Supervisor {
     /// Start the supervisor; it starts one worker per key.
-    pub fn launch(setup: SupervisorSetup) -> (Addr<Supervisor>, tokio::sync::watch::Receiver<usize>) {
+    pub fn launch(
+        setup: SupervisorSetup,
+    ) -> (Addr<Supervisor>, tokio::sync::watch::Receiver<usize>) {
         let (consumers, watch) = tokio::sync::watch::channel(0);
         let addr = Self::launch_with(setup, consumers);
         (addr, watch)
     }
 
-    fn launch_with(setup: SupervisorSetup, consumers: tokio::sync::watch::Sender<usize>) -> Addr<Supervisor> {
+    fn launch_with(
+        setup: SupervisorSetup,
+        consumers: tokio::sync::watch::Sender<usize>,
+    ) -> Addr<Supervisor> {
         Supervisor::create(move |ctx| {
             let services = Arc::new(Services {
                 store: setup.store,
