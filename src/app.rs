@@ -11,7 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::actors::messages::{GetKeys, StopAll};
+use crate::actors::messages::{GetKeys, StopAll, Terminate};
 use crate::actors::supervisor::{KeySetup, PoolSetup};
 use crate::actors::supervisor::{Supervisor, SupervisorSetup};
 use crate::amqp::{AmqpError, Broker, Publisher, topology};
@@ -132,6 +132,7 @@ impl App {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = self.supervisor.send(Terminate).await;
         if let Err(e) = self.store.flush().await {
             warn!(error = %e, "final store flush failed");
         }

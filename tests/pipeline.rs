@@ -372,3 +372,99 @@ async fn reply_to_a_missing_queue_is_recorded_not_looped() {
     assert_eq!(env.mock.stats().key("k").requests, 2);
     env.finish().await;
 }
+
+#[actix::test]
+async fn rate_limited_pool_waits_in_the_queue_and_resumes_by_itself() {
+    // One key, two requests per (short) minute: most jobs find the key cooling
+    // down, go back to the queue, and run when the window frees up.
+    let settings = MockSettings {
+        minute: std::time::Duration::from_millis(1500),
+        ..MockSettings::default()
+    };
+    let mut env = TestEnv::start_with(
+        vec![pool(
+            "g",
+            "gemini",
+            vec![
+                TestKey::new("only", 1)
+                    .mock(|k| k.with_rpm(2))
+                    .concurrency(2),
+            ],
+        )],
+        settings,
+        "",
+    )
+    .await;
+    for i in 0..6 {
+        env.publish(
+            "g",
+            &json!({"id": format!("j{i}"), "prompt": format!("job {i}")}),
+        )
+        .await;
+    }
+    let replies = env.replies(6).await;
+    assert!(
+        replies.values().all(|r| r.status == JobStatus::Succeeded),
+        "{replies:?}"
+    );
+    let stats = env.mock.stats();
+    assert_eq!(stats.key("only").successes, 6);
+    assert!(
+        stats.key("only").rate_limited >= 1,
+        "the limit was hit: {stats:?}"
+    );
+    assert!(stats.successes_by_prompt.values().all(|n| *n == 1));
+    assert_eq!(key_state(&env, "only").await, "active", "back in rotation");
+    env.finish().await;
+}
+
+#[actix::test]
+async fn key_state_survives_a_restart() {
+    let mut env = TestEnv::start(vec![pool(
+        "g",
+        "gemini",
+        vec![
+            TestKey::new("spent", 1).mock(|k| k.with_rpd(1)),
+            TestKey::new("spare", 2),
+        ],
+    )])
+    .await;
+    // One at a time, so each goes to the preferred key: the second spends it.
+    for i in 0..2 {
+        env.publish(
+            "g",
+            &json!({"id": format!("j{i}"), "prompt": format!("job {i}")}),
+        )
+        .await;
+        env.next_reply().await;
+    }
+    assert_eq!(key_state(&env, "spent").await, "exhausted");
+    let calls = env.mock.stats().key("spent").requests;
+    // Restart keyrelay on the same store: the spent key stays out until its reset.
+    env.app
+        .take()
+        .unwrap()
+        .shutdown(std::time::Duration::from_secs(5))
+        .await;
+    let app = keyrelay::app::App::start(env.config.clone()).await.unwrap();
+    tokio::time::timeout(common::WAIT, app.wait_for_consumers(1))
+        .await
+        .unwrap();
+    env.app = Some(app);
+    assert_eq!(key_state(&env, "spent").await, "exhausted");
+    for i in 2..7 {
+        env.publish(
+            "g",
+            &json!({"id": format!("j{i}"), "prompt": format!("job {i}")}),
+        )
+        .await;
+    }
+    let replies = env.replies(5).await;
+    assert!(replies.values().all(|r| r.key.as_deref() == Some("spare")));
+    assert_eq!(
+        env.mock.stats().key("spent").requests,
+        calls,
+        "not called again before its reset"
+    );
+    env.finish().await;
+}

@@ -121,6 +121,11 @@ pub struct KeySnapshot {
     pub state: KeyState,
 }
 
+/// Shutdown → supervisor: stop for good (after `StopAll` and the drain).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Terminate;
+
 /// Shutdown → supervisor: stop every worker's consumer; resolves when all have
 /// been told.
 #[derive(Message)]

@@ -130,6 +130,10 @@ impl Drop for InFlightGuard {
 pub struct InFlight {
     pub job: Job,
     pub delivery: lapin::message::Delivery,
+    /// The channel the delivery came on. Held so the channel stays open (a
+    /// dropped last handle closes it) until this job is acked, even if its
+    /// worker has stopped.
+    pub channel: lapin::Channel,
     /// Provider calls made so far.
     pub attempts: u32,
     pub received: Instant,

@@ -23,7 +23,12 @@ use crate::metrics as m;
 use crate::provider::Outcome;
 
 /// Entry point for a delivery consumed by `key`'s worker.
-pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, delivery: Delivery) {
+pub async fn on_delivery(
+    key: Arc<KeyContext>,
+    services: Arc<Services>,
+    channel: lapin::Channel,
+    delivery: Delivery,
+) {
     let received = Instant::now();
     let props = crate::amqp::job_properties(&delivery.properties);
     let decoded = job::decode(
@@ -51,6 +56,7 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, delivery
     let inflight = InFlight {
         job,
         delivery,
+        channel,
         attempts: 0,
         received,
         last_error: None,

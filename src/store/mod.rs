@@ -47,10 +47,7 @@ impl Store {
     /// Open (or create) the database at `path`. Must run inside a tokio runtime
     /// (the group-commit task is spawned here).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .flush_every_ms(Some(1000))
-            .open()?;
+        let db = open_db(path)?;
         Ok(Store {
             results: db.open_tree(RESULTS)?,
             key_states: db.open_tree(KEY_STATES)?,
@@ -107,13 +104,10 @@ impl Store {
         read_json(&self.key_states, KEY_STATES, key)
     }
 
-    pub async fn save_key_state<T: Serialize>(
-        &self,
-        key: &str,
-        state: &T,
-    ) -> Result<(), StoreError> {
-        write_json(&self.key_states, key, state)?;
-        self.commit.flush().await
+    /// Record a key's state. Not flushed here: the next result's group commit (or
+    /// sled's periodic flush, or shutdown) makes it durable.
+    pub fn save_key_state<T: Serialize>(&self, key: &str, state: &T) -> Result<(), StoreError> {
+        write_json(&self.key_states, key, state)
     }
 
     /// Flush everything (shutdown).
@@ -121,6 +115,26 @@ impl Store {
         self.db.flush_async().await?;
         Ok(())
     }
+}
+
+/// Open sled, waiting up to 5 s for the lock when a previous instance (an
+/// overlapping restart) is still letting go of it.
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new().path(path).flush_every_ms(Some(1000));
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e)) if is_lock_busy(&e) && waited.as_secs() < 5 => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                waited += std::time::Duration::from_millis(100);
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+fn is_lock_busy(e: &std::io::Error) -> bool {
+    e.to_string().contains("could not acquire lock")
 }
 
 fn decode_u64(bytes: &[u8]) -> Option<u64> {

@@ -15,9 +15,13 @@ impl StreamHandler<ConsumerItem> for KeyWorker {
         let ConsumerItem(generation, item) = item;
         match item {
             Some(Ok(delivery)) => {
+                let Some(channel) = self.channel.clone() else {
+                    return;
+                };
                 tokio::spawn(pipeline::on_delivery(
                     self.key.clone(),
                     self.services.clone(),
+                    channel,
                     delivery,
                 ));
             }
@@ -65,6 +69,8 @@ impl Handler<StopWorker> for KeyWorker {
     fn handle(&mut self, _: StopWorker, ctx: &mut Self::Context) {
         self.retiring = true;
         self.cancel_consumer(ctx);
+        // Runs after the cancel (ctx.wait), so the consumer is gone first.
+        ctx.wait(actix::fut::ready(()).map(|_, _, ctx: &mut Context<Self>| ctx.stop()));
     }
 }
 

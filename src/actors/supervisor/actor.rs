@@ -178,14 +178,14 @@ impl Supervisor {
                 .set(value);
         }
         if persist {
-            let store = self.services.store.clone();
-            let key = slot.ctx.store_key.clone();
-            let saved = state.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.save_key_state(&key, &saved).await {
-                    warn!(key = %key, error = %e, "cannot persist key state");
-                }
-            });
+            // Written here, in order; only the flush to disk happens later.
+            if let Err(e) = self
+                .services
+                .store
+                .save_key_state(&slot.ctx.store_key, &state)
+            {
+                warn!(key = %slot.ctx.store_key, error = %e, "cannot persist key state");
+            }
         }
         slot.state = state;
         let pool = slot.pool;

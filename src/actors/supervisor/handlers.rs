@@ -190,6 +190,19 @@ impl Handler<StopAll> for Supervisor {
     }
 }
 
+impl Handler<Terminate> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: Terminate, ctx: &mut Self::Context) {
+        for slot in &mut self.keys {
+            if let Some(worker) = slot.worker.take() {
+                worker.do_send(StopWorker);
+            }
+        }
+        ctx.stop();
+    }
+}
+
 impl Supervisor {
     fn find(&self, pool: &str, key: &str) -> Result<KeyId, String> {
         self.keys
