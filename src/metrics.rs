@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const JOBS_TOTAL: &str = "keyrelay_jobs_total";
 pub const JOB_DURATION: &str = "keyrelay_job_duration_seconds";
+pub const JOB_OVERHEAD: &str = "keyrelay_job_overhead_seconds";
 pub const UPSTREAM_REQUESTS_TOTAL: &str = "keyrelay_upstream_requests_total";
 pub const UPSTREAM_DURATION: &str = "keyrelay_upstream_duration_seconds";
 pub const KEY_STATE: &str = "keyrelay_key_state";
@@ -30,7 +31,8 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
             &[
-                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0,
+                2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
             ],
         )?
         .install_recorder()?;
@@ -47,6 +49,11 @@ fn describe() {
         JOB_DURATION,
         Unit::Seconds,
         "Time from delivery to result, by pool."
+    );
+    describe_histogram!(
+        JOB_OVERHEAD,
+        Unit::Seconds,
+        "keyrelay's own time per job: delivery to ack minus provider time, by pool."
     );
     describe_counter!(
         UPSTREAM_REQUESTS_TOTAL,

@@ -125,6 +125,23 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// Where a job's time went: for the latency a producer sees and for
+/// keyrelay's own overhead (total minus provider time).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub received: Instant,
+    pub provider: std::time::Duration,
+}
+
+impl Timing {
+    pub fn start() -> Timing {
+        Timing {
+            received: Instant::now(),
+            provider: std::time::Duration::ZERO,
+        }
+    }
+}
+
 /// A decoded job together with the delivery it came from (its ack handle and
 /// the original message, kept for dead-lettering or handing back).
 pub struct InFlight {
@@ -136,6 +153,6 @@ pub struct InFlight {
     pub channel: lapin::Channel,
     /// Provider calls made so far.
     pub attempts: u32,
-    pub received: Instant,
+    pub timing: Timing,
     pub last_error: Option<String>,
 }

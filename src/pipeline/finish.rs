@@ -2,14 +2,12 @@
 //! confirm, and only then ack the delivery. Every failure path says whether the
 //! job goes back to the queue.
 
-use std::time::Instant;
-
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use serde_json::Value;
 use tracing::{error, info, warn};
 
-use super::{InFlight, KeyContext, PoolContext, Services};
+use super::{InFlight, KeyContext, PoolContext, Services, Timing};
 use crate::amqp::{PublishOutcome, reply_properties};
 use crate::job::{
     ErrorKind, InvalidJob, Job, JobError, JobResult, JobStatus, ReplyAddress, ResponseFormat,
@@ -44,7 +42,7 @@ pub async fn complete(
                     inflight.delivery,
                     &inflight.job.reply,
                     result,
-                    inflight.received,
+                    inflight.timing,
                 )
                 .await;
             }
@@ -60,7 +58,7 @@ pub async fn complete(
         inflight.delivery,
         &inflight.job.reply,
         result,
-        inflight.received,
+        inflight.timing,
     )
     .await;
 }
@@ -82,7 +80,7 @@ pub async fn fail(
         inflight.delivery,
         &inflight.job.reply,
         result,
-        inflight.received,
+        inflight.timing,
     )
     .await;
 }
@@ -93,7 +91,7 @@ pub async fn reject_invalid(
     pool: &PoolContext,
     delivery: Delivery,
     invalid: InvalidJob,
-    received: Instant,
+    timing: Timing,
 ) {
     warn!(job_id = %invalid.id, pool = %pool.name, reason = %invalid.reason, "invalid job");
     let kind = ErrorKind::InvalidJob.as_str();
@@ -133,14 +131,14 @@ pub async fn reject_invalid(
         key: None,
         usage: Usage::default(),
         attempts: 0,
-        latency_ms: received.elapsed().as_millis() as u64,
+        latency_ms: timing.received.elapsed().as_millis() as u64,
         metadata: Value::Object(Default::default()),
         user: None,
         completed_at: jiff::Timestamp::now(),
     };
     // Not stored under its id: an invalid job's id is not trustworthy, and a later
     // valid job with the same id must not be answered with this failure.
-    publish_and_ack(services, delivery, &invalid.reply, &result, received).await;
+    publish_and_ack(services, delivery, &invalid.reply, &result, timing).await;
 }
 
 /// A redelivered job that already completed: the stored result, no provider call.
@@ -153,7 +151,7 @@ pub async fn answer_from_store(
 ) {
     info!(job_id = %job.id, pool = %pool.name, "already completed; answering from the store");
     metrics::counter!(m::ANSWERED_FROM_STORE_TOTAL, "pool" => pool.name.clone()).increment(1);
-    publish_and_ack(services, delivery, &job.reply, &stored, Instant::now()).await;
+    publish_and_ack(services, delivery, &job.reply, &stored, Timing::start()).await;
 }
 
 /// No key of the pool can take the job now: put it back on its queue to wait
@@ -213,16 +211,16 @@ async fn deliver(
     delivery: Delivery,
     reply: &ReplyAddress,
     mut result: JobResult,
-    received: Instant,
+    timing: Timing,
 ) {
-    result.latency_ms = received.elapsed().as_millis() as u64;
+    result.latency_ms = timing.received.elapsed().as_millis() as u64;
     result.completed_at = jiff::Timestamp::now();
     let store_key = key.map(|k| k.store_key.as_str());
     if let Err(e) = services.store.persist_result(&result, store_key).await {
         error!(job_id = %result.id, error = %e, "cannot persist result; requeueing the job");
         return nack(&delivery, true).await;
     }
-    publish_and_ack(services, delivery, reply, &result, received).await;
+    publish_and_ack(services, delivery, reply, &result, timing).await;
 }
 
 async fn publish_and_ack(
@@ -230,7 +228,7 @@ async fn publish_and_ack(
     delivery: Delivery,
     reply: &ReplyAddress,
     result: &JobResult,
-    received: Instant,
+    timing: Timing,
 ) {
     let body = match serde_json::to_vec(result) {
         Ok(body) => body,
@@ -260,15 +258,18 @@ async fn publish_and_ack(
         }
     }
     ack(&delivery).await;
-    record_outcome(result, received);
+    record_outcome(result, timing);
 }
 
-fn record_outcome(result: &JobResult, received: Instant) {
+fn record_outcome(result: &JobResult, timing: Timing) {
     let outcome = result.outcome_label();
     metrics::counter!(m::JOBS_TOTAL, "pool" => result.pool.clone(), "outcome" => outcome)
         .increment(1);
     metrics::histogram!(m::JOB_DURATION, "pool" => result.pool.clone())
-        .record(received.elapsed().as_secs_f64());
+        .record(timing.received.elapsed().as_secs_f64());
+    let overhead = timing.received.elapsed().saturating_sub(timing.provider);
+    metrics::histogram!(m::JOB_OVERHEAD, "pool" => result.pool.clone())
+        .record(overhead.as_secs_f64());
     info!(
         job_id = %result.id,
         pool = %result.pool,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use lapin::message::Delivery;
 use tracing::warn;
 
-pub use context::{InFlight, KeyContext, PoolContext, Services};
+pub use context::{InFlight, KeyContext, PoolContext, Services, Timing};
 pub use finish::return_to_broker;
 
 use crate::actors::messages::{KeyOutcome, Reroute, RerouteReason};
@@ -29,7 +29,7 @@ pub async fn on_delivery(
     channel: lapin::Channel,
     delivery: Delivery,
 ) {
-    let received = Instant::now();
+    let timing = Timing::start();
     let props = crate::amqp::job_properties(&delivery.properties);
     let decoded = job::decode(
         &delivery.data,
@@ -40,7 +40,7 @@ pub async fn on_delivery(
     let job = match decoded {
         Ok(job) => job,
         Err(invalid) => {
-            return finish::reject_invalid(&services, &key.pool, delivery, invalid, received).await;
+            return finish::reject_invalid(&services, &key.pool, delivery, invalid, timing).await;
         }
     };
     match services.store.result(&job.id) {
@@ -58,7 +58,7 @@ pub async fn on_delivery(
         delivery,
         channel,
         attempts: 0,
-        received,
+        timing,
         last_error: None,
     };
     run_on_key(key, services, inflight).await;
@@ -79,7 +79,9 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
     }
     let guard = key.track();
     inflight.attempts += 1;
+    let started = Instant::now();
     let outcome = call(&key, &inflight).await;
+    inflight.timing.provider += started.elapsed();
     drop(guard);
     drop(permit);
     services.outcomes.do_send(KeyOutcome {
