@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::Addr;
 use actix_web::{App as WebApp, HttpResponse, HttpServer, web};
@@ -11,10 +11,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::actors::messages::{GetKeys, StopAll, Terminate};
-use crate::actors::supervisor::{KeySetup, PoolSetup};
+use crate::actors::messages::{StopAll, Terminate};
+use crate::actors::supervisor::{KeySetup, PoolSetup, Watches};
 use crate::actors::supervisor::{Supervisor, SupervisorSetup};
-use crate::amqp::{AmqpError, Broker, Publisher, topology};
+use crate::amqp::{AmqpError, Broker, Publisher};
 use crate::config::Config;
 use crate::keys::ResetPolicy;
 use crate::pipeline::PoolContext;
@@ -42,7 +42,7 @@ pub enum AppError {
 /// A running keyrelay.
 pub struct App {
     supervisor: Addr<Supervisor>,
-    consumers: tokio::sync::watch::Receiver<usize>,
+    watches: Watches,
     broker: Arc<Broker>,
     store: Store,
     http: actix_web::dev::ServerHandle,
@@ -51,12 +51,12 @@ pub struct App {
 
 /// The process-wide Prometheus recorder (installed once, shared by every App).
 pub fn metrics_handle() -> Result<PrometheusHandle, AppError> {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    if let Some(h) = HANDLE.get() {
-        return Ok(h.clone());
-    }
-    let handle = crate::metrics::install().map_err(|e| AppError::Metrics(e.to_string()))?;
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    // get_or_init runs the installer once even when several Apps start at once.
+    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| crate::metrics::install().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(AppError::Metrics)
 }
 
 impl App {
@@ -64,10 +64,7 @@ impl App {
     pub async fn start(config: Config) -> Result<App, AppError> {
         let prometheus = metrics_handle()?;
         let store = Store::open(&config.store.path)?;
-        let broker = Arc::new(Broker::connect(&config.broker.url).await?);
-        let channel = broker.channel().await?;
-        topology::declare(&channel, &config).await?;
-        let _ = channel.close(200, "topology declared".into()).await;
+        let broker = Arc::new(Broker::for_service(Arc::new(config.clone())).await?);
         let publisher = Publisher::new(broker.clone()).await?;
         let setup = SupervisorSetup {
             broker: broker.clone(),
@@ -77,12 +74,12 @@ impl App {
             jobs: config.jobs.clone(),
             templates: config.templates.clone(),
         };
-        let (supervisor, consumers) = Supervisor::launch(setup);
+        let (supervisor, watches) = Supervisor::launch(setup);
         let (http, http_addr) = serve_http(config.metrics.listen, prometheus, broker.clone())?;
         info!(pools = config.pools.len(), http = %http_addr, "keyrelay running");
         Ok(App {
             supervisor,
-            consumers,
+            watches,
             broker,
             store,
             http,
@@ -100,8 +97,13 @@ impl App {
 
     /// Wait until exactly `n` keys are consuming (start-up, pause, resume).
     pub async fn wait_for_consumers(&self, n: usize) {
-        let mut watch = self.consumers.clone();
+        let mut watch = self.watches.consumers.clone();
         let _ = watch.wait_for(|c| *c == n).await;
+    }
+
+    /// Jobs in flight on all keys, as a watch (tests, shutdown).
+    pub fn in_flight_watch(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.watches.in_flight.clone()
     }
 
     /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
@@ -114,23 +116,16 @@ impl App {
     /// when the connection closes.
     pub async fn shutdown(self, deadline: Duration) {
         let _ = self.supervisor.send(StopAll).await;
-        let started = Instant::now();
-        loop {
-            let in_flight: usize = match self.supervisor.send(GetKeys).await {
-                Ok(keys) => keys.iter().map(|k| k.in_flight).sum(),
-                Err(_) => 0,
-            };
-            if in_flight == 0 {
-                break;
-            }
-            if started.elapsed() >= deadline {
-                warn!(
-                    in_flight,
-                    "shutdown deadline reached; unfinished jobs return to the queue"
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut in_progress = self.watches.in_flight.clone();
+        if tokio::time::timeout(deadline, in_progress.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            let left = *in_progress.borrow();
+            warn!(
+                in_progress = left,
+                "shutdown deadline reached; unfinished jobs return to the queue"
+            );
         }
         let _ = self.supervisor.send(Terminate).await;
         if let Err(e) = self.store.flush().await {

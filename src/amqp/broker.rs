@@ -1,47 +1,96 @@
 //! One shared AMQP connection, re-established on demand after a loss.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
+use tracing::{info, warn};
 
-use super::AmqpError;
+use super::{AmqpError, topology};
+use crate::config::Config;
 
 /// The connection to RabbitMQ. Callers ask for channels; when the connection is
-/// gone the next request reconnects, so restarted workers recover by themselves.
+/// gone the next request reconnects (and re-declares the topology), so
+/// restarted workers recover by themselves.
 pub struct Broker {
     url: String,
+    /// Shown in the management UI and `rabbitmqctl list_connections`.
+    name: String,
+    /// Queues to declare on every new connection (the service's own topology;
+    /// none for clients such as `enqueue`).
+    topology: Option<Arc<Config>>,
     connection: Mutex<Option<Connection>>,
+    /// Bumped on every (re)connect: a channel from an older generation belongs
+    /// to a dead connection, whatever its own status says.
+    generation: AtomicU64,
 }
 
 impl Broker {
-    /// Connect once (fails fast: start-up should say the broker is unreachable).
+    /// A client connection (no topology of its own). Fails fast.
     pub async fn connect(url: &str) -> Result<Broker, AmqpError> {
-        let connection = open(url).await?;
-        Ok(Broker {
+        Self::open_with("keyrelay-client", url, None).await
+    }
+
+    /// The service's connection: declares every queue of `config` now and after
+    /// each reconnect (a broker that lost its definitions gets them back).
+    pub async fn for_service(config: Arc<Config>) -> Result<Broker, AmqpError> {
+        let name = format!("keyrelay {}", config.broker.queue_prefix);
+        let url = config.broker.url.clone();
+        Self::open_with(&name, &url, Some(config)).await
+    }
+
+    async fn open_with(
+        name: &str,
+        url: &str,
+        topology: Option<Arc<Config>>,
+    ) -> Result<Broker, AmqpError> {
+        let broker = Broker {
             url: url.to_owned(),
-            connection: Mutex::new(Some(connection)),
-        })
+            name: name.to_owned(),
+            topology,
+            connection: Mutex::new(None),
+            generation: AtomicU64::new(0),
+        };
+        let connection = broker.open().await?;
+        *broker.connection.lock().await = Some(connection);
+        broker.generation.store(1, Ordering::Release);
+        Ok(broker)
     }
 
     /// A new channel on the live connection, reconnecting first if needed.
     pub async fn channel(&self) -> Result<Channel, AmqpError> {
+        Ok(self.channel_with_generation().await?.0)
+    }
+
+    /// A new channel and the connection generation it belongs to.
+    pub async fn channel_with_generation(&self) -> Result<(Channel, u64), AmqpError> {
         let mut guard = self.connection.lock().await;
         if let Some(conn) = guard.as_ref()
             && conn.status().connected()
         {
-            return conn
+            let channel = conn
                 .create_channel()
                 .await
-                .map_err(AmqpError::op("channel.open"));
+                .map_err(AmqpError::op("channel.open"))?;
+            return Ok((channel, self.generation()));
         }
-        let conn = open(&self.url).await?;
+        warn!(connection = %self.name, "broker connection lost; reconnecting");
+        let conn = self.open().await?;
+        info!(connection = %self.name, "reconnected to the broker");
         let channel = conn
             .create_channel()
             .await
-            .map_err(AmqpError::op("channel.open"));
+            .map_err(AmqpError::op("channel.open"))?;
         *guard = Some(conn);
-        channel
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        Ok((channel, generation))
+    }
+
+    /// The current connection generation.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Whether the connection is up right now.
@@ -56,15 +105,30 @@ impl Broker {
             let _ = conn.close(200, "keyrelay shutting down".into()).await;
         }
     }
-}
 
-async fn open(url: &str) -> Result<Connection, AmqpError> {
-    let props = ConnectionProperties::default().with_connection_name("keyrelay".into());
-    match tokio::time::timeout(Duration::from_secs(15), Connection::connect(url, props)).await {
-        Ok(result) => result.map_err(AmqpError::Connect),
-        Err(_) => Err(AmqpError::Connect(lapin::Error::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "connection attempt timed out after 15 s",
-        )))),
+    async fn open(&self) -> Result<Connection, AmqpError> {
+        let props = ConnectionProperties::default().with_connection_name(self.name.as_str().into());
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(15),
+            Connection::connect(&self.url, props),
+        );
+        let conn = match attempt.await {
+            Ok(result) => result.map_err(AmqpError::Connect)?,
+            Err(_) => {
+                return Err(AmqpError::Connect(lapin::Error::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connection attempt timed out after 15 s",
+                ))));
+            }
+        };
+        if let Some(config) = &self.topology {
+            let channel = conn
+                .create_channel()
+                .await
+                .map_err(AmqpError::op("channel.open"))?;
+            topology::declare(&channel, config).await?;
+            let _ = channel.close(200, "topology declared".into()).await;
+        }
+        Ok(conn)
     }
 }

@@ -25,6 +25,8 @@ pub enum AmqpError {
     },
     #[error("the broker refused (nacked) a publish to `{0}`")]
     Nacked(String),
+    #[error("no confirm from the broker for a publish to `{0}` within 30 s")]
+    Timeout(String),
 }
 
 impl AmqpError {

@@ -3,6 +3,7 @@
 //! reported, not mistaken for success.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel};
@@ -19,10 +20,15 @@ pub enum PublishOutcome {
     Unroutable,
 }
 
+/// A broker that neither confirms nor fails a publish in this time (memory
+/// alarm, half-dead connection) is treated as having failed it.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A confirm-mode channel shared by every task; replaced when it breaks.
 pub struct Publisher {
     broker: Arc<Broker>,
-    channel: Mutex<Channel>,
+    /// The channel and the connection generation it was opened on.
+    channel: Mutex<(Channel, u64)>,
 }
 
 impl Publisher {
@@ -47,12 +53,17 @@ impl Publisher {
             mandatory,
             ..BasicPublishOptions::default()
         };
-        let confirm = channel
-            .basic_publish("".into(), queue.into(), options, body, properties)
+        let publish = async {
+            channel
+                .basic_publish("".into(), queue.into(), options, body, properties)
+                .await
+                .map_err(AmqpError::op("basic.publish"))?
+                .await
+                .map_err(AmqpError::op("publisher confirm"))
+        };
+        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, publish)
             .await
-            .map_err(AmqpError::op("basic.publish"))?
-            .await
-            .map_err(AmqpError::op("publisher confirm"))?;
+            .map_err(|_| AmqpError::Timeout(queue.to_owned()))??;
         if confirm.is_nack() {
             return Err(AmqpError::Nacked(queue.to_owned()));
         }
@@ -65,18 +76,19 @@ impl Publisher {
     /// The current channel, or a fresh one when it has closed.
     async fn live_channel(&self) -> Result<Channel, AmqpError> {
         let mut guard = self.channel.lock().await;
-        if !guard.status().connected() {
+        let (channel, generation) = &*guard;
+        if !channel.status().connected() || *generation != self.broker.generation() {
             *guard = confirm_channel(&self.broker).await?;
         }
-        Ok(guard.clone())
+        Ok(guard.0.clone())
     }
 }
 
-async fn confirm_channel(broker: &Broker) -> Result<Channel, AmqpError> {
-    let channel = broker.channel().await?;
+async fn confirm_channel(broker: &Broker) -> Result<(Channel, u64), AmqpError> {
+    let (channel, generation) = broker.channel_with_generation().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(AmqpError::op("confirm.select"))?;
-    Ok(channel)
+    Ok((channel, generation))
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use actix::Recipient;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::actors::messages::{KeyOutcome, Reroute};
 use crate::amqp::Publisher;
@@ -25,6 +25,25 @@ pub struct Services {
     pub templates: BTreeMap<String, TemplateConfig>,
     pub outcomes: Recipient<KeyOutcome>,
     pub reroutes: Recipient<Reroute>,
+    /// Jobs between delivery and ack, process-wide (shutdown waits for 0).
+    pub jobs_in_progress: Arc<watch::Sender<usize>>,
+}
+
+impl Services {
+    /// Count a job as in progress until the guard drops (after its ack).
+    pub fn job_started(&self) -> JobGuard {
+        self.jobs_in_progress.send_modify(|n| *n += 1);
+        JobGuard(self.jobs_in_progress.clone())
+    }
+}
+
+/// Held by a job from delivery to ack or hand-back.
+pub struct JobGuard(Arc<watch::Sender<usize>>);
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// One pool: its queue and the client its keys share.
@@ -151,6 +170,7 @@ pub struct InFlight {
     /// dropped last handle closes it) until this job is acked, even if its
     /// worker has stopped.
     pub channel: lapin::Channel,
+    pub guard: JobGuard,
     /// Provider calls made so far.
     pub attempts: u32,
     pub timing: Timing,

@@ -238,11 +238,11 @@ async fn publish_and_ack(
         }
     };
     let props = reply_properties(reply, &result.id);
-    match services
+    let published = services
         .publisher
         .publish(&reply.queue, &body, props, true)
-        .await
-    {
+        .await;
+    match published {
         Ok(PublishOutcome::Delivered) => {}
         Ok(PublishOutcome::Unroutable) => {
             // The producer's reply queue does not exist. The result is stored;

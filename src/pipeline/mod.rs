@@ -29,6 +29,7 @@ pub async fn on_delivery(
     channel: lapin::Channel,
     delivery: Delivery,
 ) {
+    let guard = services.job_started();
     let timing = Timing::start();
     let props = crate::amqp::job_properties(&delivery.properties);
     let decoded = job::decode(
@@ -57,6 +58,7 @@ pub async fn on_delivery(
         job,
         delivery,
         channel,
+        guard,
         attempts: 0,
         timing,
         last_error: None,

@@ -20,6 +20,16 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 
+/// Logs to the test output when `RUST_LOG` is set (`RUST_LOG=info cargo test ...`).
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
@@ -86,6 +96,7 @@ impl TestEnv {
         mut settings: MockSettings,
         extra_toml: &str,
     ) -> TestEnv {
+        init_logs();
         settings.keys = pools
             .iter()
             .flat_map(|p| p.keys.iter().map(|k| k.mock.clone()))
@@ -276,4 +287,58 @@ fn config_for(
         }
     }
     Config::from_toml_str(&text, std::iter::empty()).expect("test config is valid")
+}
+
+/// Force-close keyrelay's broker connection (named `keyrelay <queue_prefix>`)
+/// through `rabbitmqctl`, as a network cut or broker-side kill would.
+pub fn close_service_connection(config: &Config) {
+    let name = format!("keyrelay {}", config.broker.queue_prefix);
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl runs");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let pids: Vec<&str> = listing
+        .lines()
+        .filter(|line| line.contains(&name))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert!(
+        !pids.is_empty(),
+        "keyrelay's connection is listed:\n{listing}"
+    );
+    for pid in pids {
+        let status = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "test: forced close"])
+            .status()
+            .expect("rabbitmqctl runs");
+        assert!(status.success());
+    }
+}
+
+impl TestEnv {
+    /// Replies until every id in `ids` has at least one; duplicates are counted.
+    pub async fn replies_for(
+        &mut self,
+        ids: &[String],
+        already: Vec<JobResult>,
+    ) -> (HashMap<String, JobResult>, usize) {
+        let mut seen: HashMap<String, JobResult> =
+            already.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let mut duplicates = 0;
+        while seen.len() < ids.len() {
+            let (result, _) = self.next_reply().await;
+            assert!(ids.contains(&result.id), "unexpected reply {}", result.id);
+            if seen.insert(result.id.clone(), result).is_some() {
+                duplicates += 1;
+            }
+        }
+        (seen, duplicates)
+    }
 }

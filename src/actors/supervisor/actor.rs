@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{KeySlot, PoolSlot, Supervisor};
@@ -16,6 +17,15 @@ use crate::metrics as m;
 use crate::pipeline::{KeyContext, PoolContext, Services};
 use crate::secret::ApiKey;
 use crate::store::Store;
+
+/// Counts the rest of the process can wait on.
+#[derive(Clone)]
+pub struct Watches {
+    /// Keys consuming right now.
+    pub consumers: watch::Receiver<usize>,
+    /// Jobs between delivery and ack.
+    pub in_flight: watch::Receiver<usize>,
+}
 
 /// Everything the supervisor is built from.
 pub struct SupervisorSetup {
@@ -42,17 +52,21 @@ pub struct KeySetup {
 
 impl Supervisor {
     /// Start the supervisor; it starts one worker per key.
-    pub fn launch(
-        setup: SupervisorSetup,
-    ) -> (Addr<Supervisor>, tokio::sync::watch::Receiver<usize>) {
-        let (consumers, watch) = tokio::sync::watch::channel(0);
-        let addr = Self::launch_with(setup, consumers);
-        (addr, watch)
+    pub fn launch(setup: SupervisorSetup) -> (Addr<Supervisor>, Watches) {
+        let (consumers, consumers_rx) = watch::channel(0);
+        let (in_flight, in_flight_rx) = watch::channel(0);
+        let addr = Self::launch_with(setup, consumers, Arc::new(in_flight));
+        let watches = Watches {
+            consumers: consumers_rx,
+            in_flight: in_flight_rx,
+        };
+        (addr, watches)
     }
 
     fn launch_with(
         setup: SupervisorSetup,
-        consumers: tokio::sync::watch::Sender<usize>,
+        consumers: watch::Sender<usize>,
+        in_flight: Arc<watch::Sender<usize>>,
     ) -> Addr<Supervisor> {
         Supervisor::create(move |ctx| {
             let services = Arc::new(Services {
@@ -62,6 +76,7 @@ impl Supervisor {
                 templates: setup.templates,
                 outcomes: ctx.address().recipient(),
                 reroutes: ctx.address().recipient(),
+                jobs_in_progress: in_flight,
             });
             let mut pools = Vec::new();
             let mut keys = Vec::new();

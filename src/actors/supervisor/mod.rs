@@ -15,7 +15,7 @@ use crate::amqp::Broker;
 use crate::keys::{KeyId, KeyState, ResetPolicy};
 use crate::pipeline::{KeyContext, PoolContext, Services};
 
-pub use actor::{KeySetup, PoolSetup, SupervisorSetup};
+pub use actor::{KeySetup, PoolSetup, SupervisorSetup, Watches};
 
 pub struct Supervisor {
     keys: Vec<KeySlot>,
