@@ -173,7 +173,7 @@ check_metric_names() {
         fi
         echo "unknown metric: $name"; missing=1
     done
-    echo "$(wc -w <<<"$used") names used, all known"
+    [ $missing -eq 0 ] && echo "$(wc -w <<<"$used") names used, all known"
     return $missing
 }
 if out=$(check_metric_names 2>&1); then
