@@ -63,7 +63,13 @@ impl App {
     /// Start keyrelay. Must run inside an actix System.
     pub async fn start(config: Config) -> Result<App, AppError> {
         let prometheus = metrics_handle()?;
-        let store = Store::open(&config.store.path)?;
+        // sled's open can wait for its lock (an overlapping restart): off the async threads.
+        let path = config.store.path.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&path))
+            .await
+            .map_err(|e| {
+                AppError::Store(StoreError::Flush(format!("store open task failed: {e}")))
+            })??;
         let broker = Arc::new(Broker::for_service(Arc::new(config.clone())).await?);
         let publisher = Publisher::new(broker.clone()).await?;
         let setup = SupervisorSetup {

@@ -23,6 +23,7 @@ pub const ACKS_LOST_TOTAL: &str = "keyrelay_acks_lost_total";
 pub const WORKER_RESTARTS_TOTAL: &str = "keyrelay_worker_restarts_total";
 pub const STORE_FLUSH_BATCH: &str = "keyrelay_store_flush_batch_size";
 pub const TOKENS_TOTAL: &str = "keyrelay_tokens_total";
+pub const STORE_ERRORS_TOTAL: &str = "keyrelay_store_errors_total";
 
 /// Install the global Prometheus recorder and describe every metric.
 /// Returns the handle that renders `/metrics`.
@@ -99,6 +100,10 @@ fn describe() {
         "Key workers restarted by the supervisor, by pool and key."
     );
     describe_histogram!(STORE_FLUSH_BATCH, "Results made durable by one sled flush.");
+    describe_counter!(
+        STORE_ERRORS_TOTAL,
+        "Results that could not be written to the store (replied without it)."
+    );
     describe_counter!(
         TOKENS_TOTAL,
         "Tokens reported by providers, by pool, key and direction."

@@ -220,12 +220,26 @@ async fn malformed_jobs_get_invalid_job_replies_and_dead_letters() {
     assert_eq!(replies["good"].status, JobStatus::Succeeded);
     let dead = env.dead_letters(cases.len()).await;
     for d in &dead {
+        let id = d
+            .properties
+            .message_id()
+            .as_ref()
+            .unwrap()
+            .as_str()
+            .to_string();
+        let (_, body, expected) = cases
+            .iter()
+            .find(|(c, _, _)| *c == id)
+            .expect("a dead letter per case");
+        assert_eq!(&d.data, body, "{id}: the original body is kept");
         let headers = d.properties.headers().as_ref().unwrap();
-        let reason = headers
-            .inner()
-            .get("x-keyrelay-reason")
-            .expect("reason header");
-        assert!(format!("{reason:?}").len() > 10);
+        let reason = match headers.inner().get("x-keyrelay-reason") {
+            Some(lapin::types::AMQPValue::LongString(s)) => {
+                String::from_utf8_lossy(s.as_bytes()).into_owned()
+            }
+            other => panic!("{id}: reason header missing: {other:?}"),
+        };
+        assert!(reason.contains(expected), "{id}: {reason}");
     }
     assert_eq!(
         env.mock.stats().total().requests,
@@ -466,5 +480,56 @@ async fn key_state_survives_a_restart() {
         calls,
         "not called again before its reset"
     );
+    env.finish().await;
+}
+
+#[actix::test]
+async fn hostile_ids_and_unusable_success_bodies() {
+    let mut env = TestEnv::start(vec![pool("o", "openai", vec![TestKey::new("k", 1)])]).await;
+    // An id one byte over an AMQP short string: a clear invalid_job, not a panic.
+    let long = "a".repeat(256);
+    let props = BasicProperties::default().with_reply_to(env.replies.as_str().into());
+    env.publish_raw("o", json!({"id": long, "prompt": "x"}).to_string().as_bytes(), props).await;
+    // A 200 whose body is garbage was probably billed: failed once, not retried.
+    env.publish(
+        "o",
+        &json!({"id": "garbled", "prompt": "[[mock:malformed]] hi"}),
+    )
+    .await;
+    let replies = env.replies(2).await;
+    let garbled = &replies["garbled"];
+    assert_eq!(garbled.error.as_ref().unwrap().kind, ErrorKind::Upstream);
+    assert_eq!(garbled.attempts, 1);
+    let invalid = replies.values().find(|r| r.id != "garbled").unwrap();
+    assert_eq!(invalid.error.as_ref().unwrap().kind, ErrorKind::InvalidJob);
+    assert!(
+        invalid
+            .error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("1-255 bytes")
+    );
+    assert_eq!(
+        env.mock.stats().key("k").requests,
+        1,
+        "one call for the garbled job, none for the bad id"
+    );
+    env.finish().await;
+}
+
+#[actix::test]
+async fn a_job_without_any_id_is_recognised_when_it_comes_again() {
+    let mut env = TestEnv::start(vec![pool("g", "gemini", vec![TestKey::new("k", 1)])]).await;
+    let body = br#"{"prompt": "no id anywhere"}"#;
+    let replies = env.replies.clone();
+    let props = || BasicProperties::default().with_reply_to(replies.as_str().into());
+    env.publish_raw("g", body, props()).await;
+    let (first, _) = env.next_reply().await;
+    env.publish_raw("g", body, props()).await;
+    let (second, _) = env.next_reply().await;
+    assert!(first.id.starts_with("auto-"), "{}", first.id);
+    assert_eq!(first, second, "the same content is the same job");
+    assert_eq!(env.mock.stats().key("k").requests, 1);
     env.finish().await;
 }

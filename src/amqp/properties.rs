@@ -1,7 +1,7 @@
 //! AMQP properties in and out: what a job's delivery says, what a reply carries.
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use crate::job::{JobProperties, ReplyAddress};
 
@@ -18,12 +18,19 @@ pub fn job_properties(props: &BasicProperties) -> JobProperties {
 
 /// Properties of a result message: persistent JSON with the job's correlation id.
 pub fn reply_properties(reply: &ReplyAddress, job_id: &str) -> BasicProperties {
-    BasicProperties::default()
+    let mut props = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
-        .with_correlation_id(reply.correlation_id.as_str().into())
-        .with_message_id(job_id.into())
-        .with_app_id("keyrelay".into())
+        .with_app_id("keyrelay".into());
+    // Both fit a short string when they come from a validated job; never panic
+    // on one that does not.
+    if let Ok(correlation_id) = ShortString::try_new(reply.correlation_id.as_str()) {
+        props = props.with_correlation_id(correlation_id);
+    }
+    if let Ok(message_id) = ShortString::try_new(job_id) {
+        props = props.with_message_id(message_id);
+    }
+    props
 }
 
 /// Properties of a dead letter: the original ones plus the reason headers.

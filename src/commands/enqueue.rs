@@ -105,10 +105,14 @@ fn job_properties(line: &str, reply_to: Option<&str>) -> Result<BasicProperties,
     let mut props = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2);
-    if let Some(id) = value.get("id").and_then(|v| v.as_str()) {
+    // An id too long for an AMQP short string stays in the body only; keyrelay
+    // will reject it with a clear invalid_job reply.
+    if let Some(id) = value.get("id").and_then(|v| v.as_str())
+        && let Ok(short) = lapin::types::ShortString::try_new(id)
+    {
         props = props
-            .with_message_id(id.into())
-            .with_correlation_id(id.into());
+            .with_message_id(short.clone())
+            .with_correlation_id(short);
     }
     if let Some(queue) = reply_to {
         props = props.with_reply_to(queue.into());

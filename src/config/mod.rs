@@ -102,6 +102,10 @@ pub struct JobsConfig {
     /// Total timeout for one provider call, in seconds.
     #[serde(default = "defaults::request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// Times a job may go back to its queue for want of a usable key before it
+    /// is failed (`all_keys_unavailable`) and dead-lettered.
+    #[serde(default = "defaults::max_returns")]
+    pub max_returns: u32,
     /// On SIGTERM/SIGINT, how long in-flight jobs may take to finish, in seconds.
     #[serde(default = "defaults::shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
@@ -246,6 +250,7 @@ impl Default for JobsConfig {
             connect_timeout_secs: defaults::connect_timeout_secs(),
             request_timeout_secs: defaults::request_timeout_secs(),
             shutdown_grace_secs: defaults::shutdown_grace_secs(),
+            max_returns: defaults::max_returns(),
         }
     }
 }
@@ -282,6 +287,9 @@ mod defaults {
     }
     pub fn request_timeout_secs() -> u64 {
         120
+    }
+    pub fn max_returns() -> u32 {
+        50
     }
     pub fn shutdown_grace_secs() -> u64 {
         30

@@ -34,6 +34,8 @@ fn field(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     check_url(&config.broker.url)?;
     check_name("broker.queue_prefix", &config.broker.queue_prefix)?;
+    check_name("jobs.results_queue", &config.jobs.results_queue)?;
+    check_name("jobs.dead_letter_queue", &config.jobs.dead_letter_queue)?;
     if config.pools.is_empty() {
         return Err(field("pools", "at least one [[pools]] entry is required"));
     }
@@ -93,10 +95,10 @@ fn check_name(at: &str, name: &str) -> Result<(), ConfigError> {
     let plain = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if name.is_empty() || name.len() > 64 || !plain {
+    if name.is_empty() || name.len() > 120 || !plain {
         return Err(field(
             at,
-            format!("`{name}` must be 1-64 characters of letters, digits, `-`, `_` or `.`"),
+            format!("`{name}` must be 1-120 characters of letters, digits, `-`, `_` or `.`"),
         ));
     }
     Ok(())
@@ -104,6 +106,13 @@ fn check_name(at: &str, name: &str) -> Result<(), ConfigError> {
 
 fn resolve_secret(at: &str, key: &KeyConfig) -> Result<ApiKey, ConfigError> {
     let value = match (&key.api_key_env, &key.api_key_file) {
+        (Some(var), None) if !is_env_name(var) => {
+            // Never echo it: it may be the key itself, pasted in the wrong field.
+            return Err(field(
+                format!("{at}.api_key_env"),
+                "must name an environment variable (letters, digits, `_`), not hold the key",
+            ));
+        }
         (Some(var), None) => std::env::var(var).map_err(|_| {
             field(
                 format!("{at}.api_key_env"),
@@ -123,6 +132,12 @@ fn resolve_secret(at: &str, key: &KeyConfig) -> Result<ApiKey, ConfigError> {
         return Err(field(at, "the API key is empty"));
     }
     Ok(ApiKey::new(value))
+}
+
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn read_key_file(at: &str, path: &PathBuf) -> Result<String, ConfigError> {

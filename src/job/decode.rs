@@ -224,8 +224,9 @@ fn check_content_type(content_type: Option<&str>) -> Result<(), String> {
 
 /// Ids become sled keys, log fields and reply fields: bounded and printable.
 fn valid_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
-        return Err("`id` must be 1-256 printable characters".into());
+    // 255 bytes: ids travel as AMQP short strings (message_id, correlation_id).
+    if id.is_empty() || id.len() > 255 || id.chars().any(char::is_control) {
+        return Err("`id` must be 1-255 bytes of printable characters".into());
     }
     Ok(())
 }

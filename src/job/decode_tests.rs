@@ -35,6 +35,7 @@ fn reason(body: &[u8]) -> String {
 #[test]
 fn invalid_jobs_name_their_problem() {
     let deep = "[".repeat(200) + &"]".repeat(200);
+    let long_id = format!("{{\"prompt\": \"a\", \"id\": \"{}\"}}", "x".repeat(256));
     let big = format!("{{\"prompt\": \"{}\"}}", "x".repeat(2000));
     let cases: &[(&[u8], &str)] = &[
         (b"not json", "not a valid job"),
@@ -74,6 +75,7 @@ fn invalid_jobs_name_their_problem() {
             "unknown field `colour`",
         ),
         (b"{\"prompt\": \"a\", \"id\": \"\"}", "`id` must be"),
+        (long_id.as_bytes(), "1-255 bytes"),
         (
             b"{\"prompt\": \"a\", \"response_format\": \"xml\"}",
             "unknown variant",

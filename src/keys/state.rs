@@ -54,6 +54,31 @@ impl KeyState {
 
     pub const LABELS: [&'static str; 4] = ["active", "cooling_down", "exhausted", "disabled"];
 
+    /// How far out of rotation the state puts a key.
+    fn severity(&self) -> u8 {
+        match self {
+            KeyState::Active => 0,
+            KeyState::CoolingDown { .. } => 1,
+            KeyState::Exhausted { .. } => 2,
+            KeyState::Disabled { .. } => 3,
+        }
+    }
+
+    /// Whether an outcome-driven `next` state should replace `self`. Calls in
+    /// flight report late: a 429 arriving after the key was found exhausted
+    /// or disabled must not shorten that, and concurrent reports of one limit
+    /// keep the latest deadline. (Operators' enable/disable bypass this.)
+    pub fn is_superseded_by(&self, next: &KeyState) -> bool {
+        match self.severity().cmp(&next.severity()) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => match (self.until(), next.until()) {
+                (Some(old), Some(new)) => new > old,
+                _ => false,
+            },
+        }
+    }
+
     /// The state as of `now`: a cooldown or exhaustion that has ended is active.
     pub fn as_of(self, now: Timestamp) -> KeyState {
         match self.until() {
@@ -62,6 +87,11 @@ impl KeyState {
         }
     }
 }
+
+/// Longest cooldown a rate limit can impose.
+const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3600);
+/// Longest exhaustion (monthly spend limits reset within a month).
+const MAX_EXHAUSTION: Duration = Duration::from_secs(32 * 24 * 3600);
 
 /// A pool's rules for taking keys out of rotation.
 #[derive(Debug, Clone)]
@@ -79,7 +109,10 @@ pub fn after_outcome(outcome: &Outcome, now: Timestamp, policy: &ResetPolicy) ->
             retry_after,
             message,
         } => {
-            let wait = retry_after.unwrap_or(policy.default_cooldown);
+            // A provider's absurd retry delay must not park a key for years.
+            let wait = retry_after
+                .unwrap_or(policy.default_cooldown)
+                .min(MAX_COOLDOWN);
             Some(KeyState::CoolingDown {
                 until: add(now, wait.max(Duration::from_millis(100))),
                 reason: message.clone(),
@@ -88,13 +121,17 @@ pub fn after_outcome(outcome: &Outcome, now: Timestamp, policy: &ResetPolicy) ->
         Outcome::QuotaExhausted { until, message } => Some(KeyState::Exhausted {
             until: until
                 .filter(|u| *u > now)
-                .unwrap_or_else(|| next_daily_reset(now, &policy.timezone)),
+                .unwrap_or_else(|| next_daily_reset(now, &policy.timezone))
+                .min(add(now, MAX_EXHAUSTION)),
             reason: message.clone(),
         }),
         Outcome::Unauthorized { message } => Some(KeyState::Disabled {
             reason: message.clone(),
         }),
-        Outcome::Success(_) | Outcome::Transient { .. } | Outcome::BadRequest { .. } => None,
+        Outcome::Success(_)
+        | Outcome::Transient { .. }
+        | Outcome::BadRequest { .. }
+        | Outcome::InvalidResponse { .. } => None,
     }
 }
 
@@ -222,6 +259,71 @@ mod tests {
         assert_eq!(
             next_daily_reset(ts("2026-07-02T06:59:00Z"), &TimeZone::UTC),
             ts("2026-07-03T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn late_reports_never_shorten_or_soften_a_state() {
+        let t = |s: &str| ts(s);
+        let cool = |u| KeyState::CoolingDown {
+            until: t(u),
+            reason: "r".into(),
+        };
+        let spent = |u| KeyState::Exhausted {
+            until: t(u),
+            reason: "r".into(),
+        };
+        let disabled = KeyState::Disabled { reason: "r".into() };
+        let cases = [
+            (KeyState::Active, cool("2026-01-01T00:01:00Z"), true),
+            (
+                cool("2026-01-01T00:01:00Z"),
+                cool("2026-01-01T00:02:00Z"),
+                true,
+            ),
+            (
+                cool("2026-01-01T00:02:00Z"),
+                cool("2026-01-01T00:01:00Z"),
+                false,
+            ),
+            (
+                cool("2026-01-01T00:02:00Z"),
+                spent("2026-01-01T08:00:00Z"),
+                true,
+            ),
+            (
+                spent("2026-01-01T08:00:00Z"),
+                cool("2026-01-01T09:00:00Z"),
+                false,
+            ),
+            (disabled.clone(), cool("2026-01-01T00:01:00Z"), false),
+            (disabled.clone(), disabled.clone(), false),
+            (spent("2026-01-01T08:00:00Z"), disabled.clone(), true),
+        ];
+        for (old, new, expected) in cases {
+            assert_eq!(old.is_superseded_by(&new), expected, "{old:?} -> {new:?}");
+        }
+    }
+
+    #[test]
+    fn absurd_delays_are_clamped() {
+        let now = ts("2026-01-01T00:00:00Z");
+        let p = policy("UTC");
+        let rl = Outcome::RateLimited {
+            retry_after: Some(Duration::from_secs(10_000_000_000)),
+            message: "m".into(),
+        };
+        assert_eq!(
+            after_outcome(&rl, now, &p).unwrap().until(),
+            Some(ts("2026-01-02T00:00:00Z"))
+        );
+        let ex = Outcome::QuotaExhausted {
+            until: Some(ts("2099-01-01T00:00:00Z")),
+            message: "m".into(),
+        };
+        assert_eq!(
+            after_outcome(&ex, now, &p).unwrap().until(),
+            Some(ts("2026-02-02T00:00:00Z"))
         );
     }
 

@@ -27,6 +27,7 @@ pub struct Services {
     pub reroutes: Recipient<Reroute>,
     /// Jobs between delivery and ack, process-wide (shutdown waits for 0).
     pub jobs_in_progress: Arc<watch::Sender<usize>>,
+    pub in_progress: Arc<super::InProgress>,
 }
 
 impl Services {
@@ -165,12 +166,10 @@ impl Timing {
 /// the original message, kept for dead-lettering or handing back).
 pub struct InFlight {
     pub job: Job,
-    pub delivery: lapin::message::Delivery,
-    /// The channel the delivery came on. Held so the channel stays open (a
-    /// dropped last handle closes it) until this job is acked, even if its
-    /// worker has stopped.
-    pub channel: lapin::Channel,
+    pub inbound: super::Inbound,
     pub guard: JobGuard,
+    /// This process is working on the job's id (see `in_progress`).
+    pub claim: super::Claim,
     /// Provider calls made so far.
     pub attempts: u32,
     pub timing: Timing,

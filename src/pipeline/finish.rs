@@ -2,18 +2,20 @@
 //! confirm, and only then ack the delivery. Every failure path says whether the
 //! job goes back to the queue.
 
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
 use tracing::{error, info, warn};
 
-use super::{InFlight, KeyContext, PoolContext, Services, Timing};
-use crate::amqp::{PublishOutcome, reply_properties};
+use super::{InFlight, Inbound, KeyContext, PoolContext, Services, Timing};
+use crate::amqp::{PublishOutcome, dead_letter_properties, reply_properties};
 use crate::job::{
     ErrorKind, InvalidJob, Job, JobError, JobResult, JobStatus, ReplyAddress, ResponseFormat,
 };
 use crate::metrics as m;
 use crate::provider::{Completion, Usage};
+
+/// Header counting how often a job went back to its queue for want of a key.
+const RETURNS_HEADER: &str = "x-keyrelay-returns";
 
 /// A successful provider call: parse JSON output when asked for, then deliver.
 pub async fn complete(
@@ -22,45 +24,24 @@ pub async fn complete(
     inflight: InFlight,
     completion: Completion,
 ) {
-    let json = match inflight.job.response_format {
-        ResponseFormat::Text => None,
-        ResponseFormat::Json => match parse_json_output(&completion.text) {
-            Ok(value) => Some(value),
+    let mut result = base_result(&inflight, &key.pool, Some(key), JobStatus::Succeeded);
+    result.usage = completion.usage;
+    if inflight.job.response_format == ResponseFormat::Json {
+        match parse_json_output(&completion.text) {
+            Ok(value) => result.json = Some(value),
             Err(e) => {
-                let message =
-                    format!("response_format is json but the model's text is not JSON: {e}");
-                let mut result = base_result(&inflight, &key.pool, Some(key), JobStatus::Failed);
-                result.text = Some(completion.text);
-                result.usage = completion.usage;
+                result.status = JobStatus::Failed;
                 result.error = Some(JobError {
                     kind: ErrorKind::InvalidOutput,
-                    message,
+                    message: format!(
+                        "response_format is json but the model's text is not JSON: {e}"
+                    ),
                 });
-                return deliver(
-                    services,
-                    Some(key),
-                    inflight.delivery,
-                    &inflight.job.reply,
-                    result,
-                    inflight.timing,
-                )
-                .await;
             }
-        },
-    };
-    let mut result = base_result(&inflight, &key.pool, Some(key), JobStatus::Succeeded);
+        }
+    }
     result.text = Some(completion.text);
-    result.json = json;
-    result.usage = completion.usage;
-    deliver(
-        services,
-        Some(key),
-        inflight.delivery,
-        &inflight.job.reply,
-        result,
-        inflight.timing,
-    )
-    .await;
+    deliver(services, Some(key), inflight, result).await;
 }
 
 /// A job that ends in failure (bad request, retries exhausted).
@@ -74,49 +55,30 @@ pub async fn fail(
 ) {
     let mut result = base_result(&inflight, pool, key, JobStatus::Failed);
     result.error = Some(JobError { kind, message });
-    deliver(
-        services,
-        key,
-        inflight.delivery,
-        &inflight.job.reply,
-        result,
-        inflight.timing,
-    )
-    .await;
+    deliver(services, key, inflight, result).await;
 }
 
 /// A job that breaks the contract: failed reply, dead letter with the reason, ack.
 pub async fn reject_invalid(
     services: &Services,
     pool: &PoolContext,
-    delivery: Delivery,
+    inbound: Inbound,
     invalid: InvalidJob,
     timing: Timing,
 ) {
     warn!(job_id = %invalid.id, pool = %pool.name, reason = %invalid.reason, "invalid job");
-    let kind = ErrorKind::InvalidJob.as_str();
-    let props = crate::amqp::dead_letter_properties(
-        &delivery.properties,
-        &pool.name,
-        kind,
+    if !dead_letter(
+        services,
+        pool,
+        &inbound,
+        ErrorKind::InvalidJob,
         &invalid.reason,
-    );
-    let dead = services
-        .publisher
-        .publish(
-            &services.jobs.dead_letter_queue,
-            &delivery.data,
-            props,
-            true,
-        )
-        .await;
-    if let Err(e) = dead {
+    )
+    .await
+    {
         // Without its dead letter the job must not disappear: back to the queue.
-        error!(job_id = %invalid.id, error = %e, "dead-lettering failed; requeueing");
-        return nack(&delivery, true).await;
+        return inbound.nack(true).await;
     }
-    metrics::counter!(m::DEAD_LETTERS_TOTAL, "pool" => pool.name.clone(), "reason" => kind)
-        .increment(1);
     let result = JobResult {
         id: invalid.id,
         status: JobStatus::Failed,
@@ -137,45 +99,127 @@ pub async fn reject_invalid(
         completed_at: jiff::Timestamp::now(),
     };
     // Not stored under its id: an invalid job's id is not trustworthy, and a later
-    // valid job with the same id must not be answered with this failure.
-    publish_and_ack(services, delivery, &invalid.reply, &result, timing).await;
+    // valid job with the same id must not be answered with this failure. The
+    // dead letter is already safe, so a lost reply must not dead-letter it twice.
+    publish_and_ack(
+        services,
+        inbound,
+        &invalid.reply,
+        &result,
+        timing,
+        OnReplyFailure::Ack,
+    )
+    .await;
 }
 
 /// A redelivered job that already completed: the stored result, no provider call.
 pub async fn answer_from_store(
     services: &Services,
     pool: &PoolContext,
-    delivery: Delivery,
+    inbound: Inbound,
     job: &Job,
     stored: JobResult,
 ) {
     info!(job_id = %job.id, pool = %pool.name, "already completed; answering from the store");
     metrics::counter!(m::ANSWERED_FROM_STORE_TOTAL, "pool" => pool.name.clone()).increment(1);
-    publish_and_ack(services, delivery, &job.reply, &stored, Timing::start()).await;
+    publish_and_ack(
+        services,
+        inbound,
+        &job.reply,
+        &stored,
+        Timing::start(),
+        OnReplyFailure::Requeue,
+    )
+    .await;
 }
 
 /// No key of the pool can take the job now: put it back on its queue to wait
-/// (republished, so waiting does not count against the delivery limit).
+/// (republished, so waiting does not count against the delivery limit). A job
+/// that came back `jobs.max_returns` times is failed and dead-lettered instead,
+/// so a job every key rejects cannot circle forever.
 pub async fn return_to_broker(services: &Services, pool: &PoolContext, inflight: InFlight) {
-    let delivery = inflight.delivery;
+    let returns = returns_of(inflight.inbound.properties());
+    if returns >= services.jobs.max_returns {
+        let message = format!(
+            "went back to the queue {returns} times without any key of pool `{}` being able to run it",
+            pool.name
+        );
+        if !dead_letter(
+            services,
+            pool,
+            &inflight.inbound,
+            ErrorKind::AllKeysUnavailable,
+            &message,
+        )
+        .await
+        {
+            return inflight.inbound.nack(true).await;
+        }
+        return fail(
+            services,
+            pool,
+            None,
+            inflight,
+            ErrorKind::AllKeysUnavailable,
+            message,
+        )
+        .await;
+    }
+    let mut properties = inflight.inbound.properties().clone();
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(RETURNS_HEADER.into(), AMQPValue::LongUInt(returns + 1));
+    properties = properties.with_headers(headers);
     let published = services
         .publisher
-        .publish(
-            &pool.queue,
-            &delivery.data,
-            delivery.properties.clone(),
-            true,
-        )
+        .publish(&pool.queue, inflight.inbound.body(), properties, true)
         .await;
     match published {
         Ok(PublishOutcome::Delivered) => {
             metrics::counter!(m::RETURNED_TO_BROKER_TOTAL, "pool" => pool.name.clone())
                 .increment(1);
-            ack(&delivery).await;
+            inflight.inbound.ack().await;
         }
         other => {
             warn!(job_id = %inflight.job.id, outcome = ?other, "republish failed; requeueing instead");
-            nack(&delivery, true).await;
+            inflight.inbound.nack(true).await;
+        }
+    }
+}
+
+fn returns_of(properties: &lapin::BasicProperties) -> u32 {
+    let headers: Option<&FieldTable> = properties.headers().as_ref();
+    match headers.and_then(|h| h.inner().get(RETURNS_HEADER)) {
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => (*n).max(0) as u32,
+        Some(AMQPValue::LongLongInt(n)) => (*n).clamp(0, i64::from(u32::MAX)) as u32,
+        _ => 0,
+    }
+}
+
+/// Publish the original message to the dead-letter queue with the reason.
+/// True only when the broker confirmed it was queued.
+async fn dead_letter(
+    services: &Services,
+    pool: &PoolContext,
+    inbound: &Inbound,
+    kind: ErrorKind,
+    reason: &str,
+) -> bool {
+    let props = dead_letter_properties(inbound.properties(), &pool.name, kind.as_str(), reason);
+    let queue = &services.jobs.dead_letter_queue;
+    match services
+        .publisher
+        .publish(queue, inbound.body(), props, true)
+        .await
+    {
+        Ok(PublishOutcome::Delivered) => {
+            metrics::counter!(m::DEAD_LETTERS_TOTAL, "pool" => pool.name.clone(), "reason" => kind.as_str())
+                .increment(1);
+            true
+        }
+        other => {
+            error!(queue = %queue, outcome = ?other, "dead-lettering failed");
+            false
         }
     }
 }
@@ -204,45 +248,71 @@ fn base_result(
     }
 }
 
-/// Persist, then publish and ack. A store failure requeues the job untouched.
+/// What happens to a job whose reply could not be confirmed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnReplyFailure {
+    /// Back to the queue: the redelivery is answered from the store.
+    Requeue,
+    /// Its result is not stored, so it must not run (and pay) again: nack
+    /// without requeue, which the job queue's dead-letter exchange routes to
+    /// the dead-letter queue.
+    DeadLetter,
+    /// Already dead-lettered by keyrelay (invalid job): just settle it.
+    Ack,
+}
+
+/// Persist, then publish and ack.
 async fn deliver(
     services: &Services,
     key: Option<&KeyContext>,
-    delivery: Delivery,
-    reply: &ReplyAddress,
+    inflight: InFlight,
     mut result: JobResult,
-    timing: Timing,
 ) {
-    result.latency_ms = timing.received.elapsed().as_millis() as u64;
+    result.latency_ms = inflight.timing.received.elapsed().as_millis() as u64;
     result.completed_at = jiff::Timestamp::now();
     let store_key = key.map(|k| k.store_key.as_str());
-    if let Err(e) = services.store.persist_result(&result, store_key).await {
-        error!(job_id = %result.id, error = %e, "cannot persist result; requeueing the job");
-        return nack(&delivery, true).await;
-    }
-    publish_and_ack(services, delivery, reply, &result, timing).await;
+    let on_failure = match services.store.persist_result(&result, store_key).await {
+        Ok(()) => OnReplyFailure::Requeue,
+        Err(e) => {
+            // The provider has answered (and maybe billed): a requeue would pay
+            // again. Deliver the answer without the store's safety net instead.
+            metrics::counter!(m::STORE_ERRORS_TOTAL).increment(1);
+            error!(job_id = %result.id, error = %e, "cannot persist result; replying without it");
+            OnReplyFailure::DeadLetter
+        }
+    };
+    publish_and_ack(
+        services,
+        inflight.inbound,
+        &inflight.job.reply,
+        &result,
+        inflight.timing,
+        on_failure,
+    )
+    .await;
 }
 
 async fn publish_and_ack(
     services: &Services,
-    delivery: Delivery,
+    inbound: Inbound,
     reply: &ReplyAddress,
     result: &JobResult,
     timing: Timing,
+    on_failure: OnReplyFailure,
 ) {
     let body = match serde_json::to_vec(result) {
         Ok(body) => body,
         Err(e) => {
-            error!(job_id = %result.id, error = %e, "cannot serialize result; requeueing");
-            return nack(&delivery, true).await;
+            error!(job_id = %result.id, error = %e, "cannot serialize result");
+            return settle_unreplied(inbound, on_failure).await;
         }
     };
     let props = reply_properties(reply, &result.id);
-    let published = services
+    match services
         .publisher
         .publish(&reply.queue, &body, props, true)
-        .await;
-    match published {
+        .await
+    {
         Ok(PublishOutcome::Delivered) => {}
         Ok(PublishOutcome::Unroutable) => {
             // The producer's reply queue does not exist. The result is stored;
@@ -252,22 +322,30 @@ async fn publish_and_ack(
                 .increment(1);
         }
         Err(e) => {
-            // The stored result answers the redelivery without a provider call.
-            warn!(job_id = %result.id, error = %e, "reply not confirmed; requeueing the job");
-            return nack(&delivery, true).await;
+            warn!(job_id = %result.id, error = %e, "reply not confirmed");
+            return settle_unreplied(inbound, on_failure).await;
         }
     }
-    ack(&delivery).await;
+    inbound.ack().await;
     record_outcome(result, timing);
+}
+
+async fn settle_unreplied(inbound: Inbound, on_failure: OnReplyFailure) {
+    match on_failure {
+        OnReplyFailure::Requeue => inbound.nack(true).await,
+        OnReplyFailure::DeadLetter => inbound.nack(false).await,
+        OnReplyFailure::Ack => inbound.ack().await,
+    }
 }
 
 fn record_outcome(result: &JobResult, timing: Timing) {
     let outcome = result.outcome_label();
+    let elapsed = timing.received.elapsed();
     metrics::counter!(m::JOBS_TOTAL, "pool" => result.pool.clone(), "outcome" => outcome)
         .increment(1);
     metrics::histogram!(m::JOB_DURATION, "pool" => result.pool.clone())
-        .record(timing.received.elapsed().as_secs_f64());
-    let overhead = timing.received.elapsed().saturating_sub(timing.provider);
+        .record(elapsed.as_secs_f64());
+    let overhead = elapsed.saturating_sub(timing.provider);
     metrics::histogram!(m::JOB_OVERHEAD, "pool" => result.pool.clone())
         .record(overhead.as_secs_f64());
     info!(
@@ -279,34 +357,6 @@ fn record_outcome(result: &JobResult, timing: Timing) {
         latency_ms = result.latency_ms,
         "job finished"
     );
-}
-
-async fn ack(delivery: &Delivery) {
-    match delivery.acker.ack(BasicAckOptions::default()).await {
-        Ok(true) => {}
-        Ok(false) | Err(_) => {
-            // The channel is gone; the broker redelivers and the store answers.
-            metrics::counter!(m::ACKS_LOST_TOTAL).increment(1);
-            warn!(
-                delivery_tag = delivery.delivery_tag,
-                "ack not sent; the job will be redelivered"
-            );
-        }
-    }
-}
-
-async fn nack(delivery: &Delivery, requeue: bool) {
-    let options = BasicNackOptions {
-        requeue,
-        ..Default::default()
-    };
-    if !matches!(delivery.acker.nack(options).await, Ok(true)) {
-        metrics::counter!(m::ACKS_LOST_TOTAL).increment(1);
-        warn!(
-            delivery_tag = delivery.delivery_tag,
-            "nack not sent; the broker redelivers when the channel closes"
-        );
-    }
 }
 
 /// Parse a model's JSON answer, tolerating the ```json fences models like to add.
@@ -322,7 +372,7 @@ fn parse_json_output(text: &str) -> Result<Value, serde_json::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_json_output;
+    use super::*;
 
     #[test]
     fn json_output_parsing() {
@@ -333,5 +383,19 @@ mod tests {
         );
         assert_eq!(parse_json_output("```\n[1]\n```  ").unwrap()[0], 1);
         assert!(parse_json_output("Sure! Here is JSON: {}").is_err());
+    }
+
+    #[test]
+    fn returns_header_is_read_in_any_integer_type() {
+        let with = |v: AMQPValue| {
+            let mut h = FieldTable::default();
+            h.insert(RETURNS_HEADER.into(), v);
+            lapin::BasicProperties::default().with_headers(h)
+        };
+        assert_eq!(returns_of(&lapin::BasicProperties::default()), 0);
+        assert_eq!(returns_of(&with(AMQPValue::LongUInt(3))), 3);
+        assert_eq!(returns_of(&with(AMQPValue::LongInt(-2))), 0);
+        assert_eq!(returns_of(&with(AMQPValue::LongLongInt(7))), 7);
+        assert_eq!(returns_of(&with(AMQPValue::LongString("x".into()))), 0);
     }
 }

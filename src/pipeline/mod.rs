@@ -7,15 +7,18 @@
 
 pub mod context;
 mod finish;
+mod in_progress;
+mod inbound;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lapin::message::Delivery;
 use tracing::warn;
 
 pub use context::{InFlight, KeyContext, PoolContext, Services, Timing};
 pub use finish::return_to_broker;
+pub use in_progress::{Claim, InProgress};
+pub use inbound::Inbound;
 
 use crate::actors::messages::{KeyOutcome, Reroute, RerouteReason};
 use crate::job::{self, ErrorKind};
@@ -23,30 +26,26 @@ use crate::metrics as m;
 use crate::provider::Outcome;
 
 /// Entry point for a delivery consumed by `key`'s worker.
-pub async fn on_delivery(
-    key: Arc<KeyContext>,
-    services: Arc<Services>,
-    channel: lapin::Channel,
-    delivery: Delivery,
-) {
+pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound: Inbound) {
     let guard = services.job_started();
     let timing = Timing::start();
-    let props = crate::amqp::job_properties(&delivery.properties);
+    let props = crate::amqp::job_properties(inbound.properties());
     let decoded = job::decode(
-        &delivery.data,
+        inbound.body(),
         &props,
         &key.pool.decode_context(&services),
-        || uuid::Uuid::now_v7().to_string(),
+        || content_id(&key.pool.name, inbound.body()),
     );
     let job = match decoded {
         Ok(job) => job,
         Err(invalid) => {
-            return finish::reject_invalid(&services, &key.pool, delivery, invalid, timing).await;
+            return finish::reject_invalid(&services, &key.pool, inbound, invalid, timing).await;
         }
     };
+    let claim = services.in_progress.claim(&job.id).await;
     match services.store.result(&job.id) {
         Ok(Some(stored)) => {
-            return finish::answer_from_store(&services, &key.pool, delivery, &job, stored).await;
+            return finish::answer_from_store(&services, &key.pool, inbound, &job, stored).await;
         }
         Ok(None) => {}
         // A corrupt record is overwritten by the new result; say so.
@@ -56,14 +55,27 @@ pub async fn on_delivery(
     }
     let inflight = InFlight {
         job,
-        delivery,
-        channel,
+        inbound,
         guard,
+        claim,
         attempts: 0,
         timing,
         last_error: None,
     };
     run_on_key(key, services, inflight).await;
+}
+
+/// The id of a job that names none (neither `id` nor AMQP `message_id`): derived
+/// from its content, so a redelivery is recognised and answered from the store.
+fn content_id(pool: &str, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(pool.as_bytes())
+        .chain_update([0])
+        .chain_update(body)
+        .finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("auto-{hex}")
 }
 
 /// Run a job on `key`: one provider call, then finish or reroute.
@@ -101,6 +113,18 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
                 Some(&key),
                 inflight,
                 ErrorKind::BadRequest,
+                message,
+            )
+            .await;
+        }
+        Outcome::InvalidResponse { message } => {
+            let message = format!("{message} (not retried: the call was probably billed)");
+            finish::fail(
+                &services,
+                &key.pool,
+                Some(&key),
+                inflight,
+                ErrorKind::Upstream,
                 message,
             )
             .await;

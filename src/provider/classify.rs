@@ -204,6 +204,7 @@ mod tests {
         Transient,
         Unauth,
         Bad,
+        Invalid,
     }
 
     fn want_of(outcome: &Outcome) -> Want {
@@ -214,6 +215,7 @@ mod tests {
             Outcome::Transient { .. } => Want::Transient,
             Outcome::Unauthorized { .. } => Want::Unauth,
             Outcome::BadRequest { .. } => Want::Bad,
+            Outcome::InvalidResponse { .. } => Want::Invalid,
         }
     }
 
@@ -224,7 +226,8 @@ mod tests {
             | Outcome::QuotaExhausted { message, .. }
             | Outcome::Transient { message }
             | Outcome::Unauthorized { message }
-            | Outcome::BadRequest { message } => message,
+            | Outcome::BadRequest { message }
+            | Outcome::InvalidResponse { message } => message,
         }
     }
 

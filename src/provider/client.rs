@@ -117,7 +117,7 @@ impl ProviderClient {
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        match read_capped(response, self.max_response_bytes).await {
+        let outcome = match read_capped(response, self.max_response_bytes).await {
             Ok(body) => {
                 // Redact the body before parsing so no message built from it,
                 // even a truncated one, can hold part of the key.
@@ -125,7 +125,8 @@ impl ProviderClient {
                 classify(self.kind, status, &headers, &body, Timestamp::now())
             }
             Err(outcome) => outcome,
-        }
+        };
+        billed_if_accepted(status, outcome)
     }
 
     /// `base_url` with `segments` appended (each percent-encoded as needed).
@@ -213,6 +214,19 @@ async fn read_capped(mut response: Response, cap: usize) -> Result<Vec<u8>, Outc
 }
 
 /// A transport failure: the error and its causes, without the URL.
+/// A 2xx answer whose body cannot be used (malformed, truncated, too large)
+/// was most likely billed: it must not be retried like a transient failure.
+fn billed_if_accepted(status: u16, outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Transient { message } if (200..300).contains(&status) => {
+            Outcome::InvalidResponse {
+                message: format!("HTTP {status} with an unusable body: {message}"),
+            }
+        }
+        other => other,
+    }
+}
+
 fn transport_error(e: reqwest::Error) -> Outcome {
     let e = e.without_url();
     let mut message = if e.is_timeout() {
@@ -257,6 +271,9 @@ fn redact_outcome(outcome: Outcome, key: &ApiKey) -> Outcome {
             message: clean(message),
         },
         Outcome::Unauthorized { message } => Outcome::Unauthorized {
+            message: clean(message),
+        },
+        Outcome::InvalidResponse { message } => Outcome::InvalidResponse {
             message: clean(message),
         },
         Outcome::BadRequest { message } => Outcome::BadRequest {
@@ -396,7 +413,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn oversized_body_is_transient() {
+    async fn oversized_success_body_is_an_invalid_response() {
         let chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
                        8\r\n{\"choice\r\n8\r\ns\": []}  \r\n0\r\n\r\n";
         for response in [http_response("200 OK", &" ".repeat(64)), chunked.to_owned()] {
@@ -404,10 +421,11 @@ mod tests {
             let mut client = ProviderClient::new(ProviderKind::Openai, &base, timeouts()).unwrap();
             client.max_response_bytes = 12;
             let outcome = client.call(&ApiKey::new(KEY), &request()).await;
+            // A 200 was probably billed: not a transient failure to retry.
             assert_eq!(
                 outcome,
-                Outcome::Transient {
-                    message: "response body too large".to_owned()
+                Outcome::InvalidResponse {
+                    message: "HTTP 200 with an unusable body: response body too large".to_owned()
                 }
             );
         }

@@ -99,7 +99,7 @@ pub enum Outcome {
         until: Option<Timestamp>,
         message: String,
     },
-    /// 5xx, 529, timeouts, connection errors, malformed success bodies.
+    /// 5xx, 529, timeouts, connection errors.
     Transient {
         message: String,
     },
@@ -109,6 +109,11 @@ pub enum Outcome {
     },
     /// The request itself was rejected: the job's fault, not the key's.
     BadRequest {
+        message: String,
+    },
+    /// A success status with a body that cannot be used (malformed, truncated,
+    /// too large). The call was probably billed, so it is not retried.
+    InvalidResponse {
         message: String,
     },
 }
@@ -123,6 +128,7 @@ impl Outcome {
             Outcome::Transient { .. } => OutcomeClass::Transient,
             Outcome::Unauthorized { .. } => OutcomeClass::Unauthorized,
             Outcome::BadRequest { .. } => OutcomeClass::BadRequest,
+            Outcome::InvalidResponse { .. } => OutcomeClass::InvalidResponse,
         }
     }
 }
@@ -137,6 +143,7 @@ pub enum OutcomeClass {
     Transient,
     Unauthorized,
     BadRequest,
+    InvalidResponse,
 }
 
 impl OutcomeClass {
@@ -148,6 +155,7 @@ impl OutcomeClass {
             OutcomeClass::Transient => "transient",
             OutcomeClass::Unauthorized => "unauthorized",
             OutcomeClass::BadRequest => "bad_request",
+            OutcomeClass::InvalidResponse => "invalid_response",
         }
     }
 }

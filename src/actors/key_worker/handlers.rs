@@ -18,28 +18,25 @@ impl StreamHandler<ConsumerItem> for KeyWorker {
                 let Some(channel) = self.channel.clone() else {
                     return;
                 };
+                let inbound = pipeline::Inbound::new(delivery, channel);
                 tokio::spawn(pipeline::on_delivery(
                     self.key.clone(),
                     self.services.clone(),
-                    channel,
-                    delivery,
+                    inbound,
                 ));
             }
-            Some(Err(e)) => {
+            Some(Err(e)) if self.is_current(generation) => {
                 warn!(pool = %self.key.pool.name, key = %self.key.name, error = %e, "consumer failed; restarting worker");
                 ctx.stop();
             }
             // The current consumer ended without us cancelling it: the broker
             // cancelled it (queue deleted) or the channel closed.
-            None if self
-                .consumer
-                .as_ref()
-                .is_some_and(|(_, g)| *g == generation) =>
-            {
+            None if self.is_current(generation) => {
                 warn!(pool = %self.key.pool.name, key = %self.key.name, "consumer ended; restarting worker");
                 ctx.stop();
             }
-            None => {}
+            // The tail of a consumer we cancelled.
+            Some(Err(_)) | None => {}
         }
     }
 
@@ -75,6 +72,12 @@ impl Handler<StopWorker> for KeyWorker {
 }
 
 impl KeyWorker {
+    fn is_current(&self, generation: u64) -> bool {
+        self.consumer
+            .as_ref()
+            .is_some_and(|(_, g)| *g == generation)
+    }
+
     /// Cancel the consumer. Messages the broker already sent still arrive on the
     /// old stream and are handed back by the job tasks (the key is unavailable).
     fn cancel_consumer(&mut self, ctx: &mut Context<Self>) {

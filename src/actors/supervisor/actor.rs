@@ -77,6 +77,7 @@ impl Supervisor {
                 outcomes: ctx.address().recipient(),
                 reroutes: ctx.address().recipient(),
                 jobs_in_progress: in_flight,
+                in_progress: Default::default(),
             });
             let mut pools = Vec::new();
             let mut keys = Vec::new();

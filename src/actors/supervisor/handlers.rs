@@ -24,11 +24,7 @@ impl Handler<KeyOutcome> for Supervisor {
         let Some(next) = after_outcome(&msg.outcome, jiff::Timestamp::now(), policy) else {
             return;
         };
-        // Concurrent calls on a key report the same limit; keep the latest deadline.
-        if let (Some(old), Some(new)) = (slot.state.until(), next.until())
-            && old >= new
-            && slot.state.label() == next.label()
-        {
+        if !slot.state.is_superseded_by(&next) {
             return;
         }
         warn!(
@@ -67,7 +63,13 @@ impl Handler<Reroute> for Supervisor {
             .collect();
         let avoid = (msg.reason == RerouteReason::Transient).then_some(msg.from);
         let services = self.services.clone();
-        match choose_key(&candidates, avoid) {
+        // Shutting down: no new provider calls; the job waits in its queue.
+        let target = if self.stopping {
+            None
+        } else {
+            choose_key(&candidates, avoid)
+        };
+        match target {
             Some(target) => {
                 let key = self.keys[target.0].ctx.clone();
                 tokio::spawn(pipeline::run_on_key(key, services, msg.inflight));
@@ -183,6 +185,8 @@ impl Handler<StopAll> for Supervisor {
     fn handle(&mut self, _: StopAll, _ctx: &mut Self::Context) {
         self.stopping = true;
         for slot in &self.keys {
+            // Deliveries still arriving start no call: they are handed back.
+            slot.ctx.set_available(false);
             if let Some(worker) = &slot.worker {
                 worker.do_send(StopWorker);
             }
