@@ -403,6 +403,24 @@ async fn e2e_run(args: &Args, env: &Env, conn: &lapin::Connection) -> anyhow::Re
         ms(0.99),
         "ms (bucket-interpolated; target < 1 ms)",
     );
+    let upstream = child::histogram_buckets(&metrics, "keyrelay_upstream_duration_seconds");
+    let up_ms = |q| child::quantile(&upstream, q).map_or(f64::NAN, |s| s * 1000.0);
+    report.put(
+        "upstream_p50_ms",
+        up_ms(0.5),
+        "ms provider call (mock, bucket-interpolated)",
+    );
+    report.put(
+        "upstream_p99_ms",
+        up_ms(0.99),
+        "ms provider call (mock, bucket-interpolated)",
+    );
+    let batch = child::histogram_mean(&metrics, "keyrelay_store_flush_batch_size");
+    report.put(
+        "store_flush_batch_mean",
+        batch,
+        "results per sled flush (group commit)",
+    );
     report.put(
         "jobs_total_metric",
         child::counter_sum(&metrics, "keyrelay_jobs_total"),

@@ -231,6 +231,11 @@ pub fn counter_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Mean of a Prometheus histogram (`_sum / _count`, all label sets).
+pub fn histogram_mean(text: &str, name: &str) -> f64 {
+    counter_sum(text, &format!("{name}_sum")) / counter_sum(text, &format!("{name}_count"))
+}
+
 pub fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
