@@ -1,0 +1,441 @@
+//! keyrelay performance benchmarks against the real RabbitMQ.
+//!
+//! `cargo bench --bench keyrelay_bench -- <scenario> [--jobs N] [--keys K] [--concurrency C]`
+//!
+//! Scenarios: `broker-limit`, `e2e`, `all` (both, and their ratio), `many-keys`,
+//! `backlog-memory`. See docs/performance.md for what each measures.
+
+#[path = "support/amqp.rs"]
+mod amqp;
+#[path = "support/child.rs"]
+mod child;
+#[path = "support/scale.rs"]
+mod scale;
+#[path = "support/setup.rs"]
+mod setup;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use serde_json::{Map, Value, json};
+
+use child::Keyrelay;
+use setup::{Env, Shape, amqp_url};
+
+/// A reply about as large as keyrelay's (≈ 400 bytes of contract JSON).
+const REPLY_BODY: &[u8] = br#"{"id":"bench-0","status":"succeeded","text":"Hello! This is a canned answer of about the size the mock provider returns.","json":null,"error":null,"pool":"p0","model":"model-a","key":"k000","usage":{"input_tokens":12,"output_tokens":40},"attempts":1,"latency_ms":3,"metadata":{"n":0},"user":null,"completed_at":"2026-01-01T00:00:00Z"}"#;
+
+pub struct Args {
+    scenario: String,
+    jobs: Option<usize>,
+    keys: usize,
+    concurrency: Option<u16>,
+}
+
+impl Args {
+    fn parse() -> anyhow::Result<Args> {
+        let mut args = Args {
+            scenario: String::new(),
+            jobs: None,
+            keys: 4,
+            concurrency: None,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(arg) = it.next() {
+            let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
+            match arg.as_str() {
+                "--bench" => {} // passed by `cargo bench`
+                "--jobs" => args.jobs = Some(value()?.parse()?),
+                "--keys" => args.keys = value()?.parse()?,
+                "--concurrency" => args.concurrency = Some(value()?.parse()?),
+                s if !s.starts_with('-') && args.scenario.is_empty() => args.scenario = s.into(),
+                other => bail!("unknown argument {other}"),
+            }
+        }
+        if args.scenario.is_empty() {
+            bail!(
+                "usage: keyrelay_bench <broker-limit|e2e|all|many-keys|backlog-memory> [--jobs N] [--keys K] [--concurrency C]"
+            );
+        }
+        Ok(args)
+    }
+
+    pub fn jobs_or(&self, default: usize) -> usize {
+        self.jobs.unwrap_or(default)
+    }
+
+    pub fn concurrency_or(&self, default: u16) -> u16 {
+        self.concurrency.unwrap_or(default)
+    }
+
+    /// Pool shape of scenarios 1, 2 and 4: one pool, K keys, concurrency C.
+    pub fn one_pool(&self) -> Shape {
+        Shape {
+            pools: 1,
+            keys_per_pool: self.keys,
+            concurrency: self.concurrency_or(32),
+        }
+    }
+}
+
+/// Numbers of one scenario: printed as they come, collected for the JSON line.
+pub struct Report {
+    fields: Map<String, Value>,
+}
+
+impl Report {
+    pub fn new(name: &str) -> Report {
+        println!("\n== {name} ==");
+        Report { fields: Map::new() }
+    }
+
+    pub fn put(&mut self, key: &str, value: impl Into<Value>, unit: &str) {
+        let value = value.into();
+        match &value {
+            Value::Number(v) if v.is_f64() => {
+                println!(
+                    "  {key:<34} {:>12.3} {unit}",
+                    v.as_f64().unwrap_or(f64::NAN)
+                )
+            }
+            Value::String(s) => println!("  {key:<34} {s:>12} {unit}"),
+            other => println!("  {key:<34} {other:>12} {unit}"),
+        }
+        self.fields.insert(key.into(), value);
+    }
+
+    pub fn get(&self, key: &str) -> Option<f64> {
+        self.fields.get(key).and_then(Value::as_f64)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match Args::parse() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let system = actix::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    });
+    match system.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut out = Map::new();
+    let mut add = |name: &str, report: Report| {
+        out.insert(name.into(), Value::Object(report.fields));
+    };
+    match args.scenario.as_str() {
+        "broker-limit" => add("broker_limit", broker_limit(&args).await?),
+        "e2e" => add("e2e", e2e(&args).await?),
+        "all" => {
+            let ceiling = broker_limit(&args).await?;
+            let mut e2e = e2e(&args).await?;
+            let ratio = e2e.get("jobs_per_s").unwrap_or(0.0)
+                / ceiling.get("jobs_per_s").unwrap_or(f64::NAN);
+            e2e.put("ratio_to_broker_limit", ratio, "(target >= 0.80)");
+            add("broker_limit", ceiling);
+            add("e2e", e2e);
+        }
+        "many-keys" => add("many_keys", scale::many_keys(&args).await?),
+        "backlog-memory" => add("backlog_memory", scale::backlog_memory(&args).await?),
+        other => bail!("unknown scenario {other}"),
+    }
+    let line = json!({
+        "date": jiff::Timestamp::now().to_string(),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "scenarios": out,
+    });
+    println!("\n{line}");
+    Ok(())
+}
+
+/// Scenario 1: the same AMQP work as keyrelay with nothing else — a quorum job
+/// queue, K consumers with prefetch C on one connection, one shared confirm
+/// channel, and per delivery: persistent reply, wait for its confirm, ack.
+async fn broker_limit(args: &Args) -> anyhow::Result<Report> {
+    let env = Env::new(args.one_pool(), false).await?;
+    let conn = amqp::connect(&amqp_url()).await?;
+    let result = broker_limit_run(args, &env, &conn).await;
+    amqp::delete_queues(&conn, &env.all_queues()).await;
+    let _ = conn.close(200, "done".into()).await;
+    result
+}
+
+async fn broker_limit_run(
+    args: &Args,
+    env: &Env,
+    conn: &lapin::Connection,
+) -> anyhow::Result<Report> {
+    let n = args.jobs_or(20_000);
+    let shape = args.one_pool();
+    let mut report = Report::new("broker-limit");
+    report.put("jobs", n, "");
+    report.put(
+        "consumers_x_prefetch",
+        format!("{} x {}", shape.keys(), shape.concurrency),
+        "",
+    );
+    amqp::declare_topology(conn, &env.config).await?;
+    let (queue, replies) = (env.job_queues()[0].clone(), env.reply_queue());
+    let took = amqp::preload(conn, std::slice::from_ref(&queue), n, &replies).await?;
+    report.put(
+        "preload_jobs_per_s",
+        n as f64 / took.as_secs_f64(),
+        "jobs/s (confirms pipelined)",
+    );
+
+    let publisher = conn.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let (mut channels, mut tasks) = (Vec::new(), Vec::new());
+    for k in 0..shape.keys() {
+        let channel = conn.create_channel().await?;
+        channel
+            .basic_qos(shape.concurrency, BasicQosOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("bench-{k}").into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let (publisher, replies) = (publisher.clone(), replies.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                tokio::spawn(reply_then_ack(publisher.clone(), replies.clone(), delivery));
+            }
+        }));
+        channels.push(channel);
+    }
+    let watch = conn.create_channel().await?;
+    let broker = child::broker_pid();
+    let own = std::process::id();
+    let (mut cpu0, mut broker0) = (0.0, 0.0);
+    let window = amqp::wait_for_replies(
+        &watch,
+        &replies,
+        n,
+        drain_timeout(n),
+        || {
+            cpu0 = child::cpu_seconds(own).unwrap_or(0.0);
+            broker0 = broker
+                .and_then(|p| child::cpu_seconds(p).ok())
+                .unwrap_or(0.0);
+        },
+        || Ok(()),
+    )
+    .await?;
+    let cpu = child::cpu_seconds(own)? - cpu0;
+    let broker_cpu = broker
+        .and_then(|p| child::cpu_seconds(p).ok())
+        .unwrap_or(0.0)
+        - broker0;
+    for channel in &channels {
+        let _ = channel.close(200, "drained".into()).await;
+    }
+    tasks.iter().for_each(|t| t.abort());
+    let (jobs, secs) = window.measured(n);
+    report.put(
+        "measured_jobs",
+        jobs,
+        "(from the first reply seen to the last)",
+    );
+    report.put("jobs_per_s", jobs as f64 / secs, "jobs/s");
+    report.put(
+        "client_cpu_s_per_1k_jobs",
+        cpu / jobs as f64 * 1000.0,
+        "CPU s (this minimal lapin client)",
+    );
+    report.put(
+        "broker_cpu_s_per_1k_jobs",
+        broker_cpu / jobs as f64 * 1000.0,
+        "CPU s (beam.smp)",
+    );
+    Ok(report)
+}
+
+async fn reply_then_ack(publisher: Channel, queue: String, delivery: lapin::message::Delivery) {
+    let correlation = delivery
+        .properties
+        .correlation_id()
+        .clone()
+        .unwrap_or_default();
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_correlation_id(correlation)
+        .with_message_id(format!("m-{}", delivery.delivery_tag).into())
+        .with_app_id("keyrelay-bench".into());
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
+    let confirmed = async {
+        let confirm = publisher
+            .basic_publish("".into(), queue.as_str().into(), options, REPLY_BODY, props)
+            .await?
+            .await?;
+        anyhow::ensure!(
+            confirm.is_ack() && confirm.take_message().is_none(),
+            "reply not delivered"
+        );
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    };
+    if let Err(e) = confirmed.await {
+        eprintln!("broker-limit: {e:#}");
+    }
+}
+
+/// Scenario 2: keyrelay (release binary, child process) on the same workload,
+/// against the mock provider (in this process) with zero latency and no limits.
+async fn e2e(args: &Args) -> anyhow::Result<Report> {
+    let mut env = Env::new(args.one_pool(), true).await?;
+    let conn = amqp::connect(&amqp_url()).await?;
+    let result = e2e_run(args, &env, &conn).await;
+    amqp::delete_queues(&conn, &env.all_queues()).await;
+    let _ = conn.close(200, "done".into()).await;
+    env.stop_mock().await;
+    result
+}
+
+async fn e2e_run(args: &Args, env: &Env, conn: &lapin::Connection) -> anyhow::Result<Report> {
+    let n = args.jobs_or(20_000);
+    let shape = args.one_pool();
+    let mut report = Report::new("e2e");
+    report.put("jobs", n, "");
+    report.put(
+        "keys_x_concurrency",
+        format!("{} x {}", shape.keys(), shape.concurrency),
+        "",
+    );
+    amqp::declare_topology(conn, &env.config).await?;
+    let replies = env.reply_queue();
+    amqp::preload(conn, &env.job_queues(), n, &replies).await?;
+    let kr = Keyrelay::spawn(
+        &env.config_path,
+        &env.log_path("keyrelay"),
+        env.metrics_addr,
+    )?;
+    let watch = conn.create_channel().await?;
+    let (broker, own) = (child::broker_pid(), std::process::id());
+    let (mut cpu0, mut broker0, mut own0) = (0.0, 0.0, 0.0);
+    let window = amqp::wait_for_replies(
+        &watch,
+        &replies,
+        n,
+        drain_timeout(n),
+        || {
+            cpu0 = kr.cpu_seconds().unwrap_or(0.0);
+            broker0 = broker
+                .and_then(|p| child::cpu_seconds(p).ok())
+                .unwrap_or(0.0);
+            own0 = child::cpu_seconds(own).unwrap_or(0.0);
+        },
+        || child::ensure_running(kr.pid),
+    )
+    .await?;
+    let cpu = kr.cpu_seconds()? - cpu0;
+    let broker_cpu = broker
+        .and_then(|p| child::cpu_seconds(p).ok())
+        .unwrap_or(0.0)
+        - broker0;
+    let own_cpu = child::cpu_seconds(own)? - own0;
+    let (jobs, secs) = window.measured(n);
+    report.put(
+        "measured_jobs",
+        jobs,
+        "(from the first reply seen to the last)",
+    );
+    report.put("jobs_per_s", jobs as f64 / secs, "jobs/s");
+    report.put(
+        "keyrelay_cpu_s_per_1k_jobs",
+        cpu / jobs as f64 * 1000.0,
+        "CPU s (keyrelay process)",
+    );
+    report.put(
+        "broker_cpu_s_per_1k_jobs",
+        broker_cpu / jobs as f64 * 1000.0,
+        "CPU s (beam.smp)",
+    );
+    report.put(
+        "mock_cpu_s_per_1k_jobs",
+        own_cpu / jobs as f64 * 1000.0,
+        "CPU s (bench process: mock provider)",
+    );
+    report.put(
+        "keyrelay_peak_rss_mib",
+        kr.peak_rss_kib()? as f64 / 1024.0,
+        "MiB (VmHWM)",
+    );
+    // Acks follow the reply's confirm; give the last ones a moment to be counted.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (metrics, _) = kr.scrape().await?;
+    let overhead = child::histogram_buckets(&metrics, "keyrelay_job_overhead_seconds");
+    let ms = |q| child::quantile(&overhead, q).map_or(f64::NAN, |s| s * 1000.0);
+    report.put("overhead_p50_ms", ms(0.5), "ms (bucket-interpolated)");
+    report.put(
+        "overhead_p99_ms",
+        ms(0.99),
+        "ms (bucket-interpolated; target < 1 ms)",
+    );
+    let upstream = child::histogram_buckets(&metrics, "keyrelay_upstream_duration_seconds");
+    let up_ms = |q| child::quantile(&upstream, q).map_or(f64::NAN, |s| s * 1000.0);
+    report.put(
+        "upstream_p50_ms",
+        up_ms(0.5),
+        "ms provider call (mock, bucket-interpolated)",
+    );
+    report.put(
+        "upstream_p99_ms",
+        up_ms(0.99),
+        "ms provider call (mock, bucket-interpolated)",
+    );
+    let batch = child::histogram_mean(&metrics, "keyrelay_store_flush_batch_size");
+    report.put(
+        "store_flush_batch_mean",
+        batch,
+        "results per sled flush (group commit)",
+    );
+    report.put(
+        "jobs_total_metric",
+        child::counter_sum(&metrics, "keyrelay_jobs_total"),
+        "",
+    );
+    report.put(
+        "log_warnings",
+        scale::log_problems(&env.log_path("keyrelay")),
+        "WARN/ERROR lines",
+    );
+    kr.stop().await?;
+    Ok(report)
+}
+
+/// Generous: the slowest drains seen were ~1,000 jobs/s.
+pub fn drain_timeout(n: usize) -> Duration {
+    Duration::from_secs(120 + n as u64 / 200)
+}

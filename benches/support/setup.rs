@@ -1,0 +1,160 @@
+//! A benchmark environment: unique queue names, a temp dir (sled, key files,
+//! config, logs), a keyrelay config file and, optionally, the mock provider.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use keyrelay::config::Config;
+use keyrelay::mock_provider::{MockKey, MockProvider, MockSettings};
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Shape of the pools: `pools` pools of `keys_per_pool` keys, each with `concurrency`.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub pools: usize,
+    pub keys_per_pool: usize,
+    pub concurrency: u16,
+}
+
+impl Shape {
+    pub fn keys(&self) -> usize {
+        self.pools * self.keys_per_pool
+    }
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub prefix: String,
+    pub config: Config,
+    pub config_path: PathBuf,
+    pub metrics_addr: SocketAddr,
+    pub mock: Option<MockProvider>,
+}
+
+impl Env {
+    /// Write key files and the config; start the mock (zero latency, no limits,
+    /// no faults, one secret per key) when `with_mock`.
+    pub async fn new(shape: Shape, with_mock: bool) -> anyhow::Result<Env> {
+        let dir = tempfile::tempdir().context("temp dir")?;
+        let prefix = format!("kr-bench.{}", uuid::Uuid::now_v7().simple());
+        let mut keys = Vec::new();
+        for p in 0..shape.pools {
+            for k in 0..shape.keys_per_pool {
+                let (pool, key) = (format!("p{p}"), format!("k{k:03}"));
+                let secret = format!(
+                    "bench-secret-{pool}-{key}-{}",
+                    uuid::Uuid::now_v7().simple()
+                );
+                let path = dir.path().join(format!("{pool}-{key}.key"));
+                std::fs::write(&path, &secret)?;
+                keys.push((pool, key, secret, path));
+            }
+        }
+        let mock = if with_mock {
+            let settings = MockSettings::with_keys(
+                keys.iter()
+                    .map(|(p, k, s, _)| MockKey::new(format!("{p}-{k}"), s.clone()))
+                    .collect(),
+            );
+            Some(MockProvider::start(settings, "127.0.0.1:0".parse()?).await?)
+        } else {
+            None
+        };
+        // Broker-only runs never call the provider; any URL validates.
+        let base_url = mock
+            .as_ref()
+            .map_or_else(|| "http://127.0.0.1:9".to_string(), |m| m.gemini_base_url());
+        let metrics_addr = free_port()?;
+        let mut text = format!(
+            "[broker]\nurl = \"{}\"\nqueue_prefix = \"{prefix}\"\n\n[store]\npath = \"{}\"\n\n\
+             [metrics]\nlisten = \"{metrics_addr}\"\n\n[jobs]\nresults_queue = \"{prefix}.results\"\n\
+             dead_letter_queue = \"{prefix}.dead\"\nshutdown_grace_secs = 10\n",
+            amqp_url(),
+            dir.path().join("store").display()
+        );
+        for p in 0..shape.pools {
+            text += &format!(
+                "\n[[pools]]\nname = \"p{p}\"\nprovider = \"gemini\"\nbase_url = \"{base_url}\"\n\
+                 default_model = \"model-a\"\n"
+            );
+            for (_, key, _, path) in keys.iter().filter(|(pool, ..)| *pool == format!("p{p}")) {
+                text += &format!(
+                    "  [[pools.keys]]\n  name = \"{key}\"\n  api_key_file = \"{}\"\n  priority = 1\n  concurrency = {}\n",
+                    path.display(),
+                    shape.concurrency
+                );
+            }
+        }
+        let config_path = dir.path().join("keyrelay.toml");
+        std::fs::write(&config_path, &text)?;
+        let config = Config::from_toml_str(&text, std::iter::empty()).context("bench config")?;
+        Ok(Env {
+            dir,
+            prefix,
+            config,
+            config_path,
+            metrics_addr,
+            mock,
+        })
+    }
+
+    pub fn job_queues(&self) -> Vec<String> {
+        let pools = &self.config.pools;
+        pools
+            .iter()
+            .map(|p| self.config.job_queue(&p.name))
+            .collect()
+    }
+
+    /// Where replies go (keyrelay's results queue, also used by the broker-only loop).
+    pub fn reply_queue(&self) -> String {
+        self.config.jobs.results_queue.clone()
+    }
+
+    /// Every queue this run created.
+    pub fn all_queues(&self) -> Vec<String> {
+        let mut queues = self.job_queues();
+        queues.push(self.config.jobs.results_queue.clone());
+        queues.push(self.config.jobs.dead_letter_queue.clone());
+        queues
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// Size of the sled directory, bytes.
+    pub fn store_bytes(&self) -> u64 {
+        dir_size(&self.dir.path().join("store"))
+    }
+
+    pub async fn stop_mock(&mut self) {
+        if let Some(mock) = self.mock.take() {
+            mock.stop().await;
+        }
+    }
+}
+
+/// A port that was free a moment ago (the child binds it right after).
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
