@@ -6,7 +6,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix::Addr;
-use actix_web::{App as WebApp, HttpResponse, HttpServer, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use thiserror::Error;
 use tracing::{info, warn};
@@ -16,6 +15,7 @@ use crate::actors::supervisor::{KeySetup, PoolSetup, Watches};
 use crate::actors::supervisor::{Supervisor, SupervisorSetup};
 use crate::amqp::{AmqpError, Broker, Publisher};
 use crate::config::Config;
+use crate::http::HttpState;
 use crate::keys::ResetPolicy;
 use crate::pipeline::PoolContext;
 use crate::provider::ProviderClient;
@@ -81,7 +81,14 @@ impl App {
             templates: config.templates.clone(),
         };
         let (supervisor, watches) = Supervisor::launch(setup);
-        let (http, http_addr) = serve_http(config.metrics.listen, prometheus, broker.clone())?;
+        let state = HttpState {
+            prometheus,
+            broker: broker.clone(),
+            supervisor: supervisor.clone(),
+            store: store.clone(),
+            config: Arc::new(config.clone()),
+        };
+        let (http, http_addr) = crate::http::serve(config.metrics.listen, state)?;
         info!(pools = config.pools.len(), http = %http_addr, "keyrelay running");
         Ok(App {
             supervisor,
@@ -180,50 +187,4 @@ fn pool_setups(config: &Config) -> Result<Vec<PoolSetup>, AppError> {
             })
         })
         .collect()
-}
-
-fn serve_http(
-    listen: SocketAddr,
-    prometheus: PrometheusHandle,
-    broker: Arc<Broker>,
-) -> Result<(actix_web::dev::ServerHandle, SocketAddr), AppError> {
-    let server = HttpServer::new(move || {
-        let prometheus = prometheus.clone();
-        let broker = broker.clone();
-        WebApp::new()
-            .route("/healthz", web::get().to(|| async { HttpResponse::Ok().json(serde_json::json!({"status": "ok"})) }))
-            .route(
-                "/readyz",
-                web::get().to(move || {
-                    let broker = broker.clone();
-                    async move {
-                        if broker.is_connected().await {
-                            HttpResponse::Ok().json(serde_json::json!({"ready": true}))
-                        } else {
-                            HttpResponse::ServiceUnavailable().json(serde_json::json!({"ready": false, "reason": "broker disconnected"}))
-                        }
-                    }
-                }),
-            )
-            .route(
-                "/metrics",
-                web::get().to(move || {
-                    let body = prometheus.render();
-                    async move { HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body) }
-                }),
-            )
-    })
-    .workers(1)
-    .disable_signals()
-    .bind(listen)
-    .map_err(|source| AppError::Listen { addr: listen, source })?;
-    let addr = server.addrs().first().copied().unwrap_or(listen);
-    let server = server.run();
-    let handle = server.handle();
-    actix::spawn(async move {
-        if let Err(e) = server.await {
-            warn!(error = %e, "HTTP endpoint stopped");
-        }
-    });
-    Ok((handle, addr))
 }

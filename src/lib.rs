@@ -4,10 +4,12 @@
 //! journey is in [`pipeline`] and described in `docs/architecture.md`.
 
 pub mod actors;
+pub mod admin;
 pub mod amqp;
 pub mod app;
 pub mod commands;
 pub mod config;
+pub mod http;
 pub mod job;
 pub mod keys;
 pub mod metrics;

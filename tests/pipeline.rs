@@ -489,7 +489,12 @@ async fn hostile_ids_and_unusable_success_bodies() {
     // An id one byte over an AMQP short string: a clear invalid_job, not a panic.
     let long = "a".repeat(256);
     let props = BasicProperties::default().with_reply_to(env.replies.as_str().into());
-    env.publish_raw("o", json!({"id": long, "prompt": "x"}).to_string().as_bytes(), props).await;
+    env.publish_raw(
+        "o",
+        json!({"id": long, "prompt": "x"}).to_string().as_bytes(),
+        props,
+    )
+    .await;
     // A 200 whose body is garbage was probably billed: failed once, not retried.
     env.publish(
         "o",

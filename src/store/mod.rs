@@ -32,6 +32,7 @@ pub enum StoreError {
 const RESULTS: &str = "results";
 const KEY_STATES: &str = "key_states";
 const KEY_COUNTERS: &str = "key_counters";
+const RESULTS_BY_TIME: &str = "results_by_time";
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
@@ -40,6 +41,9 @@ pub struct Store {
     results: sled::Tree,
     key_states: sled::Tree,
     key_counters: sled::Tree,
+    /// Index: completion time (ns since the epoch, big-endian) ++ job id → ().
+    /// Ordered by time, so history is a range scan, newest first in reverse.
+    results_by_time: sled::Tree,
     commit: GroupCommit,
 }
 
@@ -52,6 +56,7 @@ impl Store {
             results: db.open_tree(RESULTS)?,
             key_states: db.open_tree(KEY_STATES)?,
             key_counters: db.open_tree(KEY_COUNTERS)?,
+            results_by_time: db.open_tree(RESULTS_BY_TIME)?,
             commit: GroupCommit::spawn(db.clone()),
             db,
         })
@@ -70,6 +75,8 @@ impl Store {
         counters_key: Option<&str>,
     ) -> Result<(), StoreError> {
         write_json(&self.results, &result.id, result)?;
+        self.results_by_time
+            .insert(time_key(result.completed_at, &result.id), &[])?;
         if let Some(key) = counters_key {
             self.bump(key, "completed")?;
             self.bump(key, result.outcome_label())?;
@@ -135,6 +142,15 @@ fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
 
 fn is_lock_busy(e: &std::io::Error) -> bool {
     e.to_string().contains("could not acquire lock")
+}
+
+/// Index key of a result: its completion time, then its id.
+pub fn time_key(at: jiff::Timestamp, id: &str) -> Vec<u8> {
+    let nanos = u64::try_from(at.as_nanosecond()).unwrap_or(0);
+    let mut key = Vec::with_capacity(8 + id.len());
+    key.extend_from_slice(&nanos.to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
 }
 
 fn decode_u64(bytes: &[u8]) -> Option<u64> {
