@@ -65,7 +65,8 @@ impl App {
         let prometheus = metrics_handle()?;
         // sled's open can wait for its lock (an overlapping restart): off the async threads.
         let path = config.store.path.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&path))
+        let cache = config.store.cache_mb.saturating_mul(1024 * 1024);
+        let store = tokio::task::spawn_blocking(move || Store::open_with_cache(&path, cache))
             .await
             .map_err(|e| {
                 AppError::Store(StoreError::Flush(format!("store open task failed: {e}")))
@@ -169,6 +170,7 @@ fn pool_setups(config: &Config) -> Result<Vec<PoolSetup>, AppError> {
                     client,
                     default_model: pool.default_model.clone(),
                     models: pool.models.clone(),
+                    metrics: crate::metrics::PoolMetrics::new(&pool.name),
                 }),
                 policy: ResetPolicy {
                     timezone,

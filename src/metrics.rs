@@ -109,3 +109,82 @@ fn describe() {
         "Tokens reported by providers, by pool, key and direction."
     );
 }
+
+/// Handles of the per-job metrics of one pool, registered once: the hot path
+/// then records without building label sets or looking series up.
+pub struct PoolMetrics {
+    jobs: Vec<(&'static str, metrics::Counter)>,
+    pub job_duration: metrics::Histogram,
+    pub job_overhead: metrics::Histogram,
+    pub upstream_duration: metrics::Histogram,
+}
+
+/// Every `outcome` label of `keyrelay_jobs_total`.
+const JOB_OUTCOMES: [&str; 7] = [
+    "succeeded",
+    "invalid_job",
+    "invalid_output",
+    "bad_request",
+    "upstream",
+    "all_keys_unavailable",
+    "deadline_exceeded",
+];
+
+impl PoolMetrics {
+    pub fn new(pool: &str) -> PoolMetrics {
+        let pool = pool.to_owned();
+        PoolMetrics {
+            jobs: JOB_OUTCOMES
+                .iter()
+                .map(|o| {
+                    (
+                        *o,
+                        metrics::counter!(JOBS_TOTAL, "pool" => pool.clone(), "outcome" => *o),
+                    )
+                })
+                .collect(),
+            job_duration: metrics::histogram!(JOB_DURATION, "pool" => pool.clone()),
+            job_overhead: metrics::histogram!(JOB_OVERHEAD, "pool" => pool.clone()),
+            upstream_duration: metrics::histogram!(UPSTREAM_DURATION, "pool" => pool),
+        }
+    }
+
+    pub fn job(&self, outcome: &str) {
+        if let Some((_, counter)) = self.jobs.iter().find(|(o, _)| *o == outcome) {
+            counter.increment(1);
+        }
+    }
+}
+
+/// Handles of the per-call metrics of one key.
+pub struct KeyMetrics {
+    upstream: Vec<(&'static str, metrics::Counter)>,
+    pub tokens_in: metrics::Counter,
+    pub tokens_out: metrics::Counter,
+    pub in_flight: metrics::Gauge,
+}
+
+impl KeyMetrics {
+    pub fn new(pool: &str, key: &str) -> KeyMetrics {
+        let (pool, key) = (pool.to_owned(), key.to_owned());
+        let upstream = crate::provider::OutcomeClass::ALL
+            .iter()
+            .map(|c| {
+                let counter = metrics::counter!(UPSTREAM_REQUESTS_TOTAL, "pool" => pool.clone(), "key" => key.clone(), "outcome" => c.as_str());
+                (c.as_str(), counter)
+            })
+            .collect();
+        KeyMetrics {
+            upstream,
+            tokens_in: metrics::counter!(TOKENS_TOTAL, "pool" => pool.clone(), "key" => key.clone(), "direction" => "input"),
+            tokens_out: metrics::counter!(TOKENS_TOTAL, "pool" => pool.clone(), "key" => key.clone(), "direction" => "output"),
+            in_flight: metrics::gauge!(JOBS_IN_FLIGHT, "pool" => pool, "key" => key),
+        }
+    }
+
+    pub fn upstream(&self, class: crate::provider::OutcomeClass) {
+        if let Some((_, counter)) = self.upstream.iter().find(|(c, _)| *c == class.as_str()) {
+            counter.increment(1);
+        }
+    }
+}

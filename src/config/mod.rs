@@ -69,6 +69,9 @@ pub struct StoreConfig {
     /// sled database directory. Env: `KEYRELAY__STORE__PATH`.
     #[serde(default = "defaults::store_path")]
     pub path: PathBuf,
+    /// sled page cache in MiB: bounds resident memory. Env: `KEYRELAY__STORE__CACHE_MB`.
+    #[serde(default = "defaults::cache_mb")]
+    pub cache_mb: u64,
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -228,6 +231,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: defaults::store_path(),
+            cache_mb: defaults::cache_mb(),
         }
     }
 }
@@ -263,6 +267,9 @@ mod defaults {
     }
     pub fn delivery_limit() -> u32 {
         20
+    }
+    pub fn cache_mb() -> u64 {
+        64
     }
     pub fn store_path() -> PathBuf {
         PathBuf::from("data/keyrelay.sled")

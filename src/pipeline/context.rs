@@ -54,6 +54,7 @@ pub struct PoolContext {
     pub client: ProviderClient,
     pub default_model: String,
     pub models: Option<Vec<String>>,
+    pub metrics: crate::metrics::PoolMetrics,
 }
 
 impl PoolContext {
@@ -83,6 +84,7 @@ pub struct KeyContext {
     pub permits: Semaphore,
     in_flight: AtomicUsize,
     available: AtomicBool,
+    pub metrics: crate::metrics::KeyMetrics,
 }
 
 impl KeyContext {
@@ -94,6 +96,7 @@ impl KeyContext {
         priority: u8,
         concurrency: u16,
     ) -> KeyContext {
+        let metrics = crate::metrics::KeyMetrics::new(&pool.name, &name);
         KeyContext {
             store_key: format!("{}/{}", pool.name, name),
             id,
@@ -105,6 +108,7 @@ impl KeyContext {
             permits: Semaphore::new(usize::from(concurrency)),
             in_flight: AtomicUsize::new(0),
             available: AtomicBool::new(true),
+            metrics,
         }
     }
 
@@ -129,8 +133,7 @@ impl KeyContext {
     }
 
     fn publish_in_flight(&self, n: usize) {
-        metrics::gauge!(crate::metrics::JOBS_IN_FLIGHT, "pool" => self.pool.name.clone(), "key" => self.name.clone())
-            .set(n as f64);
+        self.metrics.in_flight.set(n as f64);
     }
 }
 

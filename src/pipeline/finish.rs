@@ -41,7 +41,7 @@ pub async fn complete(
         }
     }
     result.text = Some(completion.text);
-    deliver(services, Some(key), inflight, result).await;
+    deliver(services, &key.pool, Some(key), inflight, result).await;
 }
 
 /// A job that ends in failure (bad request, retries exhausted).
@@ -55,7 +55,7 @@ pub async fn fail(
 ) {
     let mut result = base_result(&inflight, pool, key, JobStatus::Failed);
     result.error = Some(JobError { kind, message });
-    deliver(services, key, inflight, result).await;
+    deliver(services, pool, key, inflight, result).await;
 }
 
 /// A job that breaks the contract: failed reply, dead letter with the reason, ack.
@@ -103,6 +103,7 @@ pub async fn reject_invalid(
     // dead letter is already safe, so a lost reply must not dead-letter it twice.
     publish_and_ack(
         services,
+        pool,
         inbound,
         &invalid.reply,
         &result,
@@ -124,6 +125,7 @@ pub async fn answer_from_store(
     metrics::counter!(m::ANSWERED_FROM_STORE_TOTAL, "pool" => pool.name.clone()).increment(1);
     publish_and_ack(
         services,
+        pool,
         inbound,
         &job.reply,
         &stored,
@@ -264,6 +266,7 @@ enum OnReplyFailure {
 /// Persist, then publish and ack.
 async fn deliver(
     services: &Services,
+    pool: &PoolContext,
     key: Option<&KeyContext>,
     inflight: InFlight,
     mut result: JobResult,
@@ -283,6 +286,7 @@ async fn deliver(
     };
     publish_and_ack(
         services,
+        pool,
         inflight.inbound,
         &inflight.job.reply,
         &result,
@@ -294,6 +298,7 @@ async fn deliver(
 
 async fn publish_and_ack(
     services: &Services,
+    pool: &PoolContext,
     inbound: Inbound,
     reply: &ReplyAddress,
     result: &JobResult,
@@ -327,7 +332,7 @@ async fn publish_and_ack(
         }
     }
     inbound.ack().await;
-    record_outcome(result, timing);
+    record_outcome(pool, result, timing);
 }
 
 async fn settle_unreplied(inbound: Inbound, on_failure: OnReplyFailure) {
@@ -338,16 +343,13 @@ async fn settle_unreplied(inbound: Inbound, on_failure: OnReplyFailure) {
     }
 }
 
-fn record_outcome(result: &JobResult, timing: Timing) {
+fn record_outcome(pool: &PoolContext, result: &JobResult, timing: Timing) {
     let outcome = result.outcome_label();
     let elapsed = timing.received.elapsed();
-    metrics::counter!(m::JOBS_TOTAL, "pool" => result.pool.clone(), "outcome" => outcome)
-        .increment(1);
-    metrics::histogram!(m::JOB_DURATION, "pool" => result.pool.clone())
-        .record(elapsed.as_secs_f64());
+    pool.metrics.job(outcome);
+    pool.metrics.job_duration.record(elapsed.as_secs_f64());
     let overhead = elapsed.saturating_sub(timing.provider);
-    metrics::histogram!(m::JOB_OVERHEAD, "pool" => result.pool.clone())
-        .record(overhead.as_secs_f64());
+    pool.metrics.job_overhead.record(overhead.as_secs_f64());
     info!(
         job_id = %result.id,
         pool = %result.pool,

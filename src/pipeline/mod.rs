@@ -22,7 +22,6 @@ pub use inbound::Inbound;
 
 use crate::actors::messages::{KeyOutcome, Reroute, RerouteReason};
 use crate::job::{self, ErrorKind};
-use crate::metrics as m;
 use crate::provider::Outcome;
 
 /// Entry point for a delivery consumed by `key`'s worker.
@@ -149,15 +148,14 @@ async fn call(key: &KeyContext, inflight: &InFlight) -> Outcome {
         .client
         .call(&key.secret, &inflight.job.request)
         .await;
-    let labels = [("pool", key.pool.name.clone()), ("key", key.name.clone())];
-    metrics::histogram!(m::UPSTREAM_DURATION, &labels).record(started.elapsed().as_secs_f64());
-    metrics::counter!(m::UPSTREAM_REQUESTS_TOTAL, "pool" => key.pool.name.clone(), "key" => key.name.clone(), "outcome" => outcome.class().as_str())
-        .increment(1);
+    key.pool
+        .metrics
+        .upstream_duration
+        .record(started.elapsed().as_secs_f64());
+    key.metrics.upstream(outcome.class());
     if let Outcome::Success(c) = &outcome {
-        metrics::counter!(m::TOKENS_TOTAL, "pool" => key.pool.name.clone(), "key" => key.name.clone(), "direction" => "input")
-            .increment(c.usage.input_tokens);
-        metrics::counter!(m::TOKENS_TOTAL, "pool" => key.pool.name.clone(), "key" => key.name.clone(), "direction" => "output")
-            .increment(c.usage.output_tokens);
+        key.metrics.tokens_in.increment(c.usage.input_tokens);
+        key.metrics.tokens_out.increment(c.usage.output_tokens);
     }
     outcome
 }

@@ -147,6 +147,16 @@ pub enum OutcomeClass {
 }
 
 impl OutcomeClass {
+    pub const ALL: [OutcomeClass; 7] = [
+        OutcomeClass::Success,
+        OutcomeClass::RateLimited,
+        OutcomeClass::QuotaExhausted,
+        OutcomeClass::Transient,
+        OutcomeClass::Unauthorized,
+        OutcomeClass::BadRequest,
+        OutcomeClass::InvalidResponse,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             OutcomeClass::Success => "success",

@@ -34,6 +34,9 @@ const KEY_STATES: &str = "key_states";
 const KEY_COUNTERS: &str = "key_counters";
 const RESULTS_BY_TIME: &str = "results_by_time";
 
+/// Page cache when none is configured: 64 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -51,11 +54,19 @@ impl Store {
     /// Open (or create) the database at `path`. Must run inside a tokio runtime
     /// (the group-commit task is spawned here).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = open_db(path)?;
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Open with a page cache of `cache_bytes`. sled's own default (1 GiB)
+    /// lets resident memory grow with every stored result.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let db = open_db(path, cache_bytes)?;
+        let key_counters = db.open_tree(KEY_COUNTERS)?;
+        key_counters.set_merge_operator(add_u64);
         Ok(Store {
             results: db.open_tree(RESULTS)?,
             key_states: db.open_tree(KEY_STATES)?,
-            key_counters: db.open_tree(KEY_COUNTERS)?,
+            key_counters,
             results_by_time: db.open_tree(RESULTS_BY_TIME)?,
             commit: GroupCommit::spawn(db.clone()),
             db,
@@ -85,13 +96,16 @@ impl Store {
     }
 
     /// Add one to the counter `name` of `key` (`pool/key`).
-    pub fn bump(&self, key: &str, name: &str) -> Result<u64, StoreError> {
+    /// A merge, not a read-modify-write: no compare-and-swap loop between jobs.
+    pub fn bump(&self, key: &str, name: &str) -> Result<(), StoreError> {
+        self.add(key, name, 1)
+    }
+
+    /// Add `n` to the counter `name` of `key`.
+    pub fn add(&self, key: &str, name: &str, n: u64) -> Result<(), StoreError> {
         let id = format!("{key}/{name}");
-        let new = self.key_counters.update_and_fetch(id.as_bytes(), |old| {
-            let n = old.and_then(decode_u64).unwrap_or(0) + 1;
-            Some(n.to_be_bytes().to_vec())
-        })?;
-        Ok(new.as_deref().and_then(decode_u64).unwrap_or(0))
+        self.key_counters.merge(id.as_bytes(), n.to_be_bytes())?;
+        Ok(())
     }
 
     /// Every counter of `key` (`pool/key`), by name.
@@ -126,8 +140,11 @@ impl Store {
 
 /// Open sled, waiting up to 5 s for the lock when a previous instance (an
 /// overlapping restart) is still letting go of it.
-fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
-    let config = sled::Config::new().path(path).flush_every_ms(Some(1000));
+fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        .flush_every_ms(Some(1000));
     let mut waited = std::time::Duration::ZERO;
     loop {
         match config.open() {
@@ -151,6 +168,13 @@ pub fn time_key(at: jiff::Timestamp, id: &str) -> Vec<u8> {
     key.extend_from_slice(&nanos.to_be_bytes());
     key.extend_from_slice(id.as_bytes());
     key
+}
+
+/// sled merge operator: counters are big-endian u64s that merges add to.
+fn add_u64(_key: &[u8], old: Option<&[u8]>, delta: &[u8]) -> Option<Vec<u8>> {
+    let old = old.and_then(decode_u64).unwrap_or(0);
+    let delta = decode_u64(delta).unwrap_or(0);
+    Some(old.saturating_add(delta).to_be_bytes().to_vec())
 }
 
 fn decode_u64(bytes: &[u8]) -> Option<u64> {
