@@ -171,11 +171,13 @@ fn pool_setups(config: &Config) -> Result<Vec<PoolSetup>, AppError> {
                     default_model: pool.default_model.clone(),
                     models: pool.models.clone(),
                     metrics: crate::metrics::PoolMetrics::new(&pool.name),
+                    policy: ResetPolicy {
+                        timezone,
+                        period: pool.quota_period_secs.map(Duration::from_secs),
+                        default_cooldown: Duration::from_secs(pool.default_cooldown_secs),
+                        window: Duration::from_secs(pool.rate_window_secs.max(1)),
+                    },
                 }),
-                policy: ResetPolicy {
-                    timezone,
-                    default_cooldown: Duration::from_secs(pool.default_cooldown_secs),
-                },
                 keys: pool
                     .keys
                     .iter()
@@ -184,6 +186,8 @@ fn pool_setups(config: &Config) -> Result<Vec<PoolSetup>, AppError> {
                         secret: k.secret.clone(),
                         priority: k.priority,
                         concurrency: k.concurrency,
+                        limits: k.limits(),
+                        quota_group: k.quota_group.clone(),
                     })
                     .collect(),
             })

@@ -15,6 +15,15 @@ pub struct KeyOutcome {
     pub outcome: Outcome,
 }
 
+/// Job task → supervisor: `key` has no budget left under its declared limits
+/// until `blocked.until`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BudgetSpent {
+    pub key: KeyId,
+    pub blocked: crate::keys::Blocked,
+}
+
 /// Why a job leaves the key it was on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RerouteReason {
@@ -24,6 +33,8 @@ pub enum RerouteReason {
     Transient,
     /// The key left rotation before the job's call started.
     KeyUnavailable,
+    /// The key's declared limits allow no call now.
+    BudgetSpent,
 }
 
 impl RerouteReason {
@@ -34,6 +45,7 @@ impl RerouteReason {
             RerouteReason::Unauthorized => "unauthorized",
             RerouteReason::Transient => "transient",
             RerouteReason::KeyUnavailable => "key_unavailable",
+            RerouteReason::BudgetSpent => "budget_spent",
         }
     }
 }

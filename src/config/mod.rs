@@ -148,6 +148,13 @@ pub struct PoolConfig {
     /// IANA time zone of the provider's daily quota reset (Gemini: America/Los_Angeles).
     #[serde(default)]
     pub daily_reset_timezone: Option<String>,
+    /// When set, quota "days" last this many seconds instead of a calendar day
+    /// (emulators, custom quotas): exhaustion and rpd/tpd reset at multiples of it.
+    #[serde(default)]
+    pub quota_period_secs: Option<u64>,
+    /// Length of the rpm/tpm window in seconds (60 for real providers).
+    #[serde(default = "defaults::rate_window_secs")]
+    pub rate_window_secs: u64,
     pub keys: Vec<KeyConfig>,
 }
 
@@ -169,6 +176,22 @@ pub struct KeyConfig {
     /// Jobs in flight on this key at once (the channel's prefetch).
     #[serde(default = "defaults::concurrency")]
     pub concurrency: u16,
+    /// Requests per minute (any 60 s window), enforced before each call.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute (estimated before the call, corrected after).
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Requests per provider day.
+    #[serde(default)]
+    pub rpd: Option<u32>,
+    /// Tokens per provider day.
+    #[serde(default)]
+    pub tpd: Option<u64>,
+    /// Keys sharing one provider quota (Gemini: a Google Cloud project; OpenAI:
+    /// an organisation): a daily exhaustion of one parks them all.
+    #[serde(default)]
+    pub quota_group: Option<String>,
     /// The resolved secret (filled by validation, never deserialized).
     #[serde(skip, default = "defaults::empty_key")]
     pub secret: ApiKey,
@@ -212,6 +235,17 @@ impl JobsConfig {
         crate::provider::client::HttpTimeouts {
             connect: Duration::from_secs(self.connect_timeout_secs),
             total: Duration::from_secs(self.request_timeout_secs),
+        }
+    }
+}
+
+impl KeyConfig {
+    pub fn limits(&self) -> crate::keys::Limits {
+        crate::keys::Limits {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            rpd: self.rpd,
+            tpd: self.tpd,
         }
     }
 }
@@ -300,6 +334,9 @@ mod defaults {
     }
     pub fn shutdown_grace_secs() -> u64 {
         30
+    }
+    pub fn rate_window_secs() -> u64 {
+        60
     }
     pub fn cooldown_secs() -> u64 {
         60

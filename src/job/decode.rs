@@ -53,6 +53,7 @@ struct JobBody {
     temperature: Option<f32>,
     user: Option<String>,
     metadata: Option<Value>,
+    deadline: Option<jiff::Timestamp>,
 }
 
 /// Decode and validate one delivery. `generated_id` is used when neither the body
@@ -131,6 +132,7 @@ fn build(
         response_format,
         user: body.user,
         metadata: body.metadata.unwrap_or(Value::Object(Default::default())),
+        deadline: body.deadline,
         reply,
     })
 }

@@ -31,6 +31,8 @@ pub struct Job {
     pub user: Option<String>,
     /// Echoed back verbatim in the result.
     pub metadata: Value,
+    /// Past this instant the job is failed with `deadline_exceeded`, not run.
+    pub deadline: Option<jiff::Timestamp>,
     pub reply: ReplyAddress,
 }
 

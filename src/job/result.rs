@@ -27,6 +27,8 @@ pub enum ErrorKind {
     Upstream,
     /// No key of the pool could run the job.
     AllKeysUnavailable,
+    /// The job's `deadline` passed before it could run.
+    DeadlineExceeded,
 }
 
 impl ErrorKind {
@@ -37,6 +39,7 @@ impl ErrorKind {
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::Upstream => "upstream",
             ErrorKind::AllKeysUnavailable => "all_keys_unavailable",
+            ErrorKind::DeadlineExceeded => "deadline_exceeded",
         }
     }
 }

@@ -98,8 +98,40 @@ const MAX_EXHAUSTION: Duration = Duration::from_secs(32 * 24 * 3600);
 pub struct ResetPolicy {
     /// Time zone whose midnight resets daily quotas.
     pub timezone: TimeZone,
+    /// When set, quota "days" are periods of this length (aligned to the Unix
+    /// epoch) instead of calendar days: emulators, tests, custom quotas.
+    pub period: Option<Duration>,
     /// Cooldown when a rate limit names no retry delay.
     pub default_cooldown: Duration,
+    /// Length of the rpm/tpm window (60 s for real providers).
+    pub window: Duration,
+}
+
+impl ResetPolicy {
+    /// The window the budget enforces: the declared one plus a margin (1/60,
+    /// at least 50 ms) so network jitter between our clock and the provider's
+    /// cannot squeeze rpm + 1 requests into the provider's window.
+    pub fn budget_window(&self) -> Duration {
+        self.window + (self.window / 60).max(Duration::from_millis(50))
+    }
+
+    /// When the quota day containing `now` ends.
+    pub fn next_reset(&self, now: Timestamp) -> Timestamp {
+        match self.period {
+            Some(period) => next_period_boundary(now, period),
+            None => next_daily_reset(now, &self.timezone),
+        }
+    }
+}
+
+/// The next multiple of `period` (since the Unix epoch) after `now`.
+pub fn next_period_boundary(now: Timestamp, period: Duration) -> Timestamp {
+    let period_ns = i128::try_from(period.as_nanos())
+        .unwrap_or(i128::MAX)
+        .max(1);
+    let now_ns = now.as_nanosecond();
+    let next = (now_ns.div_euclid(period_ns) + 1).saturating_mul(period_ns);
+    Timestamp::from_nanosecond(next).unwrap_or(Timestamp::MAX)
 }
 
 /// The state an outcome puts a key in; `None` leaves the key as it is.
@@ -121,7 +153,7 @@ pub fn after_outcome(outcome: &Outcome, now: Timestamp, policy: &ResetPolicy) ->
         Outcome::QuotaExhausted { until, message } => Some(KeyState::Exhausted {
             until: until
                 .filter(|u| *u > now)
-                .unwrap_or_else(|| next_daily_reset(now, &policy.timezone))
+                .unwrap_or_else(|| policy.next_reset(now))
                 .min(add(now, MAX_EXHAUSTION)),
             reason: message.clone(),
         }),
@@ -164,7 +196,9 @@ mod tests {
     fn policy(tz: &str) -> ResetPolicy {
         ResetPolicy {
             timezone: TimeZone::get(tz).unwrap(),
+            period: None,
             default_cooldown: Duration::from_secs(60),
+            window: Duration::from_secs(60),
         }
     }
 
@@ -324,6 +358,22 @@ mod tests {
         assert_eq!(
             after_outcome(&ex, now, &p).unwrap().until(),
             Some(ts("2026-02-02T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn configured_periods_replace_calendar_days() {
+        let p = ResetPolicy {
+            period: Some(Duration::from_secs(10)),
+            ..policy("UTC")
+        };
+        assert_eq!(
+            p.next_reset(ts("2026-01-01T00:00:03Z")),
+            ts("2026-01-01T00:00:10Z")
+        );
+        assert_eq!(
+            p.next_reset(ts("2026-01-01T00:00:10Z")),
+            ts("2026-01-01T00:00:20Z")
         );
     }
 

@@ -1,18 +1,18 @@
 //! The shared, thread-safe context a job task runs with.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use actix::Recipient;
 use tokio::sync::{Semaphore, watch};
 
-use crate::actors::messages::{KeyOutcome, Reroute};
+use crate::actors::messages::{BudgetSpent, KeyOutcome, Reroute};
 use crate::amqp::Publisher;
 use crate::config::{JobsConfig, TemplateConfig};
 use crate::job::{DecodeContext, Job};
-use crate::keys::KeyId;
+use crate::keys::{Blocked, Budget, KeyId, Limits, Ticket};
 use crate::provider::ProviderClient;
 use crate::secret::ApiKey;
 use crate::store::Store;
@@ -25,6 +25,7 @@ pub struct Services {
     pub templates: BTreeMap<String, TemplateConfig>,
     pub outcomes: Recipient<KeyOutcome>,
     pub reroutes: Recipient<Reroute>,
+    pub budget: Recipient<BudgetSpent>,
     /// Jobs between delivery and ack, process-wide (shutdown waits for 0).
     pub jobs_in_progress: Arc<watch::Sender<usize>>,
     pub in_progress: Arc<super::InProgress>,
@@ -55,6 +56,8 @@ pub struct PoolContext {
     pub default_model: String,
     pub models: Option<Vec<String>>,
     pub metrics: crate::metrics::PoolMetrics,
+    /// Quota day, rate window and default cooldown of the pool's keys.
+    pub policy: crate::keys::ResetPolicy,
 }
 
 impl PoolContext {
@@ -78,6 +81,14 @@ pub struct KeyContext {
     pub secret: ApiKey,
     pub priority: u8,
     pub concurrency: u16,
+    pub limits: Limits,
+    pub quota_group: Option<String>,
+    /// Usage against `limits` in the current windows.
+    budget: Mutex<Budget>,
+    budget_dirty: AtomicBool,
+    probing: AtomicBool,
+    /// Held by the one call allowed while probing.
+    pub probe: tokio::sync::Mutex<()>,
     /// `pool/key`, the store's counter prefix.
     pub store_key: String,
     /// Caps provider calls on this key, broker deliveries and reroutes alike.
@@ -87,29 +98,88 @@ pub struct KeyContext {
     pub metrics: crate::metrics::KeyMetrics,
 }
 
+/// What a key is configured as.
+pub struct KeySpec {
+    pub name: String,
+    pub secret: ApiKey,
+    pub priority: u8,
+    pub concurrency: u16,
+    pub limits: Limits,
+    pub quota_group: Option<String>,
+}
+
 impl KeyContext {
-    pub fn new(
-        id: KeyId,
-        name: String,
-        pool: Arc<PoolContext>,
-        secret: ApiKey,
-        priority: u8,
-        concurrency: u16,
-    ) -> KeyContext {
-        let metrics = crate::metrics::KeyMetrics::new(&pool.name, &name);
+    pub fn new(id: KeyId, spec: KeySpec, pool: Arc<PoolContext>) -> KeyContext {
+        let metrics = crate::metrics::KeyMetrics::new(&pool.name, &spec.name);
         KeyContext {
-            store_key: format!("{}/{}", pool.name, name),
+            store_key: format!("{}/{}", pool.name, spec.name),
             id,
-            name,
+            name: spec.name,
             pool,
-            secret,
-            priority,
-            concurrency,
-            permits: Semaphore::new(usize::from(concurrency)),
+            secret: spec.secret,
+            priority: spec.priority,
+            concurrency: spec.concurrency,
+            limits: spec.limits,
+            quota_group: spec.quota_group,
+            budget: Mutex::new(Budget::default()),
+            budget_dirty: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
+            probe: tokio::sync::Mutex::new(()),
+            permits: Semaphore::new(usize::from(spec.concurrency)),
             in_flight: AtomicUsize::new(0),
             available: AtomicBool::new(true),
             metrics,
         }
+    }
+
+    /// Admit one call against the key's declared limits (always, when it has none).
+    pub fn take_budget(&self, tokens: u64) -> Result<Option<Ticket>, Blocked> {
+        if self.limits.is_unlimited() {
+            return Ok(None);
+        }
+        let policy = &self.pool.policy;
+        let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
+        let window = policy.budget_window();
+        let ticket =
+            budget.try_take(&self.limits, window, jiff::Timestamp::now(), tokens, |t| {
+                policy.next_reset(t)
+            })?;
+        self.budget_dirty.store(true, Ordering::Release);
+        Ok(Some(ticket))
+    }
+
+    /// Correct an admitted call's token estimate with the provider's count.
+    pub fn settle_budget(&self, ticket: Ticket, tokens: u64) {
+        let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
+        budget.correct(ticket, tokens);
+        self.budget_dirty.store(true, Ordering::Release);
+    }
+
+    /// The budget, if it changed since the last call (for persisting it).
+    pub fn budget_if_changed(&self) -> Option<Budget> {
+        if !self.budget_dirty.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(
+            self.budget
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
+    }
+
+    /// Restore a persisted budget (start-up).
+    pub fn restore_budget(&self, budget: Budget) {
+        *self.budget.lock().unwrap_or_else(PoisonError::into_inner) = budget;
+    }
+
+    /// After a reset the key is probed: one call at a time until one succeeds.
+    pub fn is_probing(&self) -> bool {
+        self.probing.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_probing(&self, probing: bool) {
+        self.probing.store(probing, Ordering::Release);
     }
 
     /// Whether the key is in rotation (set by the supervisor only).

@@ -20,8 +20,9 @@ pub use finish::return_to_broker;
 pub use in_progress::{Claim, InProgress};
 pub use inbound::Inbound;
 
-use crate::actors::messages::{KeyOutcome, Reroute, RerouteReason};
+use crate::actors::messages::{BudgetSpent, KeyOutcome, Reroute, RerouteReason};
 use crate::job::{self, ErrorKind};
+use crate::keys::Ticket;
 use crate::provider::Outcome;
 
 /// Entry point for a delivery consumed by `key`'s worker.
@@ -79,24 +80,36 @@ fn content_id(pool: &str, body: &[u8]) -> String {
 
 /// Run a job on `key`: one provider call, then finish or reroute.
 pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut inflight: InFlight) {
-    if !key.is_available() {
-        return reroute(&services, &key, inflight, RerouteReason::KeyUnavailable);
+    if let Some(deadline) = inflight
+        .job
+        .deadline
+        .filter(|d| *d <= jiff::Timestamp::now())
+    {
+        let message = format!("deadline {deadline} passed before the job could run");
+        return finish::fail(
+            &services,
+            &key.pool,
+            None,
+            inflight,
+            ErrorKind::DeadlineExceeded,
+            message,
+        )
+        .await;
     }
-    let Ok(permit) = key.permits.acquire().await else {
-        return reroute(&services, &key, inflight, RerouteReason::KeyUnavailable);
+    let admission = match admit(&key, &services, &inflight).await {
+        Ok(admission) => admission,
+        Err(reason) => return reroute(&services, &key, inflight, reason),
     };
-    // The key may have left rotation while this job waited for a permit.
-    if !key.is_available() {
-        drop(permit);
-        return reroute(&services, &key, inflight, RerouteReason::KeyUnavailable);
-    }
     let guard = key.track();
     inflight.attempts += 1;
     let started = Instant::now();
     let outcome = call(&key, &inflight).await;
     inflight.timing.provider += started.elapsed();
+    if let (Some(ticket), Outcome::Success(c)) = (admission.ticket, &outcome) {
+        key.settle_budget(ticket, c.usage.input_tokens + c.usage.output_tokens);
+    }
     drop(guard);
-    drop(permit);
+    drop(admission);
     services.outcomes.do_send(KeyOutcome {
         key: key.id,
         outcome: summary(&outcome),
@@ -139,6 +152,61 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
             reroute(&services, &key, inflight, RerouteReason::Unauthorized)
         }
     }
+}
+
+/// What lets one call go on a key: a concurrency permit, the probe slot when
+/// the key is being probed, and its share of the declared limits.
+struct Admission<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    _probe: Option<tokio::sync::MutexGuard<'a, ()>>,
+    ticket: Option<Ticket>,
+}
+
+/// Admit a call on `key`, or say why the job must go elsewhere. A key whose
+/// budget is spent tells the supervisor, which parks it until the budget
+/// returns: no call ever goes out that would break a declared limit.
+async fn admit<'a>(
+    key: &'a KeyContext,
+    services: &Services,
+    inflight: &InFlight,
+) -> Result<Admission<'a>, RerouteReason> {
+    if !key.is_available() {
+        return Err(RerouteReason::KeyUnavailable);
+    }
+    let permit = key
+        .permits
+        .acquire()
+        .await
+        .map_err(|_| RerouteReason::KeyUnavailable)?;
+    let probe = match key.is_probing() {
+        true => Some(key.probe.lock().await),
+        false => None,
+    };
+    // The key may have left rotation while this job waited.
+    if !key.is_available() {
+        return Err(RerouteReason::KeyUnavailable);
+    }
+    let ticket = key
+        .take_budget(estimate_tokens(&inflight.job.request))
+        .map_err(|blocked| {
+            services.budget.do_send(BudgetSpent {
+                key: key.id,
+                blocked,
+            });
+            RerouteReason::BudgetSpent
+        })?;
+    Ok(Admission {
+        _permit: permit,
+        _probe: probe,
+        ticket,
+    })
+}
+
+/// Tokens a call may use, before it is made: ~4 characters a token for the
+/// prompt, plus the output allowance (providers count it against tpm).
+pub fn estimate_tokens(request: &crate::provider::ProviderRequest) -> u64 {
+    let chars: usize = request.messages.iter().map(|m| m.content.len()).sum();
+    (chars as u64).div_ceil(4) + u64::from(request.max_output_tokens.unwrap_or(0))
 }
 
 async fn call(key: &KeyContext, inflight: &InFlight) -> Outcome {

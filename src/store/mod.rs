@@ -33,6 +33,7 @@ const RESULTS: &str = "results";
 const KEY_STATES: &str = "key_states";
 const KEY_COUNTERS: &str = "key_counters";
 const RESULTS_BY_TIME: &str = "results_by_time";
+const KEY_BUDGETS: &str = "key_budgets";
 
 /// Page cache when none is configured: 64 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -47,6 +48,7 @@ pub struct Store {
     /// Index: completion time (ns since the epoch, big-endian) ++ job id → ().
     /// Ordered by time, so history is a range scan, newest first in reverse.
     results_by_time: sled::Tree,
+    key_budgets: sled::Tree,
     commit: GroupCommit,
 }
 
@@ -68,6 +70,7 @@ impl Store {
             key_states: db.open_tree(KEY_STATES)?,
             key_counters,
             results_by_time: db.open_tree(RESULTS_BY_TIME)?,
+            key_budgets: db.open_tree(KEY_BUDGETS)?,
             commit: GroupCommit::spawn(db.clone()),
             db,
         })
@@ -129,6 +132,15 @@ impl Store {
     /// sled's periodic flush, or shutdown) makes it durable.
     pub fn save_key_state<T: Serialize>(&self, key: &str, state: &T) -> Result<(), StoreError> {
         write_json(&self.key_states, key, state)
+    }
+
+    /// Usage of a key's declared limits, saved by the supervisor.
+    pub fn budget(&self, key: &str) -> Result<Option<crate::keys::Budget>, StoreError> {
+        read_json(&self.key_budgets, KEY_BUDGETS, key)
+    }
+
+    pub fn save_budget(&self, key: &str, budget: &crate::keys::Budget) -> Result<(), StoreError> {
+        write_json(&self.key_budgets, key, budget)
     }
 
     /// Flush everything (shutdown).

@@ -43,6 +43,8 @@ pub struct TestKey {
     pub priority: u8,
     pub concurrency: u16,
     pub mock: MockKey,
+    /// Extra TOML lines for this key (`rpm = 8`, `quota_group = "x"`).
+    pub extra: String,
 }
 
 impl TestKey {
@@ -54,11 +56,19 @@ impl TestKey {
             priority,
             concurrency: 4,
             mock: MockKey::new(name, secret),
+            extra: String::new(),
         }
     }
 
     pub fn mock(mut self, f: impl FnOnce(MockKey) -> MockKey) -> TestKey {
         self.mock = f(self.mock);
+        self
+    }
+
+    /// Add TOML lines to this key's config.
+    pub fn limits(mut self, toml: &str) -> TestKey {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
         self
     }
 
@@ -93,8 +103,18 @@ impl TestEnv {
     /// Start the mock, write key files, start keyrelay, open a reply queue.
     pub async fn start_with(
         pools: Vec<TestPool>,
+        settings: MockSettings,
+        extra_toml: &str,
+    ) -> TestEnv {
+        Self::start_pools_with(pools, settings, extra_toml, "").await
+    }
+
+    /// Like `start_with`, with `pool_toml` lines added to every `[[pools]]`.
+    pub async fn start_pools_with(
+        pools: Vec<TestPool>,
         mut settings: MockSettings,
         extra_toml: &str,
+        pool_toml: &str,
     ) -> TestEnv {
         init_logs();
         settings.keys = pools
@@ -106,7 +126,7 @@ impl TestEnv {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("kr-test.{}", uuid::Uuid::now_v7().simple());
-        let config = config_for(&pools, &mock, dir.path(), &prefix, extra_toml);
+        let config = config_for(&pools, &mock, dir.path(), &prefix, extra_toml, pool_toml);
         let app = App::start(config.clone()).await.expect("keyrelay starts");
         let key_count: usize = pools.iter().map(|p| p.keys.len()).sum();
         tokio::time::timeout(WAIT, app.wait_for_consumers(key_count))
@@ -258,6 +278,7 @@ fn config_for(
     dir: &Path,
     prefix: &str,
     extra: &str,
+    pool_toml: &str,
 ) -> Config {
     let mut text = format!(
         "[broker]\nurl = \"{}\"\nqueue_prefix = \"{prefix}\"\n\n[store]\npath = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[jobs]\nresults_queue = \"{prefix}.results\"\ndead_letter_queue = \"{prefix}.dead\"\n{extra}\n",
@@ -271,18 +292,19 @@ fn config_for(
             _ => mock.anthropic_base_url(),
         };
         text += &format!(
-            "[[pools]]\nname = \"{}\"\nprovider = \"{}\"\nbase_url = \"{base_url}\"\ndefault_model = \"model-a\"\n",
+            "[[pools]]\nname = \"{}\"\nprovider = \"{}\"\nbase_url = \"{base_url}\"\ndefault_model = \"model-a\"\n{pool_toml}",
             pool.name, pool.provider
         );
         for key in &pool.keys {
             let path = dir.join(format!("{}-{}.key", pool.name, key.name));
             std::fs::write(&path, &key.mock.secret).unwrap();
             text += &format!(
-                "  [[pools.keys]]\n  name = \"{}\"\n  api_key_file = \"{}\"\n  priority = {}\n  concurrency = {}\n",
+                "  [[pools.keys]]\n  name = \"{}\"\n  api_key_file = \"{}\"\n  priority = {}\n  concurrency = {}\n{}",
                 key.name,
                 path.display(),
                 key.priority,
-                key.concurrency
+                key.concurrency,
+                key.extra
             );
         }
     }

@@ -12,10 +12,9 @@ use crate::actors::key_worker::KeyWorker;
 use crate::actors::messages::CooldownOver;
 use crate::amqp::{Broker, Publisher};
 use crate::config::{JobsConfig, TemplateConfig};
-use crate::keys::{KeyId, KeyState, ResetPolicy};
+use crate::keys::{KeyId, KeyState};
 use crate::metrics as m;
 use crate::pipeline::{KeyContext, PoolContext, Services};
-use crate::secret::ApiKey;
 use crate::store::Store;
 
 /// Counts the rest of the process can wait on.
@@ -39,16 +38,10 @@ pub struct SupervisorSetup {
 
 pub struct PoolSetup {
     pub ctx: Arc<PoolContext>,
-    pub policy: ResetPolicy,
     pub keys: Vec<KeySetup>,
 }
 
-pub struct KeySetup {
-    pub name: String,
-    pub secret: ApiKey,
-    pub priority: u8,
-    pub concurrency: u16,
-}
+pub use crate::pipeline::context::KeySpec as KeySetup;
 
 impl Supervisor {
     /// Start the supervisor; it starts one worker per key.
@@ -76,6 +69,7 @@ impl Supervisor {
                 templates: setup.templates,
                 outcomes: ctx.address().recipient(),
                 reroutes: ctx.address().recipient(),
+                budget: ctx.address().recipient(),
                 jobs_in_progress: in_flight,
                 in_progress: Default::default(),
             });
@@ -85,14 +79,7 @@ impl Supervisor {
                 let mut ids = Vec::new();
                 for key in pool.keys {
                     let id = KeyId(keys.len());
-                    let ctx = Arc::new(KeyContext::new(
-                        id,
-                        key.name,
-                        pool.ctx.clone(),
-                        key.secret,
-                        key.priority,
-                        key.concurrency,
-                    ));
+                    let ctx = Arc::new(KeyContext::new(id, key, pool.ctx.clone()));
                     keys.push(KeySlot {
                         ctx,
                         pool: p,
@@ -101,12 +88,12 @@ impl Supervisor {
                         timer: None,
                         restarts: 0,
                         consuming: false,
+                        transient: Default::default(),
                     });
                     ids.push(id);
                 }
                 pools.push(PoolSlot {
                     ctx: pool.ctx,
-                    policy: pool.policy,
                     keys: ids,
                     outage_logged: false,
                 });
@@ -132,6 +119,13 @@ impl Supervisor {
                 .store
                 .key_state::<KeyState>(&self.keys[i].ctx.store_key);
             let state = match stored {
+                // A daily exhaustion that ended while keyrelay was down: probe first.
+                Ok(Some(state @ KeyState::Exhausted { .. }))
+                    if state.until().is_some_and(|u| u <= now) =>
+                {
+                    self.keys[i].ctx.set_probing(true);
+                    KeyState::Active
+                }
                 Ok(Some(state)) => state.as_of(now),
                 Ok(None) => KeyState::Active,
                 Err(e) => {
@@ -248,6 +242,10 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.restore_budgets();
         self.boot(ctx);
+        ctx.run_interval(super::quota::BUDGET_PERSIST_EVERY, |act, _| {
+            act.persist_budgets()
+        });
     }
 }

@@ -16,17 +16,22 @@ impl Handler<KeyOutcome> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: KeyOutcome, ctx: &mut Self::Context) {
-        let slot = &mut self.keys[msg.key.0];
-        if matches!(msg.outcome, Outcome::Success(_)) {
-            slot.restarts = 0;
-        }
-        let policy = &self.pools[slot.pool].policy;
-        let Some(next) = after_outcome(&msg.outcome, jiff::Timestamp::now(), policy) else {
+        let now = jiff::Timestamp::now();
+        let next = match &msg.outcome {
+            Outcome::Success(_) => return self.on_success(msg.key),
+            Outcome::Transient { .. } => self.after_transient(msg.key, now),
+            outcome => {
+                let policy = &self.pools[self.keys[msg.key.0].pool].ctx.policy;
+                after_outcome(outcome, now, policy)
+            }
+        };
+        let Some(next) = next else {
             return;
         };
-        if !slot.state.is_superseded_by(&next) {
+        if !self.keys[msg.key.0].state.is_superseded_by(&next) {
             return;
         }
+        let slot = &self.keys[msg.key.0];
         warn!(
             pool = %slot.ctx.pool.name,
             key = %slot.ctx.name,
@@ -35,6 +40,9 @@ impl Handler<KeyOutcome> for Supervisor {
             outcome = msg.outcome.class().as_str(),
             "key out of rotation"
         );
+        if matches!(msg.outcome, Outcome::QuotaExhausted { .. }) {
+            self.park_quota_group(msg.key, &next, ctx);
+        }
         self.apply(msg.key, next, true, ctx);
     }
 }
@@ -101,7 +109,11 @@ impl Handler<CooldownOver> for Supervisor {
         let now = jiff::Timestamp::now();
         match slot.state.until() {
             Some(until) if until <= now => {
-                info!(pool = %slot.ctx.pool.name, key = %slot.ctx.name, "key back in rotation");
+                // After a daily reset one real job probes the key before it
+                // takes a full load again.
+                let probe = matches!(slot.state, KeyState::Exhausted { .. });
+                slot.ctx.set_probing(probe);
+                info!(pool = %slot.ctx.pool.name, key = %slot.ctx.name, probe, "key back in rotation");
                 self.apply(msg.key, KeyState::Active, true, ctx);
             }
             // Timers can fire a hair early; check again at the deadline.
@@ -198,6 +210,7 @@ impl Handler<Terminate> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, _: Terminate, ctx: &mut Self::Context) {
+        self.persist_budgets();
         for slot in &mut self.keys {
             if let Some(worker) = slot.worker.take() {
                 worker.do_send(StopWorker);

@@ -5,6 +5,7 @@
 
 mod actor;
 mod handlers;
+mod quota;
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use actix::{Addr, SpawnHandle};
 
 use super::key_worker::KeyWorker;
 use crate::amqp::Broker;
-use crate::keys::{KeyId, KeyState, ResetPolicy};
+use crate::keys::{KeyId, KeyState};
 use crate::pipeline::{KeyContext, PoolContext, Services};
 
 pub use actor::{KeySetup, PoolSetup, SupervisorSetup, Watches};
@@ -39,11 +40,12 @@ struct KeySlot {
     /// Consecutive restarts, for the restart backoff; cleared by a success.
     restarts: u32,
     consuming: bool,
+    /// Recent transient failures, for the growing cooldown.
+    transient: crate::keys::TransientTracker,
 }
 
 struct PoolSlot {
     ctx: Arc<PoolContext>,
-    policy: ResetPolicy,
     keys: Vec<KeyId>,
     /// Whether "every key is unavailable" has been logged since the last time
     /// a key was available (one warning per outage, not one per job).

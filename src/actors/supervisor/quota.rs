@@ -1,0 +1,118 @@
+//! The supervisor's quota bookkeeping: declared budgets running out, repeated
+//! transient failures, quota groups, probes after a reset, and persisting
+//! budgets so a restart does not forget what a key has already spent.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::{info, warn};
+
+use super::Supervisor;
+use crate::actors::messages::BudgetSpent;
+use crate::keys::{KeyId, KeyState, Spent};
+
+/// How often changed budgets are written to the store.
+pub(super) const BUDGET_PERSIST_EVERY: Duration = Duration::from_secs(1);
+
+impl Handler<BudgetSpent> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: BudgetSpent, ctx: &mut Self::Context) {
+        let blocked = msg.blocked;
+        let reason = format!("declared {} limit reached", blocked.limit);
+        let next = match blocked.spent {
+            Spent::Window => KeyState::CoolingDown {
+                until: blocked.until,
+                reason,
+            },
+            Spent::Day => KeyState::Exhausted {
+                until: blocked.until,
+                reason,
+            },
+        };
+        let slot = &self.keys[msg.key.0];
+        if !slot.state.is_superseded_by(&next) {
+            return;
+        }
+        info!(pool = %slot.ctx.pool.name, key = %slot.ctx.name, limit = blocked.limit, until = %blocked.until, "key budget spent; parked until it returns");
+        self.apply(msg.key, next, true, ctx);
+    }
+}
+
+impl Supervisor {
+    /// A success: clears restart backoff, transient history and probing.
+    pub(super) fn on_success(&mut self, key: KeyId) {
+        let slot = &mut self.keys[key.0];
+        slot.restarts = 0;
+        slot.transient.success();
+        if slot.ctx.is_probing() {
+            slot.ctx.set_probing(false);
+            info!(pool = %slot.ctx.pool.name, key = %slot.ctx.name, "probe succeeded; key fully back");
+        }
+    }
+
+    /// A transient failure: a cooldown once they repeat.
+    pub(super) fn after_transient(&mut self, key: KeyId, now: jiff::Timestamp) -> Option<KeyState> {
+        let cooldown = self.keys[key.0].transient.failure(now)?;
+        let until = now
+            .checked_add(jiff::SignedDuration::try_from(cooldown).ok()?)
+            .ok()?;
+        Some(KeyState::CoolingDown {
+            until,
+            reason: format!(
+                "repeated transient failures; resting {} s",
+                cooldown.as_secs()
+            ),
+        })
+    }
+
+    /// A daily exhaustion of one key parks every key of its quota group.
+    pub(super) fn park_quota_group(
+        &mut self,
+        key: KeyId,
+        state: &KeyState,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(group) = self.keys[key.0].ctx.quota_group.clone() else {
+            return;
+        };
+        let members: Vec<KeyId> = (0..self.keys.len())
+            .map(KeyId)
+            .filter(|id| {
+                *id != key && self.keys[id.0].ctx.quota_group.as_deref() == Some(group.as_str())
+            })
+            .filter(|id| self.keys[id.0].state.is_superseded_by(state))
+            .collect();
+        for member in members {
+            warn!(key = %self.keys[member.0].ctx.store_key, group = %group, "quota group exhausted; parking key");
+            self.apply(member, state.clone(), true, ctx);
+        }
+    }
+
+    /// Write every budget that changed since the last time.
+    pub(super) fn persist_budgets(&self) {
+        for slot in &self.keys {
+            if let Some(budget) = slot.ctx.budget_if_changed()
+                && let Err(e) = self
+                    .services
+                    .store
+                    .save_budget(&slot.ctx.store_key, &budget)
+            {
+                warn!(key = %slot.ctx.store_key, error = %e, "cannot persist key budget");
+            }
+        }
+    }
+
+    /// Restore budgets saved by an earlier run (start-up).
+    pub(super) fn restore_budgets(&self) {
+        for slot in &self.keys {
+            match self.services.store.budget(&slot.ctx.store_key) {
+                Ok(Some(budget)) => slot.ctx.restore_budget(budget),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(key = %slot.ctx.store_key, error = %e, "stored budget unreadable; starting fresh")
+                }
+            }
+        }
+    }
+}

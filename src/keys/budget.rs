@@ -1,0 +1,234 @@
+//! A key's declared limits, enforced before each call: at most `rpm` requests
+//! and `tpm` tokens in ANY window of `window` (60 s for real providers), and
+//! `rpd`/`tpd` per provider day.
+//!
+//! Sliding windows, not token buckets: a backlog gets the whole burst at once
+//! (no smoothing to rpm/60 per second), and no 60-second window ever holds
+//! more than the limit, which also satisfies providers that enforce token
+//! buckets or calendar minutes. Pure: the caller passes `now`.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Declared limits of one key (all optional).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    pub rpd: Option<u32>,
+    pub tpd: Option<u64>,
+}
+
+impl Limits {
+    pub fn is_unlimited(&self) -> bool {
+        *self == Limits::default()
+    }
+}
+
+/// Which limit stopped a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spent {
+    /// A per-window limit (rpm, tpm, or a limit learned from response headers):
+    /// budget returns at `until`.
+    Window,
+    /// A per-day limit (rpd, tpd): budget returns at the next reset.
+    Day,
+}
+
+/// Why a call may not go now, and when it may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    pub until: Timestamp,
+    pub spent: Spent,
+    pub limit: &'static str,
+}
+
+/// Proof of one admitted call, to correct its token count afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    seq: u64,
+    estimated: u64,
+}
+
+/// Usage of one key in its current windows. Serializable, so restarts keep it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    /// (sequence, time, tokens) of every call in the current window.
+    recent: VecDeque<(u64, Timestamp, u64)>,
+    next_seq: u64,
+    /// The current provider day ends (resets) at this instant.
+    day_ends: Timestamp,
+    day_requests: u32,
+    day_tokens: u64,
+    /// Learned from response headers: no calls before this instant.
+    learned_until: Option<Timestamp>,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            recent: VecDeque::new(),
+            next_seq: 0,
+            day_ends: Timestamp::UNIX_EPOCH,
+            day_requests: 0,
+            day_tokens: 0,
+            learned_until: None,
+        }
+    }
+}
+
+impl Budget {
+    /// Admit one call of about `tokens` tokens at `now`, or say when one may go.
+    /// `next_reset` gives the end of the provider day containing an instant.
+    pub fn try_take(
+        &mut self,
+        limits: &Limits,
+        window: Duration,
+        now: Timestamp,
+        tokens: u64,
+        next_reset: impl Fn(Timestamp) -> Timestamp,
+    ) -> Result<Ticket, Blocked> {
+        self.roll(window, now, &next_reset);
+        if let Some(until) = self.learned_until.filter(|u| *u > now) {
+            return Err(Blocked {
+                until,
+                spent: Spent::Window,
+                limit: "provider headers",
+            });
+        }
+        self.check_day(limits, tokens)?;
+        self.check_window(limits, window, tokens)?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.recent.push_back((seq, now, tokens));
+        self.day_requests = self.day_requests.saturating_add(1);
+        self.day_tokens = self.day_tokens.saturating_add(tokens);
+        Ok(Ticket {
+            seq,
+            estimated: tokens,
+        })
+    }
+
+    /// Replace a call's estimate with the provider's reported usage.
+    pub fn correct(&mut self, ticket: Ticket, actual: u64) {
+        if let Some(entry) = self
+            .recent
+            .iter_mut()
+            .rev()
+            .find(|(seq, _, _)| *seq == ticket.seq)
+        {
+            entry.2 = actual;
+        }
+        self.day_tokens = self
+            .day_tokens
+            .saturating_sub(ticket.estimated)
+            .saturating_add(actual);
+    }
+
+    /// The provider said no more requests (or tokens) until `until`.
+    pub fn learn(&mut self, until: Timestamp) {
+        self.learned_until = Some(self.learned_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// Calls in the current window and today, for operators.
+    pub fn usage(&self) -> (usize, u64, u32, u64) {
+        let window_tokens = self.recent.iter().map(|e| e.2).sum();
+        (
+            self.recent.len(),
+            window_tokens,
+            self.day_requests,
+            self.day_tokens,
+        )
+    }
+
+    fn roll(
+        &mut self,
+        window: Duration,
+        now: Timestamp,
+        next_reset: &impl Fn(Timestamp) -> Timestamp,
+    ) {
+        let cutoff = now.checked_sub(signed(window)).unwrap_or(Timestamp::MIN);
+        while self.recent.front().is_some_and(|(_, at, _)| *at <= cutoff) {
+            self.recent.pop_front();
+        }
+        if now >= self.day_ends {
+            self.day_ends = next_reset(now);
+            self.day_requests = 0;
+            self.day_tokens = 0;
+        }
+    }
+
+    fn check_day(&self, limits: &Limits, tokens: u64) -> Result<(), Blocked> {
+        let blocked = |limit| {
+            Err(Blocked {
+                until: self.day_ends,
+                spent: Spent::Day,
+                limit,
+            })
+        };
+        if limits.rpd.is_some_and(|rpd| self.day_requests >= rpd) {
+            return blocked("rpd");
+        }
+        // A call larger than the whole daily budget may go on a fresh day only.
+        if let Some(tpd) = limits.tpd
+            && self.day_tokens > 0
+            && self.day_tokens.saturating_add(tokens) > tpd
+        {
+            return blocked("tpd");
+        }
+        Ok(())
+    }
+
+    fn check_window(&self, limits: &Limits, window: Duration, tokens: u64) -> Result<(), Blocked> {
+        let frees_at = |index: usize| {
+            let (_, at, _) = self.recent[index];
+            at.checked_add(signed(window)).unwrap_or(Timestamp::MAX)
+        };
+        if let Some(rpm) = limits.rpm {
+            let rpm = rpm.max(1) as usize;
+            if self.recent.len() >= rpm {
+                // The call may go once enough of the oldest calls leave the window.
+                let until = frees_at(self.recent.len() - rpm);
+                return Err(Blocked {
+                    until,
+                    spent: Spent::Window,
+                    limit: "rpm",
+                });
+            }
+        }
+        if let Some(tpm) = limits.tpm {
+            let used: u64 = self.recent.iter().map(|e| e.2).sum();
+            if used > 0 && used.saturating_add(tokens) > tpm {
+                let need = used.saturating_add(tokens).saturating_sub(tpm);
+                let mut released = 0u64;
+                for (index, (_, _, t)) in self.recent.iter().enumerate() {
+                    released = released.saturating_add(*t);
+                    if released >= need {
+                        return Err(Blocked {
+                            until: frees_at(index),
+                            spent: Spent::Window,
+                            limit: "tpm",
+                        });
+                    }
+                }
+                return Err(Blocked {
+                    until: frees_at(self.recent.len() - 1),
+                    spent: Spent::Window,
+                    limit: "tpm",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn signed(d: Duration) -> jiff::SignedDuration {
+    jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX)
+}
+
+#[cfg(test)]
+#[path = "budget_tests.rs"]
+mod tests;
