@@ -24,6 +24,8 @@ pub const WORKER_RESTARTS_TOTAL: &str = "keyrelay_worker_restarts_total";
 pub const STORE_FLUSH_BATCH: &str = "keyrelay_store_flush_batch_size";
 pub const TOKENS_TOTAL: &str = "keyrelay_tokens_total";
 pub const STORE_ERRORS_TOTAL: &str = "keyrelay_store_errors_total";
+pub const RETRIES_TOTAL: &str = "keyrelay_retries_total";
+pub const CACHE_HITS_TOTAL: &str = "keyrelay_cache_hits_total";
 
 /// Install the global Prometheus recorder and describe every metric.
 /// Returns the handle that renders `/metrics`.
@@ -100,6 +102,14 @@ fn describe() {
         "Key workers restarted by the supervisor, by pool and key."
     );
     describe_histogram!(STORE_FLUSH_BATCH, "Results made durable by one sled flush.");
+    describe_counter!(
+        RETRIES_TOTAL,
+        "Jobs parked in a delay queue after a transient failure, by pool."
+    );
+    describe_counter!(
+        CACHE_HITS_TOTAL,
+        "Jobs answered from the response cache without a provider call, by pool."
+    );
     describe_counter!(
         STORE_ERRORS_TOTAL,
         "Results that could not be written to the store (replied without it)."

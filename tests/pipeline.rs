@@ -335,6 +335,18 @@ async fn transient_failures_are_retried_then_fail_with_upstream() {
     let flaky = &replies["flaky"];
     assert_eq!(flaky.error.as_ref().unwrap().kind, ErrorKind::Upstream);
     assert_eq!(flaky.attempts, 3);
+    // Retries went through the delay queue and preferred the other key.
+    let stats = env.mock.stats();
+    assert!(
+        stats.key("k1").requests >= 1 && stats.key("k2").requests >= 1,
+        "{stats:?}"
+    );
+    // Given up: dead-lettered with the last error.
+    let dead = env.dead_letters(1).await;
+    let headers = dead[0].properties.headers().as_ref();
+    let reason =
+        keyrelay::job::retry::header_text(headers, "x-keyrelay-reason").unwrap_or_default();
+    assert!(reason.contains("gave up after 3 attempts"), "{reason}");
     let bad = &replies["bad"];
     assert_eq!(bad.error.as_ref().unwrap().kind, ErrorKind::BadRequest);
     assert_eq!(bad.attempts, 1, "a bad request is never retried");

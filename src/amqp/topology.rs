@@ -7,14 +7,45 @@ use lapin::types::{AMQPValue, FieldTable};
 
 use super::AmqpError;
 use crate::config::{Config, QueueType};
+use crate::job::retry;
 
 /// Declare every queue the config needs.
 pub async fn declare(channel: &Channel, config: &Config) -> Result<(), AmqpError> {
     declare_plain(channel, &config.jobs.dead_letter_queue).await?;
     declare_plain(channel, &config.jobs.results_queue).await?;
     for pool in &config.pools {
-        declare_job_queue(channel, config, &config.job_queue(&pool.name)).await?;
+        let queue = config.job_queue(&pool.name);
+        declare_job_queue(channel, config, &queue).await?;
+        for attempt in 1..config.jobs.max_attempts {
+            declare_delay_queue(channel, &queue, attempt).await?;
+        }
     }
+    Ok(())
+}
+
+/// The delay queue of a pool's retries after `attempt` failed calls: messages
+/// wait out their TTL, then the broker dead-letters them back to the job queue.
+async fn declare_delay_queue(
+    channel: &Channel,
+    job_queue: &str,
+    attempt: u32,
+) -> Result<(), AmqpError> {
+    let mut args = FieldTable::default();
+    let ttl = retry::ceiling(attempt).as_millis() as i32;
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(ttl));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(job_queue.into()),
+    );
+    let name = retry::delay_queue(job_queue, attempt);
+    channel
+        .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), args)
+        .await
+        .map_err(AmqpError::op("queue.declare"))?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 mod decode;
 mod result;
+pub mod retry;
 mod template;
 
 use serde::{Deserialize, Serialize};

@@ -9,7 +9,7 @@ use tracing::{error, info, warn};
 use super::{InFlight, Inbound, KeyContext, PoolContext, Services, Timing};
 use crate::amqp::{PublishOutcome, dead_letter_properties, reply_properties};
 use crate::job::{
-    ErrorKind, InvalidJob, Job, JobError, JobResult, JobStatus, ReplyAddress, ResponseFormat,
+    ErrorKind, InvalidJob, Job, JobError, JobResult, JobStatus, ReplyAddress, ResponseFormat, retry,
 };
 use crate::metrics as m;
 use crate::provider::{Completion, Usage};
@@ -195,6 +195,59 @@ fn returns_of(properties: &lapin::BasicProperties) -> u32 {
         Some(AMQPValue::LongInt(n)) => (*n).max(0) as u32,
         Some(AMQPValue::LongLongInt(n)) => (*n).clamp(0, i64::from(u32::MAX)) as u32,
         _ => 0,
+    }
+}
+
+/// Transient failures outlasted `jobs.max_attempts`: a failed result with the
+/// last error, and the job dead-lettered so it can be replayed after a fix.
+pub async fn give_up(services: &Services, key: &KeyContext, inflight: InFlight, message: String) {
+    let kind = ErrorKind::Upstream;
+    if !dead_letter(services, &key.pool, &inflight.inbound, kind, &message).await {
+        return inflight.inbound.nack(true).await;
+    }
+    fail(services, &key.pool, Some(key), inflight, kind, message).await;
+}
+
+/// Park a job in its pool's delay queue for its backoff; the broker brings it
+/// back to the job queue when the TTL ends, with the attempt count and the key
+/// that failed in its headers. `Err` gives the job back when that fails.
+pub async fn delay_retry(
+    services: &Services,
+    key: &KeyContext,
+    inflight: InFlight,
+) -> Result<(), InFlight> {
+    let attempt = inflight.attempts;
+    let mut properties = inflight.inbound.properties().clone();
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(retry::ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(attempt));
+    headers.insert(
+        retry::LAST_KEY_HEADER.into(),
+        AMQPValue::LongString(key.name.as_str().into()),
+    );
+    let last_error = inflight.last_error.as_deref().unwrap_or_default();
+    headers.insert(
+        retry::LAST_ERROR_HEADER.into(),
+        AMQPValue::LongString(last_error.into()),
+    );
+    let wait_ms = retry::backoff(attempt).as_millis().to_string();
+    properties = properties
+        .with_headers(headers)
+        .with_expiration(wait_ms.as_str().into());
+    let queue = retry::delay_queue(&key.pool.queue, attempt);
+    match services
+        .publisher
+        .publish(&queue, inflight.inbound.body(), properties, true)
+        .await
+    {
+        Ok(PublishOutcome::Delivered) => {
+            metrics::counter!(m::RETRIES_TOTAL, "pool" => key.pool.name.clone()).increment(1);
+            inflight.inbound.ack().await;
+            Ok(())
+        }
+        other => {
+            warn!(job_id = %inflight.job.id, outcome = ?other, "cannot park the job for its retry");
+            Err(inflight)
+        }
     }
 }
 

@@ -11,7 +11,7 @@ mod in_progress;
 mod inbound;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::warn;
 
@@ -21,7 +21,7 @@ pub use in_progress::{Claim, InProgress};
 pub use inbound::Inbound;
 
 use crate::actors::messages::{BudgetSpent, KeyOutcome, Reroute, RerouteReason};
-use crate::job::{self, ErrorKind};
+use crate::job::{self, ErrorKind, retry};
 use crate::keys::Ticket;
 use crate::provider::Outcome;
 
@@ -53,15 +53,26 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
             warn!(job_id = %job.id, error = %e, "stored result unreadable; running the job again")
         }
     }
+    // A job back from a delay queue carries its attempts and the key that failed.
+    let headers = inbound.properties().headers().clone();
+    let attempts = retry::header_u32(headers.as_ref(), retry::ATTEMPTS_HEADER)
+        .unwrap_or(0)
+        .min(services.jobs.max_attempts);
+    let failed_here = retry::header_text(headers.as_ref(), retry::LAST_KEY_HEADER).as_deref()
+        == Some(key.name.as_str());
     let inflight = InFlight {
         job,
         inbound,
         guard,
         claim,
-        attempts: 0,
+        attempts,
         timing,
-        last_error: None,
+        last_error: retry::header_text(headers.as_ref(), retry::LAST_ERROR_HEADER),
     };
+    if attempts > 0 && failed_here {
+        // Retry on another key of the pool when one is available.
+        return reroute(&services, &key, inflight, RerouteReason::Transient);
+    }
     run_on_key(key, services, inflight).await;
 }
 
@@ -238,19 +249,14 @@ async fn retry_transient(
 ) {
     if inflight.attempts >= services.jobs.max_attempts {
         let message = format!("gave up after {} attempts: {message}", inflight.attempts);
-        return finish::fail(
-            services,
-            &key.pool,
-            Some(key),
-            inflight,
-            ErrorKind::Upstream,
-            message,
-        )
-        .await;
+        return finish::give_up(services, key, inflight, message).await;
     }
     inflight.last_error = Some(message);
-    tokio::time::sleep(backoff(inflight.attempts)).await;
-    reroute(services, key, inflight, RerouteReason::Transient);
+    if let Err(inflight) = finish::delay_retry(services, key, inflight).await {
+        // No delay queue (broker trouble): wait here instead, then reroute.
+        tokio::time::sleep(retry::backoff(inflight.attempts)).await;
+        reroute(services, key, inflight, RerouteReason::Transient);
+    }
 }
 
 /// The outcome as the supervisor needs it: a success's text is left behind.
@@ -264,14 +270,6 @@ fn summary(outcome: &Outcome) -> Outcome {
     }
 }
 
-/// Exponential backoff with full jitter: 0.25 s, 0.5 s, 1 s ... capped at 8 s.
-pub fn backoff(attempt: u32) -> Duration {
-    let ceiling_ms = 250u64
-        .saturating_mul(1 << attempt.saturating_sub(1).min(5))
-        .min(8_000);
-    Duration::from_millis(rand::random_range(ceiling_ms / 2..=ceiling_ms))
-}
-
 fn reroute(services: &Services, key: &KeyContext, inflight: InFlight, reason: RerouteReason) {
     services.reroutes.do_send(Reroute {
         from: key.id,
@@ -283,20 +281,28 @@ fn reroute(services: &Services, key: &KeyContext, inflight: InFlight, reason: Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::{ChatMessage, ProviderRequest, Role};
 
     #[test]
-    fn backoff_grows_and_is_capped() {
-        for attempt in 1..20 {
-            let d = backoff(attempt);
-            let ceiling = 250u64 * (1 << (attempt - 1).min(5));
-            assert!(
-                d <= Duration::from_millis(ceiling.min(8_000)),
-                "{attempt}: {d:?}"
-            );
-            assert!(
-                d >= Duration::from_millis(ceiling.min(8_000) / 2),
-                "{attempt}: {d:?}"
-            );
-        }
+    fn token_estimate_counts_prompt_and_output_allowance() {
+        let request = ProviderRequest {
+            model: "m".into(),
+            messages: vec![ChatMessage {
+                role: Role::User,
+                content: "x".repeat(10),
+            }],
+            json_output: false,
+            max_output_tokens: Some(100),
+            temperature: None,
+            user: None,
+        };
+        assert_eq!(estimate_tokens(&request), 3 + 100);
+    }
+
+    #[test]
+    fn content_ids_are_stable_and_pool_specific() {
+        assert_eq!(content_id("p", b"{}"), content_id("p", b"{}"));
+        assert_ne!(content_id("p", b"{}"), content_id("q", b"{}"));
+        assert!(content_id("p", b"{}").starts_with("auto-"));
     }
 }

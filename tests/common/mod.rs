@@ -251,17 +251,8 @@ impl TestEnv {
             app.shutdown(Duration::from_secs(5)).await;
         }
         let channel = self.broker.channel().await.unwrap();
-        let mut queues: Vec<String> = self
-            .config
-            .pools
-            .iter()
-            .map(|p| self.config.job_queue(&p.name))
-            .collect();
-        queues.extend([
-            self.config.jobs.results_queue.clone(),
-            self.config.jobs.dead_letter_queue.clone(),
-            self.replies.clone(),
-        ]);
+        let mut queues: Vec<String> = keyrelay_queues(&self.config);
+        queues.push(self.replies.clone());
         for q in queues {
             let _ = channel
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
@@ -270,6 +261,22 @@ impl TestEnv {
         self.broker.close().await;
         self.mock.stop().await;
     }
+}
+
+/// Every queue keyrelay declares for `config`.
+pub fn keyrelay_queues(config: &Config) -> Vec<String> {
+    let mut queues = vec![
+        config.jobs.results_queue.clone(),
+        config.jobs.dead_letter_queue.clone(),
+    ];
+    for pool in &config.pools {
+        let queue = config.job_queue(&pool.name);
+        for attempt in 1..config.jobs.max_attempts {
+            queues.push(keyrelay::job::retry::delay_queue(&queue, attempt));
+        }
+        queues.push(queue);
+    }
+    queues
 }
 
 fn config_for(
