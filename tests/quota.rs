@@ -196,3 +196,47 @@ async fn past_deadline_jobs_fail_without_a_call() {
     assert_eq!(env.mock.stats().key("k").requests, 1);
     env.finish().await;
 }
+
+#[actix::test]
+async fn identical_requests_are_answered_from_the_cache() {
+    let mut env = TestEnv::start(vec![pool("g", "gemini", vec![TestKey::new("k", 1)])]).await;
+    env.publish(
+        "g",
+        &json!({"id": "first", "prompt": "same question", "metadata": {"n": 1}}),
+    )
+    .await;
+    let (first, _) = env.next_reply().await;
+    env.publish(
+        "g",
+        &json!({"id": "second", "prompt": "same question", "metadata": {"n": 2}}),
+    )
+    .await;
+    env.publish(
+        "g",
+        &json!({"id": "opted-out", "prompt": "same question", "cache": false}),
+    )
+    .await;
+    env.publish(
+        "g",
+        &json!({"id": "other-model", "prompt": "same question", "model": "model-b"}),
+    )
+    .await;
+    let replies = env.replies(3).await;
+    let second = &replies["second"];
+    assert!(second.cached, "said to come from the cache");
+    assert_eq!(second.text, first.text);
+    assert_eq!(second.metadata, json!({"n": 2}), "its own metadata");
+    assert_eq!(second.usage.input_tokens, 0, "no tokens spent");
+    assert!(!replies["opted-out"].cached);
+    assert!(
+        !replies["other-model"].cached,
+        "a different model is a different request"
+    );
+    assert!(!first.cached);
+    assert_eq!(
+        env.mock.stats().key("k").requests,
+        3,
+        "first, opted-out and other-model only"
+    );
+    env.finish().await;
+}

@@ -13,6 +13,8 @@ use crate::provider::Outcome;
 pub struct KeyOutcome {
     pub key: KeyId,
     pub outcome: Outcome,
+    /// How long the provider call took.
+    pub latency: std::time::Duration,
 }
 
 /// Job task → supervisor: `key` has no budget left under its declared limits

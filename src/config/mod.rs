@@ -105,6 +105,16 @@ pub struct JobsConfig {
     /// Total timeout for one provider call, in seconds.
     #[serde(default = "defaults::request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// Identical requests within this many seconds are answered from the
+    /// response cache without a provider call (0 turns the cache off).
+    #[serde(default = "defaults::cache_ttl_secs")]
+    pub cache_ttl_secs: u64,
+    /// Whether jobs that do not say (`"cache": true|false`) may use the cache.
+    #[serde(default = "defaults::cache_by_default")]
+    pub cache_by_default: bool,
+    /// Days of hourly usage statistics kept in the store.
+    #[serde(default = "defaults::stats_retention_days")]
+    pub stats_retention_days: u32,
     /// Times a job may go back to its queue for want of a usable key before it
     /// is failed (`all_keys_unavailable`) and dead-lettered.
     #[serde(default = "defaults::max_returns")]
@@ -289,6 +299,9 @@ impl Default for JobsConfig {
             request_timeout_secs: defaults::request_timeout_secs(),
             shutdown_grace_secs: defaults::shutdown_grace_secs(),
             max_returns: defaults::max_returns(),
+            stats_retention_days: defaults::stats_retention_days(),
+            cache_ttl_secs: defaults::cache_ttl_secs(),
+            cache_by_default: defaults::cache_by_default(),
         }
     }
 }
@@ -328,6 +341,15 @@ mod defaults {
     }
     pub fn request_timeout_secs() -> u64 {
         120
+    }
+    pub fn cache_ttl_secs() -> u64 {
+        3600
+    }
+    pub fn cache_by_default() -> bool {
+        true
+    }
+    pub fn stats_retention_days() -> u32 {
+        30
     }
     pub fn max_returns() -> u32 {
         50

@@ -28,6 +28,8 @@ pub struct DecodeContext<'a> {
     pub templates: &'a BTreeMap<String, TemplateConfig>,
     pub max_body_bytes: usize,
     pub results_queue: &'a str,
+    /// Whether jobs that do not say may use the response cache.
+    pub cache_by_default: bool,
 }
 
 /// A job that breaks the contract, with what is known of where to reply.
@@ -54,6 +56,7 @@ struct JobBody {
     user: Option<String>,
     metadata: Option<Value>,
     deadline: Option<jiff::Timestamp>,
+    cache: Option<bool>,
 }
 
 /// Decode and validate one delivery. `generated_id` is used when neither the body
@@ -133,6 +136,7 @@ fn build(
         user: body.user,
         metadata: body.metadata.unwrap_or(Value::Object(Default::default())),
         deadline: body.deadline,
+        cache: body.cache.unwrap_or(ctx.cache_by_default),
         reply,
     })
 }

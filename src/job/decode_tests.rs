@@ -24,6 +24,7 @@ fn run(body: &[u8], props: JobProperties) -> Result<Job, InvalidJob> {
         templates: &templates,
         max_body_bytes: 1024,
         results_queue: "results",
+        cache_by_default: true,
     };
     decode(body, &props, &ctx, || "generated".into())
 }

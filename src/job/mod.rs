@@ -34,7 +34,35 @@ pub struct Job {
     pub metadata: Value,
     /// Past this instant the job is failed with `deadline_exceeded`, not run.
     pub deadline: Option<jiff::Timestamp>,
+    /// Whether an identical earlier request's answer may be reused.
+    pub cache: bool,
     pub reply: ReplyAddress,
+}
+
+impl Job {
+    /// Identity of the request for the response cache: pool, model, rendered
+    /// messages and every parameter that changes the answer.
+    pub fn cache_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let r = &self.request;
+        let mut h = Sha256::new();
+        h.update(self.pool.as_bytes());
+        h.update([0]);
+        h.update(r.model.as_bytes());
+        for m in &r.messages {
+            h.update([0, m.role as u8]);
+            h.update(m.content.as_bytes());
+        }
+        h.update([0, r.json_output as u8]);
+        h.update(r.max_output_tokens.unwrap_or(0).to_be_bytes());
+        h.update(
+            r.temperature
+                .map(f32::to_bits)
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// Where and how the result of a job is published.

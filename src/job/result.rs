@@ -68,6 +68,9 @@ pub struct JobResult {
     pub metadata: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// True when the answer came from the response cache (no provider call).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
     pub completed_at: Timestamp,
 }
 

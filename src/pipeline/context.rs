@@ -69,6 +69,7 @@ impl PoolContext {
             templates: &services.templates,
             max_body_bytes: services.jobs.max_body_bytes,
             results_queue: &services.jobs.results_queue,
+            cache_by_default: services.jobs.cache_by_default,
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::job::{
 };
 use crate::metrics as m;
 use crate::provider::{Completion, Usage};
+use crate::store::CachedAnswer;
 
 /// Header counting how often a job went back to its queue for want of a key.
 const RETURNS_HEADER: &str = "x-keyrelay-returns";
@@ -41,6 +42,9 @@ pub async fn complete(
         }
     }
     result.text = Some(completion.text);
+    if result.is_success() && inflight.job.cache && services.jobs.cache_ttl_secs > 0 {
+        remember_answer(services, &inflight.job, &result);
+    }
     deliver(services, &key.pool, Some(key), inflight, result).await;
 }
 
@@ -96,6 +100,7 @@ pub async fn reject_invalid(
         latency_ms: timing.received.elapsed().as_millis() as u64,
         metadata: Value::Object(Default::default()),
         user: None,
+        cached: false,
         completed_at: jiff::Timestamp::now(),
     };
     // Not stored under its id: an invalid job's id is not trustworthy, and a later
@@ -133,6 +138,49 @@ pub async fn answer_from_store(
         OnReplyFailure::Requeue,
     )
     .await;
+}
+
+/// An identical request answered within the cache TTL: that answer, no call.
+pub async fn answer_from_cache(
+    services: &Services,
+    pool: &PoolContext,
+    inbound: Inbound,
+    job: &Job,
+    answer: CachedAnswer,
+    timing: Timing,
+) {
+    metrics::counter!(m::CACHE_HITS_TOTAL, "pool" => pool.name.clone()).increment(1);
+    let result = JobResult {
+        id: job.id.clone(),
+        status: JobStatus::Succeeded,
+        text: answer.text,
+        json: answer.json,
+        error: None,
+        pool: pool.name.clone(),
+        model: Some(job.request.model.clone()),
+        key: answer.key,
+        // No tokens were spent on this job.
+        usage: Usage::default(),
+        attempts: 0,
+        latency_ms: 0,
+        metadata: job.metadata.clone(),
+        user: job.user.clone(),
+        cached: true,
+        completed_at: jiff::Timestamp::now(),
+    };
+    persist_and_reply(services, pool, None, inbound, &job.reply, result, timing).await;
+}
+
+fn remember_answer(services: &Services, job: &Job, result: &JobResult) {
+    let answer = CachedAnswer {
+        stored_at: jiff::Timestamp::now(),
+        text: result.text.clone(),
+        json: result.json.clone(),
+        key: result.key.clone(),
+    };
+    if let Err(e) = services.store.cache_answer(&job.cache_key(), &answer) {
+        warn!(job_id = %job.id, error = %e, "cannot cache the answer");
+    }
 }
 
 /// No key of the pool can take the job now: put it back on its queue to wait
@@ -299,6 +347,7 @@ fn base_result(
         latency_ms: 0,
         metadata: inflight.job.metadata.clone(),
         user: inflight.job.user.clone(),
+        cached: false,
         completed_at: jiff::Timestamp::now(),
     }
 }
@@ -322,11 +371,34 @@ async fn deliver(
     pool: &PoolContext,
     key: Option<&KeyContext>,
     inflight: InFlight,
-    mut result: JobResult,
+    result: JobResult,
 ) {
-    result.latency_ms = inflight.timing.received.elapsed().as_millis() as u64;
-    result.completed_at = jiff::Timestamp::now();
     let store_key = key.map(|k| k.store_key.as_str());
+    let reply = &inflight.job.reply;
+    persist_and_reply(
+        services,
+        pool,
+        store_key,
+        inflight.inbound,
+        reply,
+        result,
+        inflight.timing,
+    )
+    .await;
+}
+
+/// Persist, then publish and ack.
+async fn persist_and_reply(
+    services: &Services,
+    pool: &PoolContext,
+    store_key: Option<&str>,
+    inbound: Inbound,
+    reply: &ReplyAddress,
+    mut result: JobResult,
+    timing: Timing,
+) {
+    result.latency_ms = timing.received.elapsed().as_millis() as u64;
+    result.completed_at = jiff::Timestamp::now();
     let on_failure = match services.store.persist_result(&result, store_key).await {
         Ok(()) => OnReplyFailure::Requeue,
         Err(e) => {
@@ -337,16 +409,7 @@ async fn deliver(
             OnReplyFailure::DeadLetter
         }
     };
-    publish_and_ack(
-        services,
-        pool,
-        inflight.inbound,
-        &inflight.job.reply,
-        &result,
-        inflight.timing,
-        on_failure,
-    )
-    .await;
+    publish_and_ack(services, pool, inbound, reply, &result, timing, on_failure).await;
 }
 
 async fn publish_and_ack(

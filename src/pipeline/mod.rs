@@ -47,7 +47,14 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
         Ok(Some(stored)) => {
             return finish::answer_from_store(&services, &key.pool, inbound, &job, stored).await;
         }
-        Ok(None) => {}
+        Ok(None) => {
+            if let Some(answer) = cached_answer(&services, &job) {
+                return finish::answer_from_cache(
+                    &services, &key.pool, inbound, &job, answer, timing,
+                )
+                .await;
+            }
+        }
         // A corrupt record is overwritten by the new result; say so.
         Err(e) => {
             warn!(job_id = %job.id, error = %e, "stored result unreadable; running the job again")
@@ -74,6 +81,24 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
         return reroute(&services, &key, inflight, RerouteReason::Transient);
     }
     run_on_key(key, services, inflight).await;
+}
+
+fn cached_answer(services: &Services, job: &job::Job) -> Option<crate::store::CachedAnswer> {
+    let ttl = services.jobs.cache_ttl_secs;
+    if !job.cache || ttl == 0 {
+        return None;
+    }
+    let key = job.cache_key();
+    match services
+        .store
+        .cached_answer(&key, std::time::Duration::from_secs(ttl))
+    {
+        Ok(answer) => answer,
+        Err(e) => {
+            warn!(job_id = %job.id, error = %e, "response cache unreadable; calling the provider");
+            None
+        }
+    }
 }
 
 /// The id of a job that names none (neither `id` nor AMQP `message_id`): derived
@@ -115,7 +140,8 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
     inflight.attempts += 1;
     let started = Instant::now();
     let outcome = call(&key, &inflight).await;
-    inflight.timing.provider += started.elapsed();
+    let latency = started.elapsed();
+    inflight.timing.provider += latency;
     if let (Some(ticket), Outcome::Success(c)) = (admission.ticket, &outcome) {
         key.settle_budget(ticket, c.usage.input_tokens + c.usage.output_tokens);
     }
@@ -124,6 +150,7 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
     services.outcomes.do_send(KeyOutcome {
         key: key.id,
         outcome: summary(&outcome),
+        latency,
     });
     match outcome {
         Outcome::Success(completion) => {

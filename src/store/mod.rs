@@ -34,6 +34,18 @@ const KEY_STATES: &str = "key_states";
 const KEY_COUNTERS: &str = "key_counters";
 const RESULTS_BY_TIME: &str = "results_by_time";
 const KEY_BUDGETS: &str = "key_budgets";
+const RESPONSE_CACHE: &str = "response_cache";
+const USAGE_HOURLY: &str = "usage_hourly";
+
+/// A provider answer kept for identical requests (the response cache).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CachedAnswer {
+    pub stored_at: jiff::Timestamp,
+    pub text: Option<String>,
+    pub json: Option<serde_json::Value>,
+    /// Name of the key that produced it.
+    pub key: Option<String>,
+}
 
 /// Page cache when none is configured: 64 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -49,6 +61,9 @@ pub struct Store {
     /// Ordered by time, so history is a range scan, newest first in reverse.
     results_by_time: sled::Tree,
     key_budgets: sled::Tree,
+    response_cache: sled::Tree,
+    /// `pool/key/YYYY-MM-DDTHH/field` → u64 (merged): per key and hour.
+    usage_hourly: sled::Tree,
     commit: GroupCommit,
 }
 
@@ -65,12 +80,16 @@ impl Store {
         let db = open_db(path, cache_bytes)?;
         let key_counters = db.open_tree(KEY_COUNTERS)?;
         key_counters.set_merge_operator(add_u64);
+        let usage_hourly = db.open_tree(USAGE_HOURLY)?;
+        usage_hourly.set_merge_operator(add_u64);
         Ok(Store {
             results: db.open_tree(RESULTS)?,
             key_states: db.open_tree(KEY_STATES)?,
             key_counters,
             results_by_time: db.open_tree(RESULTS_BY_TIME)?,
             key_budgets: db.open_tree(KEY_BUDGETS)?,
+            response_cache: db.open_tree(RESPONSE_CACHE)?,
+            usage_hourly,
             commit: GroupCommit::spawn(db.clone()),
             db,
         })
@@ -143,6 +162,95 @@ impl Store {
         write_json(&self.key_budgets, key, budget)
     }
 
+    /// A cached answer for `key` no older than `ttl` (an expired one is removed).
+    pub fn cached_answer(
+        &self,
+        key: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<CachedAnswer>, StoreError> {
+        let Some(answer) = read_json::<CachedAnswer>(&self.response_cache, RESPONSE_CACHE, key)?
+        else {
+            return Ok(None);
+        };
+        let age = jiff::Timestamp::now().duration_since(answer.stored_at);
+        if age.as_secs() < 0 || age.unsigned_abs() <= ttl {
+            return Ok(Some(answer));
+        }
+        self.response_cache.remove(key.as_bytes())?;
+        Ok(None)
+    }
+
+    pub fn cache_answer(&self, key: &str, answer: &CachedAnswer) -> Result<(), StoreError> {
+        write_json(&self.response_cache, key, answer)
+    }
+
+    /// Remove cached answers older than `ttl`; returns how many.
+    pub fn prune_cache(&self, ttl: std::time::Duration) -> Result<usize, StoreError> {
+        let now = jiff::Timestamp::now();
+        let mut removed = 0;
+        for entry in self.response_cache.iter() {
+            let (k, v) = entry?;
+            let expired = serde_json::from_slice::<CachedAnswer>(&v)
+                .map(|a| now.duration_since(a.stored_at).unsigned_abs() > ttl)
+                .unwrap_or(true);
+            if expired {
+                self.response_cache.remove(k)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Add to the usage statistics of `key` (`pool/key`) for the hour of `at`.
+    pub fn add_usage(
+        &self,
+        key: &str,
+        at: jiff::Timestamp,
+        fields: &[(&str, u64)],
+    ) -> Result<(), StoreError> {
+        let hour = hour_of(at);
+        for (field, n) in fields.iter().filter(|(_, n)| *n > 0) {
+            let id = format!("{key}/{hour}/{field}");
+            self.usage_hourly.merge(id.as_bytes(), n.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Usage statistics as (pool/key, hour, field, value), optionally only
+    /// hours at or after `since`.
+    pub fn usage(&self, since: Option<jiff::Timestamp>) -> Result<Vec<UsageRow>, StoreError> {
+        let since = since.map(hour_of);
+        let mut rows = Vec::new();
+        for entry in self.usage_hourly.iter() {
+            let (k, v) = entry?;
+            let Some(row) =
+                parse_usage_key(&String::from_utf8_lossy(&k), decode_u64(&v).unwrap_or(0))
+            else {
+                continue;
+            };
+            if since.as_ref().is_none_or(|s| row.hour >= *s) {
+                rows.push(row);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Drop usage statistics of hours before `cutoff`; returns how many entries.
+    pub fn prune_usage(&self, cutoff: jiff::Timestamp) -> Result<usize, StoreError> {
+        let cutoff = hour_of(cutoff);
+        let mut removed = 0;
+        for entry in self.usage_hourly.iter() {
+            let (k, _) = entry?;
+            let old = parse_usage_key(&String::from_utf8_lossy(&k), 0)
+                .is_none_or(|row| row.hour < cutoff);
+            if old {
+                self.usage_hourly.remove(k)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Flush everything (shutdown).
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
@@ -171,6 +279,35 @@ fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
 
 fn is_lock_busy(e: &std::io::Error) -> bool {
     e.to_string().contains("could not acquire lock")
+}
+
+/// One usage statistic: a counter of one key in one hour.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UsageRow {
+    /// `pool/key`
+    pub key: String,
+    /// `YYYY-MM-DDTHH` (UTC)
+    pub hour: String,
+    pub field: String,
+    pub value: u64,
+}
+
+/// The UTC hour of an instant, as sortable text.
+fn hour_of(at: jiff::Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H").to_string()
+}
+
+fn parse_usage_key(key: &str, value: u64) -> Option<UsageRow> {
+    let mut parts = key.rsplitn(3, '/');
+    let field = parts.next()?.to_owned();
+    let hour = parts.next()?.to_owned();
+    let key = parts.next()?.to_owned();
+    Some(UsageRow {
+        key,
+        hour,
+        field,
+        value,
+    })
 }
 
 /// Index key of a result: its completion time, then its id.

@@ -20,6 +20,7 @@ fn result(id: &str) -> JobResult {
         latency_ms: 3,
         metadata: serde_json::json!({}),
         user: None,
+        cached: false,
         completed_at: jiff::Timestamp::now(),
     }
 }
@@ -87,4 +88,43 @@ async fn corrupt_record_is_an_error_not_a_panic() {
         store.result("bad"),
         Err(StoreError::Corrupt { .. })
     ));
+}
+
+#[tokio::test]
+async fn hourly_usage_adds_up_and_prunes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+    store
+        .add_usage(
+            "p/k",
+            t("2026-01-01T10:05:00Z"),
+            &[("requests", 1), ("tokens_in", 7)],
+        )
+        .unwrap();
+    store
+        .add_usage(
+            "p/k",
+            t("2026-01-01T10:55:00Z"),
+            &[("requests", 1), ("tokens_in", 3)],
+        )
+        .unwrap();
+    store
+        .add_usage("p/k", t("2026-01-01T11:00:00Z"), &[("requests", 1)])
+        .unwrap();
+    let rows = store.usage(None).unwrap();
+    let get = |hour: &str, field: &str| {
+        rows.iter()
+            .find(|r| r.hour == hour && r.field == field)
+            .map(|r| r.value)
+    };
+    assert_eq!(get("2026-01-01T10", "requests"), Some(2));
+    assert_eq!(get("2026-01-01T10", "tokens_in"), Some(10));
+    assert_eq!(get("2026-01-01T11", "requests"), Some(1));
+    assert_eq!(
+        store.usage(Some(t("2026-01-01T11:30:00Z"))).unwrap().len(),
+        1
+    );
+    assert_eq!(store.prune_usage(t("2026-01-01T11:00:00Z")).unwrap(), 2);
+    assert_eq!(store.usage(None).unwrap().len(), 1);
 }

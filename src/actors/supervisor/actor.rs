@@ -247,5 +247,6 @@ impl Actor for Supervisor {
         ctx.run_interval(super::quota::BUDGET_PERSIST_EVERY, |act, _| {
             act.persist_budgets()
         });
+        ctx.run_interval(super::quota::PRUNE_EVERY, |act, _| act.prune_store());
     }
 }

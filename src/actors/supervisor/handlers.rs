@@ -17,6 +17,7 @@ impl Handler<KeyOutcome> for Supervisor {
 
     fn handle(&mut self, msg: KeyOutcome, ctx: &mut Self::Context) {
         let now = jiff::Timestamp::now();
+        self.record_usage(&msg, now);
         let next = match &msg.outcome {
             Outcome::Success(_) => return self.on_success(msg.key),
             Outcome::Transient { .. } => self.after_transient(msg.key, now),

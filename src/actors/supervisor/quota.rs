@@ -8,11 +8,14 @@ use actix::prelude::*;
 use tracing::{info, warn};
 
 use super::Supervisor;
-use crate::actors::messages::BudgetSpent;
+use crate::actors::messages::{BudgetSpent, KeyOutcome};
 use crate::keys::{KeyId, KeyState, Spent};
+use crate::provider::Outcome;
 
 /// How often changed budgets are written to the store.
 pub(super) const BUDGET_PERSIST_EVERY: Duration = Duration::from_secs(1);
+/// How often old statistics and cached answers are pruned.
+pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 impl Handler<BudgetSpent> for Supervisor {
     type Result = ();
@@ -86,6 +89,44 @@ impl Supervisor {
         for member in members {
             warn!(key = %self.keys[member.0].ctx.store_key, group = %group, "quota group exhausted; parking key");
             self.apply(member, state.clone(), true, ctx);
+        }
+    }
+
+    /// Per key and hour: requests, outcomes by class, tokens, latency.
+    pub(super) fn record_usage(&self, msg: &KeyOutcome, now: jiff::Timestamp) {
+        let (tokens_in, tokens_out) = match &msg.outcome {
+            Outcome::Success(c) => (c.usage.input_tokens, c.usage.output_tokens),
+            _ => (0, 0),
+        };
+        let fields = [
+            ("requests", 1),
+            (msg.outcome.class().as_str(), 1),
+            ("tokens_in", tokens_in),
+            ("tokens_out", tokens_out),
+            ("latency_ms", msg.latency.as_millis() as u64),
+        ];
+        let key = &self.keys[msg.key.0].ctx.store_key;
+        if let Err(e) = self.services.store.add_usage(key, now, &fields) {
+            warn!(key = %key, error = %e, "cannot record usage statistics");
+        }
+    }
+
+    /// Drop usage statistics and cached answers past their retention.
+    pub(super) fn prune_store(&self) {
+        let store = &self.services.store;
+        let days = i64::from(self.services.jobs.stats_retention_days);
+        if let Ok(cutoff) =
+            jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_hours(24 * days))
+        {
+            match store.prune_usage(cutoff) {
+                Ok(n) if n > 0 => info!(removed = n, "pruned old usage statistics"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "cannot prune usage statistics"),
+            }
+        }
+        let ttl = Duration::from_secs(self.services.jobs.cache_ttl_secs);
+        if let Err(e) = store.prune_cache(ttl) {
+            warn!(error = %e, "cannot prune the response cache");
         }
     }
 
