@@ -30,9 +30,11 @@ pub fn serve(
     listen: SocketAddr,
     state: HttpState,
 ) -> Result<(actix_web::dev::ServerHandle, SocketAddr), AppError> {
+    let monitor = crate::admin::start(&state);
     let server = HttpServer::new(move || {
         WebApp::new()
             .app_data(web::Data::new(state.clone()))
+            .app_data(monitor.clone())
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))

@@ -57,6 +57,51 @@ enum Command {
         /// Queue the results go to (sets `reply_to` on every job).
         #[arg(long)]
         reply_to: Option<String>,
+        /// Publish at most N jobs per second.
+        #[arg(long, value_name = "N")]
+        rate: Option<std::num::NonZeroU32>,
+    },
+    /// Pools, keys and alerts as tables, from the admin API.
+    Status {
+        #[command(flatten)]
+        admin: commands::admin_client::AdminArgs,
+        /// Redraw every --interval seconds until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+    },
+    /// Take a key out (disable), put it back (enable), test it (probe), clear it (reset).
+    Keys {
+        #[arg(value_enum)]
+        action: commands::keys::KeyAction,
+        pool: String,
+        name: String,
+        /// Why (disable only).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        admin: commands::admin_client::AdminArgs,
+    },
+    /// Export stored results as JSONL (newest first), from the admin API.
+    Results {
+        #[command(flatten)]
+        filter: commands::results::ResultsFilter,
+        #[command(flatten)]
+        admin: commands::admin_client::AdminArgs,
+    },
+    /// Inspect the dead-letter queue, or send dead letters back to their pool's queue.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+        #[arg(
+            long,
+            short,
+            global = true,
+            default_value = "config/keyrelay.toml",
+            env = "KEYRELAY_CONFIG"
+        )]
+        config: PathBuf,
     },
     /// Run the demo: mock provider + keyrelay + sample jobs, end to end.
     Demo {
@@ -79,6 +124,23 @@ enum Command {
         /// TOML file with mock settings (keys, limits, latency).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// Print dead letters as JSON lines (they stay in the queue).
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Republish dead letters to their pool's job queue (confirmed), then ack them.
+    Replay {
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Only dead letters of this pool.
+        #[arg(long)]
+        pool: Option<String>,
     },
 }
 
@@ -123,6 +185,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             file,
             config,
             reply_to,
+            rate,
         } => {
             let config = load(&config)?;
             if !config.pools.iter().any(|p| p.name == pool) {
@@ -134,6 +197,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 input: &file,
                 reply_to,
                 progress: true,
+                rate,
             })
             .await?;
             let clean = summary.rejected.is_empty() && summary.failed == 0;
@@ -151,7 +215,57 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             commands::mock::run(listen, config.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        command => operate(command).await,
     }
+}
+
+/// The operator commands (admin API and dead letters).
+async fn operate(command: Command) -> anyhow::Result<ExitCode> {
+    let ok = match command {
+        Command::Status {
+            admin,
+            watch,
+            interval,
+        } => {
+            let every = std::time::Duration::from_secs(interval.max(1));
+            commands::status::run(&admin, watch, every).await?;
+            true
+        }
+        Command::Keys {
+            action,
+            pool,
+            name,
+            reason,
+            admin,
+        } => commands::keys::run(&admin, action, &pool, &name, reason).await?,
+        Command::Results { filter, admin } => {
+            commands::results::run(&admin, &filter).await?;
+            true
+        }
+        Command::DeadLetters { action, config } => {
+            let config = load(&config)?;
+            match action {
+                DeadLetterAction::List { limit } => {
+                    commands::dead_letters::list(&config, limit).await?;
+                    true
+                }
+                DeadLetterAction::Replay { limit, pool } => {
+                    let s = commands::dead_letters::replay(&config, limit, pool.as_deref()).await?;
+                    println!(
+                        "replayed {} dead letters; {} skipped (no known pool), {} failed",
+                        s.replayed, s.skipped, s.failed
+                    );
+                    s.failed == 0
+                }
+            }
+        }
+        _ => anyhow::bail!("internal error: a service command reached the operator dispatch"),
+    };
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {

@@ -26,6 +26,11 @@ pub const TOKENS_TOTAL: &str = "keyrelay_tokens_total";
 pub const STORE_ERRORS_TOTAL: &str = "keyrelay_store_errors_total";
 pub const RETRIES_TOTAL: &str = "keyrelay_retries_total";
 pub const CACHE_HITS_TOTAL: &str = "keyrelay_cache_hits_total";
+pub const QUEUE_MESSAGES: &str = "keyrelay_queue_messages";
+pub const QUEUE_CONSUMERS: &str = "keyrelay_queue_consumers";
+pub const DEAD_LETTER_MESSAGES: &str = "keyrelay_dead_letter_messages";
+pub const PROBES_TOTAL: &str = "keyrelay_probes_total";
+pub const ADMIN_REQUESTS_TOTAL: &str = "keyrelay_admin_requests_total";
 
 /// Install the global Prometheus recorder and describe every metric.
 /// Returns the handle that renders `/metrics`.
@@ -117,6 +122,31 @@ fn describe() {
     describe_counter!(
         TOKENS_TOTAL,
         "Tokens reported by providers, by pool, key and direction."
+    );
+    describe_ops();
+}
+
+/// The operations surface's metrics (admin API, queue-depth poller).
+fn describe_ops() {
+    describe_gauge!(
+        QUEUE_MESSAGES,
+        "Messages ready for delivery in the pool's job queue (polled from the broker every 15 s), by pool."
+    );
+    describe_gauge!(
+        QUEUE_CONSUMERS,
+        "Consumers on the pool's job queue, all instances (polled every 15 s), by pool."
+    );
+    describe_gauge!(
+        DEAD_LETTER_MESSAGES,
+        "Messages ready in the dead-letter queue (polled from the broker every 15 s)."
+    );
+    describe_counter!(
+        PROBES_TOTAL,
+        "Operator probes (one tiny provider request), by pool, key and outcome class."
+    );
+    describe_counter!(
+        ADMIN_REQUESTS_TOTAL,
+        "Admin API requests refused or served, by result (ok, unauthorized, forbidden)."
     );
 }
 

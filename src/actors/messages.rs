@@ -145,3 +145,21 @@ pub struct Terminate;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StopAll;
+
+/// Operator → supervisor: clear a key's cooldown, exhaustion or disablement and
+/// its stored counters; the key is back in rotation.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct ResetKey {
+    pub pool: String,
+    pub key: String,
+}
+
+/// Operator → supervisor: the context of one key, to probe it with a tiny
+/// provider request outside the actor.
+#[derive(Message)]
+#[rtype(result = "Result<std::sync::Arc<crate::pipeline::KeyContext>, String>")]
+pub struct ProbeTarget {
+    pub pool: String,
+    pub key: String,
+}

@@ -1,6 +1,66 @@
-//! The admin API under `/v1` (operations issue): pools, keys, jobs, stats, alerts.
+//! The admin API under `/v1` (JSON, bearer-token auth): pools, keys, jobs,
+//! stats, alerts; the status page at `/`; and the queue-depth poller.
+//! Documented in `docs/api.md` and `docs/openapi.yaml`.
 
-use actix_web::web;
+pub mod alerts;
+pub mod auth;
+pub mod errors;
+pub mod jobs;
+pub mod keys;
+pub mod monitor;
+pub mod params;
+pub mod pools;
+pub mod stats;
+pub mod status;
 
-/// Mount the admin routes (none yet).
-pub fn routes(_cfg: &mut web::ServiceConfig) {}
+use std::sync::Arc;
+
+use actix_web::middleware::from_fn;
+use actix_web::{HttpResponse, web};
+
+use crate::http::HttpState;
+pub use errors::ApiError;
+pub use monitor::Monitor;
+
+/// Largest request body read at all; job bodies over `jobs.max_body_bytes`
+/// are refused by the job decoder with a 400 naming the limit.
+const BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Start the background work of the operations surface (the queue-depth
+/// poller); returns the shared monitor the handlers read.
+pub fn start(state: &HttpState) -> web::Data<Monitor> {
+    let monitor = Arc::new(Monitor::default());
+    monitor::start(&state.broker, state.config.clone(), monitor.clone());
+    web::Data::from(monitor)
+}
+
+/// Mount the status page and the `/v1` routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::PathConfig::default().error_handler(|e, _| errors::extractor_error(e)))
+        .app_data(web::QueryConfig::default().error_handler(|e, _| errors::extractor_error(e)))
+        .app_data(web::PayloadConfig::new(BODY_LIMIT))
+        .route("/", web::get().to(status::page))
+        .service(
+            web::scope("/v1")
+                .wrap(from_fn(auth::require_token))
+                .route("/pools", web::get().to(pools::list))
+                .route("/keys", web::get().to(keys::list))
+                .route("/keys/{pool}/{name}/{action}", web::post().to(keys::act))
+                .route("/jobs", web::get().to(jobs::list))
+                .route("/jobs", web::post().to(jobs::submit))
+                .route("/jobs/{id}", web::get().to(jobs::get))
+                .route("/stats", web::get().to(stats::get))
+                .route("/alerts", web::get().to(alerts::list))
+                .default_service(web::to(not_found)),
+        );
+}
+
+async fn not_found() -> HttpResponse {
+    ApiError::NotFound("no such endpoint or method (see docs/api.md)".into()).into()
+}
+
+impl From<ApiError> for HttpResponse {
+    fn from(e: ApiError) -> HttpResponse {
+        actix_web::ResponseError::error_response(&e)
+    }
+}

@@ -25,6 +25,8 @@ pub struct EnqueueArgs<'a> {
     pub reply_to: Option<String>,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+    /// Publish at most this many jobs per second (no burst).
+    pub rate: Option<std::num::NonZeroU32>,
 }
 
 /// What an enqueue run did.
@@ -44,6 +46,11 @@ pub async fn enqueue(args: EnqueueArgs<'_>) -> anyhow::Result<EnqueueSummary> {
     let started = Instant::now();
     let mut summary = EnqueueSummary::default();
     let mut pending = FuturesUnordered::new();
+    let limiter = args.rate.map(|rate| {
+        governor::RateLimiter::direct(
+            governor::Quota::per_second(rate).allow_burst(std::num::NonZeroU32::MIN),
+        )
+    });
     for (index, line) in reader.lines().enumerate() {
         let number = index as u64 + 1;
         let line = line.with_context(|| format!("cannot read line {number}"))?;
@@ -57,6 +64,14 @@ pub async fn enqueue(args: EnqueueArgs<'_>) -> anyhow::Result<EnqueueSummary> {
                 continue;
             }
         };
+        // Wait for the rate limiter, settling confirms meanwhile (a pushed
+        // publish only runs while `pending` is polled).
+        while let Some(limiter) = &limiter {
+            tokio::select! {
+                _ = limiter.until_ready() => break,
+                Some(done) = pending.next(), if !pending.is_empty() => settle(Some(done), &mut summary, &bar),
+            }
+        }
         let publisher = &publisher;
         let queue = args.queue.as_str();
         pending.push(async move { publisher.publish(queue, line.as_bytes(), props, true).await });

@@ -4,6 +4,7 @@
 //! see [`env_overlay`]). Loading validates everything and resolves key secrets, so a
 //! config that loads is a config that runs.
 
+mod admin;
 mod env_overlay;
 mod validate;
 
@@ -17,6 +18,7 @@ use serde::Deserialize;
 use crate::provider::ProviderKind;
 use crate::secret::ApiKey;
 
+pub use admin::AdminConfig;
 pub use validate::ConfigError;
 
 /// The whole configuration file.
@@ -34,6 +36,9 @@ pub struct Config {
     #[serde(default)]
     pub templates: BTreeMap<String, TemplateConfig>,
     pub pools: Vec<PoolConfig>,
+    /// Admin API tokens (`[admin]`); absent: the admin API refuses every request.
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 /// `[broker]`: the RabbitMQ connection and queue layout.
@@ -231,6 +236,7 @@ impl Config {
                 message: e.inner().to_string(),
             })?;
         validate::validate(&mut config)?;
+        config.admin.resolve()?;
         Ok(config)
     }
 

@@ -5,6 +5,7 @@
 //! concurrent callers share one flush ([`group_commit`]).
 
 mod group_commit;
+pub mod history;
 
 use std::path::Path;
 

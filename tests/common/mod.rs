@@ -371,3 +371,30 @@ impl TestEnv {
         (seen, duplicates)
     }
 }
+
+/// Admin token of environments started with [`TestEnv::start_admin`].
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+/// Read-only token of environments started with [`TestEnv::start_admin`].
+pub const READ_TOKEN: &str = "read-token-for-tests-0123456789";
+
+impl TestEnv {
+    /// Start with the admin API enabled (tokens from files).
+    pub async fn start_admin(pools: Vec<TestPool>) -> TestEnv {
+        let tokens = tempfile::tempdir().unwrap();
+        let admin = tokens.path().join("admin.token");
+        let read = tokens.path().join("read.token");
+        std::fs::write(&admin, format!("{ADMIN_TOKEN}\n")).unwrap();
+        std::fs::write(&read, READ_TOKEN).unwrap();
+        let extra = format!(
+            "[admin]\nadmin_token_file = \"{}\"\nread_token_file = \"{}\"\n",
+            admin.display(),
+            read.display()
+        );
+        Self::start_with(pools, MockSettings::default(), &extra).await
+    }
+
+    /// Base URL of keyrelay's HTTP endpoint.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.app().http_addr())
+    }
+}

@@ -4,6 +4,7 @@
 //! and persists key states so a restart honours cooldowns and exhaustion.
 
 mod actor;
+mod admin_handlers;
 mod handlers;
 mod quota;
 

@@ -1,0 +1,47 @@
+//! Supervisor handlers for operator requests added by the admin API: reset a
+//! key, hand out a key's context for a probe.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tracing::{info, warn};
+
+use super::Supervisor;
+use crate::actors::messages::{ProbeTarget, ResetKey};
+use crate::keys::{KeyId, KeyState};
+use crate::pipeline::KeyContext;
+
+impl Handler<ResetKey> for Supervisor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: ResetKey, ctx: &mut Self::Context) -> Self::Result {
+        let id = self.lookup(&msg.pool, &msg.key)?;
+        let store_key = self.keys[id.0].ctx.store_key.clone();
+        if let Err(e) = self.services.store.reset_counters(&store_key) {
+            warn!(key = %store_key, error = %e, "cannot clear the key's counters");
+            return Err(format!("cannot clear the counters of `{store_key}`: {e}"));
+        }
+        info!(pool = %msg.pool, key = %msg.key, "key reset by operator");
+        self.apply(id, KeyState::Active, true, ctx);
+        Ok(())
+    }
+}
+
+impl Handler<ProbeTarget> for Supervisor {
+    type Result = Result<Arc<KeyContext>, String>;
+
+    fn handle(&mut self, msg: ProbeTarget, _ctx: &mut Self::Context) -> Self::Result {
+        let id = self.lookup(&msg.pool, &msg.key)?;
+        Ok(self.keys[id.0].ctx.clone())
+    }
+}
+
+impl Supervisor {
+    fn lookup(&self, pool: &str, key: &str) -> Result<KeyId, String> {
+        self.keys
+            .iter()
+            .position(|s| s.ctx.pool.name == pool && s.ctx.name == key)
+            .map(KeyId)
+            .ok_or_else(|| format!("no key `{key}` in pool `{pool}`"))
+    }
+}

@@ -1,0 +1,132 @@
+//! A small client of keyrelay's admin API for the CLI commands (`status`,
+//! `keys`, `results`): bearer token, JSON, and errors that read as one line.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use thiserror::Error;
+
+/// Where the admin API is and how to authenticate (flags or environment).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// Base URL of keyrelay's HTTP endpoint (metrics.listen).
+    #[arg(
+        long,
+        env = "KEYRELAY_ADMIN_URL",
+        default_value = "http://127.0.0.1:9464"
+    )]
+    pub admin_url: String,
+    /// Bearer token (read-only is enough for status and results).
+    #[arg(long, env = "KEYRELAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("no admin token: pass --token or set KEYRELAY_ADMIN_TOKEN")]
+    NoToken,
+    #[error("admin API at {url} is unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("admin API refused the token ({status}): {message}")]
+    Refused { status: u16, message: String },
+    #[error("admin API answered {status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("admin API at {url} sent an answer that is not JSON: {reason}")]
+    BadAnswer { url: String, reason: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+pub struct AdminClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl AdminClient {
+    pub fn new(args: &AdminArgs) -> Result<AdminClient, ClientError> {
+        let token = args
+            .token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or(ClientError::NoToken)?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClientError::Client(e.to_string()))?;
+        Ok(AdminClient {
+            http,
+            base: args.admin_url.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        let mut req = self.http.post(self.url(path));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        self.send(req).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let resp =
+            req.bearer_auth(&self.token)
+                .send()
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    url: self.base.clone(),
+                    reason: root_cause(&e),
+                })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
+        let value: Result<Value, _> = serde_json::from_str(&text);
+        if (200..300).contains(&status) {
+            return value.map_err(|e| ClientError::BadAnswer {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            });
+        }
+        let message = value
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| text.chars().take(200).collect());
+        Err(match status {
+            401 | 403 => ClientError::Refused { status, message },
+            _ => ClientError::Api { status, message },
+        })
+    }
+}
+
+/// The innermost error's text (reqwest's top level only says "error sending request").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = e;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}
+
+/// Encode one path segment or query value.
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,262 @@
+//! Reading the results back: history pages (newest first, opaque cursor), time
+//! window scans for statistics, and clearing a key's counters (admin reset).
+//!
+//! The `results_by_time` index may hold two entries for a job that ran twice
+//! (its result was overwritten); an entry counts only when it matches the stored
+//! result's `completed_at`.
+
+use jiff::Timestamp;
+
+use super::{Store, StoreError, time_key};
+use crate::job::{JobResult, JobStatus};
+
+/// Index entries one page may walk past before it returns (a filter matching
+/// little must not scan the whole store in one request); the cursor continues.
+const SCAN_BUDGET: usize = 50_000;
+
+/// Which results a history page holds.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub user: Option<String>,
+    pub status: Option<JobStatus>,
+    /// Completed at or after.
+    pub since: Option<Timestamp>,
+    /// Completed at or before.
+    pub until: Option<Timestamp>,
+    pub limit: usize,
+    /// Continue after this position (from a previous page's `next_cursor`).
+    pub cursor: Option<Vec<u8>>,
+}
+
+/// One page of history, newest first.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub results: Vec<JobResult>,
+    /// Where the next page starts; `None` when there is nothing older.
+    pub next_cursor: Option<String>,
+}
+
+/// The cursor as clients see it: the index key in hex.
+pub fn encode_cursor(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parse a cursor; `None` when it is not one of ours.
+pub fn decode_cursor(text: &str) -> Option<Vec<u8>> {
+    if text.len() < 16 || !text.len().is_multiple_of(2) || text.len() > 2 * (8 + 1024) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn nanos_key(at: Timestamp) -> Vec<u8> {
+    u64::try_from(at.as_nanosecond())
+        .unwrap_or(0)
+        .to_be_bytes()
+        .to_vec()
+}
+
+impl Store {
+    /// A page of results matching `query`, newest first.
+    pub fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let lower = nanos_key(query.since.unwrap_or(Timestamp::UNIX_EPOCH));
+        let mut upper = match query.until {
+            Some(until) => nanos_key(until + jiff::SignedDuration::from_nanos(1)),
+            None => vec![0xff; 9],
+        };
+        if let Some(cursor) = &query.cursor
+            && cursor < &upper
+        {
+            upper = cursor.clone();
+        }
+        let mut results = Vec::new();
+        let mut walked = 0;
+        let mut last = None;
+        for entry in self.results_by_time.range(lower..upper).rev() {
+            let (key, _) = entry?;
+            walked += 1;
+            last = Some(key.to_vec());
+            if let Some(result) = self.indexed(&key)?
+                && matches(&result, query)
+            {
+                results.push(result);
+                if results.len() >= query.limit {
+                    break;
+                }
+            }
+            if walked >= SCAN_BUDGET {
+                break;
+            }
+        }
+        let full = results.len() >= query.limit || walked >= SCAN_BUDGET;
+        let next_cursor = match last {
+            Some(key) if full && self.has_older(&key, &query.since)? => Some(encode_cursor(&key)),
+            _ => None,
+        };
+        Ok(HistoryPage {
+            results,
+            next_cursor,
+        })
+    }
+
+    /// Call `f` on every result completed in `[since, until]`, newest first, at
+    /// most `max` of them; returns whether the scan stopped at `max`.
+    pub fn scan_results(
+        &self,
+        since: Timestamp,
+        until: Timestamp,
+        max: usize,
+        mut f: impl FnMut(&JobResult),
+    ) -> Result<bool, StoreError> {
+        let upper = nanos_key(until + jiff::SignedDuration::from_nanos(1));
+        let mut seen = 0;
+        for entry in self.results_by_time.range(nanos_key(since)..upper).rev() {
+            let (key, _) = entry?;
+            if let Some(result) = self.indexed(&key)? {
+                f(&result);
+                seen += 1;
+                if seen >= max {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Remove every counter of `key` (`pool/key`); the admin API's reset.
+    pub fn reset_counters(&self, key: &str) -> Result<(), StoreError> {
+        let prefix = format!("{key}/");
+        for entry in self.key_counters.scan_prefix(prefix.as_bytes()) {
+            let (k, _) = entry?;
+            self.key_counters.remove(k)?;
+        }
+        Ok(())
+    }
+
+    /// The result an index entry points to, unless the entry is stale.
+    fn indexed(&self, key: &[u8]) -> Result<Option<JobResult>, StoreError> {
+        let Some(id) = key.get(8..).and_then(|b| std::str::from_utf8(b).ok()) else {
+            return Ok(None);
+        };
+        Ok(self
+            .result(id)?
+            .filter(|r| time_key(r.completed_at, &r.id) == key))
+    }
+
+    fn has_older(&self, key: &[u8], since: &Option<Timestamp>) -> Result<bool, StoreError> {
+        let lower = nanos_key(since.unwrap_or(Timestamp::UNIX_EPOCH));
+        Ok(self
+            .results_by_time
+            .range(lower..key.to_vec())
+            .next_back()
+            .transpose()?
+            .is_some())
+    }
+}
+
+fn matches(result: &JobResult, query: &HistoryQuery) -> bool {
+    query
+        .user
+        .as_ref()
+        .is_none_or(|u| result.user.as_ref() == Some(u))
+        && query.status.is_none_or(|s| result.status == s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::Usage;
+
+    fn result(id: &str, at: i64, user: &str, ok: bool) -> JobResult {
+        JobResult {
+            id: id.into(),
+            status: if ok {
+                JobStatus::Succeeded
+            } else {
+                JobStatus::Failed
+            },
+            text: None,
+            json: None,
+            error: None,
+            pool: "p".into(),
+            model: None,
+            key: Some("k".into()),
+            usage: Usage::default(),
+            attempts: 1,
+            latency_ms: 1,
+            metadata: serde_json::Value::Null,
+            cached: false,
+            user: Some(user.into()),
+            completed_at: Timestamp::from_second(at).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn pages_newest_first_with_filters_and_rerun_dedup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        for i in 0..10 {
+            let user = if i % 2 == 0 { "even" } else { "odd" };
+            store
+                .persist_result(&result(&format!("j{i}"), 1000 + i, user, i != 3), None)
+                .await
+                .unwrap();
+        }
+        // j0 ran again later: only its newest entry counts.
+        store
+            .persist_result(&result("j0", 2000, "even", true), None)
+            .await
+            .unwrap();
+        let mut query = HistoryQuery {
+            limit: 4,
+            ..HistoryQuery::default()
+        };
+        let mut ids = Vec::new();
+        loop {
+            let page = store.history(&query).unwrap();
+            ids.extend(page.results.iter().map(|r| r.id.clone()));
+            match page.next_cursor {
+                Some(c) => query.cursor = Some(decode_cursor(&c).unwrap()),
+                None => break,
+            }
+        }
+        assert_eq!(
+            ids,
+            ["j0", "j9", "j8", "j7", "j6", "j5", "j4", "j3", "j2", "j1"]
+        );
+        let odd_failed = store
+            .history(&HistoryQuery {
+                user: Some("odd".into()),
+                status: Some(JobStatus::Failed),
+                limit: 10,
+                ..HistoryQuery::default()
+            })
+            .unwrap();
+        assert_eq!(odd_failed.results.len(), 1);
+        let window = store
+            .history(&HistoryQuery {
+                since: Some(Timestamp::from_second(1002).unwrap()),
+                until: Some(Timestamp::from_second(1004).unwrap()),
+                limit: 10,
+                ..HistoryQuery::default()
+            })
+            .unwrap();
+        let ids: Vec<_> = window.results.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["j4", "j3", "j2"]);
+        assert!(decode_cursor("zz").is_none());
+    }
+
+    #[tokio::test]
+    async fn reset_counters_clears_only_that_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        store.bump("p/a", "completed").unwrap();
+        store.bump("p/ab", "completed").unwrap();
+        store.reset_counters("p/a").unwrap();
+        assert!(store.counters("p/a").unwrap().is_empty());
+        assert_eq!(store.counters("p/ab").unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,326 @@
+//! The operator CLI (`status`, `keys`, `results`, `enqueue --rate`,
+//! `dead-letters`) run as a real process against a running keyrelay.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{ADMIN_TOKEN, READ_TOKEN, TestEnv, TestKey, TestPool};
+use keyrelay::actors::messages::GetKeys;
+use keyrelay::amqp::PublishOutcome;
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use tokio::io::AsyncWriteExt;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Run `keyrelay args...` with the admin URL and `token` in its environment.
+async fn keyrelay(env: &TestEnv, token: Option<&str>, args: &[&str], stdin: Option<&str>) -> Run {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"));
+    cmd.args(args)
+        .env("KEYRELAY_ADMIN_URL", env.http_url())
+        .env_remove("KEYRELAY_ADMIN_TOKEN")
+        .env_remove("KEYRELAY_CONFIG")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(token) = token {
+        cmd.env("KEYRELAY_ADMIN_TOKEN", token);
+    }
+    let mut child = cmd.spawn().expect("keyrelay binary runs");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input.as_bytes()).await.unwrap();
+        drop(pipe);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the command ends")
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A config file for the AMQP commands, pointing at this test's queues.
+fn config_file(env: &TestEnv) -> String {
+    let c = &env.config;
+    let key = env.dir.path().join("g-k1.key");
+    let text = format!(
+        "[broker]\nurl = \"{}\"\nqueue_prefix = \"{}\"\n[jobs]\nresults_queue = \"{}\"\ndead_letter_queue = \"{}\"\n[[pools]]\nname = \"g\"\nprovider = \"gemini\"\nbase_url = \"http://127.0.0.1:1\"\ndefault_model = \"model-a\"\n  [[pools.keys]]\n  name = \"k1\"\n  api_key_file = \"{}\"\n",
+        c.broker.url,
+        c.broker.queue_prefix,
+        c.jobs.results_queue,
+        c.jobs.dead_letter_queue,
+        key.display()
+    );
+    let path = env.dir.path().join("cli.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+async fn state_of(env: &TestEnv, key: &str) -> String {
+    let keys = env.app().supervisor().send(GetKeys).await.unwrap();
+    keys.iter()
+        .find(|k| k.name == key)
+        .unwrap()
+        .state
+        .label()
+        .to_string()
+}
+
+async fn start() -> TestEnv {
+    TestEnv::start_admin(vec![TestPool {
+        name: "g",
+        provider: "gemini",
+        keys: vec![TestKey::new("k1", 1)],
+    }])
+    .await
+}
+
+#[actix::test]
+async fn status_and_its_errors() {
+    let env = start().await;
+    let run = keyrelay(&env, Some(READ_TOKEN), &["status"], None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("POOL"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("k1") && run.stdout.contains("active"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("alerts: none"), "{}", run.stdout);
+    // Wrong token, no token, nothing listening: one line, non-zero exit.
+    let run = keyrelay(&env, Some("wrong-token-wrong-token"), &["status"], None).await;
+    assert_ne!(run.code, 0);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("refused the token"), "{}", run.stderr);
+    let run = keyrelay(&env, None, &["status"], None).await;
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("KEYRELAY_ADMIN_TOKEN"),
+        "{}",
+        run.stderr
+    );
+    let run = keyrelay(
+        &env,
+        Some(READ_TOKEN),
+        &["status", "--admin-url", "http://127.0.0.1:1"],
+        None,
+    )
+    .await;
+    assert_ne!(run.code, 0);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("unreachable"), "{}", run.stderr);
+    // A read-only token cannot act on keys.
+    let run = keyrelay(
+        &env,
+        Some(READ_TOKEN),
+        &["keys", "disable", "g", "k1"],
+        None,
+    )
+    .await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("403"), "{}", run.stderr);
+    env.finish().await;
+}
+
+#[actix::test]
+async fn keys_commands_change_and_probe_the_key() {
+    let env = start().await;
+    let run = keyrelay(
+        &env,
+        Some(ADMIN_TOKEN),
+        &["keys", "disable", "g", "k1", "--reason", "rotating"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("g/k1: disabled (rotating)"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(state_of(&env, "k1").await, "disabled");
+    let run = keyrelay(
+        &env,
+        Some(ADMIN_TOKEN),
+        &["keys", "enable", "g", "k1"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(state_of(&env, "k1").await, "active");
+    let run = keyrelay(&env, Some(ADMIN_TOKEN), &["keys", "probe", "g", "k1"], None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("probe g/k1: success"), "{}", run.stdout);
+    env.mock.revoke("k1");
+    let run = keyrelay(&env, Some(ADMIN_TOKEN), &["keys", "probe", "g", "k1"], None).await;
+    assert_ne!(run.code, 0, "a failed probe exits non-zero");
+    assert!(run.stdout.contains("unauthorized"), "{}", run.stdout);
+    let run = keyrelay(&env, Some(ADMIN_TOKEN), &["keys", "reset", "g", "k1"], None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = keyrelay(
+        &env,
+        Some(ADMIN_TOKEN),
+        &["keys", "enable", "g", "nope"],
+        None,
+    )
+    .await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("no key `nope`"), "{}", run.stderr);
+    env.finish().await;
+}
+
+#[actix::test]
+async fn enqueue_with_a_rate_then_export_results() {
+    let mut env = start().await;
+    let config = config_file(&env);
+    let jobs: String = (0..10)
+        .map(|i| {
+            let user = if i < 4 { "ann" } else { "ben" };
+            format!("{{\"id\": \"cli-{i}\", \"prompt\": \"p{i}\", \"user\": \"{user}\"}}\n")
+        })
+        .collect();
+    let started = Instant::now();
+    let run = keyrelay(
+        &env,
+        None,
+        &[
+            "enqueue",
+            "--pool",
+            "g",
+            "--rate",
+            "20",
+            "--config",
+            &config,
+            "-",
+            "--reply-to",
+            &env.replies.clone(),
+        ],
+        Some(&jobs),
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("enqueued 10 jobs"), "{}", run.stdout);
+    // 10 jobs at 20/s with no burst: at least 9 intervals of 50 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(430),
+        "{:?}",
+        started.elapsed()
+    );
+    env.replies(10).await;
+    let run = keyrelay(&env, Some(READ_TOKEN), &["results", "--since", "1h"], None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSONL"))
+        .collect();
+    assert_eq!(lines.len(), 10);
+    assert_eq!(lines[0]["id"], "cli-9", "newest first");
+    let run = keyrelay(
+        &env,
+        Some(READ_TOKEN),
+        &["results", "--user", "ann", "--status", "succeeded"],
+        None,
+    )
+    .await;
+    assert_eq!(run.stdout.lines().count(), 4, "{}", run.stdout);
+    let run = keyrelay(&env, Some(READ_TOKEN), &["results", "--max", "3"], None).await;
+    assert_eq!(run.stdout.lines().count(), 3);
+    let run = keyrelay(
+        &env,
+        Some(READ_TOKEN),
+        &["results", "--since", "soon"],
+        None,
+    )
+    .await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("since"), "{}", run.stderr);
+    env.finish().await;
+}
+
+#[actix::test]
+async fn dead_letters_list_and_replay() {
+    let mut env = start().await;
+    let config = config_file(&env);
+    // A job that was dead-lettered (e.g. no key for too long), with keyrelay's headers.
+    let mut headers = FieldTable::default();
+    headers.insert("x-keyrelay-pool".into(), AMQPValue::LongString("g".into()));
+    headers.insert(
+        "x-keyrelay-reason".into(),
+        AMQPValue::LongString("returned too often".into()),
+    );
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_reply_to(env.replies.as_str().into())
+        .with_headers(headers);
+    let body = br#"{"id": "dl-1", "prompt": "second chance"}"#;
+    let outcome = env
+        .publisher
+        .publish(&env.config.jobs.dead_letter_queue, body, props, true)
+        .await
+        .unwrap();
+    assert_eq!(outcome, PublishOutcome::Delivered);
+    for _ in 0..2 {
+        // Listing leaves the message in the queue.
+        let run = keyrelay(
+            &env,
+            None,
+            &["dead-letters", "list", "--config", &config],
+            None,
+        )
+        .await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let line: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+        assert_eq!(line["pool"], "g");
+        assert_eq!(line["reason"], "returned too often");
+        assert!(line["body"].as_str().unwrap().contains("dl-1"));
+    }
+    let run = keyrelay(
+        &env,
+        None,
+        &["dead-letters", "replay", "--config", &config],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("replayed 1 dead letters"),
+        "{}",
+        run.stdout
+    );
+    let (result, _) = env.next_reply().await;
+    assert_eq!(result.id, "dl-1");
+    assert!(result.is_success());
+    let run = keyrelay(
+        &env,
+        None,
+        &["dead-letters", "list", "--config", &config],
+        None,
+    )
+    .await;
+    assert_eq!(run.stdout.trim(), "", "the queue is empty after the replay");
+    let run = keyrelay(
+        &env,
+        None,
+        &["dead-letters", "list", "--config", "/nonexistent.toml"],
+        None,
+    )
+    .await;
+    assert_ne!(run.code, 0);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    env.finish().await;
+}

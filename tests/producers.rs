@@ -1,0 +1,218 @@
+//! Runs each producer example of `docs/producers.md` (Python pika, Node
+//! amqplib, curl through `POST /v1/jobs`) against a running keyrelay. The code
+//! is extracted from the document, so what is documented is what is tested.
+//! An example whose runtime or packages cannot be had is skipped, saying why on
+//! the terminal.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{ADMIN_TOKEN, TestEnv, TestKey, TestPool};
+use serde_json::Value;
+
+const DOC: &str = include_str!("../docs/producers.md");
+
+/// Say something on the real terminal, past the test harness's capture.
+fn announce(message: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{message}");
+}
+
+/// The fenced block after `<!-- example: NAME -->`.
+fn example(name: &str) -> String {
+    let marker = format!("<!-- example: {name} -->");
+    let start = DOC
+        .find(&marker)
+        .expect("example marker in docs/producers.md");
+    let rest = &DOC[start + marker.len()..];
+    let open = rest.find("```").expect("code fence");
+    let body = &rest[open..];
+    let first_line = body.find('\n').expect("fence line");
+    let close = body[first_line..].find("\n```").expect("closing fence");
+    body[first_line + 1..first_line + close + 1].to_string()
+}
+
+/// Packages for the examples live under the target directory and are reused.
+fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("producers")
+}
+
+async fn run(
+    program: &Path,
+    args: &[&str],
+    dir: &Path,
+    envs: &[(&str, String)],
+) -> Result<String, String> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+        .await
+        .map_err(|_| format!("{} timed out", program.display()))?
+        .map_err(|e| format!("{} cannot run: {e}", program.display()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{} {args:?} failed: {}{}",
+            program.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A venv with pika, under the target directory; `Err` says why not.
+async fn python_with_pika() -> Result<PathBuf, String> {
+    let python = on_path("python3").ok_or("python3 is not installed")?;
+    let venv = cache_dir().join("venv");
+    let bin = venv.join("bin").join("python");
+    std::fs::create_dir_all(cache_dir()).map_err(|e| e.to_string())?;
+    if !bin.is_file() {
+        run(
+            &python,
+            &["-m", "venv", &venv.display().to_string()],
+            &cache_dir(),
+            &[],
+        )
+        .await?;
+    }
+    if run(&bin, &["-c", "import pika"], &cache_dir(), &[])
+        .await
+        .is_err()
+    {
+        run(
+            &bin,
+            &["-m", "pip", "install", "-q", "pika"],
+            &cache_dir(),
+            &[],
+        )
+        .await?;
+    }
+    Ok(bin)
+}
+
+/// A directory with amqplib installed; `Err` says why not.
+async fn node_with_amqplib() -> Result<(PathBuf, PathBuf), String> {
+    let node = on_path("node").ok_or("node is not installed")?;
+    let npm = on_path("npm").ok_or("npm is not installed")?;
+    let dir = cache_dir().join("node");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    if !dir.join("node_modules/amqplib").is_dir() {
+        run(
+            &npm,
+            &["install", "--silent", "--no-audit", "--no-fund", "amqplib"],
+            &dir,
+            &[],
+        )
+        .await?;
+    }
+    Ok((node, dir))
+}
+
+fn assert_succeeded(output: &str, id: &str) {
+    let line = output
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("");
+    let result: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {output}"));
+    assert_eq!(result["id"], id, "{output}");
+    assert_eq!(result["status"], "succeeded", "{output}");
+}
+
+#[actix::test]
+async fn producer_examples_run_against_keyrelay() {
+    let env = TestEnv::start_admin(vec![TestPool {
+        name: "g",
+        provider: "gemini",
+        keys: vec![TestKey::new("k1", 1)],
+    }])
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let base = vec![
+        ("AMQP_URL", env.config.broker.url.clone()),
+        ("KEYRELAY_QUEUE", env.queue("g")),
+        ("KEYRELAY_URL", env.http_url()),
+        ("KEYRELAY_POOL", "g".to_string()),
+        ("KEYRELAY_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
+    ];
+    let with_id = |id: &str| {
+        let mut envs = base.clone();
+        envs.push(("JOB_ID", id.to_string()));
+        envs
+    };
+    let mut ran = Vec::new();
+
+    match python_with_pika().await {
+        Ok(python) => {
+            let script = work.path().join("producer.py");
+            std::fs::write(&script, example("python")).unwrap();
+            let out = run(
+                &python,
+                &[&script.display().to_string()],
+                work.path(),
+                &with_id("py-1"),
+            )
+            .await;
+            assert_succeeded(&out.unwrap_or_else(|e| panic!("{e}")), "py-1");
+            ran.push("python");
+        }
+        Err(why) => announce(&format!(
+            "SKIPPED the Python (pika) producer example: {why}"
+        )),
+    }
+    match node_with_amqplib().await {
+        Ok((node, dir)) => {
+            let script = dir.join("producer.js");
+            std::fs::write(&script, example("node")).unwrap();
+            let out = run(
+                &node,
+                &[&script.display().to_string()],
+                &dir,
+                &with_id("node-1"),
+            )
+            .await;
+            assert_succeeded(&out.unwrap_or_else(|e| panic!("{e}")), "node-1");
+            ran.push("node");
+        }
+        Err(why) => announce(&format!(
+            "SKIPPED the Node (amqplib) producer example: {why}"
+        )),
+    }
+    match (on_path("sh"), on_path("curl")) {
+        (Some(sh), Some(_)) => {
+            let script = work.path().join("submit.sh");
+            std::fs::write(&script, example("curl")).unwrap();
+            let out = run(
+                &sh,
+                &[&script.display().to_string()],
+                work.path(),
+                &with_id("curl-1"),
+            )
+            .await;
+            assert_succeeded(&out.unwrap_or_else(|e| panic!("{e}")), "curl-1");
+            ran.push("curl");
+        }
+        _ => announce("SKIPPED the curl producer example: sh or curl is not installed"),
+    }
+    announce(&format!("producer examples run: {ran:?}"));
+    env.finish().await;
+}
