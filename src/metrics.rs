@@ -25,6 +25,8 @@ pub const STORE_FLUSH_BATCH: &str = "keyrelay_store_flush_batch_size";
 pub const TOKENS_TOTAL: &str = "keyrelay_tokens_total";
 pub const STORE_ERRORS_TOTAL: &str = "keyrelay_store_errors_total";
 pub const RETRIES_TOTAL: &str = "keyrelay_retries_total";
+pub const KEY_QUOTA_USED: &str = "keyrelay_key_quota_used_ratio";
+pub const POOL_NEXT_KEY_SECONDS: &str = "keyrelay_pool_next_key_seconds";
 pub const CACHE_HITS_TOTAL: &str = "keyrelay_cache_hits_total";
 pub const QUEUE_MESSAGES: &str = "keyrelay_queue_messages";
 pub const QUEUE_CONSUMERS: &str = "keyrelay_queue_consumers";
@@ -107,6 +109,15 @@ fn describe() {
         "Key workers restarted by the supervisor, by pool and key."
     );
     describe_histogram!(STORE_FLUSH_BATCH, "Results made durable by one sled flush.");
+    describe_gauge!(
+        KEY_QUOTA_USED,
+        "Share of a declared limit used, by pool, key and window (minute: rpm/tpm, day: rpd/tpd)."
+    );
+    describe_gauge!(
+        POOL_NEXT_KEY_SECONDS,
+        Unit::Seconds,
+        "Time until a key of the pool is usable again (0 while one is)."
+    );
     describe_counter!(
         RETRIES_TOTAL,
         "Jobs parked in a delay queue after a transient failure, by pool."

@@ -81,7 +81,6 @@ fn api_alerts_have_prometheus_rules() {
     for name in ALERTS_RS
         .split('"')
         .filter(|s| s.starts_with("Keyrelay") && !s.contains(' '))
-        .filter(|s| *s != "KeyrelayKeyNearDailyLimit")
     {
         assert!(
             ALERT_RULES.contains(&format!("alert: {name}")),

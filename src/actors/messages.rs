@@ -133,6 +133,9 @@ pub struct KeySnapshot {
     pub concurrency: u16,
     pub in_flight: usize,
     pub state: KeyState,
+    /// Declared limits and what is used of them.
+    pub limits: crate::keys::Limits,
+    pub usage: crate::keys::Usage,
 }
 
 /// Shutdown → supervisor: stop for good (after `StopAll` and the drain).

@@ -10,7 +10,8 @@
 //! - `KeyrelayDeadLettersGrowing`: the dead-letter queue is deeper than at its
 //!   lowest in the last 10 minutes (samples every 15 s and on each request).
 //!
-//! Not evaluated: a key over 80 % of a daily limit (keys declare no limits yet).
+//! - `KeyrelayKeyNearDailyLimit`: a key has used over 80 % of a declared daily
+//!   limit (`rpd` or `tpd`).
 
 use std::collections::BTreeMap;
 
@@ -41,13 +42,27 @@ pub async fn list(
     monitor: web::Data<Monitor>,
 ) -> Result<HttpResponse, ApiError> {
     let alerts = evaluate(&state, &monitor).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "alerts": alerts,
-        "not_evaluated": [{
-            "name": "KeyrelayKeyNearDailyLimit",
-            "why": "keys declare no daily limits yet, so usage cannot be compared with one"
-        }],
-    })))
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "alerts": alerts })))
+}
+
+/// Keys past 80 % of a declared daily limit.
+fn daily_limit_alerts(keys: &[KeyView]) -> Vec<Alert> {
+    keys.iter()
+        .filter_map(|k| Some((k, k.daily_share.filter(|s| *s > 0.8)?)))
+        .map(|(k, share)| Alert {
+            name: "KeyrelayKeyNearDailyLimit",
+            severity: "info",
+            pool: Some(k.pool.clone()),
+            key: Some(k.name.clone()),
+            message: format!(
+                "key {}/{} has used {:.0} % of its daily limit; it resets at {}",
+                k.pool,
+                k.name,
+                share * 100.0,
+                k.usage.day_ends
+            ),
+        })
+        .collect()
 }
 
 pub async fn evaluate(state: &HttpState, monitor: &Monitor) -> Result<Vec<Alert>, ApiError> {
@@ -70,6 +85,7 @@ pub async fn evaluate(state: &HttpState, monitor: &Monitor) -> Result<Vec<Alert>
         });
     }
     alerts.extend(failure_alerts(state)?);
+    alerts.extend(daily_limit_alerts(&keys));
     if let Ok(depth) = queue_depth(&state.broker, &state.config.jobs.dead_letter_queue).await {
         monitor.record_dead_letters(Timestamp::now(), depth.ready);
     }

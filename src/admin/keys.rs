@@ -35,6 +35,12 @@ pub struct KeyView {
     pub counters: BTreeMap<String, u64>,
     /// `succeeded / completed`, when anything completed.
     pub success_rate: Option<f64>,
+    /// Declared limits (`rpm`, `tpm`, `rpd`, `tpd`; null when not declared).
+    pub limits: crate::keys::Limits,
+    /// Use in the current rate window and quota day.
+    pub usage: crate::keys::Usage,
+    /// Largest share of a declared daily limit used (0.0-1.0).
+    pub daily_share: Option<f64>,
 }
 
 impl KeyView {
@@ -78,6 +84,9 @@ fn view(state: &HttpState, s: KeySnapshot, now: Timestamp) -> Result<KeyView, Ap
         priority: s.priority,
         concurrency: s.concurrency,
         in_flight: s.in_flight,
+        daily_share: s.usage.daily_share(&s.limits),
+        limits: s.limits,
+        usage: s.usage,
     })
 }
 

@@ -46,6 +46,31 @@ pub struct Blocked {
     pub limit: &'static str,
 }
 
+/// What a key has used of its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub window_requests: u64,
+    pub window_tokens: u64,
+    pub day_requests: u64,
+    pub day_tokens: u64,
+    /// When the current quota day ends.
+    pub day_ends: Timestamp,
+}
+
+impl Usage {
+    /// The largest share (0.0-1.0+) of a daily limit used, if one is declared.
+    pub fn daily_share(&self, limits: &Limits) -> Option<f64> {
+        let requests = limits
+            .rpd
+            .map(|l| self.day_requests as f64 / f64::from(l.max(1)));
+        let tokens = limits.tpd.map(|l| self.day_tokens as f64 / l.max(1) as f64);
+        match (requests, tokens) {
+            (Some(r), Some(t)) => Some(r.max(t)),
+            (r, t) => r.or(t),
+        }
+    }
+}
+
 /// Proof of one admitted call, to correct its token count afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
@@ -133,15 +158,21 @@ impl Budget {
         self.learned_until = Some(self.learned_until.map_or(until, |u| u.max(until)));
     }
 
-    /// Calls in the current window and today, for operators.
-    pub fn usage(&self) -> (usize, u64, u32, u64) {
-        let window_tokens = self.recent.iter().map(|e| e.2).sum();
-        (
-            self.recent.len(),
-            window_tokens,
-            self.day_requests,
-            self.day_tokens,
-        )
+    /// Calls in the current window and today, as of `now`, for operators.
+    pub fn usage(
+        &mut self,
+        window: Duration,
+        now: Timestamp,
+        next_reset: impl Fn(Timestamp) -> Timestamp,
+    ) -> Usage {
+        self.roll(window, now, &next_reset);
+        Usage {
+            window_requests: self.recent.len() as u64,
+            window_tokens: self.recent.iter().map(|e| e.2).sum(),
+            day_requests: u64::from(self.day_requests),
+            day_tokens: self.day_tokens,
+            day_ends: self.day_ends,
+        }
     }
 
     fn roll(

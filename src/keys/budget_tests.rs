@@ -101,7 +101,9 @@ fn daily_limits_block_until_the_reset_then_start_over() {
     assert_eq!(blocked.until, day(t(200)));
     let next_day = (blocked.until.as_second() - 1_800_000_000) + 1;
     assert!(take(&mut b, &l, next_day, 1).is_ok());
-    assert_eq!(b.usage().2, 1);
+    let usage = b.usage(MIN, t(next_day), day);
+    assert_eq!((usage.day_requests, usage.window_requests), (1, 1));
+    assert_eq!(usage.daily_share(&l), Some(0.5));
 }
 
 #[test]

@@ -6,7 +6,7 @@ pub mod routing;
 pub mod state;
 pub mod transient;
 
-pub use budget::{Blocked, Budget, Limits, Spent, Ticket};
+pub use budget::{Blocked, Budget, Limits, Spent, Ticket, Usage};
 pub use routing::{Candidate, choose_key};
 pub use state::{KeyState, ResetPolicy, after_outcome, next_daily_reset, next_period_boundary};
 pub use transient::TransientTracker;

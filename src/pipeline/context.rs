@@ -12,7 +12,7 @@ use crate::actors::messages::{BudgetSpent, KeyOutcome, Reroute};
 use crate::amqp::Publisher;
 use crate::config::{JobsConfig, TemplateConfig};
 use crate::job::{DecodeContext, Job};
-use crate::keys::{Blocked, Budget, KeyId, Limits, Ticket};
+use crate::keys::{Blocked, Budget, KeyId, Limits, Ticket, Usage};
 use crate::provider::ProviderClient;
 use crate::secret::ApiKey;
 use crate::store::Store;
@@ -147,6 +147,15 @@ impl KeyContext {
             })?;
         self.budget_dirty.store(true, Ordering::Release);
         Ok(Some(ticket))
+    }
+
+    /// What the key has used of its limits, as of now.
+    pub fn usage(&self) -> Usage {
+        let policy = &self.pool.policy;
+        let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
+        budget.usage(policy.budget_window(), jiff::Timestamp::now(), |t| {
+            policy.next_reset(t)
+        })
     }
 
     /// Correct an admitted call's token estimate with the provider's count.

@@ -245,7 +245,8 @@ impl Actor for Supervisor {
         self.restore_budgets();
         self.boot(ctx);
         ctx.run_interval(super::quota::BUDGET_PERSIST_EVERY, |act, _| {
-            act.persist_budgets()
+            act.persist_budgets();
+            act.publish_quota_gauges();
         });
         ctx.run_interval(super::quota::PRUNE_EVERY, |act, _| act.prune_store());
     }

@@ -187,6 +187,8 @@ impl Handler<GetKeys> for Supervisor {
                 concurrency: slot.ctx.concurrency,
                 in_flight: slot.ctx.in_flight(),
                 state: slot.state.clone(),
+                limits: slot.ctx.limits,
+                usage: slot.ctx.usage(),
             })
             .collect()
     }

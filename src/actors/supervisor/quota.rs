@@ -10,12 +10,27 @@ use tracing::{info, warn};
 use super::Supervisor;
 use crate::actors::messages::{BudgetSpent, KeyOutcome};
 use crate::keys::{KeyId, KeyState, Spent};
+use crate::metrics as m;
 use crate::provider::Outcome;
 
 /// How often changed budgets are written to the store.
 pub(super) const BUDGET_PERSIST_EVERY: Duration = Duration::from_secs(1);
 /// How often old statistics and cached answers are pruned.
 pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Seconds until one of `states` is usable: 0 if one is now, infinity if all
+/// are disabled.
+pub fn next_usable_in<'a>(states: impl Iterator<Item = &'a KeyState>, now: jiff::Timestamp) -> f64 {
+    let mut soonest = f64::INFINITY;
+    for state in states {
+        match state.until() {
+            _ if state.is_available() => return 0.0,
+            Some(until) => soonest = soonest.min(until.duration_since(now).as_secs_f64().max(0.0)),
+            None => {}
+        }
+    }
+    soonest
+}
 
 impl Handler<BudgetSpent> for Supervisor {
     type Result = ();
@@ -130,6 +145,40 @@ impl Supervisor {
         }
     }
 
+    /// Every second: quota gauges per key, next-usable time per pool.
+    pub(super) fn publish_quota_gauges(&self) {
+        let now = jiff::Timestamp::now();
+        for slot in self.keys.iter().filter(|s| !s.ctx.limits.is_unlimited()) {
+            let (limits, usage) = (slot.ctx.limits, slot.ctx.usage());
+            let minute = [
+                limits
+                    .rpm
+                    .map(|l| usage.window_requests as f64 / f64::from(l.max(1))),
+                limits
+                    .tpm
+                    .map(|l| usage.window_tokens as f64 / l.max(1) as f64),
+            ];
+            let labels = |window: &'static str| {
+                [
+                    ("pool", slot.ctx.pool.name.clone()),
+                    ("key", slot.ctx.name.clone()),
+                    ("window", window.to_owned()),
+                ]
+            };
+            if let Some(share) = minute.into_iter().flatten().reduce(f64::max) {
+                metrics::gauge!(m::KEY_QUOTA_USED, &labels("minute")).set(share);
+            }
+            if let Some(share) = usage.daily_share(&limits) {
+                metrics::gauge!(m::KEY_QUOTA_USED, &labels("day")).set(share);
+            }
+        }
+        for pool in &self.pools {
+            let states = pool.keys.iter().map(|k| &self.keys[k.0].state);
+            let wait = next_usable_in(states, now);
+            metrics::gauge!(m::POOL_NEXT_KEY_SECONDS, "pool" => pool.ctx.name.clone()).set(wait);
+        }
+    }
+
     /// Write every budget that changed since the last time.
     pub(super) fn persist_budgets(&self) {
         for slot in &self.keys {
@@ -155,5 +204,31 @@ impl Supervisor {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_usable_in_picks_the_soonest_return() {
+        let now: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let cool = KeyState::CoolingDown {
+            until: at("2026-01-01T00:00:30Z"),
+            reason: "r".into(),
+        };
+        let spent = KeyState::Exhausted {
+            until: at("2026-01-01T08:00:00Z"),
+            reason: "r".into(),
+        };
+        let off = KeyState::Disabled { reason: "r".into() };
+        assert_eq!(next_usable_in([&spent, &cool].into_iter(), now), 30.0);
+        assert_eq!(
+            next_usable_in([&cool, &KeyState::Active].into_iter(), now),
+            0.0
+        );
+        assert!(next_usable_in([&off].into_iter(), now).is_infinite());
     }
 }
