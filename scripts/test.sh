@@ -6,3 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/ensure-rabbitmq.sh
 scripts/ensure-chromium.sh
 cargo test --all-targets --locked "$@"
+# Deployment files: compose, Prometheus config and rules, dashboard (no Docker engine needed).
+scripts/check-docker.sh

@@ -72,7 +72,7 @@ fn describe() {
     describe_histogram!(
         UPSTREAM_DURATION,
         Unit::Seconds,
-        "Provider call latency, by pool and key."
+        "Provider call latency, by pool."
     );
     describe_gauge!(
         KEY_STATE,

@@ -56,6 +56,18 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
             .map_err(|e| field(format!("{at}.base_url"), format!("not a URL: {e}")))?;
         jiff::tz::TimeZone::get(pool.reset_timezone())
             .map_err(|e| field(format!("{at}.daily_reset_timezone"), e.to_string()))?;
+        if pool.quota_period_secs == Some(0) {
+            return Err(field(
+                format!("{at}.quota_period_secs"),
+                "must be at least 1",
+            ));
+        }
+        if pool.rate_window_secs == 0 {
+            return Err(field(
+                format!("{at}.rate_window_secs"),
+                "must be at least 1",
+            ));
+        }
         if pool.keys.is_empty() {
             return Err(field(format!("{at}.keys"), "a pool needs at least one key"));
         }

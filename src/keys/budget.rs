@@ -153,6 +153,16 @@ impl Budget {
             .saturating_add(actual);
     }
 
+    /// A limit learned from provider headers that still holds at `now`.
+    pub fn learned_block(&self, now: Timestamp) -> Option<Blocked> {
+        let until = self.learned_until.filter(|u| *u > now)?;
+        Some(Blocked {
+            until,
+            spent: Spent::Window,
+            limit: "provider headers",
+        })
+    }
+
     /// The provider said no more requests (or tokens) until `until`.
     pub fn learn(&mut self, until: Timestamp) {
         self.learned_until = Some(self.learned_until.map_or(until, |u| u.max(until)));

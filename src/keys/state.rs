@@ -216,6 +216,7 @@ mod tests {
                 Outcome::Success(Completion {
                     text: "x".into(),
                     usage: Usage::default(),
+                    limit_until: None,
                 }),
                 None,
             ),

@@ -135,11 +135,14 @@ impl KeyContext {
 
     /// Admit one call against the key's declared limits (always, when it has none).
     pub fn take_budget(&self, tokens: u64) -> Result<Option<Ticket>, Blocked> {
-        if self.limits.is_unlimited() {
-            return Ok(None);
-        }
         let policy = &self.pool.policy;
         let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.limits.is_unlimited() {
+            // Only what the provider's headers said applies.
+            return budget
+                .learned_block(jiff::Timestamp::now())
+                .map_or(Ok(None), Err);
+        }
         let window = policy.budget_window();
         let ticket =
             budget.try_take(&self.limits, window, jiff::Timestamp::now(), tokens, |t| {
@@ -156,6 +159,13 @@ impl KeyContext {
         budget.usage(policy.budget_window(), jiff::Timestamp::now(), |t| {
             policy.next_reset(t)
         })
+    }
+
+    /// The provider's headers say the key has nothing left until `until`.
+    pub fn learn_limit(&self, until: jiff::Timestamp) {
+        let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
+        budget.learn(until);
+        self.budget_dirty.store(true, Ordering::Release);
     }
 
     /// Correct an admitted call's token estimate with the provider's count.

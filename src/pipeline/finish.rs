@@ -278,9 +278,11 @@ pub async fn delay_retry(
         AMQPValue::LongString(last_error.into()),
     );
     let wait_ms = retry::backoff(attempt).as_millis().to_string();
+    // Persistent whatever the producer chose: a pending retry survives a broker restart.
     properties = properties
         .with_headers(headers)
-        .with_expiration(wait_ms.as_str().into());
+        .with_expiration(wait_ms.as_str().into())
+        .with_delivery_mode(2);
     let queue = retry::delay_queue(&key.pool.queue, attempt);
     match services
         .publisher

@@ -136,6 +136,24 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
         Ok(admission) => admission,
         Err(reason) => return reroute(&services, &key, inflight, reason),
     };
+    // Waiting for a slot can take a while: the deadline is checked again.
+    if let Some(deadline) = inflight
+        .job
+        .deadline
+        .filter(|d| *d <= jiff::Timestamp::now())
+    {
+        drop(admission);
+        let message = format!("deadline {deadline} passed while the job waited for a key");
+        return finish::fail(
+            &services,
+            &key.pool,
+            None,
+            inflight,
+            ErrorKind::DeadlineExceeded,
+            message,
+        )
+        .await;
+    }
     let guard = key.track();
     inflight.attempts += 1;
     let started = Instant::now();
@@ -144,6 +162,11 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
     inflight.timing.provider += latency;
     if let (Some(ticket), Outcome::Success(c)) = (admission.ticket, &outcome) {
         key.settle_budget(ticket, c.usage.input_tokens + c.usage.output_tokens);
+    }
+    if let Outcome::Success(c) = &outcome
+        && let Some(until) = c.limit_until
+    {
+        key.learn_limit(until);
     }
     drop(guard);
     drop(admission);
@@ -292,6 +315,7 @@ fn summary(outcome: &Outcome) -> Outcome {
         Outcome::Success(c) => Outcome::Success(crate::provider::Completion {
             text: String::new(),
             usage: c.usage,
+            limit_until: c.limit_until,
         }),
         other => other.clone(),
     }

@@ -134,7 +134,11 @@ pub fn parse_success(body: &[u8]) -> Outcome {
             + u.cache_read_input_tokens.unwrap_or(0),
         output_tokens: u.output_tokens,
     });
-    Outcome::Success(Completion { text, usage })
+    Outcome::Success(Completion {
+        text,
+        usage,
+        limit_until: None,
+    })
 }
 
 /// Anthropic's rules for a non-2xx answer.
@@ -291,6 +295,7 @@ mod tests {
                 input_tokens: 120,
                 output_tokens: 4,
             },
+            limit_until: None,
         };
         assert_eq!(
             parse_success(body.to_string().as_bytes()),

@@ -125,6 +125,36 @@ pub fn rfc3339_header_delay(headers: &HeaderMap, name: &str, now: Timestamp) -> 
     Some(until(at, now))
 }
 
+/// On a success: the rate-limit headers say a limit is used up, so the key
+/// may not be called again before the returned instant. OpenAI sends
+/// `x-ratelimit-remaining-{requests,tokens}` with `x-ratelimit-reset-*` as Go
+/// durations; Anthropic `anthropic-ratelimit-*-remaining` with RFC 3339
+/// `*-reset` times. Gemini sends none.
+pub fn limit_until(kind: ProviderKind, headers: &HeaderMap, now: Timestamp) -> Option<Timestamp> {
+    let spent =
+        |name: &str| header_str(headers, name).and_then(|v| v.parse::<u64>().ok()) == Some(0);
+    let delays: Vec<Duration> = match kind {
+        ProviderKind::Openai => ["requests", "tokens"]
+            .iter()
+            .filter(|w| spent(&format!("x-ratelimit-remaining-{w}")))
+            .filter_map(|w| {
+                parse_go_duration(header_str(headers, &format!("x-ratelimit-reset-{w}"))?)
+            })
+            .collect(),
+        ProviderKind::Anthropic => ["requests", "tokens", "input-tokens", "output-tokens"]
+            .iter()
+            .filter(|w| spent(&format!("anthropic-ratelimit-{w}-remaining")))
+            .filter_map(|w| {
+                rfc3339_header_delay(headers, &format!("anthropic-ratelimit-{w}-reset"), now)
+            })
+            .collect(),
+        ProviderKind::Gemini => Vec::new(),
+    };
+    let delay = delays.into_iter().max()?;
+    now.checked_add(jiff::SignedDuration::try_from(delay).ok()?)
+        .ok()
+}
+
 /// Parse a Go `time.Duration` string (`"17s"`, `"0.5s"`, `"6m0s"`, `"20ms"`,
 /// `"1h2m3.5s"`), which is also protobuf's JSON `Duration` (`"17s"`).
 /// Negative, empty or unknown units give `None`.
@@ -175,6 +205,39 @@ pub fn retry_hint_in(message: &str) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn rate_limit_headers_on_a_success_tighten_the_budget() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
+        h.insert("x-ratelimit-reset-requests", "6m0s".parse().unwrap());
+        h.insert("x-ratelimit-remaining-tokens", "100".parse().unwrap());
+        h.insert("x-ratelimit-reset-tokens", "1s".parse().unwrap());
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        assert_eq!(
+            limit_until(ProviderKind::Openai, &h, now),
+            Some(at("2026-01-01T00:06:00Z"))
+        );
+        h.insert("x-ratelimit-remaining-requests", "5".parse().unwrap());
+        assert_eq!(
+            limit_until(ProviderKind::Openai, &h, now),
+            None,
+            "budget left"
+        );
+        let mut a = HeaderMap::new();
+        a.insert("anthropic-ratelimit-tokens-remaining", "0".parse().unwrap());
+        a.insert(
+            "anthropic-ratelimit-tokens-reset",
+            "2026-01-01T00:00:42Z".parse().unwrap(),
+        );
+        assert_eq!(
+            limit_until(ProviderKind::Anthropic, &a, now),
+            Some(at("2026-01-01T00:00:42Z"))
+        );
+        assert_eq!(limit_until(ProviderKind::Gemini, &a, now), None);
+    }
+
     use super::*;
     use ProviderKind::{Anthropic as A, Gemini as G, Openai as O};
     use proptest::prelude::*;

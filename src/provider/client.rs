@@ -11,7 +11,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Response, Url};
 use serde::Serialize;
 
-use super::classify::{MAX_MESSAGE_CHARS, classify, truncate_chars};
+use super::classify::{MAX_MESSAGE_CHARS, classify, limit_until, truncate_chars};
 use super::{Outcome, ProviderKind, ProviderRequest, anthropic, gemini, openai};
 use crate::secret::ApiKey;
 
@@ -122,7 +122,14 @@ impl ProviderClient {
                 // Redact the body before parsing so no message built from it,
                 // even a truncated one, can hold part of the key.
                 let body = redact_body(body, key);
-                classify(self.kind, status, &headers, &body, Timestamp::now())
+                let now = Timestamp::now();
+                match classify(self.kind, status, &headers, &body, now) {
+                    Outcome::Success(mut completion) => {
+                        completion.limit_until = limit_until(self.kind, &headers, now);
+                        Outcome::Success(completion)
+                    }
+                    other => other,
+                }
             }
             Err(outcome) => outcome,
         };

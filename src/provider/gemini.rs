@@ -175,6 +175,7 @@ pub fn parse_success(body: &[u8]) -> Outcome {
             input_tokens: usage.prompt_token_count,
             output_tokens: usage.candidates_token_count + usage.thoughts_token_count,
         },
+        limit_until: None,
     })
 }
 
@@ -351,6 +352,7 @@ mod tests {
                 input_tokens: 12,
                 output_tokens: 7,
             },
+            limit_until: None,
         };
         assert_eq!(outcome, Outcome::Success(expected));
     }

@@ -81,6 +81,10 @@ pub struct Usage {
 pub struct Completion {
     pub text: String,
     pub usage: Usage,
+    /// The provider's rate-limit headers say the key has nothing left until
+    /// then (OpenAI `x-ratelimit-remaining-*: 0`, Anthropic
+    /// `anthropic-ratelimit-*-remaining: 0`): the key's budget tightens.
+    pub limit_until: Option<Timestamp>,
 }
 
 /// Everything a provider answer can mean for the key and the job.

@@ -113,7 +113,11 @@ pub fn parse_success(body: &[u8]) -> Outcome {
         output_tokens: u.completion_tokens,
     });
     match (choice.message.content, choice.message.refusal) {
-        (Some(text), _) => Outcome::Success(Completion { text, usage }),
+        (Some(text), _) => Outcome::Success(Completion {
+            text,
+            usage,
+            limit_until: None,
+        }),
         (None, Some(refusal)) => Outcome::BadRequest {
             message: format!("refused: {refusal}"),
         },
@@ -304,6 +308,7 @@ mod tests {
                 input_tokens: 19,
                 output_tokens: 10,
             },
+            limit_until: None,
         };
         assert_eq!(
             parse_success(body.to_string().as_bytes()),
