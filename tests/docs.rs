@@ -1,6 +1,7 @@
-//! The operations docs keep up with the code: every metric in
-//! `docs/operations.md`, every admin route in `docs/openapi.yaml`, every
-//! `[admin]` field in `docs/configuration.md` and the example config.
+//! The docs keep up with the code: every metric in `docs/operations.md`, every
+//! admin route in `docs/openapi.yaml`, every config field in
+//! `docs/configuration.md` and the example config, every error kind in
+//! `docs/messages.md` and the result schema.
 
 const METRICS_RS: &str = include_str!("../src/metrics.rs");
 const OPERATIONS: &str = include_str!("../docs/operations.md");
@@ -9,6 +10,43 @@ const CONFIGURATION: &str = include_str!("../docs/configuration.md");
 const EXAMPLE: &str = include_str!("../config/keyrelay.example.toml");
 const ALERTS_RS: &str = include_str!("../src/admin/alerts.rs");
 const ALERT_RULES: &str = include_str!("../docker/prometheus/alerts.yml");
+const CONFIG_RS: &str = include_str!("../src/config/mod.rs");
+const CONFIG_ADMIN_RS: &str = include_str!("../src/config/admin.rs");
+const RESULT_RS: &str = include_str!("../src/job/result.rs");
+const MESSAGES: &str = include_str!("../docs/messages.md");
+const RESULT_SCHEMA: &str = include_str!("../docs/schema/result.schema.json");
+
+/// The deserialized fields of `pub struct <name>` in `source`: every
+/// `pub <field>:` line up to the struct's closing brace, except fields marked
+/// `#[serde(skip...)]` (filled by validation, never read from the file).
+fn struct_fields(source: &str, name: &str) -> Vec<String> {
+    let header = format!("pub struct {name} {{");
+    let start = source
+        .find(&header)
+        .unwrap_or_else(|| panic!("struct {name} not found"));
+    let mut fields = Vec::new();
+    let mut skipped = false;
+    for line in source[start + header.len()..].lines() {
+        let line = line.trim();
+        if line == "}" {
+            break;
+        }
+        if line.starts_with("#[serde(skip") {
+            skipped = true;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("pub ")
+            && let Some((field, _)) = rest.split_once(':')
+        {
+            if !skipped {
+                fields.push(field.trim().to_owned());
+            }
+            skipped = false;
+        }
+    }
+    assert!(!fields.is_empty(), "no fields parsed from {name}");
+    fields
+}
 
 #[test]
 fn every_metric_is_in_the_operations_catalogue() {
@@ -85,6 +123,82 @@ fn api_alerts_have_prometheus_rules() {
         assert!(
             ALERT_RULES.contains(&format!("alert: {name}")),
             "{name} has no rule in alerts.yml"
+        );
+    }
+}
+
+#[test]
+fn every_config_field_is_documented() {
+    // Sections of the file: `[broker]`, `[[pools]]`, `[templates.NAME]`, ...
+    for section in struct_fields(CONFIG_RS, "Config") {
+        assert!(
+            CONFIGURATION.contains(&format!("[{section}")),
+            "section [{section}] missing from docs/configuration.md"
+        );
+        assert!(
+            EXAMPLE.contains(&format!("[{section}")),
+            "section [{section}] missing from the example config"
+        );
+    }
+    let structs = [
+        (CONFIG_RS, "BrokerConfig", Some("BROKER")),
+        (CONFIG_RS, "StoreConfig", Some("STORE")),
+        (CONFIG_RS, "MetricsConfig", Some("METRICS")),
+        (CONFIG_RS, "JobsConfig", Some("JOBS")),
+        (CONFIG_RS, "TemplateConfig", None),
+        (CONFIG_RS, "PoolConfig", None),
+        (CONFIG_RS, "KeyConfig", None),
+        (CONFIG_ADMIN_RS, "AdminConfig", Some("ADMIN")),
+    ];
+    let mut count = 0;
+    for (source, name, section) in structs {
+        for field in struct_fields(source, name) {
+            count += 1;
+            assert!(
+                CONFIGURATION.contains(&format!("| `{field}` |")),
+                "{name}.{field} missing from the tables of docs/configuration.md"
+            );
+            // A field holding an array of tables appears as `[[pools.keys]]`.
+            assert!(
+                EXAMPLE.contains(&format!("{field} =")) || EXAMPLE.contains(&format!(".{field}]]")),
+                "{name}.{field} missing from the example config"
+            );
+            // Fixed sections: the example names each field's environment variable.
+            if let Some(section) = section {
+                let var = format!("KEYRELAY__{section}__{}", field.to_uppercase());
+                assert!(
+                    EXAMPLE.contains(&var),
+                    "{var} missing from the example config"
+                );
+            }
+        }
+    }
+    assert!(count > 35, "only {count} config fields parsed");
+    // Struct fields the deserializer never reads must not be documented as fields.
+    for hidden in ["secret", "read_token", "admin_token"] {
+        assert!(
+            !CONFIGURATION.contains(&format!("| `{hidden}` |")),
+            "{hidden} is not a config field"
+        );
+    }
+}
+
+#[test]
+fn every_error_kind_is_documented() {
+    let kinds: Vec<&str> = RESULT_RS
+        .lines()
+        .filter(|l| l.trim_start().starts_with("ErrorKind::") && l.contains("=> \""))
+        .filter_map(|l| l.split('"').nth(1))
+        .collect();
+    assert!(kinds.len() >= 6, "only {kinds:?} parsed");
+    for kind in kinds {
+        assert!(
+            MESSAGES.contains(&format!("| `{kind}` |")),
+            "{kind} missing from the error kinds table of docs/messages.md"
+        );
+        assert!(
+            RESULT_SCHEMA.contains(&format!("\"{kind}\"")),
+            "{kind} missing from docs/schema/result.schema.json"
         );
     }
 }
