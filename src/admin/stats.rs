@@ -1,4 +1,8 @@
-//! `GET /v1/stats?since=&by=hour|key|error`.
+//! `GET /v1/stats?since=&by=hour|key|error|upstream`.
+//!
+//! `by=upstream` reads the per-key, per-hour provider-call statistics the
+//! supervisor records (requests, outcomes by class, tokens, latency sum),
+//! kept `jobs.stats_retention_days`.
 //!
 //! Two sources. Without `since`, `by=key` and `by=error` read the per-key
 //! counters in the store (lifetime totals since the key's last reset; jobs
@@ -34,10 +38,37 @@ struct Row {
     latency_sum: u64,
 }
 
+/// Hourly provider-call statistics: hour → key → field → value.
+async fn upstream(state: &HttpState, since: Timestamp) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let rows = web::block(move || store.usage(Some(since)))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("stats query did not run: {e}")))??;
+    let mut groups: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>> = BTreeMap::new();
+    for row in rows {
+        let hour = format!("{}:00:00Z", row.hour);
+        groups
+            .entry(hour)
+            .or_default()
+            .entry(row.key)
+            .or_default()
+            .insert(row.field, row.value);
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "by": "upstream", "source": "usage", "since": since, "groups": groups
+    })))
+}
+
 pub async fn get(state: web::Data<HttpState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let p = Params::parse(req.query_string(), &["since", "until", "by"])?;
-    let by = p.choice("by", &["hour", "key", "error"], "key")?;
+    let by = p.choice("by", &["hour", "key", "error", "upstream"], "key")?;
     let now = Timestamp::now();
+    if by == "upstream" {
+        let since = p
+            .time("since", now)?
+            .unwrap_or(now - SignedDuration::from_hours(24));
+        return upstream(&state, since).await;
+    }
     let until = p.time("until", now)?.unwrap_or(now);
     let since = p.time("since", now)?;
     if since.is_none() && by != "hour" {
