@@ -1,14 +1,17 @@
 //! keyrelay performance benchmarks against the real RabbitMQ.
 //!
 //! `cargo bench --bench keyrelay_bench -- <scenario> [--jobs N] [--keys K] [--concurrency C]`
+//! (`quota` also takes `[--rpm R] [--window-secs W] [--latency-ms L]`)
 //!
 //! Scenarios: `broker-limit`, `e2e`, `all` (both, and their ratio), `many-keys`,
-//! `backlog-memory`. See docs/performance.md for what each measures.
+//! `backlog-memory`, `quota`. See docs/performance.md for what each measures.
 
 #[path = "support/amqp.rs"]
 mod amqp;
 #[path = "support/child.rs"]
 mod child;
+#[path = "support/quota.rs"]
+mod quota;
 #[path = "support/scale.rs"]
 mod scale;
 #[path = "support/setup.rs"]
@@ -38,6 +41,10 @@ pub struct Args {
     jobs: Option<usize>,
     keys: usize,
     concurrency: Option<u16>,
+    /// Quota scenario: declared and enforced requests per key per window.
+    rpm: Option<u32>,
+    window_secs: Option<u64>,
+    latency_ms: Option<u64>,
 }
 
 impl Args {
@@ -47,6 +54,9 @@ impl Args {
             jobs: None,
             keys: 4,
             concurrency: None,
+            rpm: None,
+            window_secs: None,
+            latency_ms: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -56,13 +66,16 @@ impl Args {
                 "--jobs" => args.jobs = Some(value()?.parse()?),
                 "--keys" => args.keys = value()?.parse()?,
                 "--concurrency" => args.concurrency = Some(value()?.parse()?),
+                "--rpm" => args.rpm = Some(value()?.parse()?),
+                "--window-secs" => args.window_secs = Some(value()?.parse()?),
+                "--latency-ms" => args.latency_ms = Some(value()?.parse()?),
                 s if !s.starts_with('-') && args.scenario.is_empty() => args.scenario = s.into(),
                 other => bail!("unknown argument {other}"),
             }
         }
         if args.scenario.is_empty() {
             bail!(
-                "usage: keyrelay_bench <broker-limit|e2e|all|many-keys|backlog-memory> [--jobs N] [--keys K] [--concurrency C]"
+                "usage: keyrelay_bench <broker-limit|e2e|all|many-keys|backlog-memory|quota> [--jobs N] [--keys K] [--concurrency C] [--rpm R] [--window-secs W] [--latency-ms L]"
             );
         }
         Ok(args)
@@ -159,6 +172,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         "many-keys" => add("many_keys", scale::many_keys(&args).await?),
         "backlog-memory" => add("backlog_memory", scale::backlog_memory(&args).await?),
+        "quota" => add("quota", quota::quota(&args).await?),
         other => bail!("unknown scenario {other}"),
     }
     let line = json!({
@@ -246,7 +260,7 @@ async fn broker_limit_run(
                 .and_then(|p| child::cpu_seconds(p).ok())
                 .unwrap_or(0.0);
         },
-        || Ok(()),
+        |_| Ok(()),
     )
     .await?;
     let cpu = child::cpu_seconds(own)? - cpu0;
@@ -356,7 +370,7 @@ async fn e2e_run(args: &Args, env: &Env, conn: &lapin::Connection) -> anyhow::Re
                 .unwrap_or(0.0);
             own0 = child::cpu_seconds(own).unwrap_or(0.0);
         },
-        || child::ensure_running(kr.pid),
+        |_| child::ensure_running(kr.pid),
     )
     .await?;
     let cpu = kr.cpu_seconds()? - cpu0;

@@ -124,14 +124,15 @@ impl Window {
 }
 
 /// Poll the reply queue every 20 ms until it holds `n` messages. `on_start` runs
-/// when the first replies are seen, `on_tick` on every poll (an error ends the wait).
+/// when the first replies are seen, `on_tick` on every poll with the replies so
+/// far (an error ends the wait).
 pub async fn wait_for_replies(
     channel: &Channel,
     queue: &str,
     n: usize,
     timeout: Duration,
     mut on_start: impl FnMut(),
-    mut on_tick: impl FnMut() -> anyhow::Result<()>,
+    mut on_tick: impl FnMut(u32) -> anyhow::Result<()>,
 ) -> anyhow::Result<Window> {
     let deadline = Instant::now() + timeout;
     let mut first: Option<(Instant, u32)> = None;
@@ -142,7 +143,7 @@ pub async fn wait_for_replies(
             first = Some((now, count));
             on_start();
         }
-        on_tick()?;
+        on_tick(count)?;
         if count as usize >= n {
             let (first_seen, first) = first.unwrap_or((now, count));
             return Ok(Window {

@@ -231,6 +231,15 @@ pub fn counter_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Value of a counter summed over the label sets that contain `label`
+/// (e.g. `outcome="succeeded"`).
+pub fn counter_matching(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 /// Mean of a Prometheus histogram (`_sum / _count`, all label sets).
 pub fn histogram_mean(text: &str, name: &str) -> f64 {
     counter_sum(text, &format!("{name}_sum")) / counter_sum(text, &format!("{name}_count"))

@@ -105,7 +105,7 @@ async fn many_keys_run(
         n,
         drain_timeout(n),
         || {},
-        || {
+        |_| {
             child::ensure_running(kr.pid)?;
             peak = peak.max(kr.rss_kib().unwrap_or(0));
             Ok(())
@@ -220,7 +220,7 @@ async fn backlog_drain(
         n,
         drain_timeout(n),
         || {},
-        || {
+        |_| {
             child::ensure_running(kr.pid)?;
             let rss = kr.rss_kib().unwrap_or(0);
             peak = peak.max(rss);

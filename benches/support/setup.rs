@@ -3,9 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use keyrelay::config::Config;
+use keyrelay::job::retry;
 use keyrelay::mock_provider::{MockKey, MockProvider, MockSettings};
 
 pub fn amqp_url() -> String {
@@ -26,6 +28,24 @@ impl Shape {
     }
 }
 
+/// How the mock behaves. `Default` is the plain mock: zero latency, no limits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MockProfile {
+    /// Added to every answer.
+    pub latency: Duration,
+    /// A per-key rate limit the mock enforces and keyrelay declares.
+    pub limit: Option<RateLimit>,
+}
+
+/// At most `rpm` requests per key in any sliding `window`: the mock enforces
+/// it (`MockSettings.minute = window`) and keyrelay declares it (`rpm`,
+/// `rate_window_secs`).
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub rpm: u32,
+    pub window: Duration,
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub prefix: String,
@@ -39,6 +59,13 @@ impl Env {
     /// Write key files and the config; start the mock (zero latency, no limits,
     /// no faults, one secret per key) when `with_mock`.
     pub async fn new(shape: Shape, with_mock: bool) -> anyhow::Result<Env> {
+        Env::with_mock(shape, with_mock.then(MockProfile::default)).await
+    }
+
+    /// Like `new`, with the mock (if any) behaving as `profile` says; a rate
+    /// limit in it is declared to keyrelay too.
+    pub async fn with_mock(shape: Shape, profile: Option<MockProfile>) -> anyhow::Result<Env> {
+        let limit = profile.and_then(|p| p.limit);
         let dir = tempfile::tempdir().context("temp dir")?;
         let prefix = format!("kr-bench.{}", uuid::Uuid::now_v7().simple());
         let mut keys = Vec::new();
@@ -54,15 +81,12 @@ impl Env {
                 keys.push((pool, key, secret, path));
             }
         }
-        let mock = if with_mock {
-            let settings = MockSettings::with_keys(
-                keys.iter()
-                    .map(|(p, k, s, _)| MockKey::new(format!("{p}-{k}"), s.clone()))
-                    .collect(),
-            );
-            Some(MockProvider::start(settings, "127.0.0.1:0".parse()?).await?)
-        } else {
-            None
+        let mock = match profile {
+            Some(profile) => {
+                let settings = mock_settings(&profile, &keys);
+                Some(MockProvider::start(settings, "127.0.0.1:0".parse()?).await?)
+            }
+            None => None,
         };
         // Broker-only runs never call the provider; any URL validates.
         let base_url = mock
@@ -81,12 +105,18 @@ impl Env {
                 "\n[[pools]]\nname = \"p{p}\"\nprovider = \"gemini\"\nbase_url = \"{base_url}\"\n\
                  default_model = \"model-a\"\n"
             );
+            if let Some(limit) = limit {
+                text += &format!("rate_window_secs = {}\n", limit.window.as_secs());
+            }
             for (_, key, _, path) in keys.iter().filter(|(pool, ..)| *pool == format!("p{p}")) {
                 text += &format!(
                     "  [[pools.keys]]\n  name = \"{key}\"\n  api_key_file = \"{}\"\n  priority = 1\n  concurrency = {}\n",
                     path.display(),
                     shape.concurrency
                 );
+                if let Some(limit) = limit {
+                    text += &format!("  rpm = {}\n", limit.rpm);
+                }
             }
         }
         let config_path = dir.path().join("keyrelay.toml");
@@ -115,9 +145,14 @@ impl Env {
         self.config.jobs.results_queue.clone()
     }
 
-    /// Every queue this run created.
+    /// Every queue this run created, the retry delay queues of each job queue included.
     pub fn all_queues(&self) -> Vec<String> {
         let mut queues = self.job_queues();
+        let delay_queues: Vec<String> = queues
+            .iter()
+            .flat_map(|q| (1..self.config.jobs.max_attempts).map(move |a| retry::delay_queue(q, a)))
+            .collect();
+        queues.extend(delay_queues);
         queues.push(self.config.jobs.results_queue.clone());
         queues.push(self.config.jobs.dead_letter_queue.clone());
         queues
@@ -137,6 +172,30 @@ impl Env {
             mock.stop().await;
         }
     }
+}
+
+/// One mock key per configured key (label `<pool>-<key>`), with the profile's
+/// latency and rate limit.
+fn mock_settings(
+    profile: &MockProfile,
+    keys: &[(String, String, String, PathBuf)],
+) -> MockSettings {
+    let keys = keys
+        .iter()
+        .map(|(p, k, s, _)| {
+            let key = MockKey::new(format!("{p}-{k}"), s.clone());
+            match profile.limit {
+                Some(limit) => key.with_rpm(limit.rpm),
+                None => key,
+            }
+        })
+        .collect();
+    let mut settings = MockSettings::with_keys(keys);
+    settings.latency = profile.latency;
+    if let Some(limit) = profile.limit {
+        settings.minute = limit.window;
+    }
+    settings
 }
 
 /// A port that was free a moment ago (the child binds it right after).
