@@ -3,6 +3,8 @@
 //! Label values come from bounded sets only: pool and key names from the config,
 //! outcome classes, error kinds and reasons from enums. Never a job id.
 
+use std::sync::OnceLock;
+
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -207,35 +209,54 @@ impl PoolMetrics {
     }
 }
 
-/// Handles of the per-call metrics of one key.
+/// Handles of the per-call metrics of one key, registered on first use: a
+/// series appears once it has something to say, so 1,000 idle keys do not
+/// make a large `/metrics` page.
 pub struct KeyMetrics {
-    upstream: Vec<(&'static str, metrics::Counter)>,
-    pub tokens_in: metrics::Counter,
-    pub tokens_out: metrics::Counter,
-    pub in_flight: metrics::Gauge,
+    pool: String,
+    key: String,
+    upstream: [OnceLock<metrics::Counter>; 7],
+    tokens: [OnceLock<metrics::Counter>; 2],
+    in_flight: OnceLock<metrics::Gauge>,
 }
 
 impl KeyMetrics {
     pub fn new(pool: &str, key: &str) -> KeyMetrics {
-        let (pool, key) = (pool.to_owned(), key.to_owned());
-        let upstream = crate::provider::OutcomeClass::ALL
-            .iter()
-            .map(|c| {
-                let counter = metrics::counter!(UPSTREAM_REQUESTS_TOTAL, "pool" => pool.clone(), "key" => key.clone(), "outcome" => c.as_str());
-                (c.as_str(), counter)
-            })
-            .collect();
         KeyMetrics {
-            upstream,
-            tokens_in: metrics::counter!(TOKENS_TOTAL, "pool" => pool.clone(), "key" => key.clone(), "direction" => "input"),
-            tokens_out: metrics::counter!(TOKENS_TOTAL, "pool" => pool.clone(), "key" => key.clone(), "direction" => "output"),
-            in_flight: metrics::gauge!(JOBS_IN_FLIGHT, "pool" => pool, "key" => key),
+            pool: pool.to_owned(),
+            key: key.to_owned(),
+            upstream: Default::default(),
+            tokens: Default::default(),
+            in_flight: OnceLock::new(),
         }
     }
 
     pub fn upstream(&self, class: crate::provider::OutcomeClass) {
-        if let Some((_, counter)) = self.upstream.iter().find(|(c, _)| *c == class.as_str()) {
-            counter.increment(1);
+        let index = crate::provider::OutcomeClass::ALL
+            .iter()
+            .position(|c| *c == class)
+            .unwrap_or(0);
+        self.upstream[index]
+            .get_or_init(|| {
+                metrics::counter!(UPSTREAM_REQUESTS_TOTAL, "pool" => self.pool.clone(), "key" => self.key.clone(), "outcome" => class.as_str())
+            })
+            .increment(1);
+    }
+
+    /// Tokens reported for one call.
+    pub fn tokens(&self, input: u64, output: u64) {
+        for (slot, direction, n) in [(0, "input", input), (1, "output", output)] {
+            self.tokens[slot]
+                .get_or_init(|| {
+                    metrics::counter!(TOKENS_TOTAL, "pool" => self.pool.clone(), "key" => self.key.clone(), "direction" => direction)
+                })
+                .increment(n);
         }
+    }
+
+    pub fn in_flight(&self, n: usize) {
+        self.in_flight
+            .get_or_init(|| metrics::gauge!(JOBS_IN_FLIGHT, "pool" => self.pool.clone(), "key" => self.key.clone()))
+            .set(n as f64);
     }
 }

@@ -223,7 +223,7 @@ impl KeyContext {
     }
 
     fn publish_in_flight(&self, n: usize) {
-        self.metrics.in_flight.set(n as f64);
+        self.metrics.in_flight(n);
     }
 }
 

@@ -283,8 +283,8 @@ async fn call(key: &KeyContext, inflight: &InFlight) -> Outcome {
         .record(started.elapsed().as_secs_f64());
     key.metrics.upstream(outcome.class());
     if let Outcome::Success(c) = &outcome {
-        key.metrics.tokens_in.increment(c.usage.input_tokens);
-        key.metrics.tokens_out.increment(c.usage.output_tokens);
+        key.metrics
+            .tokens(c.usage.input_tokens, c.usage.output_tokens);
     }
     outcome
 }

@@ -209,7 +209,16 @@ impl Store {
         at: jiff::Timestamp,
         fields: &[(&str, u64)],
     ) -> Result<(), StoreError> {
-        let hour = hour_of(at);
+        self.add_usage_in_hour(key, &hour_of(at), fields)
+    }
+
+    /// Like `add_usage`, for an hour given as `YYYY-MM-DDTHH` (see [`hour_of`]).
+    pub fn add_usage_in_hour(
+        &self,
+        key: &str,
+        hour: &str,
+        fields: &[(&str, u64)],
+    ) -> Result<(), StoreError> {
         for (field, n) in fields.iter().filter(|(_, n)| *n > 0) {
             let id = format!("{key}/{hour}/{field}");
             self.usage_hourly.merge(id.as_bytes(), n.to_be_bytes())?;
@@ -294,7 +303,7 @@ pub struct UsageRow {
 }
 
 /// The UTC hour of an instant, as sortable text.
-fn hour_of(at: jiff::Timestamp) -> String {
+pub fn hour_of(at: jiff::Timestamp) -> String {
     at.strftime("%Y-%m-%dT%H").to_string()
 }
 

@@ -105,6 +105,7 @@ impl Supervisor {
                 broker: setup.broker,
                 stopping: false,
                 consumers,
+                usage: Default::default(),
             }
         })
     }
@@ -246,6 +247,7 @@ impl Actor for Supervisor {
         self.boot(ctx);
         ctx.run_interval(super::quota::BUDGET_PERSIST_EVERY, |act, _| {
             act.persist_budgets();
+            act.flush_usage();
             act.publish_quota_gauges();
         });
         ctx.run_interval(super::quota::PRUNE_EVERY, |act, _| act.prune_store());

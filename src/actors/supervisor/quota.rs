@@ -107,8 +107,9 @@ impl Supervisor {
         }
     }
 
-    /// Per key and hour: requests, outcomes by class, tokens, latency.
-    pub(super) fn record_usage(&self, msg: &KeyOutcome, now: jiff::Timestamp) {
+    /// Per key and hour: requests, outcomes by class, tokens, latency. Summed
+    /// in memory and written once a second (`flush_usage`), not per call.
+    pub(super) fn record_usage(&mut self, msg: &KeyOutcome, now: jiff::Timestamp) {
         let (tokens_in, tokens_out) = match &msg.outcome {
             Outcome::Success(c) => (c.usage.input_tokens, c.usage.output_tokens),
             _ => (0, 0),
@@ -120,9 +121,27 @@ impl Supervisor {
             ("tokens_out", tokens_out),
             ("latency_ms", msg.latency.as_millis() as u64),
         ];
-        let key = &self.keys[msg.key.0].ctx.store_key;
-        if let Err(e) = self.services.store.add_usage(key, now, &fields) {
-            warn!(key = %key, error = %e, "cannot record usage statistics");
+        let sums = self
+            .usage
+            .entry((msg.key, crate::store::hour_of(now)))
+            .or_default();
+        for (field, n) in fields {
+            *sums.entry(field).or_default() += n;
+        }
+    }
+
+    /// Write the usage summed since the last flush.
+    pub(super) fn flush_usage(&mut self) {
+        for ((key, hour), sums) in std::mem::take(&mut self.usage) {
+            let store_key = &self.keys[key.0].ctx.store_key;
+            let fields: Vec<(&str, u64)> = sums.into_iter().collect();
+            if let Err(e) = self
+                .services
+                .store
+                .add_usage_in_hour(store_key, &hour, &fields)
+            {
+                warn!(key = %store_key, error = %e, "cannot record usage statistics");
+            }
         }
     }
 
