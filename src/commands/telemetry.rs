@@ -11,7 +11,7 @@ pub enum LogFormat {
 /// Default filter of the service: one line per job at info.
 pub const SERVICE_FILTER: &str = "info,lapin=warn,actix_server=warn";
 /// Default filter of the demo: only what goes wrong (keys leaving rotation).
-pub const DEMO_FILTER: &str = "warn,lapin=error";
+pub const DEMO_FILTER: &str = "warn,lapin=off";
 
 /// Install the global subscriber. `RUST_LOG` overrides the default `info` level.
 pub fn init(format: LogFormat, default_filter: &str) {
