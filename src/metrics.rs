@@ -27,6 +27,7 @@ pub const STORE_FLUSH_BATCH: &str = "keyrelay_store_flush_batch_size";
 pub const TOKENS_TOTAL: &str = "keyrelay_tokens_total";
 pub const STORE_ERRORS_TOTAL: &str = "keyrelay_store_errors_total";
 pub const RETRIES_TOTAL: &str = "keyrelay_retries_total";
+pub const BUILD_INFO: &str = "keyrelay_build_info";
 pub const KEY_QUOTA_USED: &str = "keyrelay_key_quota_used_ratio";
 pub const POOL_NEXT_KEY_SECONDS: &str = "keyrelay_pool_next_key_seconds";
 pub const CACHE_HITS_TOTAL: &str = "keyrelay_cache_hits_total";
@@ -49,6 +50,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         )?
         .install_recorder()?;
     describe();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
 
@@ -119,6 +121,10 @@ fn describe() {
         POOL_NEXT_KEY_SECONDS,
         Unit::Seconds,
         "Time until a key of the pool is usable again (0 while one is)."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the `version` label says which keyrelay runs."
     );
     describe_counter!(
         RETRIES_TOTAL,

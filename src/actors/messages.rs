@@ -136,6 +136,8 @@ pub struct KeySnapshot {
     /// Declared limits and what is used of them.
     pub limits: crate::keys::Limits,
     pub usage: crate::keys::Usage,
+    /// Last provider call and last failure class.
+    pub last: crate::pipeline::context::LastUse,
 }
 
 /// Shutdown → supervisor: stop for good (after `StopAll` and the drain).

@@ -41,6 +41,10 @@ pub struct KeyView {
     pub usage: crate::keys::Usage,
     /// Largest share of a declared daily limit used (0.0-1.0).
     pub daily_share: Option<f64>,
+    /// Last provider call, last failure class and when (this process).
+    pub last_used: Option<Timestamp>,
+    pub last_error_class: Option<&'static str>,
+    pub last_error_at: Option<Timestamp>,
 }
 
 impl KeyView {
@@ -85,6 +89,9 @@ fn view(state: &HttpState, s: KeySnapshot, now: Timestamp) -> Result<KeyView, Ap
         concurrency: s.concurrency,
         in_flight: s.in_flight,
         daily_share: s.usage.daily_share(&s.limits),
+        last_used: s.last.used_at,
+        last_error_class: s.last.error_class,
+        last_error_at: s.last.error_at,
         limits: s.limits,
         usage: s.usage,
     })

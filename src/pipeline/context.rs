@@ -97,6 +97,16 @@ pub struct KeyContext {
     in_flight: AtomicUsize,
     available: AtomicBool,
     pub metrics: crate::metrics::KeyMetrics,
+    /// When the key last answered, and its last failure class (for operators).
+    last: Mutex<LastUse>,
+}
+
+/// A key's most recent provider call.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LastUse {
+    pub used_at: Option<jiff::Timestamp>,
+    pub error_class: Option<&'static str>,
+    pub error_at: Option<jiff::Timestamp>,
 }
 
 /// What a key is configured as.
@@ -130,6 +140,7 @@ impl KeyContext {
             in_flight: AtomicUsize::new(0),
             available: AtomicBool::new(true),
             metrics,
+            last: Mutex::new(LastUse::default()),
         }
     }
 
@@ -150,6 +161,24 @@ impl KeyContext {
             })?;
         self.budget_dirty.store(true, Ordering::Release);
         Ok(Some(ticket))
+    }
+
+    /// Record a provider call's outcome class.
+    pub fn record_use(&self, class: crate::provider::OutcomeClass) {
+        let now = jiff::Timestamp::now();
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        last.used_at = Some(now);
+        if class != crate::provider::OutcomeClass::Success {
+            last.error_class = Some(class.as_str());
+            last.error_at = Some(now);
+        }
+    }
+
+    pub fn last_use(&self) -> LastUse {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// What the key has used of its limits, as of now.

@@ -282,6 +282,7 @@ async fn call(key: &KeyContext, inflight: &InFlight) -> Outcome {
         .upstream_duration
         .record(started.elapsed().as_secs_f64());
     key.metrics.upstream(outcome.class());
+    key.record_use(outcome.class());
     if let Outcome::Success(c) = &outcome {
         key.metrics
             .tokens(c.usage.input_tokens, c.usage.output_tokens);

@@ -189,6 +189,7 @@ impl Handler<GetKeys> for Supervisor {
                 state: slot.state.clone(),
                 limits: slot.ctx.limits,
                 usage: slot.ctx.usage(),
+                last: slot.ctx.last_use(),
             })
             .collect()
     }
