@@ -466,7 +466,8 @@ pub struct Relay {
 
 impl Relay {
     /// Spawn `keyrelay run --config <config> --log-format json` with `RUST_LOG=<filter>`
-    /// and wait for its "keyrelay running" line (store open, topology declared).
+    /// and wait for its "keyrelay running" line (store open, topology declared;
+    /// `filter` must let `keyrelay::app` at info through).
     /// Panics with the output if it exits first.
     pub async fn spawn(config: &Path, filter: &str, log: &OutputLog) -> Relay {
         Self::spawn_with(config, filter, log, &[]).await
@@ -555,7 +556,7 @@ pub fn metric_sum(body: &str, name: &str) -> f64 {
                 .is_some_and(|r| r.starts_with(['{', ' ']))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 /// Copy a child's output into `log`, line by line; report the HTTP address of
