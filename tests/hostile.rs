@@ -346,67 +346,16 @@ async fn poison_job_is_dead_lettered_after_the_delivery_limit() {
 /// restarts, both keys stay in rotation, the consumer goes on.
 #[actix::test]
 async fn provider_faults_end_in_the_documented_state() {
-    let mut env = TestEnv::start_with(
-        vec![TestPool {
-            name: "pf",
-            provider: "gemini",
-            keys: vec![TestKey::new("k1", 1), TestKey::new("k2", 2)],
-        }],
-        MockSettings::default(),
-        "request_timeout_secs = 2\nconnect_timeout_secs = 1\nmax_attempts = 3",
-    )
-    .await;
-    // (directive, attempts, message fragment)
-    let cases: [(&str, u32, &str); 9] = [
+    let cases = [
         ("reset", 3, "gave up after 3 attempts"),
         ("status=500", 3, "gave up after 3 attempts"),
         ("status=503", 3, "gave up after 3 attempts"),
         ("status=529", 3, "gave up after 3 attempts"),
-        ("sleep_ms=3500", 3, "timed out"),
         ("truncate", 1, "unusable body"),
-        ("slow_body=4000", 1, "unusable body"),
         ("huge", 1, "too large"),
         ("missing_fields", 1, "not retried"),
     ];
-    for (directive, _, _) in &cases {
-        env.publish(
-            "pf",
-            &json!({"id": directive, "prompt": format!("[[mock:{directive}]] fault")}),
-        )
-        .await;
-    }
-    env.publish("pf", &json!({"id": "fine", "prompt": "no fault"}))
-        .await;
-    let replies = env.replies(cases.len() + 1).await;
-    let mut table = Vec::new();
-    for (directive, attempts, fragment) in &cases {
-        let r = &replies[*directive];
-        let error = r
-            .error
-            .as_ref()
-            .unwrap_or_else(|| panic!("{directive}: {r:?}"));
-        table.push(format!(
-            "{directive}: {:?} attempts={} {}",
-            error.kind, r.attempts, error.message
-        ));
-        assert_eq!(error.kind, ErrorKind::Upstream, "{directive}: {r:?}");
-        assert_eq!(r.attempts, *attempts, "{directive}: {}", error.message);
-        assert!(
-            error.message.contains(fragment),
-            "{directive}: {}",
-            error.message
-        );
-    }
-    println!("provider faults:\n{}", table.join("\n"));
-    assert_eq!(replies["fine"].status, JobStatus::Succeeded);
-    let metrics = common::scrape(env.app().http_addr()).await;
-    assert_eq!(restarts(&metrics, "pf"), 0.0, "no worker restarted");
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("keyrelay_pool_keys_available{pool=\"pf\"} 2")),
-        "both keys still in rotation"
-    );
+    let mut env = fault_run("pf", "max_attempts = 3", &cases).await;
 
     // Connection refused: the same pool pointed at a closed port.
     let app = env.app.take().unwrap();
@@ -464,4 +413,72 @@ async fn success_body_missing_fields_is_upstream_for_every_provider() {
         );
     }
     env.finish().await;
+}
+
+/// Timeouts (a short `jobs.request_timeout_secs`): headers too late is
+/// transient; a 2xx body too slow is unusable (billed).
+#[actix::test]
+async fn provider_timeouts_end_in_the_documented_state() {
+    let cases = [
+        ("sleep_ms=5000", 3, "timed out"),
+        ("slow_body=6000", 1, "unusable body"),
+    ];
+    let extra = "request_timeout_secs = 2\nconnect_timeout_secs = 1\nmax_attempts = 3";
+    fault_run("pt", extra, &cases).await.finish().await;
+}
+
+/// Start keyrelay on a two-key pool, publish one job per `(directive, attempts,
+/// message fragment)` and one without a fault; check each ends in `upstream`
+/// after that many calls, the clean one succeeds, no worker restarted and both
+/// keys are still in rotation.
+async fn fault_run(pool: &'static str, extra: &str, cases: &[(&str, u32, &str)]) -> TestEnv {
+    let mut env = TestEnv::start_with(
+        vec![TestPool {
+            name: pool,
+            provider: "gemini",
+            keys: vec![TestKey::new("k1", 1), TestKey::new("k2", 2)],
+        }],
+        MockSettings::default(),
+        extra,
+    )
+    .await;
+    for (directive, _, _) in cases {
+        env.publish(
+            pool,
+            &json!({"id": directive, "prompt": format!("[[mock:{directive}]] fault")}),
+        )
+        .await;
+    }
+    env.publish(pool, &json!({"id": "fine", "prompt": "no fault"}))
+        .await;
+    let replies = env.replies(cases.len() + 1).await;
+    let mut table = Vec::new();
+    for (directive, attempts, fragment) in cases {
+        let r = &replies[*directive];
+        let error = r
+            .error
+            .as_ref()
+            .unwrap_or_else(|| panic!("{directive}: {r:?}"));
+        table.push(format!(
+            "{directive}: {:?} attempts={} {}",
+            error.kind, r.attempts, error.message
+        ));
+        assert_eq!(error.kind, ErrorKind::Upstream, "{directive}: {r:?}");
+        assert_eq!(r.attempts, *attempts, "{directive}: {}", error.message);
+        assert!(
+            error.message.contains(fragment),
+            "{directive}: {}",
+            error.message
+        );
+    }
+    println!("provider faults:\n{}", table.join("\n"));
+    assert_eq!(replies["fine"].status, JobStatus::Succeeded);
+    let metrics = common::scrape(env.app().http_addr()).await;
+    assert_eq!(restarts(&metrics, pool), 0.0, "no worker restarted");
+    let available = format!("keyrelay_pool_keys_available{{pool=\"{pool}\"}} 2");
+    assert!(
+        metrics.lines().any(|l| l.starts_with(&available)),
+        "both keys still in rotation"
+    );
+    env
 }
