@@ -230,3 +230,41 @@ fn open_with_retry(path: &std::path::Path) -> sled::Db {
         }
     }
 }
+
+/// SIGTERM the moment keyrelay says it is running (its consumers may already
+/// have jobs): a graceful stop with exit status 0, not death by the signal.
+#[actix::test]
+async fn sigterm_right_after_start_is_graceful() {
+    let pools = vec![TestPool {
+        name: "t",
+        provider: "gemini",
+        keys: vec![TestKey::new("k", 1)],
+    }];
+    let mut settings = MockSettings::default();
+    settings.keys = pools[0].keys.iter().map(|k| k.mock.clone()).collect();
+    let mock = MockProvider::start(settings, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("kr-term.{}", uuid::Uuid::now_v7().simple());
+    let config_path = common::write_config_file(&pools, &mock, dir.path(), &prefix, "", "");
+    let config = keyrelay::config::Config::load(&config_path).unwrap();
+    let log: OutputLog = Arc::default();
+    for round in 0..5 {
+        let relay = Relay::spawn(&config_path, "info,lapin=warn", &log).await;
+        let status = relay.terminate().await;
+        assert!(status.success(), "round {round}: {status}\n{}", log.text());
+    }
+    let broker = Broker::connect(&common::amqp_url()).await.unwrap();
+    common::delete_queues(
+        &broker,
+        &[
+            config.job_queue("t"),
+            config.jobs.results_queue.clone(),
+            config.jobs.dead_letter_queue.clone(),
+        ],
+    )
+    .await;
+    broker.close().await;
+    mock.stop().await;
+}
