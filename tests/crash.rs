@@ -240,8 +240,7 @@ async fn sigterm_right_after_start_is_graceful() {
         provider: "gemini",
         keys: vec![TestKey::new("k", 1)],
     }];
-    let mut settings = MockSettings::default();
-    settings.keys = pools[0].keys.iter().map(|k| k.mock.clone()).collect();
+    let settings = MockSettings::with_keys(pools[0].keys.iter().map(|k| k.mock.clone()).collect());
     let mock = MockProvider::start(settings, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
