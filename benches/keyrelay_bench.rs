@@ -131,6 +131,12 @@ impl Report {
 }
 
 fn main() -> ExitCode {
+    // `cargo test --all-targets` builds and runs benches too, without the
+    // `--bench` flag `cargo bench` passes: nothing to measure then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("keyrelay_bench: run with `cargo bench --bench keyrelay_bench -- <scenario>`");
+        return ExitCode::SUCCESS;
+    }
     let args = match Args::parse() {
         Ok(args) => args,
         Err(e) => {

@@ -11,21 +11,28 @@ use crate::config::Config;
 /// Run until a shutdown signal, then stop gracefully.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let grace = Duration::from_secs(config.jobs.shutdown_grace_secs);
+    // Listen before starting: consumers run as soon as App::start returns (even
+    // before), and a SIGTERM with no handler yet would kill the process outright.
+    let signal = shutdown_signal()?;
     let app = App::start(config)
         .await
         .context("keyrelay could not start")?;
-    wait_for_signal().await?;
+    signal.await?;
     info!(grace_secs = grace.as_secs(), "shutting down");
     app.shutdown(grace).await;
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        Ok(())
+    })
 }

@@ -227,8 +227,7 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut value: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let mut value: toml::Table = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
         env_overlay::apply(&mut value, env)?;
         let mut config: Config =
             serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Field {
@@ -244,6 +243,18 @@ impl Config {
     pub fn job_queue(&self, pool: &str) -> String {
         format!("{}.jobs.{}", self.broker.queue_prefix, pool)
     }
+}
+
+/// A TOML syntax error with its position but without the offending source line:
+/// toml's own rendering quotes the line, which may hold a key pasted unquoted.
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!("line {line}, column {column}: ")
+    });
+    ConfigError::Syntax(format!("{}{}", at.unwrap_or_default(), e.message()))
 }
 
 impl JobsConfig {

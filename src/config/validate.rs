@@ -126,10 +126,14 @@ fn resolve_secret(at: &str, key: &KeyConfig) -> Result<ApiKey, ConfigError> {
             ));
         }
         (Some(var), None) => std::env::var(var).map_err(|_| {
-            field(
-                format!("{at}.api_key_env"),
-                format!("environment variable {var} is not set"),
-            )
+            // Variable names are upper-case by convention; a mixed-case "name"
+            // is more likely a pasted key (Gemini keys are letters, digits, `_`).
+            let message = if var.chars().any(|c| c.is_ascii_lowercase()) {
+                "the environment variable it names is not set (name not shown: it has lower-case letters and may be a key)".to_owned()
+            } else {
+                format!("environment variable {var} is not set")
+            };
+            field(format!("{at}.api_key_env"), message)
         })?,
         (None, Some(path)) => read_key_file(&format!("{at}.api_key_file"), path)?,
         _ => {
@@ -154,7 +158,9 @@ fn is_env_name(name: &str) -> bool {
 
 fn read_key_file(at: &str, path: &PathBuf) -> Result<String, ConfigError> {
     warn_if_world_readable(at, path);
-    std::fs::read_to_string(path).map_err(|e| field(at, format!("{}: {e}", path.display())))
+    // The path is not echoed: it may be a key pasted into the wrong field.
+    std::fs::read_to_string(path)
+        .map_err(|e| field(at, format!("cannot read the file it names: {e}")))
 }
 
 #[cfg(unix)]

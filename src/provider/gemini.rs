@@ -154,6 +154,18 @@ pub fn parse_success(body: &[u8]) -> Outcome {
             message: "blocked: no candidates returned".to_owned(),
         };
     };
+    // A finished candidate without `content` carries no answer at all: an
+    // unusable body (probably billed), not an empty success.
+    if candidate.content.is_none()
+        && candidate
+            .finish_reason
+            .as_deref()
+            .is_none_or(|f| f == "STOP")
+    {
+        return Outcome::InvalidResponse {
+            message: "malformed success body: candidate without content".to_owned(),
+        };
+    }
     let text: String = candidate
         .content
         .map(|c| c.parts)

@@ -398,3 +398,301 @@ impl TestEnv {
         format!("http://{}", self.app().http_addr())
     }
 }
+
+// ---------------------------------------------------------------------------
+// keyrelay as a child process (crash, secrets, soak tests): the real binary,
+// `keyrelay run --config FILE --log-format json`, its output captured.
+
+/// A config file for a child keyrelay: same layout as the in-process one, with a
+/// fixed queue prefix and sled directory so restarts share queues and store.
+/// Key files are written `0600` next to it. Returns the config path.
+pub fn write_config_file(
+    pools: &[TestPool],
+    mock: &MockProvider,
+    dir: &Path,
+    prefix: &str,
+    broker_extra: &str,
+    jobs_extra: &str,
+) -> std::path::PathBuf {
+    let config = config_for(pools, mock, dir, prefix, jobs_extra, "");
+    for pool in pools {
+        for key in &pool.keys {
+            let path = dir.join(format!("{}-{}.key", pool.name, key.name));
+            restrict(&path);
+        }
+    }
+    let mut text = format!(
+        "[broker]\nurl = \"{}\"\nqueue_prefix = \"{prefix}\"\n{broker_extra}\n\n[store]\npath = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[jobs]\nresults_queue = \"{prefix}.results\"\ndead_letter_queue = \"{prefix}.dead\"\n{jobs_extra}\n",
+        amqp_url(),
+        config.store.path.display()
+    );
+    for pool in &config.pools {
+        text += &format!(
+            "[[pools]]\nname = \"{}\"\nprovider = \"{}\"\nbase_url = \"{}\"\ndefault_model = \"{}\"\n",
+            pool.name,
+            match pool.provider {
+                keyrelay::provider::ProviderKind::Gemini => "gemini",
+                keyrelay::provider::ProviderKind::Openai => "openai",
+                keyrelay::provider::ProviderKind::Anthropic => "anthropic",
+            },
+            pool.base_url,
+            pool.default_model
+        );
+        for key in &pool.keys {
+            text += &format!(
+                "  [[pools.keys]]\n  name = \"{}\"\n  api_key_file = \"{}\"\n  priority = {}\n  concurrency = {}\n",
+                key.name,
+                key.api_key_file.as_ref().unwrap().display(),
+                key.priority,
+                key.concurrency
+            );
+        }
+    }
+    let path = dir.join("keyrelay.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn restrict(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+/// Every line a child keyrelay wrote (stdout and stderr), shared across restarts.
+pub struct Output {
+    lines: std::sync::Mutex<Vec<String>>,
+    count: tokio::sync::watch::Sender<usize>,
+}
+
+pub type OutputLog = Arc<Output>;
+
+impl Default for Output {
+    fn default() -> Output {
+        Output {
+            lines: std::sync::Mutex::default(),
+            count: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl Output {
+    pub fn push(&self, line: String) {
+        let mut lines = self.lines.lock().unwrap();
+        lines.push(line);
+        self.count.send_replace(lines.len());
+    }
+
+    pub fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// Wait until a line written from now on, or already, matches `pred`.
+    pub async fn wait_for(&self, pred: impl Fn(&str) -> bool) {
+        let mut changes = self.count.subscribe();
+        let mut checked = 0;
+        loop {
+            {
+                let lines = self.lines.lock().unwrap();
+                if lines[checked..].iter().any(|l| pred(l)) {
+                    return;
+                }
+                checked = lines.len();
+            }
+            tokio::time::timeout(WAIT, changes.changed())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("no matching log line within the wait:\n{}", self.text())
+                })
+                .expect("output open");
+        }
+    }
+}
+
+/// `keyrelay run` as a child process.
+pub struct Relay {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    /// `/metrics`, `/healthz`, `/readyz` of this run.
+    pub http: std::net::SocketAddr,
+}
+
+impl Relay {
+    /// Spawn `keyrelay run --config <config> --log-format json` with `RUST_LOG=<filter>`
+    /// and wait for its "keyrelay running" line (store open, topology declared;
+    /// `filter` must let `keyrelay::app` at info through).
+    /// Panics with the output if it exits first.
+    pub async fn spawn(config: &Path, filter: &str, log: &OutputLog) -> Relay {
+        Self::spawn_with(config, filter, log, &[]).await
+    }
+
+    pub async fn spawn_with(
+        config: &Path,
+        filter: &str,
+        log: &OutputLog,
+        envs: &[(&str, &str)],
+    ) -> Relay {
+        use std::process::Stdio;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(config)
+            .env("RUST_LOG", filter)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn keyrelay");
+        let pid = child.id().expect("child pid");
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        tokio::spawn(pump(stdout, log.clone(), ready_tx.clone()));
+        tokio::spawn(pump(stderr, log.clone(), ready_tx));
+        let http = tokio::time::timeout(WAIT, async {
+            tokio::select! {
+                addr = ready_rx.recv() => addr.ok_or_else(|| "output closed".to_string()),
+                status = child.wait() => Err(format!("exited with {status:?}")),
+            }
+        })
+        .await
+        .expect("keyrelay starts within the wait");
+        match http {
+            Ok(http) => Relay { child, pid, http },
+            Err(why) => panic!("keyrelay did not start: {why}\n{}", log.text()),
+        }
+    }
+
+    /// SIGKILL, then wait for the process to be gone.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        let status = self.child.wait().await.expect("wait");
+        assert!(!status.success(), "killed, not exited: {status}");
+    }
+
+    /// SIGTERM (graceful shutdown); the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("keyrelay stops after SIGTERM")
+            .expect("wait")
+    }
+
+    /// `GET /metrics` of this run.
+    pub async fn metrics(&self) -> String {
+        scrape(self.http).await
+    }
+}
+
+/// `GET http://<addr>/metrics`.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+/// Sum of every sample of `name` (any labels) in a Prometheus text body.
+pub fn metric_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, |a, b| a + b)
+}
+
+/// Copy a child's output into `log`, line by line; report the HTTP address of
+/// the "keyrelay running" line on `ready`.
+async fn pump(
+    out: impl tokio::io::AsyncRead + Unpin,
+    log: OutputLog,
+    ready: tokio::sync::mpsc::UnboundedSender<std::net::SocketAddr>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(out).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.contains("keyrelay running")
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && let Some(addr) = v["http"].as_str().and_then(|a| a.parse().ok())
+        {
+            let _ = ready.send(addr);
+        }
+        log.push(line);
+    }
+}
+
+/// A reply queue read by the test (declared durable, deleted by `delete`).
+pub struct ReplyQueue {
+    pub name: String,
+    channel: lapin::Channel,
+    consumer: lapin::Consumer,
+}
+
+impl ReplyQueue {
+    pub async fn open(broker: &Broker, name: &str) -> ReplyQueue {
+        let channel = broker.channel().await.unwrap();
+        channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let consumer = channel
+            .basic_consume(
+                name.into(),
+                "test-replies".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        ReplyQueue {
+            name: name.to_string(),
+            channel,
+            consumer,
+        }
+    }
+
+    /// The next reply (acked), raw.
+    pub async fn next_raw(&mut self) -> Delivery {
+        let delivery = tokio::time::timeout(WAIT, self.consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("a message on {} within the wait", self.name))
+            .expect("stream open")
+            .expect("delivery");
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        delivery
+    }
+
+    /// The next reply, decoded.
+    pub async fn next(&mut self) -> JobResult {
+        let d = self.next_raw().await;
+        serde_json::from_slice(&d.data).expect("reply is contract JSON")
+    }
+}
+
+/// Delete queues (best effort).
+pub async fn delete_queues(broker: &Broker, queues: &[String]) {
+    let channel = broker.channel().await.unwrap();
+    for q in queues {
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+}
