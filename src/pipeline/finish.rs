@@ -146,7 +146,7 @@ pub async fn answer_from_cache(
     pool: &PoolContext,
     inbound: Inbound,
     job: &Job,
-    answer: CachedAnswer,
+    answer: JobResult,
     timing: Timing,
 ) {
     metrics::counter!(m::CACHE_HITS_TOTAL, "pool" => pool.name.clone()).increment(1);
@@ -174,9 +174,7 @@ pub async fn answer_from_cache(
 fn remember_answer(services: &Services, job: &Job, result: &JobResult) {
     let answer = CachedAnswer {
         stored_at: jiff::Timestamp::now(),
-        text: result.text.clone(),
-        json: result.json.clone(),
-        key: result.key.clone(),
+        result_id: result.id.clone(),
     };
     if let Err(e) = services.store.cache_answer(&job.cache_key(), &answer) {
         warn!(job_id = %job.id, error = %e, "cannot cache the answer");

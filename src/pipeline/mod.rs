@@ -83,7 +83,7 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
     run_on_key(key, services, inflight).await;
 }
 
-fn cached_answer(services: &Services, job: &job::Job) -> Option<crate::store::CachedAnswer> {
+fn cached_answer(services: &Services, job: &job::Job) -> Option<job::JobResult> {
     let ttl = services.jobs.cache_ttl_secs;
     if !job.cache || ttl == 0 {
         return None;
@@ -91,7 +91,7 @@ fn cached_answer(services: &Services, job: &job::Job) -> Option<crate::store::Ca
     let key = job.cache_key();
     match services
         .store
-        .cached_answer(&key, std::time::Duration::from_secs(ttl))
+        .cached_result(&key, std::time::Duration::from_secs(ttl))
     {
         Ok(answer) => answer,
         Err(e) => {

@@ -38,14 +38,12 @@ const KEY_BUDGETS: &str = "key_budgets";
 const RESPONSE_CACHE: &str = "response_cache";
 const USAGE_HOURLY: &str = "usage_hourly";
 
-/// A provider answer kept for identical requests (the response cache).
+/// The response cache's entry: which stored result answers a request. A
+/// pointer, not a copy: the answer itself is already in the results tree.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CachedAnswer {
     pub stored_at: jiff::Timestamp,
-    pub text: Option<String>,
-    pub json: Option<serde_json::Value>,
-    /// Name of the key that produced it.
-    pub key: Option<String>,
+    pub result_id: String,
 }
 
 /// Page cache when none is configured: 64 MiB.
@@ -163,22 +161,23 @@ impl Store {
         write_json(&self.key_budgets, key, budget)
     }
 
-    /// A cached answer for `key` no older than `ttl` (an expired one is removed).
-    pub fn cached_answer(
+    /// The stored successful result answering request `key`, if cached no longer
+    /// than `ttl` ago (an expired entry is removed).
+    pub fn cached_result(
         &self,
         key: &str,
         ttl: std::time::Duration,
-    ) -> Result<Option<CachedAnswer>, StoreError> {
-        let Some(answer) = read_json::<CachedAnswer>(&self.response_cache, RESPONSE_CACHE, key)?
+    ) -> Result<Option<JobResult>, StoreError> {
+        let Some(entry) = read_json::<CachedAnswer>(&self.response_cache, RESPONSE_CACHE, key)?
         else {
             return Ok(None);
         };
-        let age = jiff::Timestamp::now().duration_since(answer.stored_at);
-        if age.as_secs() < 0 || age.unsigned_abs() <= ttl {
-            return Ok(Some(answer));
+        let age = jiff::Timestamp::now().duration_since(entry.stored_at);
+        if age.as_secs() >= 0 && age.unsigned_abs() > ttl {
+            self.response_cache.remove(key.as_bytes())?;
+            return Ok(None);
         }
-        self.response_cache.remove(key.as_bytes())?;
-        Ok(None)
+        Ok(self.result(&entry.result_id)?.filter(JobResult::is_success))
     }
 
     pub fn cache_answer(&self, key: &str, answer: &CachedAnswer) -> Result<(), StoreError> {
