@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
@@ -108,10 +109,13 @@ impl Broker {
 
     async fn open(&self) -> Result<Connection, AmqpError> {
         let props = ConnectionProperties::default().with_connection_name(self.name.as_str().into());
-        let attempt = tokio::time::timeout(
-            Duration::from_secs(15),
-            Connection::connect(&self.url, props),
-        );
+        let tls = match &self.topology {
+            Some(config) => tls_config(&config.broker)?,
+            None => OwnedTLSConfig::default(),
+        };
+        let runtime = lapin::runtime::default_runtime().map_err(AmqpError::Connect)?;
+        let connect = Connection::connect_with_config(&self.url, props, tls, runtime);
+        let attempt = tokio::time::timeout(Duration::from_secs(15), connect);
         let conn = match attempt.await {
             Ok(result) => result.map_err(AmqpError::Connect)?,
             Err(_) => {
@@ -131,4 +135,32 @@ impl Broker {
         }
         Ok(conn)
     }
+}
+
+/// TLS settings for `amqps://`: a private CA and a client certificate, when
+/// configured (otherwise the system's trust store and no client certificate).
+fn tls_config(broker: &crate::config::BrokerConfig) -> Result<OwnedTLSConfig, AmqpError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            AmqpError::Connect(lapin::Error::from(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            )))
+        })
+    };
+    let cert_chain = match &broker.tls_ca_file {
+        Some(path) => Some(String::from_utf8_lossy(&read(path)?).into_owned()),
+        None => None,
+    };
+    let identity = match (&broker.tls_client_cert_file, &broker.tls_client_key_file) {
+        (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+            pem: read(cert)?,
+            key: read(key)?,
+        }),
+        _ => None,
+    };
+    Ok(OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
 }

@@ -56,6 +56,17 @@ pub struct BrokerConfig {
     /// Deliveries of one job before the broker dead-letters it (quorum queues only).
     #[serde(default = "defaults::delivery_limit")]
     pub delivery_limit: u32,
+    /// `amqps://` only: PEM file of CA certificates to trust instead of the
+    /// system's. Env: `KEYRELAY__BROKER__TLS_CA_FILE`.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// `amqps://` only: PEM client certificate, for brokers that authenticate
+    /// clients by certificate (with `tls_client_key_file`).
+    #[serde(default)]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// `amqps://` only: PEM (PKCS#8) private key of the client certificate.
+    #[serde(default)]
+    pub tls_client_key_file: Option<PathBuf>,
 }
 
 /// RabbitMQ queue type for the job queues.

@@ -33,6 +33,7 @@ fn field(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
 
 pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     check_url(&config.broker.url)?;
+    check_tls(&config.broker)?;
     check_name("broker.queue_prefix", &config.broker.queue_prefix)?;
     check_name("jobs.results_queue", &config.jobs.results_queue)?;
     check_name("jobs.dead_letter_queue", &config.jobs.dead_letter_queue)?;
@@ -86,6 +87,28 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
             }
             key.secret = resolve_secret(&at, key)?;
         }
+    }
+    Ok(())
+}
+
+fn check_tls(broker: &super::BrokerConfig) -> Result<(), ConfigError> {
+    let files = [
+        ("broker.tls_ca_file", &broker.tls_ca_file),
+        ("broker.tls_client_cert_file", &broker.tls_client_cert_file),
+        ("broker.tls_client_key_file", &broker.tls_client_key_file),
+    ];
+    for (at, path) in files {
+        if let Some(path) = path
+            && std::fs::metadata(path).is_err()
+        {
+            return Err(field(at, format!("cannot read {}", path.display())));
+        }
+    }
+    if broker.tls_client_cert_file.is_some() != broker.tls_client_key_file.is_some() {
+        return Err(field(
+            "broker.tls_client_cert_file",
+            "a client certificate needs both tls_client_cert_file and tls_client_key_file",
+        ));
     }
     Ok(())
 }
