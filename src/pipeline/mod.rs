@@ -116,43 +116,17 @@ fn content_id(pool: &str, body: &[u8]) -> String {
 
 /// Run a job on `key`: one provider call, then finish or reroute.
 pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut inflight: InFlight) {
-    if let Some(deadline) = inflight
-        .job
-        .deadline
-        .filter(|d| *d <= jiff::Timestamp::now())
-    {
-        let message = format!("deadline {deadline} passed before the job could run");
-        return finish::fail(
-            &services,
-            &key.pool,
-            None,
-            inflight,
-            ErrorKind::DeadlineExceeded,
-            message,
-        )
-        .await;
+    if deadline_passed(&inflight) {
+        return fail_deadline(&services, &key, inflight).await;
     }
     let admission = match admit(&key, &services, &inflight).await {
         Ok(admission) => admission,
         Err(reason) => return reroute(&services, &key, inflight, reason),
     };
     // Waiting for a slot can take a while: the deadline is checked again.
-    if let Some(deadline) = inflight
-        .job
-        .deadline
-        .filter(|d| *d <= jiff::Timestamp::now())
-    {
+    if deadline_passed(&inflight) {
         drop(admission);
-        let message = format!("deadline {deadline} passed while the job waited for a key");
-        return finish::fail(
-            &services,
-            &key.pool,
-            None,
-            inflight,
-            ErrorKind::DeadlineExceeded,
-            message,
-        )
-        .await;
+        return fail_deadline(&services, &key, inflight).await;
     }
     let guard = key.track();
     inflight.attempts += 1;
@@ -213,6 +187,31 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
             reroute(&services, &key, inflight, RerouteReason::Unauthorized)
         }
     }
+}
+
+fn deadline_passed(inflight: &InFlight) -> bool {
+    inflight
+        .job
+        .deadline
+        .is_some_and(|d| d <= jiff::Timestamp::now())
+}
+
+async fn fail_deadline(services: &Services, key: &KeyContext, inflight: InFlight) {
+    let deadline = inflight
+        .job
+        .deadline
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+    let message = format!("deadline {deadline} passed before the job could run");
+    finish::fail(
+        services,
+        &key.pool,
+        None,
+        inflight,
+        ErrorKind::DeadlineExceeded,
+        message,
+    )
+    .await;
 }
 
 /// What lets one call go on a key: a concurrency permit, the probe slot when
