@@ -79,6 +79,17 @@ impl JobResult {
         self.status == JobStatus::Succeeded
     }
 
+    /// Whether the result answers the job for good. Failures that only mean
+    /// "not now" (transient errors outlasted the retries, no key could run it)
+    /// do not: such a job is dead-lettered, and when an operator replays it,
+    /// it runs again instead of being answered with the old failure.
+    pub fn is_final(&self) -> bool {
+        !matches!(
+            self.error.as_ref().map(|e| e.kind),
+            Some(ErrorKind::Upstream | ErrorKind::AllKeysUnavailable)
+        )
+    }
+
     /// Outcome label for logs and metrics: `succeeded` or the error kind.
     pub fn outcome_label(&self) -> &'static str {
         match &self.error {

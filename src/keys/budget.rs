@@ -153,6 +153,15 @@ impl Budget {
             .saturating_add(actual);
     }
 
+    /// Forget all usage (operator reset). Ticket numbers keep counting, so a
+    /// call still in flight cannot correct another call's entry.
+    pub fn reset(&mut self) {
+        *self = Budget {
+            next_seq: self.next_seq,
+            ..Budget::default()
+        };
+    }
+
     /// A limit learned from provider headers that still holds at `now`.
     pub fn learned_block(&self, now: Timestamp) -> Option<Blocked> {
         let until = self.learned_until.filter(|u| *u > now)?;
@@ -213,9 +222,10 @@ impl Budget {
         if limits.rpd.is_some_and(|rpd| self.day_requests >= rpd) {
             return blocked("rpd");
         }
-        // A call larger than the whole daily budget may go on a fresh day only.
+        // A call larger than the whole daily budget is not held back (it could
+        // never fit, and parking the key for it would stall every other job).
         if let Some(tpd) = limits.tpd
-            && self.day_tokens > 0
+            && tokens <= tpd
             && self.day_tokens.saturating_add(tokens) > tpd
         {
             return blocked("tpd");
@@ -242,7 +252,8 @@ impl Budget {
         }
         if let Some(tpm) = limits.tpm {
             let used: u64 = self.recent.iter().map(|e| e.2).sum();
-            if used > 0 && used.saturating_add(tokens) > tpm {
+            // A call larger than tpm itself is not held back either.
+            if tokens <= tpm && used.saturating_add(tokens) > tpm {
                 let need = used.saturating_add(tokens).saturating_sub(tpm);
                 let mut released = 0u64;
                 for (index, (_, _, t)) in self.recent.iter().enumerate() {

@@ -82,9 +82,11 @@ fn tpm_counts_estimates_and_corrections() {
     // The provider reports the first call used only 300 tokens: room again.
     b.correct(first, 300);
     assert!(take(&mut b, &l, 2, 600).is_ok());
-    // A single call bigger than tpm may still go alone, or nothing ever would.
+    // A single call bigger than tpm is never held back (it could never fit,
+    // and parking the key for it would stall every other job).
     let mut fresh = Budget::default();
     assert!(take(&mut fresh, &l, 0, 5000).is_ok());
+    assert!(take(&mut b, &l, 3, 5000).is_ok(), "even in a busy window");
 }
 
 #[test]

@@ -217,6 +217,15 @@ impl KeyContext {
         )
     }
 
+    /// Forget the key's usage (operator reset); persisted with the next save.
+    pub fn reset_budget(&self) {
+        self.budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reset();
+        self.budget_dirty.store(true, Ordering::Release);
+    }
+
     /// Restore a persisted budget (start-up).
     pub fn restore_budget(&self, budget: Budget) {
         *self.budget.lock().unwrap_or_else(PoisonError::into_inner) = budget;

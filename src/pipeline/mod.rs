@@ -44,9 +44,12 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
     };
     let claim = services.in_progress.claim(&job.id).await;
     match services.store.result(&job.id) {
-        Ok(Some(stored)) => {
+        Ok(Some(stored)) if stored.is_final() => {
             return finish::answer_from_store(&services, &key.pool, inbound, &job, stored).await;
         }
+        // A job given up on (upstream, no key) that comes back was replayed from
+        // the dead-letter queue on purpose: it runs again.
+        Ok(Some(_)) => {}
         Ok(None) => {
             if let Some(answer) = cached_answer(&services, &job) {
                 return finish::answer_from_cache(

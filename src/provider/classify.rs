@@ -150,7 +150,11 @@ pub fn limit_until(kind: ProviderKind, headers: &HeaderMap, now: Timestamp) -> O
             .collect(),
         ProviderKind::Gemini => Vec::new(),
     };
-    let delay = delays.into_iter().max()?;
+    // An absurd reset header must not park a key for years.
+    let delay = delays
+        .into_iter()
+        .max()?
+        .min(Duration::from_secs(24 * 3600));
     now.checked_add(jiff::SignedDuration::try_from(delay).ok()?)
         .ok()
 }

@@ -171,7 +171,10 @@ impl Supervisor {
             ctx.cancel_future(timer);
         }
         if let Some(until) = state.until() {
-            let wait = until.duration_since(jiff::Timestamp::now()).unsigned_abs();
+            let wait = until
+                .duration_since(jiff::Timestamp::now())
+                .max(jiff::SignedDuration::ZERO)
+                .unsigned_abs();
             slot.timer = Some(
                 ctx.notify_later(CooldownOver { key: id }, wait.max(Duration::from_millis(1))),
             );

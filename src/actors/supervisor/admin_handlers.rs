@@ -23,9 +23,7 @@ impl Handler<ResetKey> for Supervisor {
         }
         info!(pool = %msg.pool, key = %msg.key, "key reset by operator");
         // A reset forgets the key's usage too (declared limits and learned ones).
-        self.keys[id.0]
-            .ctx
-            .restore_budget(crate::keys::Budget::default());
+        self.keys[id.0].ctx.reset_budget();
         self.keys[id.0].ctx.set_probing(false);
         self.apply(id, KeyState::Active, true, ctx);
         Ok(())

@@ -119,7 +119,10 @@ impl Handler<CooldownOver> for Supervisor {
             }
             // Timers can fire a hair early; check again at the deadline.
             Some(until) => {
-                let wait = until.duration_since(now).unsigned_abs();
+                let wait = until
+                    .duration_since(now)
+                    .max(jiff::SignedDuration::ZERO)
+                    .unsigned_abs();
                 slot.timer = Some(ctx.notify_later(msg, wait.max(Duration::from_millis(1))));
             }
             None => {}

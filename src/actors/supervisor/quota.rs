@@ -145,23 +145,26 @@ impl Supervisor {
         }
     }
 
-    /// Drop usage statistics and cached answers past their retention.
+    /// Drop usage statistics and cached answers past their retention, on a
+    /// blocking thread: whole-tree scans must not hold up the supervisor.
     pub(super) fn prune_store(&self) {
-        let store = &self.services.store;
+        let store = self.services.store.clone();
         let days = i64::from(self.services.jobs.stats_retention_days);
-        if let Ok(cutoff) =
-            jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_hours(24 * days))
-        {
-            match store.prune_usage(cutoff) {
-                Ok(n) if n > 0 => info!(removed = n, "pruned old usage statistics"),
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "cannot prune usage statistics"),
-            }
-        }
         let ttl = Duration::from_secs(self.services.jobs.cache_ttl_secs);
-        if let Err(e) = store.prune_cache(ttl) {
-            warn!(error = %e, "cannot prune the response cache");
-        }
+        tokio::task::spawn_blocking(move || {
+            if let Ok(cutoff) =
+                jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_hours(24 * days))
+            {
+                match store.prune_usage(cutoff) {
+                    Ok(n) if n > 0 => info!(removed = n, "pruned old usage statistics"),
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "cannot prune usage statistics"),
+                }
+            }
+            if let Err(e) = store.prune_cache(ttl) {
+                warn!(error = %e, "cannot prune the response cache");
+            }
+        });
     }
 
     /// Every second: quota gauges per key, next-usable time per pool.
