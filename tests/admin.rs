@@ -346,7 +346,7 @@ async fn jobs_over_http_history_pages_and_stats() {
 
 #[actix::test]
 async fn pools_show_queue_depth_and_dead_letters_raise_an_alert() {
-    let env = TestEnv::start_admin(one_pool(vec![TestKey::new("k1", 1)])).await;
+    let mut env = TestEnv::start_admin(one_pool(vec![TestKey::new("k1", 1)])).await;
     let api = Api::new(&env);
     // No key consuming: jobs pile up in the queue.
     api.post("/v1/keys/g/k1/disable", None).await;
@@ -371,15 +371,14 @@ async fn pools_show_queue_depth_and_dead_letters_raise_an_alert() {
     api.post("/v1/keys/g/k1/enable", None).await;
     let props = BasicProperties::default().with_reply_to(env.replies.as_str().into());
     env.publish_raw("g", b"not json", props).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (_, alerts) = api.get("/v1/alerts").await;
-        if alerts.to_string().contains("KeyrelayDeadLettersGrowing") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{alerts}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Its invalid_job reply is published after the dead letter is confirmed.
+    let (reply, _) = env.next_reply().await;
+    assert_eq!(reply.error.unwrap().kind.as_str(), "invalid_job");
+    let (_, alerts) = api.get("/v1/alerts").await;
+    assert!(
+        alerts.to_string().contains("KeyrelayDeadLettersGrowing"),
+        "{alerts}"
+    );
     // The poller exports the depths as gauges.
     let metrics = reqwest::get(format!("{}/metrics", api.base))
         .await
