@@ -7,6 +7,7 @@
 
 pub mod context;
 mod finish;
+mod hand_back;
 mod in_progress;
 mod inbound;
 
@@ -16,7 +17,7 @@ use std::time::Instant;
 use tracing::warn;
 
 pub use context::{InFlight, KeyContext, PoolContext, Services, Timing};
-pub use finish::return_to_broker;
+pub use hand_back::return_to_broker;
 pub use in_progress::{Claim, InProgress};
 pub use inbound::Inbound;
 
@@ -302,10 +303,10 @@ async fn retry_transient(
 ) {
     if inflight.attempts >= services.jobs.max_attempts {
         let message = format!("gave up after {} attempts: {message}", inflight.attempts);
-        return finish::give_up(services, key, inflight, message).await;
+        return hand_back::give_up(services, key, inflight, message).await;
     }
     inflight.last_error = Some(message);
-    if let Err(inflight) = finish::delay_retry(services, key, inflight).await {
+    if let Err(inflight) = hand_back::delay_retry(services, key, inflight).await {
         // No delay queue (broker trouble): wait here instead, then reroute.
         tokio::time::sleep(retry::backoff(inflight.attempts)).await;
         reroute(services, key, inflight, RerouteReason::Transient);
