@@ -189,17 +189,9 @@ async fn sigkill_mid_run_loses_nothing_and_pays_once() {
         "no provider call for anything but these jobs"
     );
 
-    let c = &config;
-    common::delete_queues(
-        &broker,
-        &[
-            c.job_queue("g"),
-            c.jobs.results_queue.clone(),
-            c.jobs.dead_letter_queue.clone(),
-            replies_name,
-        ],
-    )
-    .await;
+    let mut queues = common::keyrelay_queues(&config);
+    queues.push(replies_name);
+    common::delete_queues(&broker, &queues).await;
     broker.close().await;
     mock.stop().await;
 }
@@ -255,15 +247,8 @@ async fn sigterm_right_after_start_is_graceful() {
         assert!(status.success(), "round {round}: {status}\n{}", log.text());
     }
     let broker = Broker::connect(&common::amqp_url()).await.unwrap();
-    common::delete_queues(
-        &broker,
-        &[
-            config.job_queue("t"),
-            config.jobs.results_queue.clone(),
-            config.jobs.dead_letter_queue.clone(),
-        ],
-    )
-    .await;
+    let queues = common::keyrelay_queues(&config);
+    common::delete_queues(&broker, &queues).await;
     broker.close().await;
     mock.stop().await;
 }

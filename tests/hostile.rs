@@ -327,15 +327,8 @@ async fn poison_job_is_dead_lettered_after_the_delivery_limit() {
         .await
         .unwrap();
     assert_eq!(q.message_count(), 0);
-    common::delete_queues(
-        &broker,
-        &[
-            queue,
-            config.jobs.results_queue.clone(),
-            config.jobs.dead_letter_queue.clone(),
-        ],
-    )
-    .await;
+    let queues = common::keyrelay_queues(&config);
+    common::delete_queues(&broker, &queues).await;
     broker.close().await;
     mock.stop().await;
 }

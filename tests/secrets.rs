@@ -335,19 +335,9 @@ async fn api_keys_never_appear_in_any_output() {
         sled_bytes.len()
     );
 
-    common::delete_queues(
-        &broker,
-        &[
-            config.job_queue("g"),
-            config.job_queue("o"),
-            config.job_queue("a"),
-            config.job_queue("e"),
-            config.jobs.results_queue.clone(),
-            config.jobs.dead_letter_queue.clone(),
-            replies_name,
-        ],
-    )
-    .await;
+    let mut queues = common::keyrelay_queues(&config);
+    queues.push(replies_name);
+    common::delete_queues(&broker, &queues).await;
     broker.close().await;
     mock.stop().await;
 }

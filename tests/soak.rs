@@ -226,16 +226,9 @@ async fn soak_steady_load_with_faults() {
         warm.rss_kib,
         last.rss_kib
     );
-    common::delete_queues(
-        &broker,
-        &[
-            config.job_queue("s"),
-            config.jobs.results_queue.clone(),
-            config.jobs.dead_letter_queue.clone(),
-            replies_name,
-        ],
-    )
-    .await;
+    let mut queues = common::keyrelay_queues(&config);
+    queues.push(replies_name);
+    common::delete_queues(&broker, &queues).await;
     broker.close().await;
     mock.stop().await;
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use keyrelay::config::Config;
-use keyrelay::job::retry;
 use keyrelay::mock_provider::{MockKey, MockProvider, MockSettings};
 
 pub fn amqp_url() -> String {
@@ -147,15 +146,7 @@ impl Env {
 
     /// Every queue this run created, the retry delay queues of each job queue included.
     pub fn all_queues(&self) -> Vec<String> {
-        let mut queues = self.job_queues();
-        let delay_queues: Vec<String> = queues
-            .iter()
-            .flat_map(|q| (1..self.config.jobs.max_attempts).map(move |a| retry::delay_queue(q, a)))
-            .collect();
-        queues.extend(delay_queues);
-        queues.push(self.config.jobs.results_queue.clone());
-        queues.push(self.config.jobs.dead_letter_queue.clone());
-        queues
+        self.config.declared_queues()
     }
 
     pub fn log_path(&self, name: &str) -> PathBuf {

@@ -333,17 +333,7 @@ async fn cleanup(config: &Config, run_id: &str) {
         return;
     };
     if let Ok(channel) = broker.channel().await {
-        let mut queues: Vec<String> = Vec::new();
-        for pool in &config.pools {
-            let queue = config.job_queue(&pool.name);
-            for attempt in 1..config.jobs.max_attempts {
-                queues.push(crate::job::retry::delay_queue(&queue, attempt));
-            }
-            queues.push(queue);
-        }
-        queues.push(config.jobs.results_queue.clone());
-        queues.push(config.jobs.dead_letter_queue.clone());
-        for q in queues {
+        for q in config.declared_queues() {
             let _ = channel
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await;

@@ -250,6 +250,23 @@ impl Config {
         Ok(config)
     }
 
+    /// Every queue keyrelay declares for this config: the results and
+    /// dead-letter queues, and per pool its job queue and delay queues.
+    pub fn declared_queues(&self) -> Vec<String> {
+        let mut queues = vec![
+            self.jobs.results_queue.clone(),
+            self.jobs.dead_letter_queue.clone(),
+        ];
+        for pool in &self.pools {
+            let queue = self.job_queue(&pool.name);
+            for attempt in 1..self.jobs.max_attempts {
+                queues.push(crate::job::retry::delay_queue(&queue, attempt));
+            }
+            queues.push(queue);
+        }
+        queues
+    }
+
     /// Name of the queue a pool consumes from.
     pub fn job_queue(&self, pool: &str) -> String {
         format!("{}.jobs.{}", self.broker.queue_prefix, pool)

@@ -250,14 +250,9 @@ impl TestEnv {
         if let Some(app) = self.app.take() {
             app.shutdown(Duration::from_secs(5)).await;
         }
-        let channel = self.broker.channel().await.unwrap();
-        let mut queues: Vec<String> = keyrelay_queues(&self.config);
+        let mut queues = keyrelay_queues(&self.config);
         queues.push(self.replies.clone());
-        for q in queues {
-            let _ = channel
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
+        delete_queues(&self.broker, &queues).await;
         self.broker.close().await;
         self.mock.stop().await;
     }
@@ -265,18 +260,7 @@ impl TestEnv {
 
 /// Every queue keyrelay declares for `config`.
 pub fn keyrelay_queues(config: &Config) -> Vec<String> {
-    let mut queues = vec![
-        config.jobs.results_queue.clone(),
-        config.jobs.dead_letter_queue.clone(),
-    ];
-    for pool in &config.pools {
-        let queue = config.job_queue(&pool.name);
-        for attempt in 1..config.jobs.max_attempts {
-            queues.push(keyrelay::job::retry::delay_queue(&queue, attempt));
-        }
-        queues.push(queue);
-    }
-    queues
+    config.declared_queues()
 }
 
 fn config_for(
