@@ -22,11 +22,11 @@ pub struct Keyrelay {
 
 impl Keyrelay {
     /// `keyrelay run --config <config>` with the service's default log filter,
-    /// its log (one line per job, as in production) going to `log`.
+    /// its log going to `log`.
     pub fn spawn(config: &Path, log: &Path, http_addr: SocketAddr) -> anyhow::Result<Keyrelay> {
         let log = std::fs::File::create(log)?;
         let spawned = Instant::now();
-        let child = tokio::process::Command::new(BINARY)
+        let child = command()
             .args(["run", "--config"])
             .arg(config)
             .env_remove("RUST_LOG")
@@ -248,4 +248,20 @@ pub fn histogram_mean(text: &str, name: &str) -> f64 {
 pub fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
+}
+
+/// The keyrelay binary, or the binary under the wrapper command named by
+/// `KEYRELAY_BENCH_WRAP` (e.g. `valgrind --tool=callgrind --callgrind-out-file=/tmp/kr.cg`):
+/// instruction counts do not vary with the machine's load as CPU seconds do.
+fn command() -> tokio::process::Command {
+    let wrap = std::env::var("KEYRELAY_BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut command = tokio::process::Command::new(program);
+            command.args(words).arg(BINARY);
+            command
+        }
+        None => tokio::process::Command::new(BINARY),
+    }
 }
