@@ -24,7 +24,7 @@ impl ApiKey {
     /// keys apart, useless to an attacker.
     pub fn fingerprint(&self) -> String {
         let digest = Sha256::digest(self.0.as_bytes());
-        digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(&digest[..4])
     }
 
     /// Replace every occurrence of the key in `text` (provider error bodies can

@@ -61,7 +61,7 @@ impl Job {
                 .unwrap_or(u32::MAX)
                 .to_be_bytes(),
         );
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(h.finalize())
     }
 }
 

@@ -12,7 +12,7 @@ use crate::actors::messages::{BudgetSpent, KeyOutcome, Reroute};
 use crate::amqp::Publisher;
 use crate::config::{JobsConfig, TemplateConfig};
 use crate::job::{DecodeContext, Job};
-use crate::keys::{Blocked, Budget, KeyId, Limits, Ticket, Usage};
+use crate::keys::{Blocked, Budget, CallTally, KeyId, Limits, Ticket, Usage};
 use crate::provider::ProviderClient;
 use crate::secret::ApiKey;
 use crate::store::Store;
@@ -88,6 +88,12 @@ pub struct KeyContext {
     budget: Mutex<Budget>,
     budget_dirty: AtomicBool,
     probing: AtomicBool,
+    /// Whether the supervisor must hear of this key's next success (it has
+    /// failures, restarts or a probe to clear); otherwise successes are only
+    /// tallied, at no cost to the supervisor.
+    report_success: AtomicBool,
+    /// Calls since the supervisor last wrote the usage statistics.
+    pub calls: CallTally,
     /// Held by the one call allowed while probing.
     pub probe: tokio::sync::Mutex<()>,
     /// `pool/key`, the store's counter prefix.
@@ -135,6 +141,8 @@ impl KeyContext {
             budget: Mutex::new(Budget::default()),
             budget_dirty: AtomicBool::new(false),
             probing: AtomicBool::new(false),
+            report_success: AtomicBool::new(false),
+            calls: CallTally::default(),
             probe: tokio::sync::Mutex::new(()),
             permits: Semaphore::new(usize::from(spec.concurrency)),
             in_flight: AtomicUsize::new(0),
@@ -238,6 +246,17 @@ impl KeyContext {
 
     pub(crate) fn set_probing(&self, probing: bool) {
         self.probing.store(probing, Ordering::Release);
+    }
+
+    /// Whether a success on this key must go to the supervisor.
+    pub fn success_reportable(&self) -> bool {
+        self.report_success.load(Ordering::Acquire) || self.is_probing()
+    }
+
+    /// Set by the supervisor when a success would change something (clear a
+    /// failure streak, a restart backoff or a probe), cleared once it has.
+    pub(crate) fn set_report_success(&self, report: bool) {
+        self.report_success.store(report, Ordering::Release);
     }
 
     /// Whether the key is in rotation (set by the supervisor only).

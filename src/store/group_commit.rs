@@ -41,9 +41,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<(sled::Db, Waiter)>) {
     let mut batch = Vec::new();
     while let Some((db, first)) = rx.recv().await {
         batch.push(first);
-        while let Ok((_, more)) = rx.try_recv() {
-            batch.push(more);
-        }
+        gather(&mut rx, &mut batch).await;
         let result = db
             .flush_async()
             .await
@@ -56,3 +54,26 @@ async fn run(mut rx: mpsc::UnboundedReceiver<(sled::Db, Waiter)>) {
         }
     }
 }
+
+/// Take every request already queued, then give the other tasks a few turns
+/// to finish their writes and queue theirs: each flush wakes several sled
+/// threads, so fewer, larger batches cost less CPU than many small ones.
+/// Stops as soon as a turn brings nothing new, so an idle service does not wait.
+async fn gather(rx: &mut mpsc::UnboundedReceiver<(sled::Db, Waiter)>, batch: &mut Vec<Waiter>) {
+    for _ in 0..GATHER_TURNS {
+        let before = batch.len();
+        while let Ok((_, more)) = rx.try_recv() {
+            batch.push(more);
+        }
+        if batch.len() == before && before > 1 {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    while let Ok((_, more)) = rx.try_recv() {
+        batch.push(more);
+    }
+}
+
+/// Turns given to other tasks before a flush.
+const GATHER_TURNS: usize = 4;

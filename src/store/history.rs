@@ -38,7 +38,7 @@ pub struct HistoryPage {
 
 /// The cursor as clients see it: the index key in hex.
 pub fn encode_cursor(key: &[u8]) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(key)
 }
 
 /// Parse a cursor; `None` when it is not one of ours.
@@ -124,16 +124,6 @@ impl Store {
             }
         }
         Ok(false)
-    }
-
-    /// Remove every counter of `key` (`pool/key`); the admin API's reset.
-    pub fn reset_counters(&self, key: &str) -> Result<(), StoreError> {
-        let prefix = format!("{key}/");
-        for entry in self.key_counters.scan_prefix(prefix.as_bytes()) {
-            let (k, _) = entry?;
-            self.key_counters.remove(k)?;
-        }
-        Ok(())
     }
 
     /// The result an index entry points to, unless the entry is stale.
@@ -247,16 +237,5 @@ mod tests {
         let ids: Vec<_> = window.results.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["j4", "j3", "j2"]);
         assert!(decode_cursor("zz").is_none());
-    }
-
-    #[tokio::test]
-    async fn reset_counters_clears_only_that_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s")).unwrap();
-        store.bump("p/a", "completed").unwrap();
-        store.bump("p/ab", "completed").unwrap();
-        store.reset_counters("p/a").unwrap();
-        assert!(store.counters("p/a").unwrap().is_empty());
-        assert_eq!(store.counters("p/ab").unwrap().len(), 1);
     }
 }

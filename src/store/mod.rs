@@ -4,6 +4,7 @@
 //! [`Store::persist_result`], which returns only after the data is flushed to disk;
 //! concurrent callers share one flush ([`group_commit`]).
 
+mod counters;
 mod group_commit;
 pub mod history;
 
@@ -63,6 +64,7 @@ pub struct Store {
     response_cache: sled::Tree,
     /// `pool/key/YYYY-MM-DDTHH/field` → u64 (merged): per key and hour.
     usage_hourly: sled::Tree,
+    pending_counters: std::sync::Arc<counters::PendingCounters>,
     commit: GroupCommit,
 }
 
@@ -89,6 +91,7 @@ impl Store {
             key_budgets: db.open_tree(KEY_BUDGETS)?,
             response_cache: db.open_tree(RESPONSE_CACHE)?,
             usage_hourly,
+            pending_counters: Default::default(),
             commit: GroupCommit::spawn(db.clone()),
             db,
         })
@@ -106,39 +109,28 @@ impl Store {
         result: &JobResult,
         counters_key: Option<&str>,
     ) -> Result<(), StoreError> {
-        write_json(&self.results, &result.id, result)?;
+        let encoded = serde_json::to_vec(result).map_err(|e| StoreError::Flush(e.to_string()))?;
+        self.persist_encoded(result, &encoded, counters_key).await
+    }
+
+    /// Like [`Store::persist_result`], with `result` already serialized as
+    /// `encoded` (the reply's bytes: one serialization serves both).
+    pub async fn persist_encoded(
+        &self,
+        result: &JobResult,
+        encoded: &[u8],
+        counters_key: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.results.insert(result.id.as_bytes(), encoded)?;
         self.results_by_time
             .insert(time_key(result.completed_at, &result.id), &[])?;
+        self.commit.flush().await?;
+        // Counted once durable: a failed flush leaves the job to run again.
         if let Some(key) = counters_key {
-            self.bump(key, "completed")?;
-            self.bump(key, result.outcome_label())?;
+            self.bump(key, "completed");
+            self.bump(key, result.outcome_label());
         }
-        self.commit.flush().await
-    }
-
-    /// Add one to the counter `name` of `key` (`pool/key`).
-    /// A merge, not a read-modify-write: no compare-and-swap loop between jobs.
-    pub fn bump(&self, key: &str, name: &str) -> Result<(), StoreError> {
-        self.add(key, name, 1)
-    }
-
-    /// Add `n` to the counter `name` of `key`.
-    pub fn add(&self, key: &str, name: &str, n: u64) -> Result<(), StoreError> {
-        let id = format!("{key}/{name}");
-        self.key_counters.merge(id.as_bytes(), n.to_be_bytes())?;
         Ok(())
-    }
-
-    /// Every counter of `key` (`pool/key`), by name.
-    pub fn counters(&self, key: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let prefix = format!("{key}/");
-        let mut out = Vec::new();
-        for entry in self.key_counters.scan_prefix(prefix.as_bytes()) {
-            let (k, v) = entry?;
-            let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            out.push((name, decode_u64(&v).unwrap_or(0)));
-        }
-        Ok(out)
     }
 
     /// Persisted state of a key (written by the supervisor).
@@ -262,6 +254,7 @@ impl Store {
 
     /// Flush everything (shutdown).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        self.flush_counters()?;
         self.db.flush_async().await?;
         Ok(())
     }

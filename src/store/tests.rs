@@ -44,6 +44,9 @@ async fn results_and_counters_survive_reopen() {
             store.result("a").unwrap(),
             Some(result_with_time("a", &store))
         );
+        // Results are durable on return; counters are written each second
+        // and at shutdown, which this flush stands for.
+        store.flush().await.unwrap();
     }
     let store = Store::open(&path).unwrap();
     assert_eq!(store.result("b").unwrap().unwrap().id, "b");

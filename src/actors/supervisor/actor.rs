@@ -105,7 +105,6 @@ impl Supervisor {
                 broker: setup.broker,
                 stopping: false,
                 consumers,
-                usage: Default::default(),
             }
         })
     }
@@ -251,6 +250,9 @@ impl Actor for Supervisor {
         ctx.run_interval(super::quota::BUDGET_PERSIST_EVERY, |act, _| {
             act.persist_budgets();
             act.flush_usage();
+            if let Err(e) = act.services.store.flush_counters() {
+                warn!(error = %e, "cannot write key counters");
+            }
             act.publish_quota_gauges();
         });
         ctx.run_interval(super::quota::PRUNE_EVERY, |act, _| act.prune_store());

@@ -17,10 +17,12 @@ impl Handler<KeyOutcome> for Supervisor {
 
     fn handle(&mut self, msg: KeyOutcome, ctx: &mut Self::Context) {
         let now = jiff::Timestamp::now();
-        self.record_usage(&msg, now);
         let next = match &msg.outcome {
             Outcome::Success(_) => return self.on_success(msg.key),
-            Outcome::Transient { .. } => self.after_transient(msg.key, now),
+            Outcome::Transient { .. } => {
+                self.keys[msg.key.0].ctx.set_report_success(true);
+                self.after_transient(msg.key, now)
+            }
             outcome => {
                 let policy = &self.pools[self.keys[msg.key.0].pool].ctx.policy;
                 after_outcome(outcome, now, policy)
@@ -140,6 +142,7 @@ impl Handler<WorkerStopped> for Supervisor {
             return;
         }
         slot.restarts += 1;
+        slot.ctx.set_report_success(true);
         let delay =
             Duration::from_millis(100u64 << slot.restarts.min(8)).min(Duration::from_secs(30));
         metrics::counter!(m::WORKER_RESTARTS_TOTAL, "pool" => slot.ctx.pool.name.clone(), "key" => slot.ctx.name.clone())

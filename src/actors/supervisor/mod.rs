@@ -28,9 +28,6 @@ pub struct Supervisor {
     stopping: bool,
     /// Number of keys consuming right now (readiness, tests, shutdown).
     consumers: tokio::sync::watch::Sender<usize>,
-    /// Usage statistics summed since the last write, by key and hour.
-    usage:
-        std::collections::HashMap<(KeyId, String), std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// The supervisor's view of one key.

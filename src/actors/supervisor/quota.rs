@@ -8,10 +8,9 @@ use actix::prelude::*;
 use tracing::{info, warn};
 
 use super::Supervisor;
-use crate::actors::messages::{BudgetSpent, KeyOutcome};
+use crate::actors::messages::BudgetSpent;
 use crate::keys::{KeyId, KeyState, Spent};
 use crate::metrics as m;
-use crate::provider::Outcome;
 
 /// How often changed budgets are written to the store.
 pub(super) const BUDGET_PERSIST_EVERY: Duration = Duration::from_secs(1);
@@ -63,6 +62,7 @@ impl Supervisor {
         let slot = &mut self.keys[key.0];
         slot.restarts = 0;
         slot.transient.success();
+        slot.ctx.set_report_success(false);
         if slot.ctx.is_probing() {
             slot.ctx.set_probing(false);
             info!(pool = %slot.ctx.pool.name, key = %slot.ctx.name, "probe succeeded; key fully back");
@@ -107,39 +107,17 @@ impl Supervisor {
         }
     }
 
-    /// Per key and hour: requests, outcomes by class, tokens, latency. Summed
-    /// in memory and written once a second (`flush_usage`), not per call.
-    pub(super) fn record_usage(&mut self, msg: &KeyOutcome, now: jiff::Timestamp) {
-        let (tokens_in, tokens_out) = match &msg.outcome {
-            Outcome::Success(c) => (c.usage.input_tokens, c.usage.output_tokens),
-            _ => (0, 0),
-        };
-        let fields = [
-            ("requests", 1),
-            (msg.outcome.class().as_str(), 1),
-            ("tokens_in", tokens_in),
-            ("tokens_out", tokens_out),
-            ("latency_ms", msg.latency.as_millis() as u64),
-        ];
-        let sums = self
-            .usage
-            .entry((msg.key, crate::store::hour_of(now)))
-            .or_default();
-        for (field, n) in fields {
-            *sums.entry(field).or_default() += n;
-        }
-    }
-
-    /// Write the usage summed since the last flush.
+    /// Write each key's calls since the last flush to the hourly usage
+    /// statistics (once a second: calls are tallied by the job tasks).
     pub(super) fn flush_usage(&mut self) {
-        for ((key, hour), sums) in std::mem::take(&mut self.usage) {
-            let store_key = &self.keys[key.0].ctx.store_key;
-            let fields: Vec<(&str, u64)> = sums.into_iter().collect();
-            if let Err(e) = self
-                .services
-                .store
-                .add_usage_in_hour(store_key, &hour, &fields)
-            {
+        let now = jiff::Timestamp::now();
+        for slot in &self.keys {
+            let fields = slot.ctx.calls.drain();
+            if fields.is_empty() {
+                continue;
+            }
+            let store_key = &slot.ctx.store_key;
+            if let Err(e) = self.services.store.add_usage(store_key, now, &fields) {
                 warn!(key = %store_key, error = %e, "cannot record usage statistics");
             }
         }
