@@ -39,10 +39,14 @@ pub struct Job {
     pub reply: ReplyAddress,
 }
 
+/// Key of a request in the response cache.
+pub type CacheKey = [u8; 16];
+
 impl Job {
     /// Identity of the request for the response cache: pool, model, rendered
-    /// messages and every parameter that changes the answer.
-    pub fn cache_key(&self) -> String {
+    /// messages and every parameter that changes the answer (the first 128
+    /// bits of a SHA-256: collisions are out of reach at any realistic size).
+    pub fn cache_key(&self) -> CacheKey {
         use sha2::{Digest, Sha256};
         let r = &self.request;
         let mut h = Sha256::new();
@@ -61,7 +65,10 @@ impl Job {
                 .unwrap_or(u32::MAX)
                 .to_be_bytes(),
         );
-        hex::encode(h.finalize())
+        let digest = h.finalize();
+        let mut key = [0; 16];
+        key.copy_from_slice(&digest[..16]);
+        key
     }
 }
 

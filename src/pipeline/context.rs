@@ -324,4 +324,6 @@ pub struct InFlight {
     pub attempts: u32,
     pub timing: Timing,
     pub last_error: Option<String>,
+    /// The request's response-cache key, when the job may be cached.
+    pub cache_key: Option<crate::job::CacheKey>,
 }

@@ -8,11 +8,11 @@ use tracing::{debug, error, info, warn};
 use super::{InFlight, Inbound, KeyContext, PoolContext, Services, Timing};
 use crate::amqp::{PublishOutcome, dead_letter_properties, reply_properties};
 use crate::job::{
-    ErrorKind, InvalidJob, Job, JobError, JobResult, JobStatus, ReplyAddress, ResponseFormat,
+    CacheKey, ErrorKind, InvalidJob, Job, JobError, JobResult, JobStatus, ReplyAddress,
+    ResponseFormat,
 };
 use crate::metrics as m;
 use crate::provider::{Completion, Usage};
-use crate::store::CachedAnswer;
 
 /// A successful provider call: parse JSON output when asked for, then deliver.
 pub async fn complete(
@@ -38,8 +38,8 @@ pub async fn complete(
         }
     }
     result.text = Some(completion.text);
-    if result.is_success() && inflight.job.cache && services.jobs.cache_ttl_secs > 0 {
-        remember_answer(services, &inflight.job, &result);
+    if let Some(cache_key) = inflight.cache_key.filter(|_| result.is_success()) {
+        remember_answer(services, &cache_key, &result);
     }
     deliver(services, &key.pool, Some(key), inflight, result).await;
 }
@@ -167,13 +167,9 @@ pub async fn answer_from_cache(
     persist_and_reply(services, pool, None, inbound, &job.reply, result, timing).await;
 }
 
-fn remember_answer(services: &Services, job: &Job, result: &JobResult) {
-    let answer = CachedAnswer {
-        stored_at: jiff::Timestamp::now(),
-        result_id: result.id.clone(),
-    };
-    if let Err(e) = services.store.cache_answer(&job.cache_key(), &answer) {
-        warn!(job_id = %job.id, error = %e, "cannot cache the answer");
+fn remember_answer(services: &Services, key: &CacheKey, result: &JobResult) {
+    if let Err(e) = services.store.cache_answer(key, &result.id) {
+        warn!(job_id = %result.id, error = %e, "cannot cache the answer");
     }
 }
 

@@ -47,6 +47,7 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
         }
     };
     let claim = services.in_progress.claim(&job.id).await;
+    let cache_key = (job.cache && services.jobs.cache_ttl_secs > 0).then(|| job.cache_key());
     match services.store.result(&job.id) {
         Ok(Some(stored)) if stored.is_final() => {
             return Box::pin(finish::answer_from_store(
@@ -58,7 +59,7 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
         // the dead-letter queue on purpose: it runs again.
         Ok(Some(_)) => {}
         Ok(None) => {
-            if let Some(answer) = cached_answer(&services, &job) {
+            if let Some(answer) = cached_answer(&services, &job, cache_key) {
                 return Box::pin(finish::answer_from_cache(
                     &services, &key.pool, inbound, &job, answer, timing,
                 ))
@@ -85,6 +86,7 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
         attempts,
         timing,
         last_error: retry::header_text(headers.as_ref(), retry::LAST_ERROR_HEADER),
+        cache_key,
     };
     if attempts > 0 && failed_here {
         // Retry on another key of the pool when one is available.
@@ -93,16 +95,13 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
     Box::pin(run_on_key(key, services, inflight)).await;
 }
 
-fn cached_answer(services: &Services, job: &job::Job) -> Option<job::JobResult> {
-    let ttl = services.jobs.cache_ttl_secs;
-    if !job.cache || ttl == 0 {
-        return None;
-    }
-    let key = job.cache_key();
-    match services
-        .store
-        .cached_result(&key, std::time::Duration::from_secs(ttl))
-    {
+fn cached_answer(
+    services: &Services,
+    job: &job::Job,
+    key: Option<job::CacheKey>,
+) -> Option<job::JobResult> {
+    let ttl = Duration::from_secs(services.jobs.cache_ttl_secs);
+    match services.store.cached_result(&key?, ttl) {
         Ok(answer) => answer,
         Err(e) => {
             warn!(job_id = %job.id, error = %e, "response cache unreadable; calling the provider");

@@ -7,6 +7,7 @@
 mod counters;
 mod group_commit;
 pub mod history;
+pub mod response_cache;
 
 use std::path::Path;
 
@@ -38,14 +39,6 @@ const RESULTS_BY_TIME: &str = "results_by_time";
 const KEY_BUDGETS: &str = "key_budgets";
 const RESPONSE_CACHE: &str = "response_cache";
 const USAGE_HOURLY: &str = "usage_hourly";
-
-/// The response cache's entry: which stored result answers a request. A
-/// pointer, not a copy: the answer itself is already in the results tree.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct CachedAnswer {
-    pub stored_at: jiff::Timestamp,
-    pub result_id: String,
-}
 
 /// Page cache when none is configured: 64 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -151,46 +144,6 @@ impl Store {
 
     pub fn save_budget(&self, key: &str, budget: &crate::keys::Budget) -> Result<(), StoreError> {
         write_json(&self.key_budgets, key, budget)
-    }
-
-    /// The stored successful result answering request `key`, if cached no longer
-    /// than `ttl` ago (an expired entry is removed).
-    pub fn cached_result(
-        &self,
-        key: &str,
-        ttl: std::time::Duration,
-    ) -> Result<Option<JobResult>, StoreError> {
-        let Some(entry) = read_json::<CachedAnswer>(&self.response_cache, RESPONSE_CACHE, key)?
-        else {
-            return Ok(None);
-        };
-        let age = jiff::Timestamp::now().duration_since(entry.stored_at);
-        if age.as_secs() >= 0 && age.unsigned_abs() > ttl {
-            self.response_cache.remove(key.as_bytes())?;
-            return Ok(None);
-        }
-        Ok(self.result(&entry.result_id)?.filter(JobResult::is_success))
-    }
-
-    pub fn cache_answer(&self, key: &str, answer: &CachedAnswer) -> Result<(), StoreError> {
-        write_json(&self.response_cache, key, answer)
-    }
-
-    /// Remove cached answers older than `ttl`; returns how many.
-    pub fn prune_cache(&self, ttl: std::time::Duration) -> Result<usize, StoreError> {
-        let now = jiff::Timestamp::now();
-        let mut removed = 0;
-        for entry in self.response_cache.iter() {
-            let (k, v) = entry?;
-            let expired = serde_json::from_slice::<CachedAnswer>(&v)
-                .map(|a| now.duration_since(a.stored_at).unsigned_abs() > ttl)
-                .unwrap_or(true);
-            if expired {
-                self.response_cache.remove(k)?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
     }
 
     /// Add to the usage statistics of `key` (`pool/key`) for the hour of `at`.
