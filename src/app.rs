@@ -71,6 +71,7 @@ impl App {
             .map_err(|e| {
                 AppError::Store(StoreError::Flush(format!("store open task failed: {e}")))
             })??;
+        load_response_cache(&store, &config.jobs);
         let broker = Arc::new(Broker::for_service(Arc::new(config.clone())).await?);
         let publisher = Publisher::new(broker.clone()).await?;
         let setup = SupervisorSetup {
@@ -148,6 +149,17 @@ impl App {
         self.broker.close().await;
         self.http.stop(true).await;
         info!("keyrelay stopped");
+    }
+}
+
+/// Rebuild the response cache's index from the stored results. A failure
+/// only costs cache hits, so it is logged, not fatal.
+fn load_response_cache(store: &Store, jobs: &crate::config::JobsConfig) {
+    let ttl = Duration::from_secs(jobs.cache_ttl_secs);
+    match store.load_response_cache(ttl, jobs.cache_max_entries) {
+        Ok(0) => {}
+        Ok(n) => info!(answers = n, "response cache loaded from the store"),
+        Err(e) => warn!(error = %e, "cannot load the response cache; starting with it empty"),
     }
 }
 

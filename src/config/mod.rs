@@ -125,6 +125,10 @@ pub struct JobsConfig {
     /// response cache without a provider call (0 turns the cache off).
     #[serde(default = "defaults::cache_ttl_secs")]
     pub cache_ttl_secs: u64,
+    /// Most answers the response cache holds (oldest dropped first); each
+    /// costs about 150 bytes of memory.
+    #[serde(default = "defaults::cache_max_entries")]
+    pub cache_max_entries: usize,
     /// Whether jobs that do not say (`"cache": true|false`) may use the cache.
     #[serde(default = "defaults::cache_by_default")]
     pub cache_by_default: bool,
@@ -346,6 +350,7 @@ impl Default for JobsConfig {
             max_returns: defaults::max_returns(),
             stats_retention_days: defaults::stats_retention_days(),
             cache_ttl_secs: defaults::cache_ttl_secs(),
+            cache_max_entries: defaults::cache_max_entries(),
             cache_by_default: defaults::cache_by_default(),
         }
     }
@@ -389,6 +394,9 @@ mod defaults {
     }
     pub fn cache_ttl_secs() -> u64 {
         3600
+    }
+    pub fn cache_max_entries() -> usize {
+        100_000
     }
     pub fn cache_by_default() -> bool {
         true

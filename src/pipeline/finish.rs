@@ -38,9 +38,6 @@ pub async fn complete(
         }
     }
     result.text = Some(completion.text);
-    if let Some(cache_key) = inflight.cache_key.filter(|_| result.is_success()) {
-        remember_answer(services, &cache_key, &result);
-    }
     deliver(services, &key.pool, Some(key), inflight, result).await;
 }
 
@@ -164,13 +161,11 @@ pub async fn answer_from_cache(
         cached: true,
         completed_at: jiff::Timestamp::now(),
     };
-    persist_and_reply(services, pool, None, inbound, &job.reply, result, timing).await;
-}
-
-fn remember_answer(services: &Services, key: &CacheKey, result: &JobResult) {
-    if let Err(e) = services.store.cache_answer(key, &result.id) {
-        warn!(job_id = %result.id, error = %e, "cannot cache the answer");
-    }
+    let store = Persist {
+        counters_key: None,
+        cache_key: None,
+    };
+    persist_and_reply(services, pool, store, inbound, &job.reply, result, timing).await;
 }
 
 /// Publish the original message to the dead-letter queue with the reason.
@@ -247,12 +242,16 @@ async fn deliver(
     inflight: InFlight,
     result: JobResult,
 ) {
-    let store_key = key.map(|k| k.store_key.as_str());
+    let store = Persist {
+        counters_key: key.map(|k| k.store_key.as_str()),
+        // Only successes answer later identical requests.
+        cache_key: inflight.cache_key.filter(|_| result.is_success()),
+    };
     let reply = &inflight.job.reply;
     persist_and_reply(
         services,
         pool,
-        store_key,
+        store,
         inflight.inbound,
         reply,
         result,
@@ -261,11 +260,19 @@ async fn deliver(
     .await;
 }
 
+/// Where a result is counted and cached when it is stored.
+struct Persist<'a> {
+    /// `pool/key` of the key that ran the job, for its counters.
+    counters_key: Option<&'a str>,
+    /// The request's response-cache key, for a success that may be reused.
+    cache_key: Option<CacheKey>,
+}
+
 /// Persist, then publish and ack.
 async fn persist_and_reply(
     services: &Services,
     pool: &PoolContext,
-    store_key: Option<&str>,
+    store: Persist<'_>,
     inbound: Inbound,
     reply: &ReplyAddress,
     mut result: JobResult,
@@ -280,7 +287,7 @@ async fn persist_and_reply(
     };
     let on_failure = match services
         .store
-        .persist_encoded(&result, &body, store_key)
+        .persist_encoded(&result, &body, store.counters_key, store.cache_key)
         .await
     {
         Ok(()) => OnReplyFailure::Requeue,

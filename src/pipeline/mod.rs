@@ -100,8 +100,7 @@ fn cached_answer(
     job: &job::Job,
     key: Option<job::CacheKey>,
 ) -> Option<job::JobResult> {
-    let ttl = Duration::from_secs(services.jobs.cache_ttl_secs);
-    match services.store.cached_result(&key?, ttl) {
+    match services.store.cached_result(&key?) {
         Ok(answer) => answer,
         Err(e) => {
             warn!(job_id = %job.id, error = %e, "response cache unreadable; calling the provider");

@@ -14,7 +14,7 @@ use std::path::Path;
 use serde::{Serialize, de::DeserializeOwned};
 use thiserror::Error;
 
-use crate::job::JobResult;
+use crate::job::{CacheKey, JobResult};
 
 pub use group_commit::GroupCommit;
 
@@ -37,7 +37,7 @@ const KEY_STATES: &str = "key_states";
 const KEY_COUNTERS: &str = "key_counters";
 const RESULTS_BY_TIME: &str = "results_by_time";
 const KEY_BUDGETS: &str = "key_budgets";
-const RESPONSE_CACHE: &str = "response_cache";
+const OLD_RESPONSE_CACHE: &str = "response_cache";
 const USAGE_HOURLY: &str = "usage_hourly";
 
 /// Page cache when none is configured: 64 MiB.
@@ -54,7 +54,7 @@ pub struct Store {
     /// Ordered by time, so history is a range scan, newest first in reverse.
     results_by_time: sled::Tree,
     key_budgets: sled::Tree,
-    response_cache: sled::Tree,
+    response_cache: std::sync::Arc<response_cache::CacheIndex>,
     /// `pool/key/YYYY-MM-DDTHH/field` → u64 (merged): per key and hour.
     usage_hourly: sled::Tree,
     pending_counters: std::sync::Arc<counters::PendingCounters>,
@@ -75,6 +75,8 @@ impl Store {
         let key_counters = db.open_tree(KEY_COUNTERS)?;
         key_counters.set_merge_operator(add_u64);
         let usage_hourly = db.open_tree(USAGE_HOURLY)?;
+        // The response cache's tree of earlier versions; the index is in memory now.
+        db.drop_tree(OLD_RESPONSE_CACHE)?;
         usage_hourly.set_merge_operator(add_u64);
         Ok(Store {
             results: db.open_tree(RESULTS)?,
@@ -82,7 +84,7 @@ impl Store {
             key_counters,
             results_by_time: db.open_tree(RESULTS_BY_TIME)?,
             key_budgets: db.open_tree(KEY_BUDGETS)?,
-            response_cache: db.open_tree(RESPONSE_CACHE)?,
+            response_cache: Default::default(),
             usage_hourly,
             pending_counters: Default::default(),
             commit: GroupCommit::spawn(db.clone()),
@@ -103,21 +105,29 @@ impl Store {
         counters_key: Option<&str>,
     ) -> Result<(), StoreError> {
         let encoded = serde_json::to_vec(result).map_err(|e| StoreError::Flush(e.to_string()))?;
-        self.persist_encoded(result, &encoded, counters_key).await
+        self.persist_encoded(result, &encoded, counters_key, None)
+            .await
     }
 
     /// Like [`Store::persist_result`], with `result` already serialized as
-    /// `encoded` (the reply's bytes: one serialization serves both).
+    /// `encoded` (the reply's bytes: one serialization serves both), and
+    /// indexed as the response cache's answer to `cache_key` once durable.
     pub async fn persist_encoded(
         &self,
         result: &JobResult,
         encoded: &[u8],
         counters_key: Option<&str>,
+        cache_key: Option<CacheKey>,
     ) -> Result<(), StoreError> {
         self.results.insert(result.id.as_bytes(), encoded)?;
+        // The time index's value is the cache key, so the cache can be rebuilt.
+        let cache_bytes: &[u8] = cache_key.as_ref().map_or(&[], |k| k.as_slice());
         self.results_by_time
-            .insert(time_key(result.completed_at, &result.id), &[])?;
+            .insert(time_key(result.completed_at, &result.id), cache_bytes)?;
         self.commit.flush().await?;
+        if let Some(key) = cache_key {
+            self.index_answer(key, result);
+        }
         // Counted once durable: a failed flush leaves the job to run again.
         if let Some(key) = counters_key {
             self.bump(key, "completed");
@@ -272,6 +282,13 @@ pub fn time_key(at: jiff::Timestamp, id: &str) -> Vec<u8> {
     key.extend_from_slice(&nanos.to_be_bytes());
     key.extend_from_slice(id.as_bytes());
     key
+}
+
+/// The completion time and job id of an index key (see [`time_key`]).
+pub fn split_time_key(key: &[u8]) -> Option<(jiff::Timestamp, &str)> {
+    let (nanos, id) = key.split_first_chunk::<8>()?;
+    let at = jiff::Timestamp::from_nanosecond(i128::from(u64::from_be_bytes(*nanos))).ok()?;
+    Some((at, std::str::from_utf8(id).ok()?))
 }
 
 /// sled merge operator: counters are big-endian u64s that merges add to.

@@ -131,3 +131,36 @@ async fn hourly_usage_adds_up_and_prunes() {
     assert_eq!(store.prune_usage(t("2026-01-01T11:00:00Z")).unwrap(), 2);
     assert_eq!(store.usage(None).unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn cached_answers_are_rebuilt_from_the_store_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let ttl = std::time::Duration::from_secs(3600);
+    let (cached, uncached) = ([7; 16], [8; 16]);
+    {
+        let store = Store::open(&path).unwrap();
+        store.load_response_cache(ttl, 10).unwrap();
+        let a = result("a");
+        let body = serde_json::to_vec(&a).unwrap();
+        store
+            .persist_encoded(&a, &body, None, Some(cached))
+            .await
+            .unwrap();
+        store.persist_result(&result("b"), None).await.unwrap();
+        assert_eq!(store.cached_result(&cached).unwrap().unwrap().id, "a");
+    }
+    let store = Store::open(&path).unwrap();
+    assert!(store.cached_result(&cached).unwrap().is_none(), "not loaded yet");
+    assert_eq!(store.load_response_cache(ttl, 10).unwrap(), 1);
+    assert_eq!(store.cached_result(&cached).unwrap().unwrap().id, "a");
+    assert!(store.cached_result(&uncached).unwrap().is_none());
+    // A cache turned off loads nothing.
+    assert_eq!(
+        store
+            .load_response_cache(std::time::Duration::ZERO, 10)
+            .unwrap(),
+        0
+    );
+    assert!(store.cached_result(&cached).unwrap().is_none());
+}

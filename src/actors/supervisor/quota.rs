@@ -128,7 +128,6 @@ impl Supervisor {
     pub(super) fn prune_store(&self) {
         let store = self.services.store.clone();
         let days = i64::from(self.services.jobs.stats_retention_days);
-        let ttl = Duration::from_secs(self.services.jobs.cache_ttl_secs);
         tokio::task::spawn_blocking(move || {
             if let Ok(cutoff) =
                 jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_hours(24 * days))
@@ -139,9 +138,7 @@ impl Supervisor {
                     Err(e) => warn!(error = %e, "cannot prune usage statistics"),
                 }
             }
-            if let Err(e) = store.prune_cache(ttl) {
-                warn!(error = %e, "cannot prune the response cache");
-            }
+            store.prune_cache();
         });
     }
 
