@@ -151,7 +151,10 @@ async fn cached_answers_are_rebuilt_from_the_store_after_a_restart() {
         assert_eq!(store.cached_result(&cached).unwrap().unwrap().id, "a");
     }
     let store = Store::open(&path).unwrap();
-    assert!(store.cached_result(&cached).unwrap().is_none(), "not loaded yet");
+    assert!(
+        store.cached_result(&cached).unwrap().is_none(),
+        "not loaded yet"
+    );
     assert_eq!(store.load_response_cache(ttl, 10).unwrap(), 1);
     assert_eq!(store.cached_result(&cached).unwrap().unwrap().id, "a");
     assert!(store.cached_result(&uncached).unwrap().is_none());

@@ -2,7 +2,7 @@
 //! rotation, tell the supervisor when it stops.
 
 use actix::prelude::*;
-use futures_util::{StreamExt, stream};
+use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use tracing::{error, info};
@@ -10,10 +10,16 @@ use tracing::{error, info};
 use super::KeyWorker;
 use crate::actors::messages::{ConsumerState, WorkerStopped};
 use crate::amqp::AmqpError;
+use crate::pipeline;
 
-/// One item of a consumer stream, tagged with the consumer's generation;
-/// `None` marks the end of that consumer's stream.
-pub(super) struct ConsumerItem(pub u64, pub Option<lapin::Result<lapin::message::Delivery>>);
+/// A consumer's delivery loop ended: the broker cancelled it, its channel
+/// closed, or it failed (`error`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct ConsumerEnded {
+    pub generation: u64,
+    pub error: Option<String>,
+}
 
 impl Actor for KeyWorker {
     type Context = Context<Self>;
@@ -98,15 +104,52 @@ impl KeyWorker {
                 info!(pool = %act.key.pool.name, key = %act.key.name, "consuming");
                 act.consumer = Some((tag, generation));
                 act.report_consuming(true);
-                let items = consumer
-                    .map(move |d| ConsumerItem(generation, Some(d)))
-                    .chain(stream::once(async move { ConsumerItem(generation, None) }));
-                ctx.add_stream(items);
+                tokio::spawn(act.delivery_loop(consumer, generation, ctx.address()));
             }
             Err(e) => {
                 error!(pool = %act.key.pool.name, key = %act.key.name, error = %e, "cannot start consuming");
                 ctx.stop();
             }
         }));
+    }
+}
+
+impl KeyWorker {
+    /// Turn each delivery into a job task, on the tokio workers: deliveries do
+    /// not pass through the actor's thread (one thread hop less per job). The
+    /// loop ends with its consumer, or when the worker is gone.
+    fn delivery_loop(
+        &self,
+        mut consumer: lapin::Consumer,
+        generation: u64,
+        worker: Addr<KeyWorker>,
+    ) -> impl Future<Output = ()> + use<> {
+        let (key, services) = (self.key.clone(), self.services.clone());
+        let channel = self.channel.clone();
+        let mut alive = self.alive.subscribe();
+        async move {
+            let error = loop {
+                let delivery = tokio::select! {
+                    biased;
+                    delivery = consumer.next() => delivery,
+                    // The worker stopped: leave the rest to the channel's close.
+                    _ = alive.changed() => return,
+                };
+                match (delivery, &channel) {
+                    (Some(Ok(delivery)), Some(channel)) => {
+                        let inbound = pipeline::Inbound::new(delivery, channel.clone());
+                        tokio::spawn(pipeline::on_delivery(
+                            key.clone(),
+                            services.clone(),
+                            inbound,
+                        ));
+                    }
+                    (Some(Ok(_)), None) => {}
+                    (Some(Err(e)), _) => break Some(e.to_string()),
+                    (None, _) => break None,
+                }
+            };
+            worker.do_send(ConsumerEnded { generation, error });
+        }
     }
 }

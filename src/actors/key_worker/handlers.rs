@@ -5,43 +5,30 @@ use lapin::options::BasicCancelOptions;
 use tracing::{info, warn};
 
 use super::KeyWorker;
-use super::actor::ConsumerItem;
+use super::actor::ConsumerEnded;
 use crate::actors::messages::{PauseConsuming, ResumeConsuming, StopWorker};
 use crate::amqp::AmqpError;
-use crate::pipeline;
 
-impl StreamHandler<ConsumerItem> for KeyWorker {
-    fn handle(&mut self, item: ConsumerItem, ctx: &mut Self::Context) {
-        let ConsumerItem(generation, item) = item;
-        match item {
-            Some(Ok(delivery)) => {
-                let Some(channel) = self.channel.clone() else {
-                    return;
-                };
-                let inbound = pipeline::Inbound::new(delivery, channel);
-                tokio::spawn(pipeline::on_delivery(
-                    self.key.clone(),
-                    self.services.clone(),
-                    inbound,
-                ));
-            }
-            Some(Err(e)) if self.is_current(generation) => {
-                warn!(pool = %self.key.pool.name, key = %self.key.name, error = %e, "consumer failed; restarting worker");
-                ctx.stop();
-            }
-            // The current consumer ended without us cancelling it: the broker
-            // cancelled it (queue deleted) or the channel closed.
-            None if self.is_current(generation) => {
-                warn!(pool = %self.key.pool.name, key = %self.key.name, "consumer ended; restarting worker");
-                ctx.stop();
-            }
-            // The tail of a consumer we cancelled.
-            Some(Err(_)) | None => {}
+impl Handler<ConsumerEnded> for KeyWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConsumerEnded, ctx: &mut Self::Context) {
+        // The tail of a consumer we cancelled ends quietly.
+        if !self.is_current(msg.generation) {
+            return;
         }
+        match msg.error {
+            Some(error) => {
+                warn!(pool = %self.key.pool.name, key = %self.key.name, error = %error, "consumer failed; restarting worker")
+            }
+            // Ended without us cancelling it: the broker cancelled it (queue
+            // deleted) or the channel closed.
+            None => {
+                warn!(pool = %self.key.pool.name, key = %self.key.name, "consumer ended; restarting worker")
+            }
+        }
+        ctx.stop();
     }
-
-    // Ends are signalled in-band (see `ConsumerItem`); never stop here.
-    fn finished(&mut self, _ctx: &mut Self::Context) {}
 }
 
 impl Handler<PauseConsuming> for KeyWorker {

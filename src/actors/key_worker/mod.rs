@@ -1,7 +1,8 @@
 //! KeyWorker: one per API key. Owns an AMQP channel with `basic_qos(concurrency)`
 //! and a consumer on its pool's queue whose `x-priority` comes from the key's
 //! priority, so the broker itself fills preferred keys first. Each delivery
-//! becomes a job task ([`crate::pipeline`]); the worker only manages consuming.
+//! becomes a job task ([`crate::pipeline`]), spawned by the consumer's delivery
+//! loop; the worker only manages consuming (start, pause, resume, stop).
 
 mod actor;
 mod handlers;
@@ -28,6 +29,8 @@ pub struct KeyWorker {
     generation: u64,
     /// Set by `StopWorker`: stopping is intended, do not ask for a restart.
     retiring: bool,
+    /// Dropped with the worker, which ends its delivery loops.
+    alive: tokio::sync::watch::Sender<()>,
 }
 
 impl KeyWorker {
@@ -46,6 +49,7 @@ impl KeyWorker {
             consumer: None,
             generation: 0,
             retiring: false,
+            alive: tokio::sync::watch::Sender::new(()),
         }
     }
 
