@@ -441,6 +441,12 @@ async fn e2e_run(args: &Args, env: &Env, conn: &lapin::Connection) -> anyhow::Re
         batch,
         "results per sled flush (group commit)",
     );
+    let flush_ms = 1000.0 * child::histogram_mean(&metrics, "keyrelay_store_flush_seconds");
+    report.put(
+        "store_flush_mean_ms",
+        flush_ms,
+        "ms per sled flush (group commit)",
+    );
     report.put(
         "jobs_total_metric",
         child::counter_sum(&metrics, "keyrelay_jobs_total"),

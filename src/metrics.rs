@@ -24,6 +24,7 @@ pub const RETURNED_TO_BROKER_TOTAL: &str = "keyrelay_jobs_returned_to_broker_tot
 pub const ACKS_LOST_TOTAL: &str = "keyrelay_acks_lost_total";
 pub const WORKER_RESTARTS_TOTAL: &str = "keyrelay_worker_restarts_total";
 pub const STORE_FLUSH_BATCH: &str = "keyrelay_store_flush_batch_size";
+pub const STORE_FLUSH_SECONDS: &str = "keyrelay_store_flush_seconds";
 pub const TOKENS_TOTAL: &str = "keyrelay_tokens_total";
 pub const STORE_ERRORS_TOTAL: &str = "keyrelay_store_errors_total";
 pub const RETRIES_TOTAL: &str = "keyrelay_retries_total";
@@ -113,6 +114,11 @@ fn describe() {
         "Key workers restarted by the supervisor, by pool and key."
     );
     describe_histogram!(STORE_FLUSH_BATCH, "Results made durable by one sled flush.");
+    describe_histogram!(
+        STORE_FLUSH_SECONDS,
+        Unit::Seconds,
+        "Time one sled flush (group commit) takes."
+    );
     describe_gauge!(
         KEY_QUOTA_USED,
         "Share of a declared limit used, by pool, key and window (minute: rpm/tpm, day: rpd/tpd)."

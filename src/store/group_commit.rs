@@ -42,12 +42,15 @@ async fn run(mut rx: mpsc::UnboundedReceiver<(sled::Db, Waiter)>) {
     while let Some((db, first)) = rx.recv().await {
         batch.push(first);
         gather(&mut rx, &mut batch).await;
+        let started = std::time::Instant::now();
         let result = db
             .flush_async()
             .await
             .map(|_| ())
             .map_err(|e| e.to_string());
         drop(db);
+        metrics::histogram!(crate::metrics::STORE_FLUSH_SECONDS)
+            .record(started.elapsed().as_secs_f64());
         metrics::histogram!(crate::metrics::STORE_FLUSH_BATCH).record(batch.len() as f64);
         for waiter in batch.drain(..) {
             let _ = waiter.send(result.clone());
