@@ -8,6 +8,25 @@ use clap::{Parser, Subcommand};
 use keyrelay::commands::{self, telemetry::LogFormat};
 use keyrelay::config::Config;
 
+/// mimalloc instead of glibc malloc: a job allocates and frees many small,
+/// short-lived buffers across threads, where glibc spent ~15 % of keyrelay's
+/// instructions (and `malloc_consolidate` stalls).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's arenas on transparent huge pages made an idle 1,000-key
+/// keyrelay resident at 106 MiB instead of 47 MiB: 2 MiB pages are committed
+/// whole. keyrelay gains nothing from huge pages, so they are off for the
+/// process (what `MIMALLOC_ALLOW_THP=0` would do).
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes a
+    // flag of this process; a failure (old kernel) just leaves THP as it was.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "keyrelay",
@@ -145,6 +164,7 @@ enum DeadLetterAction {
 }
 
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     let filter = match cli.command {
         Command::Demo { .. } => commands::telemetry::DEMO_FILTER,
