@@ -45,6 +45,8 @@ pub struct Args {
     rpm: Option<u32>,
     window_secs: Option<u64>,
     latency_ms: Option<u64>,
+    /// `all`: alternate broker-limit and e2e this many times.
+    repeat: usize,
 }
 
 impl Args {
@@ -57,6 +59,7 @@ impl Args {
             rpm: None,
             window_secs: None,
             latency_ms: None,
+            repeat: 1,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -69,13 +72,14 @@ impl Args {
                 "--rpm" => args.rpm = Some(value()?.parse()?),
                 "--window-secs" => args.window_secs = Some(value()?.parse()?),
                 "--latency-ms" => args.latency_ms = Some(value()?.parse()?),
+                "--repeat" => args.repeat = value()?.parse::<usize>()?.max(1),
                 s if !s.starts_with('-') && args.scenario.is_empty() => args.scenario = s.into(),
                 other => bail!("unknown argument {other}"),
             }
         }
         if args.scenario.is_empty() {
             bail!(
-                "usage: keyrelay_bench <broker-limit|e2e|all|many-keys|backlog-memory|quota> [--jobs N] [--keys K] [--concurrency C] [--rpm R] [--window-secs W] [--latency-ms L]"
+                "usage: keyrelay_bench <broker-limit|e2e|all|many-keys|backlog-memory|quota> [--jobs N] [--keys K] [--concurrency C] [--repeat R] [--rpm R] [--window-secs W] [--latency-ms L]"
             );
         }
         Ok(args)
@@ -167,7 +171,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match args.scenario.as_str() {
         "broker-limit" => add("broker_limit", broker_limit(&args).await?),
         "e2e" => add("e2e", e2e(&args).await?),
-        "all" => {
+        "all" if args.repeat == 1 => {
             let ceiling = broker_limit(&args).await?;
             let mut e2e = e2e(&args).await?;
             let ratio = e2e.get("jobs_per_s").unwrap_or(0.0)
@@ -176,6 +180,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             add("broker_limit", ceiling);
             add("e2e", e2e);
         }
+        "all" => add("all_repeated", all_repeated(&args).await?),
         "many-keys" => add("many_keys", scale::many_keys(&args).await?),
         "backlog-memory" => add("backlog_memory", scale::backlog_memory(&args).await?),
         "quota" => add("quota", quota::quota(&args).await?),
@@ -188,6 +193,40 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     println!("\n{line}");
     Ok(())
+}
+
+/// `all --repeat R`: broker-limit and e2e alternately, R times each, so a
+/// shared machine's slow minutes hit both alike; the ratio of the medians
+/// and each pair's ratio.
+async fn all_repeated(args: &Args) -> anyhow::Result<Report> {
+    let (mut ceilings, mut rates, mut ratios, mut cpus) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..args.repeat {
+        let ceiling = broker_limit(args)
+            .await?
+            .get("jobs_per_s")
+            .unwrap_or(f64::NAN);
+        let e2e = e2e(args).await?;
+        let rate = e2e.get("jobs_per_s").unwrap_or(f64::NAN);
+        ceilings.push(ceiling);
+        rates.push(rate);
+        ratios.push(rate / ceiling);
+        cpus.push(e2e.get("keyrelay_cpu_s_per_1k_jobs").unwrap_or(f64::NAN));
+    }
+    let mut report = Report::new(&format!("all x {}", args.repeat));
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    report.put("ratios", list(&ratios), "e2e / broker-limit, each pair");
+    report.put("keyrelay_cpu_s_per_1k_jobs", list(&cpus), "each e2e run");
+    let (ceiling, rate) = (child::median(ceilings), child::median(rates));
+    report.put("broker_limit_median_jobs_per_s", ceiling, "jobs/s");
+    report.put("e2e_median_jobs_per_s", rate, "jobs/s");
+    report.put("ratio_of_medians", rate / ceiling, "(target >= 0.80)");
+    report.put("median_pair_ratio", child::median(ratios), "");
+    Ok(report)
 }
 
 /// Scenario 1: the same AMQP work as keyrelay with nothing else — a quorum job
@@ -223,6 +262,12 @@ async fn broker_limit_run(
         "preload_jobs_per_s",
         n as f64 / took.as_secs_f64(),
         "jobs/s (confirms pipelined)",
+    );
+    let settled = child::wait_for_quiet_broker().await;
+    report.put(
+        "broker_settle_s",
+        settled.as_secs_f64(),
+        "s waited for the broker to go quiet after the preload",
     );
 
     let publisher = conn.create_channel().await?;
@@ -356,6 +401,12 @@ async fn e2e_run(args: &Args, env: &Env, conn: &lapin::Connection) -> anyhow::Re
     amqp::declare_topology(conn, &env.config).await?;
     let replies = env.reply_queue();
     amqp::preload(conn, &env.job_queues(), n, &replies).await?;
+    let settled = child::wait_for_quiet_broker().await;
+    report.put(
+        "broker_settle_s",
+        settled.as_secs_f64(),
+        "s waited for the broker to go quiet after the preload",
+    );
     let kr = Keyrelay::spawn(
         &env.config_path,
         &env.log_path("keyrelay"),

@@ -152,6 +152,28 @@ pub fn ensure_running(pid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Wait until the broker uses under a tenth of a core over 300 ms (at most
+/// 30 s). After a preload, and after the previous scenario of an `all` run, a
+/// quorum queue keeps the broker busy for a while (WAL writes, snapshots,
+/// deleting the last run's queues); measuring through that charged its work to
+/// whichever scenario came second. Returns how long it waited.
+pub async fn wait_for_quiet_broker() -> Duration {
+    let started = Instant::now();
+    let Some(pid) = broker_pid() else {
+        return Duration::ZERO;
+    };
+    let step = Duration::from_millis(300);
+    while started.elapsed() < Duration::from_secs(30) {
+        let before = cpu_seconds(pid).unwrap_or(0.0);
+        tokio::time::sleep(step).await;
+        let used = cpu_seconds(pid).unwrap_or(0.0) - before;
+        if used < 0.1 * step.as_secs_f64() {
+            break;
+        }
+    }
+    started.elapsed()
+}
+
 /// The RabbitMQ node's process (`beam.smp`), to report the broker's CPU too.
 pub fn broker_pid() -> Option<u32> {
     std::fs::read_dir("/proc")
