@@ -4,7 +4,7 @@
 //! (`quota` also takes `[--rpm R] [--window-secs W] [--latency-ms L]`)
 //!
 //! Scenarios: `broker-limit`, `e2e`, `all` (both, and their ratio), `many-keys`,
-//! `backlog-memory`, `quota`. See docs/performance.md for what each measures.
+//! `backlog-memory`, `quota`, `routing`. See docs/performance.md for what each measures.
 
 #[path = "support/amqp.rs"]
 mod amqp;
@@ -79,7 +79,7 @@ impl Args {
         }
         if args.scenario.is_empty() {
             bail!(
-                "usage: keyrelay_bench <broker-limit|e2e|all|many-keys|backlog-memory|quota> [--jobs N] [--keys K] [--concurrency C] [--repeat R] [--rpm R] [--window-secs W] [--latency-ms L]"
+                "usage: keyrelay_bench <broker-limit|e2e|all|many-keys|backlog-memory|quota|routing> [--jobs N] [--keys K] [--concurrency C] [--repeat R] [--rpm R] [--window-secs W] [--latency-ms L]"
             );
         }
         Ok(args)
@@ -184,6 +184,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "many-keys" => add("many_keys", scale::many_keys(&args).await?),
         "backlog-memory" => add("backlog_memory", scale::backlog_memory(&args).await?),
         "quota" => add("quota", quota::quota(&args).await?),
+        "routing" => add("routing", routing()),
         other => bail!("unknown scenario {other}"),
     }
     let line = json!({
@@ -193,6 +194,45 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     println!("\n{line}");
     Ok(())
+}
+
+/// Routing a rerouted job to a key: the supervisor builds the pool's
+/// candidate list and calls `choose_key`. (A delivery needs no routing: the
+/// broker hands it to a key's consumer, by consumer priority.)
+fn routing() -> Report {
+    use keyrelay::keys::{Candidate, KeyId, choose_key};
+    let mut report = Report::new("routing");
+    for keys in [4usize, 100, 1000] {
+        let pool: Vec<(u8, usize, bool)> = (0..keys)
+            .map(|i| ((i % 3) as u8, i * 7 % 32, i % 5 != 0))
+            .collect();
+        let rounds = 2_000_000 / keys;
+        let started = std::time::Instant::now();
+        for round in 0..rounds {
+            let candidates: Vec<Candidate> = pool
+                .iter()
+                .enumerate()
+                .map(|(i, &(priority, in_flight, available))| Candidate {
+                    id: KeyId(i),
+                    priority,
+                    in_flight: in_flight + round % 3,
+                    concurrency: 32,
+                    available,
+                })
+                .collect();
+            std::hint::black_box(choose_key(
+                std::hint::black_box(&candidates),
+                Some(KeyId(round % keys)),
+            ));
+        }
+        let per = started.elapsed().as_secs_f64() * 1e6 / rounds as f64;
+        report.put(
+            &format!("choose_key_{keys}_keys_us"),
+            per,
+            "µs per reroute (candidate list built + choice)",
+        );
+    }
+    report
 }
 
 /// `all --repeat R`: broker-limit and e2e alternately, R times each, so a
