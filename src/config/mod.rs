@@ -365,8 +365,10 @@ mod defaults {
     pub fn delivery_limit() -> u32 {
         20
     }
+    /// Results are written once and read rarely (a redelivery, the history
+    /// API), so a small cache costs no throughput and keeps memory flat.
     pub fn cache_mb() -> u64 {
-        64
+        16
     }
     pub fn store_path() -> PathBuf {
         PathBuf::from("data/keyrelay.sled")

@@ -40,8 +40,8 @@ const KEY_BUDGETS: &str = "key_budgets";
 const OLD_RESPONSE_CACHE: &str = "response_cache";
 const USAGE_HOURLY: &str = "usage_hourly";
 
-/// Page cache when none is configured: 64 MiB.
-pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// Page cache when none is configured: 16 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
