@@ -125,6 +125,10 @@ pub struct JobsConfig {
     /// response cache without a provider call (0 turns the cache off).
     #[serde(default = "defaults::cache_ttl_secs")]
     pub cache_ttl_secs: u64,
+    /// Days a job's result is kept in the store (0: forever). A job delivered
+    /// again after its result was pruned runs again.
+    #[serde(default = "defaults::results_retention_days")]
+    pub results_retention_days: u32,
     /// Most answers the response cache holds (oldest dropped first); each
     /// costs about 150 bytes of memory.
     #[serde(default = "defaults::cache_max_entries")]
@@ -351,6 +355,7 @@ impl Default for JobsConfig {
             stats_retention_days: defaults::stats_retention_days(),
             cache_ttl_secs: defaults::cache_ttl_secs(),
             cache_max_entries: defaults::cache_max_entries(),
+            results_retention_days: defaults::results_retention_days(),
             cache_by_default: defaults::cache_by_default(),
         }
     }
@@ -396,6 +401,9 @@ mod defaults {
     }
     pub fn cache_ttl_secs() -> u64 {
         3600
+    }
+    pub fn results_retention_days() -> u32 {
+        30
     }
     pub fn cache_max_entries() -> usize {
         100_000

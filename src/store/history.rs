@@ -136,6 +136,24 @@ impl Store {
             .filter(|r| time_key(r.completed_at, &r.id) == key))
     }
 
+    /// Remove results completed before `cutoff`, with their index entries;
+    /// returns how many results. An index entry whose result was stored again
+    /// later (the job ran twice) is dropped without touching the newer result.
+    pub fn prune_results(&self, cutoff: Timestamp) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for entry in self.results_by_time.range(..nanos_key(cutoff)) {
+            let (key, _) = entry?;
+            if self.indexed(&key)?.is_some()
+                && let Some(id) = key.get(8..)
+            {
+                self.results.remove(id)?;
+                removed += 1;
+            }
+            self.results_by_time.remove(key)?;
+        }
+        Ok(removed)
+    }
+
     fn has_older(&self, key: &[u8], since: &Option<Timestamp>) -> Result<bool, StoreError> {
         let lower = nanos_key(since.unwrap_or(Timestamp::UNIX_EPOCH));
         Ok(self
@@ -237,5 +255,44 @@ mod tests {
         let ids: Vec<_> = window.results.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["j4", "j3", "j2"]);
         assert!(decode_cursor("zz").is_none());
+    }
+
+    #[tokio::test]
+    async fn prune_removes_old_results_and_keeps_a_newer_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        for (id, at) in [("old", 1_000), ("twice", 1_001), ("new", 5_000)] {
+            store
+                .persist_result(&result(id, at, "u", true), None)
+                .await
+                .unwrap();
+        }
+        // "twice" ran again later: its newer result must survive the prune.
+        store
+            .persist_result(&result("twice", 6_000, "u", true), None)
+            .await
+            .unwrap();
+        let removed = store
+            .prune_results(Timestamp::from_second(2_000).unwrap())
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert!(store.result("old").unwrap().is_none());
+        assert_eq!(
+            store.result("twice").unwrap().unwrap().completed_at,
+            Timestamp::from_second(6_000).unwrap()
+        );
+        let page = store
+            .history(&HistoryQuery {
+                limit: 10,
+                ..HistoryQuery::default()
+            })
+            .unwrap();
+        let ids: Vec<_> = page.results.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["twice", "new"]);
+        assert_eq!(
+            store.results_by_time.len(),
+            2,
+            "stale index entries dropped"
+        );
     }
 }

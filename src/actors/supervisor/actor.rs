@@ -255,6 +255,8 @@ impl Actor for Supervisor {
             }
             act.publish_quota_gauges();
         });
+        // Once now (a service restarted often would otherwise never prune), then hourly.
+        self.prune_store();
         ctx.run_interval(super::quota::PRUNE_EVERY, |act, _| act.prune_store());
     }
 }

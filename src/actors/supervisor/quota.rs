@@ -123,12 +123,23 @@ impl Supervisor {
         }
     }
 
-    /// Drop usage statistics and cached answers past their retention, on a
-    /// blocking thread: whole-tree scans must not hold up the supervisor.
+    /// Drop results, usage statistics and cached answers past their
+    /// retention, on a blocking thread: scans must not hold up the supervisor.
     pub(super) fn prune_store(&self) {
         let store = self.services.store.clone();
         let days = i64::from(self.services.jobs.stats_retention_days);
+        let result_days = i64::from(self.services.jobs.results_retention_days);
         tokio::task::spawn_blocking(move || {
+            if result_days > 0
+                && let Ok(cutoff) = jiff::Timestamp::now()
+                    .checked_sub(jiff::SignedDuration::from_hours(24 * result_days))
+            {
+                match store.prune_results(cutoff) {
+                    Ok(n) if n > 0 => info!(removed = n, "pruned results past their retention"),
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "cannot prune old results"),
+                }
+            }
             if let Ok(cutoff) =
                 jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_hours(24 * days))
             {
