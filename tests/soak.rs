@@ -130,6 +130,20 @@ async fn soak_steady_load_with_faults() {
         })
     };
 
+    // Replies are read by their own task: `ReplyQueue::next` acks after taking
+    // a delivery, so cancelling it in the select below (when the sampler
+    // ticks) could drop a reply it had already taken. A channel's `recv` is
+    // cancel-safe.
+    let (reply_tx, mut reply_rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = replies.next().await;
+            if reply_tx.send(r).is_err() {
+                return;
+            }
+        }
+    });
+
     // Consumer + sampler until every published job has a reply.
     let started = Instant::now();
     let mut sampler = tokio::time::interval(sample_every);
@@ -145,7 +159,7 @@ async fn soak_steady_load_with_faults() {
             break;
         }
         tokio::select! {
-            r = replies.next() => {
+            Some(r) = reply_rx.recv() => {
                 if seen.insert(r.id.clone(), r.status).is_some() {
                     duplicates += 1;
                 }
@@ -163,6 +177,14 @@ async fn soak_steady_load_with_faults() {
                     s.at_s, s.published, s.replied, s.rss_kib as f64 / 1024.0, s.fds
                 );
                 assert!(s.rss_kib > 0, "keyrelay (pid {pid}) is gone:\n{}", log.text());
+                // Retries back off for seconds, not minutes: replies still
+                // missing this long after the producer stopped are lost.
+                assert!(
+                    started.elapsed() < duration + Duration::from_secs(300),
+                    "{} of {} replies after the producer stopped + 5 min",
+                    s.replied,
+                    s.published
+                );
                 samples.push(s);
             }
             n = async { producer.as_mut().unwrap().await }, if producer.is_some() => {
@@ -171,6 +193,7 @@ async fn soak_steady_load_with_faults() {
             }
         }
     }
+    reader.abort();
     let total = total.unwrap();
     let metrics = relay.metrics().await;
     let status = relay.terminate().await;
