@@ -66,12 +66,18 @@ impl App {
         // sled's open can wait for its lock (an overlapping restart): off the async threads.
         let path = config.store.path.clone();
         let cache = config.store.cache_mb.saturating_mul(1024 * 1024);
-        let store = tokio::task::spawn_blocking(move || Store::open_with_cache(&path, cache))
-            .await
-            .map_err(|e| {
-                AppError::Store(StoreError::Flush(format!("store open task failed: {e}")))
-            })??;
-        load_response_cache(&store, &config.jobs);
+        let jobs = config.jobs.clone();
+        // The cache index is rebuilt by a scan of the TTL's results: also off
+        // the async threads.
+        let store = tokio::task::spawn_blocking(move || {
+            let store = Store::open_with_cache(&path, cache)?;
+            load_response_cache(&store, &jobs);
+            Ok::<_, StoreError>(store)
+        })
+        .await
+        .map_err(|e| {
+            AppError::Store(StoreError::Flush(format!("store open task failed: {e}")))
+        })??;
         let broker = Arc::new(Broker::for_service(Arc::new(config.clone())).await?);
         let publisher = Publisher::new(broker.clone()).await?;
         let setup = SupervisorSetup {
@@ -147,6 +153,10 @@ impl App {
             warn!(error = %e, "final store flush failed");
         }
         self.broker.close().await;
+        // Jobs that finished after the deadline counted in memory only.
+        if let Err(e) = self.store.flush().await {
+            warn!(error = %e, "last store flush failed");
+        }
         self.http.stop(true).await;
         info!("keyrelay stopped");
     }

@@ -23,7 +23,10 @@ fn disable_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes a
     // flag of this process; a failure (old kernel) just leaves THP as it was.
     unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        // Variadic: every argument must be an unsigned long, or the kernel
+        // may read garbage in the upper bits and refuse (EINVAL).
+        let (one, zero): (libc::c_ulong, libc::c_ulong) = (1, 0);
+        libc::prctl(libc::PR_SET_THP_DISABLE, one, zero, zero, zero);
     }
 }
 

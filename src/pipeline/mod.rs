@@ -325,8 +325,12 @@ fn report(services: &Services, key: &KeyContext, outcome: &Outcome, latency: Dur
         _ => Default::default(),
     };
     key.calls.record(outcome.class(), usage, latency);
-    if outcome.class() == OutcomeClass::Success && !key.success_reportable() {
-        return;
+    match outcome.class() {
+        OutcomeClass::Success if !key.success_reportable() => return,
+        // Set here, not only when the supervisor handles it: successes that
+        // finish before then must still reach it to reset the streak.
+        OutcomeClass::Transient => key.set_report_success(true),
+        _ => {}
     }
     services.outcomes.do_send(KeyOutcome {
         key: key.id,

@@ -53,15 +53,23 @@ impl Store {
     }
 
     /// Merge the counts summed since the last flush into sled.
+    /// Counts that fail to merge stay pending for the next flush.
     pub fn flush_counters(&self) -> Result<(), StoreError> {
         let mut pending = self.pending_counters.lock();
+        let mut first_error = None;
         for (key, counts) in pending.iter_mut() {
-            for (name, n) in counts.drain() {
+            counts.retain(|name, n| {
                 let id = format!("{key}/{name}");
-                self.key_counters.merge(id.as_bytes(), n.to_be_bytes())?;
-            }
+                match self.key_counters.merge(id.as_bytes(), n.to_be_bytes()) {
+                    Ok(_) => false,
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                        true
+                    }
+                }
+            });
         }
-        Ok(())
+        first_error.map_or(Ok(()), |e| Err(e.into()))
     }
 
     /// Remove every counter of `key` (`pool/key`); the admin API's reset.

@@ -63,12 +63,12 @@ async fn run(mut rx: mpsc::UnboundedReceiver<(sled::Db, Waiter)>) {
 /// threads, so fewer, larger batches cost less CPU than many small ones.
 /// Stops as soon as a turn brings nothing new, so an idle service does not wait.
 async fn gather(rx: &mut mpsc::UnboundedReceiver<(sled::Db, Waiter)>, batch: &mut Vec<Waiter>) {
-    for _ in 0..GATHER_TURNS {
+    for turn in 0..GATHER_TURNS {
         let before = batch.len();
         while let Ok((_, more)) = rx.try_recv() {
             batch.push(more);
         }
-        if batch.len() == before && before > 1 {
+        if batch.len() == before && turn > 0 {
             return;
         }
         tokio::task::yield_now().await;

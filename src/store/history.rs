@@ -139,14 +139,22 @@ impl Store {
     /// Remove results completed before `cutoff`, with their index entries;
     /// returns how many results. An index entry whose result was stored again
     /// later (the job ran twice) is dropped without touching the newer result.
+    /// The result is removed only if it is still the very record that was
+    /// checked (compare-and-swap): a job stored again meanwhile (a replayed
+    /// dead letter) keeps its new result. An unreadable record is removed
+    /// too, so one bad record cannot stall the retention for good.
     pub fn prune_results(&self, cutoff: Timestamp) -> Result<usize, StoreError> {
         let mut removed = 0;
         for entry in self.results_by_time.range(..nanos_key(cutoff)) {
             let (key, _) = entry?;
-            if self.indexed(&key)?.is_some()
-                && let Some(id) = key.get(8..)
+            if let Some(id) = key.get(8..)
+                && let Some(raw) = self.results.get(id)?
+                && is_old_record(&raw, &key)
+                && self
+                    .results
+                    .compare_and_swap(id, Some(&raw), None::<&[u8]>)?
+                    .is_ok()
             {
-                self.results.remove(id)?;
                 removed += 1;
             }
             self.results_by_time.remove(key)?;
@@ -162,6 +170,15 @@ impl Store {
             .next_back()
             .transpose()?
             .is_some())
+    }
+}
+
+/// Whether a stored record is the one index entry `key` points to, or
+/// unreadable (and so past saving).
+fn is_old_record(raw: &[u8], key: &[u8]) -> bool {
+    match serde_json::from_slice::<JobResult>(raw) {
+        Ok(r) => time_key(r.completed_at, &r.id) == key,
+        Err(_) => true,
     }
 }
 
@@ -267,6 +284,12 @@ mod tests {
                 .await
                 .unwrap();
         }
+        // An unreadable old record must not stall the prune.
+        store.results.insert("bad", b"not json").unwrap();
+        store
+            .results_by_time
+            .insert(time_key(Timestamp::from_second(900).unwrap(), "bad"), &[])
+            .unwrap();
         // "twice" ran again later: its newer result must survive the prune.
         store
             .persist_result(&result("twice", 6_000, "u", true), None)
@@ -275,8 +298,9 @@ mod tests {
         let removed = store
             .prune_results(Timestamp::from_second(2_000).unwrap())
             .unwrap();
-        assert_eq!(removed, 1);
+        assert_eq!(removed, 2);
         assert!(store.result("old").unwrap().is_none());
+        assert!(store.results.get("bad").unwrap().is_none());
         assert_eq!(
             store.result("twice").unwrap().unwrap().completed_at,
             Timestamp::from_second(6_000).unwrap()

@@ -124,14 +124,14 @@ impl Store {
         let cache_bytes: &[u8] = cache_key.as_ref().map_or(&[], |k| k.as_slice());
         self.results_by_time
             .insert(time_key(result.completed_at, &result.id), cache_bytes)?;
-        self.commit.flush().await?;
-        if let Some(key) = cache_key {
-            self.index_answer(key, result);
-        }
-        // Counted once durable: a failed flush leaves the job to run again.
+        // Counted even if the flush fails: the job is answered either way.
         if let Some(key) = counters_key {
             self.bump(key, "completed");
             self.bump(key, result.outcome_label());
+        }
+        self.commit.flush().await?;
+        if let Some(key) = cache_key {
+            self.index_answer(key, result);
         }
         Ok(())
     }
@@ -217,8 +217,9 @@ impl Store {
 
     /// Flush everything (shutdown).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.flush_counters()?;
+        let counters = self.flush_counters();
         self.db.flush_async().await?;
+        counters?;
         Ok(())
     }
 }

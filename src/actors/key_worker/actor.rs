@@ -131,9 +131,9 @@ impl KeyWorker {
             let error = loop {
                 let delivery = tokio::select! {
                     biased;
-                    delivery = consumer.next() => delivery,
                     // The worker stopped: leave the rest to the channel's close.
                     _ = alive.changed() => return,
+                    delivery = consumer.next() => delivery,
                 };
                 match (delivery, &channel) {
                     (Some(Ok(delivery)), Some(channel)) => {
