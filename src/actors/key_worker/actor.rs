@@ -104,7 +104,10 @@ impl KeyWorker {
                 info!(pool = %act.key.pool.name, key = %act.key.name, "consuming");
                 act.consumer = Some((tag, generation));
                 act.report_consuming(true);
-                tokio::spawn(act.delivery_loop(consumer, generation, ctx.address()));
+                // Consuming started on this channel, so the worker still holds it.
+                if let Some(channel) = act.channel.clone() {
+                    tokio::spawn(act.delivery_loop(consumer, channel, generation, ctx.address()));
+                }
             }
             Err(e) => {
                 error!(pool = %act.key.pool.name, key = %act.key.name, error = %e, "cannot start consuming");
@@ -121,11 +124,11 @@ impl KeyWorker {
     fn delivery_loop(
         &self,
         mut consumer: lapin::Consumer,
+        channel: lapin::Channel,
         generation: u64,
         worker: Addr<KeyWorker>,
     ) -> impl Future<Output = ()> + use<> {
         let (key, services) = (self.key.clone(), self.services.clone());
-        let channel = self.channel.clone();
         let mut alive = self.alive.subscribe();
         async move {
             let error = loop {
@@ -135,8 +138,8 @@ impl KeyWorker {
                     _ = alive.changed() => return,
                     delivery = consumer.next() => delivery,
                 };
-                match (delivery, &channel) {
-                    (Some(Ok(delivery)), Some(channel)) => {
+                match delivery {
+                    Some(Ok(delivery)) => {
                         let inbound = pipeline::Inbound::new(delivery, channel.clone());
                         tokio::spawn(pipeline::on_delivery(
                             key.clone(),
@@ -144,9 +147,8 @@ impl KeyWorker {
                             inbound,
                         ));
                     }
-                    (Some(Ok(_)), None) => {}
-                    (Some(Err(e)), _) => break Some(e.to_string()),
-                    (None, _) => break None,
+                    Some(Err(e)) => break Some(e.to_string()),
+                    None => break None,
                 }
             };
             worker.do_send(ConsumerEnded { generation, error });
