@@ -244,11 +244,8 @@ impl KeyMetrics {
     }
 
     pub fn upstream(&self, class: crate::provider::OutcomeClass) {
-        let index = crate::provider::OutcomeClass::ALL
-            .iter()
-            .position(|c| *c == class)
-            .unwrap_or(0);
-        self.upstream[index]
+        // `OutcomeClass::ALL` is in declaration order (tested in keys::tally).
+        self.upstream[class as usize]
             .get_or_init(|| {
                 metrics::counter!(UPSTREAM_REQUESTS_TOTAL, "pool" => self.pool.clone(), "key" => self.key.clone(), "outcome" => class.as_str())
             })

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{OutputLog, Relay, ReplyQueue, TestKey, TestPool};
 use keyrelay::amqp::{Broker, PublishOutcome, Publisher};
 use keyrelay::job::JobStatus;
-use keyrelay::mock_provider::{MockProvider, MockSettings};
+use keyrelay::mock_provider::MockSettings;
 use lapin::BasicProperties;
 
 /// Kill after every 15% of the jobs have a reply: five kills.
@@ -44,14 +44,11 @@ async fn sigkill_mid_run_loses_nothing_and_pays_once() {
         provider: "gemini",
         keys,
     }];
-    let mut settings = MockSettings {
+    let settings = MockSettings {
         latency: Duration::from_millis(10),
         ..MockSettings::default()
     };
-    settings.keys = pools[0].keys.iter().map(|k| k.mock.clone()).collect();
-    let mock = MockProvider::start(settings, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let mock = common::start_mock(&pools, settings).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("kr-crash.{}", uuid::Uuid::now_v7().simple());
     let config_path = common::write_config_file(
@@ -232,10 +229,7 @@ async fn sigterm_right_after_start_is_graceful() {
         provider: "gemini",
         keys: vec![TestKey::new("k", 1)],
     }];
-    let settings = MockSettings::with_keys(pools[0].keys.iter().map(|k| k.mock.clone()).collect());
-    let mock = MockProvider::start(settings, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let mock = common::start_mock(&pools, MockSettings::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("kr-term.{}", uuid::Uuid::now_v7().simple());
     let config_path = common::write_config_file(&pools, &mock, dir.path(), &prefix, "", "");

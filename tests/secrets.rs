@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::{OutputLog, Relay, ReplyQueue, TestKey, TestPool};
 use keyrelay::amqp::{Broker, PublishOutcome, Publisher};
 use keyrelay::job::{ErrorKind, JobResult, JobStatus};
-use keyrelay::mock_provider::{MockProvider, MockSettings};
+use keyrelay::mock_provider::MockSettings;
 use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
@@ -149,18 +149,12 @@ async fn api_keys_never_appear_in_any_output() {
             keys: vec![key_with("a-good", 1, a_good.clone())],
         },
     ];
-    let mut settings = MockSettings {
+    let settings = MockSettings {
         minute: Duration::from_millis(1500),
         day: Duration::from_secs(3),
         ..MockSettings::default()
     };
-    settings.keys = pools
-        .iter()
-        .flat_map(|p| p.keys.iter().map(|k| k.mock.clone()))
-        .collect();
-    let mock = MockProvider::start(settings, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let mock = common::start_mock(&pools, settings).await;
     let (echo_url, mut echo_requests) = echo_provider().await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("kr-secrets.{}", uuid::Uuid::now_v7().simple());

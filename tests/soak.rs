@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::{OutputLog, Relay, ReplyQueue, TestKey, TestPool};
 use keyrelay::amqp::{Broker, PublishOutcome, Publisher};
 use keyrelay::job::JobStatus;
-use keyrelay::mock_provider::{MockProvider, MockSettings};
+use keyrelay::mock_provider::MockSettings;
 use lapin::BasicProperties;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -72,15 +72,12 @@ async fn soak_steady_load_with_faults() {
             TestKey::new("k3", 2).concurrency(4),
         ],
     }];
-    let mut settings = MockSettings {
+    let settings = MockSettings {
         latency: Duration::from_millis(20),
         fault_rate,
         ..MockSettings::default()
     };
-    settings.keys = pools[0].keys.iter().map(|k| k.mock.clone()).collect();
-    let mock = MockProvider::start(settings, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let mock = common::start_mock(&pools, settings).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("kr-soak.{}", uuid::Uuid::now_v7().simple());
     let config_path = common::write_config_file(&pools, &mock, dir.path(), &prefix, "", "");

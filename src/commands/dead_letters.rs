@@ -51,14 +51,7 @@ pub async fn list(config: &Config, limit: usize) -> anyhow::Result<usize> {
         held.push(delivery);
     }
     let n = held.len();
-    for delivery in held {
-        let _ = delivery
-            .nack(BasicNackOptions {
-                multiple: false,
-                requeue: true,
-            })
-            .await;
-    }
+    requeue(held).await;
     let _ = channel.close(200, "dead letters listed".into()).await;
     broker.close().await;
     Ok(n)
@@ -100,6 +93,14 @@ pub async fn replay(
             }
         }
     }
+    requeue(held).await;
+    let _ = channel.close(200, "dead letters replayed".into()).await;
+    broker.close().await;
+    Ok(summary)
+}
+
+/// Put back the dead letters looked at but not replayed, in their order.
+async fn requeue(held: Vec<lapin::message::Delivery>) {
     for delivery in held {
         let _ = delivery
             .nack(BasicNackOptions {
@@ -108,9 +109,6 @@ pub async fn replay(
             })
             .await;
     }
-    let _ = channel.close(200, "dead letters replayed".into()).await;
-    broker.close().await;
-    Ok(summary)
 }
 
 async fn get(

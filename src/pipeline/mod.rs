@@ -72,12 +72,13 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
         }
     }
     // A job back from a delay queue carries its attempts and the key that failed.
-    let headers = inbound.properties().headers().clone();
-    let attempts = retry::header_u32(headers.as_ref(), retry::ATTEMPTS_HEADER)
+    let headers = inbound.properties().headers().as_ref();
+    let attempts = retry::header_u32(headers, retry::ATTEMPTS_HEADER)
         .unwrap_or(0)
         .min(services.jobs.max_attempts);
-    let failed_here = retry::header_text(headers.as_ref(), retry::LAST_KEY_HEADER).as_deref()
-        == Some(key.name.as_str());
+    let failed_here =
+        retry::header_text(headers, retry::LAST_KEY_HEADER).as_deref() == Some(key.name.as_str());
+    let last_error = retry::header_text(headers, retry::LAST_ERROR_HEADER);
     let inflight = InFlight {
         job,
         inbound,
@@ -85,7 +86,7 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
         claim,
         attempts,
         timing,
-        last_error: retry::header_text(headers.as_ref(), retry::LAST_ERROR_HEADER),
+        last_error,
         cache_key,
     };
     if attempts > 0 && failed_here {

@@ -112,18 +112,12 @@ impl TestEnv {
     /// Like `start_with`, with `pool_toml` lines added to every `[[pools]]`.
     pub async fn start_pools_with(
         pools: Vec<TestPool>,
-        mut settings: MockSettings,
+        settings: MockSettings,
         extra_toml: &str,
         pool_toml: &str,
     ) -> TestEnv {
         init_logs();
-        settings.keys = pools
-            .iter()
-            .flat_map(|p| p.keys.iter().map(|k| k.mock.clone()))
-            .collect();
-        let mock = MockProvider::start(settings, "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let mock = start_mock(&pools, settings).await;
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("kr-test.{}", uuid::Uuid::now_v7().simple());
         let config = config_for(&pools, &mock, dir.path(), &prefix, extra_toml, pool_toml);
@@ -669,6 +663,17 @@ impl ReplyQueue {
         let d = self.next_raw().await;
         serde_json::from_slice(&d.data).expect("reply is contract JSON")
     }
+}
+
+/// The mock provider on a free port, knowing every key of `pools`.
+pub async fn start_mock(pools: &[TestPool], mut settings: MockSettings) -> MockProvider {
+    settings.keys = pools
+        .iter()
+        .flat_map(|p| p.keys.iter().map(|k| k.mock.clone()))
+        .collect();
+    MockProvider::start(settings, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
 }
 
 /// Delete queues (best effort).
