@@ -47,6 +47,9 @@ pub struct Args {
     latency_ms: Option<u64>,
     /// `all`: alternate broker-limit and e2e this many times.
     repeat: usize,
+    /// broker-limit: fold consecutive acks into `multiple` acks, as keyrelay
+    /// does (the plain loop acks each delivery).
+    folded_acks: bool,
 }
 
 impl Args {
@@ -60,6 +63,7 @@ impl Args {
             window_secs: None,
             latency_ms: None,
             repeat: 1,
+            folded_acks: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -73,13 +77,14 @@ impl Args {
                 "--window-secs" => args.window_secs = Some(value()?.parse()?),
                 "--latency-ms" => args.latency_ms = Some(value()?.parse()?),
                 "--repeat" => args.repeat = value()?.parse::<usize>()?.max(1),
+                "--folded-acks" => args.folded_acks = true,
                 s if !s.starts_with('-') && args.scenario.is_empty() => args.scenario = s.into(),
                 other => bail!("unknown argument {other}"),
             }
         }
         if args.scenario.is_empty() {
             bail!(
-                "usage: keyrelay_bench <broker-limit|e2e|all|many-keys|backlog-memory|quota|routing> [--jobs N] [--keys K] [--concurrency C] [--repeat R] [--rpm R] [--window-secs W] [--latency-ms L]"
+                "usage: keyrelay_bench <broker-limit|e2e|all|many-keys|backlog-memory|quota|routing> [--jobs N] [--keys K] [--concurrency C] [--repeat R] [--folded-acks] [--rpm R] [--window-secs W] [--latency-ms L]"
             );
         }
         Ok(args)
@@ -295,6 +300,15 @@ async fn broker_limit_run(
         format!("{} x {}", shape.keys(), shape.concurrency),
         "",
     );
+    report.put(
+        "acks",
+        if args.folded_acks {
+            "folded (multiple)"
+        } else {
+            "one per delivery"
+        },
+        "",
+    );
     amqp::declare_topology(conn, &env.config).await?;
     let (queue, replies) = (env.job_queues()[0].clone(), env.reply_queue());
     let took = amqp::preload(conn, std::slice::from_ref(&queue), n, &replies).await?;
@@ -329,9 +343,16 @@ async fn broker_limit_run(
             )
             .await?;
         let (publisher, replies) = (publisher.clone(), replies.clone());
+        let folder = args.folded_acks.then(|| spawn_ack_folder(channel.clone()));
         tasks.push(tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
-                tokio::spawn(reply_then_ack(publisher.clone(), replies.clone(), delivery));
+                let ack = folder.clone();
+                tokio::spawn(reply_then_ack(
+                    publisher.clone(),
+                    replies.clone(),
+                    delivery,
+                    ack,
+                ));
             }
         }));
         channels.push(channel);
@@ -383,7 +404,40 @@ async fn broker_limit_run(
     Ok(report)
 }
 
-async fn reply_then_ack(publisher: Channel, queue: String, delivery: lapin::message::Delivery) {
+/// `--folded-acks`: a task per channel that acks the highest run of
+/// consecutive finished tags with one `multiple` ack (the bench's jobs never
+/// fail, so a finished tag is always an ack).
+fn spawn_ack_folder(channel: Channel) -> tokio::sync::mpsc::UnboundedSender<u64> {
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    tokio::spawn(async move {
+        let (mut acked, mut finished) = (0u64, std::collections::BTreeSet::new());
+        while let Some(tag) = done_rx.recv().await {
+            finished.insert(tag);
+            while let Ok(tag) = done_rx.try_recv() {
+                finished.insert(tag);
+            }
+            let mut top = acked;
+            while finished.remove(&(top + 1)) {
+                top += 1;
+            }
+            if top > acked {
+                let multiple = BasicAckOptions { multiple: true };
+                if let Err(e) = channel.basic_ack(top, multiple).await {
+                    eprintln!("broker-limit: folded ack: {e}");
+                }
+                acked = top;
+            }
+        }
+    });
+    done_tx
+}
+
+async fn reply_then_ack(
+    publisher: Channel,
+    queue: String,
+    delivery: lapin::message::Delivery,
+    folder: Option<tokio::sync::mpsc::UnboundedSender<u64>>,
+) {
     let correlation = delivery
         .properties
         .correlation_id()
@@ -408,7 +462,12 @@ async fn reply_then_ack(publisher: Channel, queue: String, delivery: lapin::mess
             confirm.is_ack() && confirm.take_message().is_none(),
             "reply not delivered"
         );
-        delivery.ack(BasicAckOptions::default()).await?;
+        match folder {
+            Some(folder) => folder.send(delivery.delivery_tag)?,
+            None => {
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+        }
         Ok(())
     };
     if let Err(e) = confirmed.await {
@@ -538,10 +597,12 @@ async fn e2e_run(args: &Args, env: &Env, conn: &lapin::Connection) -> anyhow::Re
         flush_ms,
         "ms per sled flush (group commit)",
     );
+    let jobs_total = child::counter_sum(&metrics, "keyrelay_jobs_total");
+    report.put("jobs_total_metric", jobs_total, "");
     report.put(
-        "jobs_total_metric",
-        child::counter_sum(&metrics, "keyrelay_jobs_total"),
-        "",
+        "jobs_per_settle_frame",
+        jobs_total / child::counter_sum(&metrics, "keyrelay_settle_frames_total").max(1.0),
+        "deliveries settled per ack/nack frame (folded acks)",
     );
     report.put(
         "log_warnings",

@@ -22,6 +22,7 @@ pub const REPLIES_UNROUTABLE_TOTAL: &str = "keyrelay_replies_unroutable_total";
 pub const ANSWERED_FROM_STORE_TOTAL: &str = "keyrelay_jobs_answered_from_store_total";
 pub const RETURNED_TO_BROKER_TOTAL: &str = "keyrelay_jobs_returned_to_broker_total";
 pub const ACKS_LOST_TOTAL: &str = "keyrelay_acks_lost_total";
+pub const SETTLE_FRAMES_TOTAL: &str = "keyrelay_settle_frames_total";
 pub const WORKER_RESTARTS_TOTAL: &str = "keyrelay_worker_restarts_total";
 pub const STORE_FLUSH_BATCH: &str = "keyrelay_store_flush_batch_size";
 pub const STORE_FLUSH_SECONDS: &str = "keyrelay_store_flush_seconds";
@@ -108,6 +109,10 @@ fn describe() {
     describe_counter!(
         ACKS_LOST_TOTAL,
         "Acks that could not be sent (channel gone); the broker redelivers."
+    );
+    describe_counter!(
+        SETTLE_FRAMES_TOTAL,
+        "Ack and nack frames sent, by kind (ack_folded settles a run of deliveries at once)."
     );
     describe_counter!(
         WORKER_RESTARTS_TOTAL,

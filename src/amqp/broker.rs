@@ -7,10 +7,15 @@ use std::time::Duration;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::{AmqpError, topology};
+use super::{AmqpError, Settler, topology};
 use crate::config::Config;
+
+/// How long `close` waits for settlers to send their last acks. Jobs still
+/// running past the shutdown deadline keep theirs open, so this is bounded.
+const SETTLERS_GRACE: Duration = Duration::from_secs(2);
 
 /// The connection to RabbitMQ. Callers ask for channels; when the connection is
 /// gone the next request reconnects (and re-declares the topology), so
@@ -26,6 +31,8 @@ pub struct Broker {
     /// Bumped on every (re)connect: a channel from an older generation belongs
     /// to a dead connection, whatever its own status says.
     generation: AtomicU64,
+    /// The channels' settling tasks; `close` lets them send what they hold.
+    settlers: TaskTracker,
 }
 
 impl Broker {
@@ -53,6 +60,7 @@ impl Broker {
             topology,
             connection: Mutex::new(None),
             generation: AtomicU64::new(0),
+            settlers: TaskTracker::new(),
         };
         let connection = broker.open().await?;
         *broker.connection.lock().await = Some(connection);
@@ -101,7 +109,25 @@ impl Broker {
     }
 
     /// Close the connection (shutdown).
+    /// A settler for a channel of this connection (see [`Settler`]).
+    pub fn settler(&self, channel: Channel) -> Settler {
+        Settler::spawn(channel, &self.settlers)
+    }
+
+    /// Close the connection, once the settlers whose jobs are done have sent
+    /// their acks (up to [`SETTLERS_GRACE`]; what is left unacked returns to
+    /// the queue and is answered from the store).
     pub async fn close(&self) {
+        self.settlers.close();
+        if tokio::time::timeout(SETTLERS_GRACE, self.settlers.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                settlers = self.settlers.len(),
+                "closing with acks unsent; the broker redelivers those jobs"
+            );
+        }
         if let Some(conn) = self.connection.lock().await.take() {
             let _ = conn.close(200, "keyrelay shutting down".into()).await;
         }

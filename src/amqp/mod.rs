@@ -4,6 +4,7 @@
 mod broker;
 mod properties;
 mod publisher;
+mod settler;
 pub mod topology;
 
 use thiserror::Error;
@@ -11,6 +12,7 @@ use thiserror::Error;
 pub use broker::Broker;
 pub use properties::{dead_letter_properties, job_properties, reply_properties};
 pub use publisher::{PublishOutcome, Publisher};
+pub use settler::{OUT_OF_ORDER_HOLD, Settler, Verdict};
 
 /// What can go wrong talking to RabbitMQ.
 #[derive(Debug, Error)]

@@ -74,7 +74,7 @@ pub async fn reject_invalid(
     .await
     {
         // Without its dead letter the job must not disappear: back to the queue.
-        return inbound.nack(true).await;
+        return inbound.nack(true);
     }
     let result = JobResult {
         id: invalid.id,
@@ -283,7 +283,7 @@ async fn persist_and_reply(
     // A provider's answer cannot fail to serialize (JSON in, JSON out); if it
     // ever did, the job must not run and pay again: dead-letter it.
     let Some(body) = encode(&result) else {
-        return inbound.nack(false).await;
+        return inbound.nack(false);
     };
     let on_failure = match services
         .store
@@ -321,7 +321,7 @@ async fn publish_and_ack(
     on_failure: OnReplyFailure,
 ) {
     let Some(body) = encode(result) else {
-        return settle_unreplied(inbound, on_failure).await;
+        return settle_unreplied(inbound, on_failure);
     };
     publish_encoded(
         services, pool, inbound, reply, result, &body, timing, on_failure,
@@ -357,18 +357,18 @@ async fn publish_encoded(
         }
         Err(e) => {
             warn!(job_id = %result.id, error = %e, "reply not confirmed");
-            return settle_unreplied(inbound, on_failure).await;
+            return settle_unreplied(inbound, on_failure);
         }
     }
-    inbound.ack().await;
+    inbound.ack();
     record_outcome(pool, result, timing);
 }
 
-async fn settle_unreplied(inbound: Inbound, on_failure: OnReplyFailure) {
+fn settle_unreplied(inbound: Inbound, on_failure: OnReplyFailure) {
     match on_failure {
-        OnReplyFailure::Requeue => inbound.nack(true).await,
-        OnReplyFailure::DeadLetter => inbound.nack(false).await,
-        OnReplyFailure::Ack => inbound.ack().await,
+        OnReplyFailure::Requeue => inbound.nack(true),
+        OnReplyFailure::DeadLetter => inbound.nack(false),
+        OnReplyFailure::Ack => inbound.ack(),
     }
 }
 

@@ -34,7 +34,7 @@ pub async fn return_to_broker(services: &Services, pool: &PoolContext, inflight:
         )
         .await
         {
-            return inflight.inbound.nack(true).await;
+            return inflight.inbound.nack(true);
         }
         return fail(
             services,
@@ -58,11 +58,11 @@ pub async fn return_to_broker(services: &Services, pool: &PoolContext, inflight:
         Ok(PublishOutcome::Delivered) => {
             metrics::counter!(m::RETURNED_TO_BROKER_TOTAL, "pool" => pool.name.clone())
                 .increment(1);
-            inflight.inbound.ack().await;
+            inflight.inbound.ack();
         }
         other => {
             warn!(job_id = %inflight.job.id, outcome = ?other, "republish failed; requeueing instead");
-            inflight.inbound.nack(true).await;
+            inflight.inbound.nack(true);
         }
     }
 }
@@ -82,7 +82,7 @@ fn returns_of(properties: &lapin::BasicProperties) -> u32 {
 pub async fn give_up(services: &Services, key: &KeyContext, inflight: InFlight, message: String) {
     let kind = ErrorKind::Upstream;
     if !dead_letter(services, &key.pool, &inflight.inbound, kind, &message).await {
-        return inflight.inbound.nack(true).await;
+        return inflight.inbound.nack(true);
     }
     fail(services, &key.pool, Some(key), inflight, kind, message).await;
 }
@@ -122,7 +122,7 @@ pub async fn delay_retry(
     {
         Ok(PublishOutcome::Delivered) => {
             metrics::counter!(m::RETRIES_TOTAL, "pool" => key.pool.name.clone()).increment(1);
-            inflight.inbound.ack().await;
+            inflight.inbound.ack();
             Ok(())
         }
         other => {

@@ -9,7 +9,7 @@ use tracing::{error, info};
 
 use super::KeyWorker;
 use crate::actors::messages::{ConsumerState, WorkerStopped};
-use crate::amqp::AmqpError;
+use crate::amqp::{AmqpError, Settler};
 use crate::pipeline;
 
 /// A consumer's delivery loop ended: the broker cancelled it, its channel
@@ -37,6 +37,7 @@ impl Actor for KeyWorker {
         };
         ctx.wait(open.into_actor(self).map(|result, act, ctx| match result {
             Ok(channel) => {
+                act.settler = Some(act.broker.settler(channel.clone()));
                 act.channel = Some(channel);
                 if act.key.is_available() {
                     act.start_consuming(ctx);
@@ -104,9 +105,10 @@ impl KeyWorker {
                 info!(pool = %act.key.pool.name, key = %act.key.name, "consuming");
                 act.consumer = Some((tag, generation));
                 act.report_consuming(true);
-                // Consuming started on this channel, so the worker still holds it.
-                if let Some(channel) = act.channel.clone() {
-                    tokio::spawn(act.delivery_loop(consumer, channel, generation, ctx.address()));
+                // Consuming started on this channel, so the worker still holds
+                // it and its settler.
+                if let Some(settler) = act.settler.clone() {
+                    tokio::spawn(act.delivery_loop(consumer, settler, generation, ctx.address()));
                 }
             }
             Err(e) => {
@@ -124,7 +126,7 @@ impl KeyWorker {
     fn delivery_loop(
         &self,
         mut consumer: lapin::Consumer,
-        channel: lapin::Channel,
+        settler: Settler,
         generation: u64,
         worker: Addr<KeyWorker>,
     ) -> impl Future<Output = ()> + use<> {
@@ -140,7 +142,7 @@ impl KeyWorker {
                 };
                 match delivery {
                     Some(Ok(delivery)) => {
-                        let inbound = pipeline::Inbound::new(delivery, channel.clone());
+                        let inbound = pipeline::Inbound::new(delivery, settler.clone());
                         tokio::spawn(pipeline::on_delivery(
                             key.clone(),
                             services.clone(),

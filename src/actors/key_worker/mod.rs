@@ -13,7 +13,7 @@ use actix::Addr;
 use lapin::Channel;
 
 use super::supervisor::Supervisor;
-use crate::amqp::Broker;
+use crate::amqp::{Broker, Settler};
 use crate::pipeline::{KeyContext, Services};
 
 pub struct KeyWorker {
@@ -22,6 +22,9 @@ pub struct KeyWorker {
     broker: Arc<Broker>,
     supervisor: Addr<Supervisor>,
     channel: Option<Channel>,
+    /// Settles the channel's deliveries (one per channel: delivery tags count
+    /// up per channel, across consumer generations).
+    settler: Option<Settler>,
     /// The live consumer, if consuming: its tag and generation.
     consumer: Option<(String, u64)>,
     /// Bumped for every new consumer, so the end of an old (cancelled) consumer's
@@ -46,6 +49,7 @@ impl KeyWorker {
             broker,
             supervisor,
             channel: None,
+            settler: None,
             consumer: None,
             generation: 0,
             retiring: false,
