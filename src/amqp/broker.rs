@@ -108,7 +108,6 @@ impl Broker {
         guard.as_ref().is_some_and(|c| c.status().connected())
     }
 
-    /// Close the connection (shutdown).
     /// A settler for a channel of this connection (see [`Settler`]).
     pub fn settler(&self, channel: Channel) -> Settler {
         Settler::spawn(channel, &self.settlers)
