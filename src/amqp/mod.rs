@@ -12,7 +12,7 @@ use thiserror::Error;
 pub use broker::Broker;
 pub use properties::{dead_letter_properties, job_properties, reply_properties};
 pub use publisher::{PublishOutcome, Publisher};
-pub use settler::{OUT_OF_ORDER_HOLD, Settler, Verdict};
+pub use settler::{Settler, Verdict};
 
 /// What can go wrong talking to RabbitMQ.
 #[derive(Debug, Error)]
