@@ -21,7 +21,6 @@ struct Fixture {
     conn: Connection,
     queue: String,
     channel: Channel,
-    consumer_tag: String,
 }
 
 /// A fresh queue holding `n` messages, consumed (prefetch `n`) on `channel`;
@@ -91,7 +90,6 @@ async fn fixture(n: u16) -> (Fixture, Vec<Delivery>) {
         conn,
         queue,
         channel,
-        consumer_tag,
     };
     (fixture, deliveries)
 }
@@ -131,7 +129,6 @@ impl Fixture {
     }
 
     async fn cleanup(self) {
-        let _ = self.consumer_tag;
         let setup = self.conn.create_channel().await.unwrap();
         let _ = setup
             .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
