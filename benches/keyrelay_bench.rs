@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt;
+use keyrelay::amqp::{Settler, Verdict};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
@@ -29,6 +30,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use serde_json::{Map, Value, json};
+use tokio_util::task::TaskTracker;
 
 use child::Keyrelay;
 use setup::{Env, Shape, amqp_url};
@@ -47,8 +49,8 @@ pub struct Args {
     latency_ms: Option<u64>,
     /// `all`: alternate broker-limit and e2e this many times.
     repeat: usize,
-    /// broker-limit: fold consecutive acks into `multiple` acks, as keyrelay
-    /// does (the plain loop acks each delivery).
+    /// broker-limit: ack through keyrelay's own settler, which folds
+    /// consecutive acks into `multiple` acks (the plain loop acks each delivery).
     folded_acks: bool,
 }
 
@@ -343,15 +345,17 @@ async fn broker_limit_run(
             )
             .await?;
         let (publisher, replies) = (publisher.clone(), replies.clone());
-        let folder = args.folded_acks.then(|| spawn_ack_folder(channel.clone()));
+        // `--folded-acks`: keyrelay's own settler for this channel.
+        let settler = args
+            .folded_acks
+            .then(|| Settler::spawn(channel.clone(), &TaskTracker::new()));
         tasks.push(tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
-                let ack = folder.clone();
                 tokio::spawn(reply_then_ack(
                     publisher.clone(),
                     replies.clone(),
                     delivery,
-                    ack,
+                    settler.clone(),
                 ));
             }
         }));
@@ -404,39 +408,11 @@ async fn broker_limit_run(
     Ok(report)
 }
 
-/// `--folded-acks`: a task per channel that acks the highest run of
-/// consecutive finished tags with one `multiple` ack (the bench's jobs never
-/// fail, so a finished tag is always an ack).
-fn spawn_ack_folder(channel: Channel) -> tokio::sync::mpsc::UnboundedSender<u64> {
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-    tokio::spawn(async move {
-        let (mut acked, mut finished) = (0u64, std::collections::BTreeSet::new());
-        while let Some(tag) = done_rx.recv().await {
-            finished.insert(tag);
-            while let Ok(tag) = done_rx.try_recv() {
-                finished.insert(tag);
-            }
-            let mut top = acked;
-            while finished.remove(&(top + 1)) {
-                top += 1;
-            }
-            if top > acked {
-                let multiple = BasicAckOptions { multiple: true };
-                if let Err(e) = channel.basic_ack(top, multiple).await {
-                    eprintln!("broker-limit: folded ack: {e}");
-                }
-                acked = top;
-            }
-        }
-    });
-    done_tx
-}
-
 async fn reply_then_ack(
     publisher: Channel,
     queue: String,
     delivery: lapin::message::Delivery,
-    folder: Option<tokio::sync::mpsc::UnboundedSender<u64>>,
+    settler: Option<Settler>,
 ) {
     let correlation = delivery
         .properties
@@ -462,8 +438,10 @@ async fn reply_then_ack(
             confirm.is_ack() && confirm.take_message().is_none(),
             "reply not delivered"
         );
-        match folder {
-            Some(folder) => folder.send(delivery.delivery_tag)?,
+        match settler {
+            Some(settler) => {
+                settler.settle(delivery.delivery_tag, delivery.acker.clone(), Verdict::Ack)
+            }
             None => {
                 delivery.ack(BasicAckOptions::default()).await?;
             }
