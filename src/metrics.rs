@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::keys::KeyState;
+
 pub const JOBS_TOTAL: &str = "keyrelay_jobs_total";
 pub const JOB_DURATION: &str = "keyrelay_job_duration_seconds";
 pub const JOB_OVERHEAD: &str = "keyrelay_job_overhead_seconds";
@@ -226,6 +228,44 @@ impl PoolMetrics {
     }
 }
 
+/// `keyrelay_key_state` of one key: the `active` series always, any other
+/// state's series from the first time the key enters it (1 while in it, 0 after).
+/// A key that was never rate limited, exhausted or disabled exports one line
+/// instead of four, which is most of a 1,000-key scrape's length. Queries keep
+/// working: `{state="disabled"} == 1` and `count by (pool, key)` see the same keys.
+pub struct KeyStateGauges {
+    pool: String,
+    key: String,
+    gauges: [Option<metrics::Gauge>; 4],
+}
+
+impl KeyStateGauges {
+    pub fn new(pool: &str, key: &str) -> KeyStateGauges {
+        KeyStateGauges {
+            pool: pool.to_owned(),
+            key: key.to_owned(),
+            gauges: Default::default(),
+        }
+    }
+
+    /// Export `current` (one of [`KeyState::LABELS`]) as the key's state.
+    pub fn set(&mut self, current: &'static str) {
+        for (slot, label) in self.gauges.iter_mut().zip(KeyState::LABELS) {
+            let value = if label == current { 1.0 } else { 0.0 };
+            if slot.is_none() && value == 0.0 && label != ALWAYS_EXPORTED_STATE {
+                continue;
+            }
+            slot.get_or_insert_with(|| {
+                metrics::gauge!(KEY_STATE, "pool" => self.pool.clone(), "key" => self.key.clone(), "state" => label)
+            })
+            .set(value);
+        }
+    }
+}
+
+/// The state every key exports, so each key has a series whatever its history.
+const ALWAYS_EXPORTED_STATE: &str = "active";
+
 /// Handles of the per-call metrics of one key, registered on first use: a
 /// series appears once it has something to say, so 1,000 idle keys do not
 /// make a large `/metrics` page.
@@ -272,5 +312,54 @@ impl KeyMetrics {
         self.in_flight
             .get_or_init(|| metrics::gauge!(JOBS_IN_FLIGHT, "pool" => self.pool.clone(), "key" => self.key.clone()))
             .set(n as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `keyrelay_key_state` lines of a scrape, sorted.
+    fn state_lines(handle: &PrometheusHandle) -> Vec<String> {
+        let mut lines: Vec<String> = handle
+            .render()
+            .lines()
+            .filter(|l| l.starts_with(KEY_STATE))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn key_state_exports_active_always_and_other_states_once_entered() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let mut gauges = KeyStateGauges::new("p", "k");
+            gauges.set("active");
+            assert_eq!(
+                state_lines(&handle),
+                [r#"keyrelay_key_state{pool="p",key="k",state="active"} 1"#]
+            );
+            gauges.set("cooling_down");
+            gauges.set("active");
+            assert_eq!(
+                state_lines(&handle),
+                [
+                    r#"keyrelay_key_state{pool="p",key="k",state="active"} 1"#,
+                    r#"keyrelay_key_state{pool="p",key="k",state="cooling_down"} 0"#,
+                ]
+            );
+            gauges.set("disabled");
+            assert_eq!(
+                state_lines(&handle),
+                [
+                    r#"keyrelay_key_state{pool="p",key="k",state="active"} 0"#,
+                    r#"keyrelay_key_state{pool="p",key="k",state="cooling_down"} 0"#,
+                    r#"keyrelay_key_state{pool="p",key="k",state="disabled"} 1"#,
+                ]
+            );
+        });
     }
 }

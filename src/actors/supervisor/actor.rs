@@ -80,6 +80,7 @@ impl Supervisor {
                 for key in pool.keys {
                     let id = KeyId(keys.len());
                     let ctx = Arc::new(KeyContext::new(id, key, pool.ctx.clone()));
+                    let state_gauges = m::KeyStateGauges::new(&ctx.pool.name, &ctx.name);
                     keys.push(KeySlot {
                         ctx,
                         pool: p,
@@ -89,6 +90,7 @@ impl Supervisor {
                         restarts: 0,
                         consuming: false,
                         transient: Default::default(),
+                        state_gauges,
                     });
                     ids.push(id);
                 }
@@ -185,11 +187,7 @@ impl Supervisor {
                 _ => {}
             }
         }
-        for label in KeyState::LABELS {
-            let value = if label == state.label() { 1.0 } else { 0.0 };
-            metrics::gauge!(m::KEY_STATE, "pool" => slot.ctx.pool.name.clone(), "key" => slot.ctx.name.clone(), "state" => label)
-                .set(value);
-        }
+        slot.state_gauges.set(state.label());
         if persist {
             // Written here, in order; only the flush to disk happens later.
             if let Err(e) = self
