@@ -18,7 +18,8 @@ mod scale;
 mod setup;
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt;
@@ -331,6 +332,7 @@ async fn broker_limit_run(
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let (mut channels, mut tasks) = (Vec::new(), Vec::new());
+    let times = AckTimes::default();
     for k in 0..shape.keys() {
         let channel = conn.create_channel().await?;
         channel
@@ -344,7 +346,7 @@ async fn broker_limit_run(
                 FieldTable::default(),
             )
             .await?;
-        let (publisher, replies) = (publisher.clone(), replies.clone());
+        let (publisher, replies, times) = (publisher.clone(), replies.clone(), times.clone());
         // `--folded-acks`: keyrelay's own settler for this channel.
         let settler = args
             .folded_acks
@@ -356,6 +358,7 @@ async fn broker_limit_run(
                     replies.clone(),
                     delivery,
                     settler.clone(),
+                    (times.clone(), Instant::now()),
                 ));
             }
         }));
@@ -405,7 +408,33 @@ async fn broker_limit_run(
         broker_cpu / jobs as f64 * 1000.0,
         "CPU s (beam.smp)",
     );
+    let times = times.sorted_ms();
+    for q in [0.5, 0.99] {
+        let at = ((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1));
+        report.put(
+            &format!("delivery_to_ack_p{}_ms", (q * 100.0) as u32),
+            times.get(at).copied().unwrap_or(f64::NAN),
+            "ms (the broker's round trips alone: compare keyrelay's overhead)",
+        );
+    }
     Ok(report)
+}
+
+/// Delivery-to-ack times of the broker-limit loop, in ms.
+#[derive(Clone, Default)]
+struct AckTimes(Arc<std::sync::Mutex<Vec<f64>>>);
+
+impl AckTimes {
+    fn record(&self, since: Instant) {
+        let ms = since.elapsed().as_secs_f64() * 1000.0;
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(ms);
+    }
+
+    fn sorted_ms(&self) -> Vec<f64> {
+        let mut times = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        times.sort_by(f64::total_cmp);
+        times
+    }
 }
 
 async fn reply_then_ack(
@@ -413,6 +442,7 @@ async fn reply_then_ack(
     queue: String,
     delivery: lapin::message::Delivery,
     settler: Option<Settler>,
+    (times, received): (AckTimes, Instant),
 ) {
     let correlation = delivery
         .properties
@@ -446,6 +476,7 @@ async fn reply_then_ack(
                 delivery.ack(BasicAckOptions::default()).await?;
             }
         }
+        times.record(received);
         Ok(())
     };
     if let Err(e) = confirmed.await {
@@ -551,6 +582,19 @@ async fn e2e_run(args: &Args, env: &Env, conn: &lapin::Connection) -> anyhow::Re
         ms(0.99),
         "ms (bucket-interpolated; target < 1 ms)",
     );
+    // The overhead split: waits on the store and the broker, and keyrelay's own part.
+    for stage in ["store", "reply", "keyrelay"] {
+        let label = format!("stage=\"{stage}\"");
+        let buckets = child::histogram_buckets_with(&metrics, "keyrelay_job_stage_seconds", &label);
+        for q in [0.5, 0.99] {
+            let value = child::quantile(&buckets, q).map_or(f64::NAN, |s| s * 1000.0);
+            report.put(
+                &format!("stage_{stage}_p{}_ms", (q * 100.0) as u32),
+                value,
+                "ms (keyrelay_job_stage_seconds, bucket-interpolated)",
+            );
+        }
+    }
     let upstream = child::histogram_buckets(&metrics, "keyrelay_upstream_duration_seconds");
     let up_ms = |q| child::quantile(&upstream, q).map_or(f64::NAN, |s| s * 1000.0);
     report.put(

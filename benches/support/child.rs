@@ -189,9 +189,18 @@ pub fn broker_pid() -> Option<u32> {
 /// Cumulative buckets `(le, count)` of a Prometheus histogram, summed over
 /// every label set (all pools).
 pub fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
+    histogram_buckets_with(text, name, "")
+}
+
+/// Like [`histogram_buckets`], over the label sets that contain `label`
+/// (e.g. `stage="store"`).
+pub fn histogram_buckets_with(text: &str, name: &str, label: &str) -> Vec<(f64, f64)> {
     let prefix = format!("{name}_bucket{{");
     let mut buckets: Vec<(f64, f64)> = Vec::new();
-    for line in text.lines().filter(|l| l.starts_with(&prefix)) {
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(label))
+    {
         let Some((labels, value)) = line.rsplit_once(' ') else {
             continue;
         };

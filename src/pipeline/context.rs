@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::Recipient;
 use tokio::sync::{Semaphore, watch};
@@ -300,14 +300,21 @@ impl Drop for InFlightGuard {
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
     pub received: Instant,
-    pub provider: std::time::Duration,
+    /// In provider calls (all attempts).
+    pub provider: Duration,
+    /// Making the result durable (sled write and group commit).
+    pub store: Duration,
+    /// Publishing the reply until the broker's confirm.
+    pub reply: Duration,
 }
 
 impl Timing {
     pub fn start() -> Timing {
         Timing {
             received: Instant::now(),
-            provider: std::time::Duration::ZERO,
+            provider: Duration::ZERO,
+            store: Duration::ZERO,
+            reply: Duration::ZERO,
         }
     }
 }

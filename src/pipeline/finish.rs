@@ -2,6 +2,8 @@
 //! confirm, and only then ack the delivery. Every failure path says whether the
 //! job goes back to the queue.
 
+use std::time::Instant;
+
 use serde_json::Value;
 use tracing::{debug, error, info, warn};
 
@@ -276,7 +278,7 @@ async fn persist_and_reply(
     inbound: Inbound,
     reply: &ReplyAddress,
     mut result: JobResult,
-    timing: Timing,
+    mut timing: Timing,
 ) {
     result.latency_ms = timing.received.elapsed().as_millis() as u64;
     result.completed_at = jiff::Timestamp::now();
@@ -285,6 +287,7 @@ async fn persist_and_reply(
     let Some(body) = encode(&result) else {
         return inbound.nack(false);
     };
+    let store_started = Instant::now();
     let on_failure = match services
         .store
         .persist_encoded(&result, &body, store.counters_key, store.cache_key)
@@ -299,6 +302,7 @@ async fn persist_and_reply(
             OnReplyFailure::DeadLetter
         }
     };
+    timing.store = store_started.elapsed();
     publish_encoded(
         services, pool, inbound, reply, &result, &body, timing, on_failure,
     )
@@ -338,15 +342,17 @@ async fn publish_encoded(
     reply: &ReplyAddress,
     result: &JobResult,
     body: &[u8],
-    timing: Timing,
+    mut timing: Timing,
     on_failure: OnReplyFailure,
 ) {
     let props = reply_properties(reply, &result.id);
-    match services
+    let reply_started = Instant::now();
+    let outcome = services
         .publisher
         .publish(&reply.queue, body, props, true)
-        .await
-    {
+        .await;
+    timing.reply = reply_started.elapsed();
+    match outcome {
         Ok(PublishOutcome::Delivered) => {}
         Ok(PublishOutcome::Unroutable) => {
             // The producer's reply queue does not exist. The result is stored;
@@ -379,6 +385,8 @@ fn record_outcome(pool: &PoolContext, result: &JobResult, timing: Timing) {
     pool.metrics.job_duration.record(elapsed.as_secs_f64());
     let overhead = elapsed.saturating_sub(timing.provider);
     pool.metrics.job_overhead.record(overhead.as_secs_f64());
+    pool.metrics
+        .job_stages(overhead, timing.store, timing.reply);
     // Debug, not info: at thousands of jobs a second the metrics tell the
     // story, and formatting a line per job cost ~2.5 % of keyrelay's CPU.
     debug!(
