@@ -86,7 +86,7 @@ fn describe() {
     describe_histogram!(
         JOB_STAGE,
         Unit::Seconds,
-        "keyrelay_job_overhead_seconds of every pool split by stage: store (result made durable), reply (publish to the broker's confirm), keyrelay (the rest: decoding, routing, building the call, waiting for a CPU)."
+        "keyrelay_job_overhead_seconds of every pool split by stage: store (result made durable), reply (publish to the broker's confirm), keyrelay (the rest: decoding, routing, building the call, waiting for a permit or a CPU)."
     );
     describe_counter!(
         UPSTREAM_REQUESTS_TOTAL,
