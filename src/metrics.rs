@@ -43,9 +43,21 @@ pub const DEAD_LETTER_MESSAGES: &str = "keyrelay_dead_letter_messages";
 pub const PROBES_TOTAL: &str = "keyrelay_probes_total";
 pub const ADMIN_REQUESTS_TOTAL: &str = "keyrelay_admin_requests_total";
 
-/// Install the global Prometheus recorder and describe every metric.
-/// Returns the handle that renders `/metrics`.
-pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+/// How often buffered histogram samples are folded into their buckets.
+pub const UPKEEP_PERIOD: Duration = Duration::from_secs(1);
+
+/// Why the recorder could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error(transparent)]
+    Build(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("cannot start the metrics upkeep thread: {0}")]
+    Upkeep(#[from] std::io::Error),
+}
+
+/// Install the global Prometheus recorder, start its upkeep and describe every
+/// metric. Returns the handle that renders `/metrics`.
+pub fn install() -> Result<PrometheusHandle, InstallError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
@@ -63,9 +75,26 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
             ],
         )?
         .install_recorder()?;
+    spawn_upkeep(handle.clone(), UPKEEP_PERIOD)?;
     describe();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
+}
+
+/// `install_recorder` leaves upkeep to its caller. Without it every histogram
+/// sample stays buffered until the next scrape: ~100 bytes per job, unbounded
+/// when nothing scrapes. A plain thread, because the recorder outlives any one
+/// actix System (tests start and stop many).
+fn spawn_upkeep(handle: PrometheusHandle, period: Duration) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(period);
+                handle.run_upkeep();
+            }
+        })
+        .map(drop)
 }
 
 fn describe() {
