@@ -27,7 +27,10 @@ pub struct Broker {
     /// Queues to declare on every new connection (the service's own topology;
     /// none for clients such as `enqueue`).
     topology: Option<Arc<Config>>,
-    connection: Mutex<Option<Connection>>,
+    /// Held only to look at or replace the connection: channels are opened
+    /// outside the lock, so 1,000 workers starting at once open theirs in
+    /// parallel instead of one round trip after another.
+    connection: Mutex<Option<Arc<Connection>>>,
     /// Bumped on every (re)connect: a channel from an older generation belongs
     /// to a dead connection, whatever its own status says.
     generation: AtomicU64,
@@ -63,7 +66,7 @@ impl Broker {
             settlers: TaskTracker::new(),
         };
         let connection = broker.open().await?;
-        *broker.connection.lock().await = Some(connection);
+        *broker.connection.lock().await = Some(Arc::new(connection));
         broker.generation.store(1, Ordering::Release);
         Ok(broker)
     }
@@ -75,26 +78,28 @@ impl Broker {
 
     /// A new channel and the connection generation it belongs to.
     pub async fn channel_with_generation(&self) -> Result<(Channel, u64), AmqpError> {
-        let mut guard = self.connection.lock().await;
-        if let Some(conn) = guard.as_ref()
-            && conn.status().connected()
-        {
-            let channel = conn
-                .create_channel()
-                .await
-                .map_err(AmqpError::op("channel.open"))?;
-            return Ok((channel, self.generation()));
-        }
-        warn!(connection = %self.name, "broker connection lost; reconnecting");
-        let conn = self.open().await?;
-        info!(connection = %self.name, "reconnected to the broker");
+        let (conn, generation) = self.live_connection().await?;
         let channel = conn
             .create_channel()
             .await
             .map_err(AmqpError::op("channel.open"))?;
-        *guard = Some(conn);
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         Ok((channel, generation))
+    }
+
+    /// The connection and its generation, reconnecting first if it is down.
+    async fn live_connection(&self) -> Result<(Arc<Connection>, u64), AmqpError> {
+        let mut guard = self.connection.lock().await;
+        if let Some(conn) = guard.as_ref()
+            && conn.status().connected()
+        {
+            return Ok((conn.clone(), self.generation()));
+        }
+        warn!(connection = %self.name, "broker connection lost; reconnecting");
+        let conn = Arc::new(self.open().await?);
+        info!(connection = %self.name, "reconnected to the broker");
+        *guard = Some(conn.clone());
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        Ok((conn, generation))
     }
 
     /// The current connection generation.
