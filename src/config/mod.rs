@@ -130,7 +130,7 @@ pub struct JobsConfig {
     #[serde(default = "defaults::results_retention_days")]
     pub results_retention_days: u32,
     /// Most answers the response cache holds (oldest dropped first); each
-    /// costs about 150 bytes of memory.
+    /// costs about 200 bytes of memory.
     #[serde(default = "defaults::cache_max_entries")]
     pub cache_max_entries: usize,
     /// Whether jobs that do not say (`"cache": true|false`) may use the cache.
