@@ -74,5 +74,5 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.prometheus.render())
+        .body(crate::metrics::render(&state.prometheus))
 }

@@ -1,15 +1,17 @@
 //! Metric names (one constant each), their descriptions, and the Prometheus recorder.
+//! The per-key families are kept and rendered apart, in `metrics/key_series.rs`, for a
+//! fast 1,000-key scrape.
 //!
 //! Label values come from bounded sets only: pool and key names from the config,
 //! outcome classes, error kinds and reasons from enums. Never a job id.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::keys::KeyState;
+mod key_series;
+pub use key_series::{KeySeries, KeySeriesTable, QuotaWindow, key_series, key_series_table};
 
 pub const JOBS_TOTAL: &str = "keyrelay_jobs_total";
 pub const JOB_DURATION: &str = "keyrelay_job_duration_seconds";
@@ -81,6 +83,13 @@ pub fn install() -> Result<PrometheusHandle, InstallError> {
     Ok(handle)
 }
 
+/// The `/metrics` page: the recorder's families, then the per-key ones.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut page = handle.render();
+    key_series_table().render_into(&mut page);
+    page
+}
+
 /// `install_recorder` leaves upkeep to its caller. Without it every histogram
 /// sample stays buffered until the next scrape: ~100 bytes per job, unbounded
 /// when nothing scrapes. A plain thread, because the recorder outlives any one
@@ -117,25 +126,16 @@ fn describe() {
         Unit::Seconds,
         "keyrelay_job_overhead_seconds of every pool split by stage: store (result made durable), reply (publish to the broker's confirm), keyrelay (the rest: decoding, routing, building the call, waiting for a permit or a CPU)."
     );
-    describe_counter!(
-        UPSTREAM_REQUESTS_TOTAL,
-        "Provider calls, by pool, key and outcome class."
-    );
     describe_histogram!(
         UPSTREAM_DURATION,
         Unit::Seconds,
         "Provider call latency, by pool."
-    );
-    describe_gauge!(
-        KEY_STATE,
-        "1 for the key's current state (active, cooling_down, exhausted, disabled), by pool and key."
     );
     describe_gauge!(KEYS_AVAILABLE, "Keys of the pool currently in rotation.");
     describe_counter!(
         REROUTES_TOTAL,
         "Jobs moved to another key in-process, by pool and reason."
     );
-    describe_gauge!(JOBS_IN_FLIGHT, "Jobs being processed, by pool and key.");
     describe_counter!(
         DEAD_LETTERS_TOTAL,
         "Messages dead-lettered by keyrelay, by pool and reason."
@@ -171,10 +171,6 @@ fn describe() {
         "Time one sled flush (group commit) takes."
     );
     describe_gauge!(
-        KEY_QUOTA_USED,
-        "Share of a declared limit used, by pool, key and window (minute: rpm/tpm, day: rpd/tpd)."
-    );
-    describe_gauge!(
         POOL_NEXT_KEY_SECONDS,
         Unit::Seconds,
         "Time until a key of the pool is usable again (0 while one is)."
@@ -194,10 +190,6 @@ fn describe() {
     describe_counter!(
         STORE_ERRORS_TOTAL,
         "Results that could not be written to the store (replied without it)."
-    );
-    describe_counter!(
-        TOKENS_TOTAL,
-        "Tokens reported by providers, by pool, key and direction."
     );
     describe_ops();
 }
@@ -287,108 +279,9 @@ impl PoolMetrics {
     }
 }
 
-/// `keyrelay_key_state` of one key: the `active` series always, any other
-/// state's series from the first time the key enters it (1 while in it, 0 after).
-/// A key that was never rate limited, exhausted or disabled exports one line
-/// instead of four, which is most of a 1,000-key scrape's length. Queries keep
-/// working: `{state="disabled"} == 1` and `count by (pool, key)` see the same keys.
-pub struct KeyStateGauges {
-    pool: String,
-    key: String,
-    gauges: [Option<metrics::Gauge>; 4],
-}
-
-impl KeyStateGauges {
-    pub fn new(pool: &str, key: &str) -> KeyStateGauges {
-        KeyStateGauges {
-            pool: pool.to_owned(),
-            key: key.to_owned(),
-            gauges: Default::default(),
-        }
-    }
-
-    /// Export `current` (one of [`KeyState::LABELS`]) as the key's state.
-    pub fn set(&mut self, current: &'static str) {
-        for (slot, label) in self.gauges.iter_mut().zip(KeyState::LABELS) {
-            let value = if label == current { 1.0 } else { 0.0 };
-            if slot.is_none() && value == 0.0 && label != ALWAYS_EXPORTED_STATE {
-                continue;
-            }
-            slot.get_or_insert_with(|| {
-                metrics::gauge!(KEY_STATE, "pool" => self.pool.clone(), "key" => self.key.clone(), "state" => label)
-            })
-            .set(value);
-        }
-    }
-}
-
-/// The state every key exports, so each key has a series whatever its history.
-const ALWAYS_EXPORTED_STATE: &str = "active";
-
-/// Handles of the per-call metrics of one key, registered on first use: a
-/// series appears once it has something to say, so 1,000 idle keys do not
-/// make a large `/metrics` page.
-pub struct KeyMetrics {
-    pool: String,
-    key: String,
-    upstream: [OnceLock<metrics::Counter>; 7],
-    tokens: [OnceLock<metrics::Counter>; 2],
-    in_flight: OnceLock<metrics::Gauge>,
-}
-
-impl KeyMetrics {
-    pub fn new(pool: &str, key: &str) -> KeyMetrics {
-        KeyMetrics {
-            pool: pool.to_owned(),
-            key: key.to_owned(),
-            upstream: Default::default(),
-            tokens: Default::default(),
-            in_flight: OnceLock::new(),
-        }
-    }
-
-    pub fn upstream(&self, class: crate::provider::OutcomeClass) {
-        // `OutcomeClass::ALL` is in declaration order (tested in keys::tally).
-        self.upstream[class as usize]
-            .get_or_init(|| {
-                metrics::counter!(UPSTREAM_REQUESTS_TOTAL, "pool" => self.pool.clone(), "key" => self.key.clone(), "outcome" => class.as_str())
-            })
-            .increment(1);
-    }
-
-    /// Tokens reported for one call.
-    pub fn tokens(&self, input: u64, output: u64) {
-        for (slot, direction, n) in [(0, "input", input), (1, "output", output)] {
-            self.tokens[slot]
-                .get_or_init(|| {
-                    metrics::counter!(TOKENS_TOTAL, "pool" => self.pool.clone(), "key" => self.key.clone(), "direction" => direction)
-                })
-                .increment(n);
-        }
-    }
-
-    pub fn in_flight(&self, n: usize) {
-        self.in_flight
-            .get_or_init(|| metrics::gauge!(JOBS_IN_FLIGHT, "pool" => self.pool.clone(), "key" => self.key.clone()))
-            .set(n as f64);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The `keyrelay_key_state` lines of a scrape, sorted.
-    fn state_lines(handle: &PrometheusHandle) -> Vec<String> {
-        let mut lines: Vec<String> = handle
-            .render()
-            .lines()
-            .filter(|l| l.starts_with(KEY_STATE))
-            .map(str::to_owned)
-            .collect();
-        lines.sort();
-        lines
-    }
 
     /// The `_sum` of one stage of `keyrelay_job_stage_seconds`.
     fn stage_sum(handle: &PrometheusHandle, stage: &str) -> f64 {
@@ -413,37 +306,5 @@ mod tests {
         assert!(close(stage_sum(&handle, "store"), 0.004));
         assert!(close(stage_sum(&handle, "reply"), 0.006));
         assert!(close(stage_sum(&handle, "keyrelay"), 0.002));
-    }
-
-    #[test]
-    fn key_state_exports_active_always_and_other_states_once_entered() {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        metrics::with_local_recorder(&recorder, || {
-            let mut gauges = KeyStateGauges::new("p", "k");
-            gauges.set("active");
-            assert_eq!(
-                state_lines(&handle),
-                [r#"keyrelay_key_state{pool="p",key="k",state="active"} 1"#]
-            );
-            gauges.set("cooling_down");
-            gauges.set("active");
-            assert_eq!(
-                state_lines(&handle),
-                [
-                    r#"keyrelay_key_state{pool="p",key="k",state="active"} 1"#,
-                    r#"keyrelay_key_state{pool="p",key="k",state="cooling_down"} 0"#,
-                ]
-            );
-            gauges.set("disabled");
-            assert_eq!(
-                state_lines(&handle),
-                [
-                    r#"keyrelay_key_state{pool="p",key="k",state="active"} 0"#,
-                    r#"keyrelay_key_state{pool="p",key="k",state="cooling_down"} 0"#,
-                    r#"keyrelay_key_state{pool="p",key="k",state="disabled"} 1"#,
-                ]
-            );
-        });
     }
 }

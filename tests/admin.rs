@@ -380,12 +380,7 @@ async fn pools_show_queue_depth_and_dead_letters_raise_an_alert() {
         "{alerts}"
     );
     // The poller exports the depths as gauges.
-    let metrics = reqwest::get(format!("{}/metrics", api.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::scrape(env.app().http_addr()).await;
     assert!(
         metrics.contains("keyrelay_dead_letter_messages"),
         "{metrics}"

@@ -189,6 +189,13 @@ async fn hostile_messages_end_in_a_reply_or_a_dead_letter() {
     );
     let metrics = common::scrape(env.app().http_addr()).await;
     assert_eq!(restarts(&metrics, "h"), 0.0);
+    // The per-key series count exactly the calls the provider saw.
+    for line in [
+        r#"keyrelay_upstream_requests_total{pool="h",key="k",outcome="success"} 5"#,
+        r#"keyrelay_key_state{pool="h",key="k",state="active"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
+    }
     env.finish().await;
 }
 

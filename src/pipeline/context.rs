@@ -102,7 +102,7 @@ pub struct KeyContext {
     pub permits: Semaphore,
     in_flight: AtomicUsize,
     available: AtomicBool,
-    pub metrics: crate::metrics::KeyMetrics,
+    pub metrics: Arc<crate::metrics::KeySeries>,
     /// When the key last answered, and its last failure class (for operators).
     last: Mutex<LastUse>,
 }
@@ -127,7 +127,7 @@ pub struct KeySpec {
 
 impl KeyContext {
     pub fn new(id: KeyId, spec: KeySpec, pool: Arc<PoolContext>) -> KeyContext {
-        let metrics = crate::metrics::KeyMetrics::new(&pool.name, &spec.name);
+        let metrics = crate::metrics::key_series(&pool.name, &spec.name);
         KeyContext {
             store_key: format!("{}/{}", pool.name, spec.name),
             id,

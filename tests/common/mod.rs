@@ -571,14 +571,71 @@ impl Relay {
     }
 }
 
-/// `GET http://<addr>/metrics`.
+/// `GET http://<addr>/metrics`, checked with [`assert_well_formed_exposition`].
 pub async fn scrape(addr: std::net::SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
+    let body = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .expect("GET /metrics")
         .text()
         .await
-        .expect("metrics body")
+        .expect("metrics body");
+    assert_well_formed_exposition(&body);
+    body
+}
+
+/// What Prometheus' text parser rejects: a family's lines split in two
+/// places, a second HELP or TYPE line for a family, a series twice, a value
+/// that is not a number. `/metrics` joins two renderers (the recorder's and
+/// the per-key table's), so every scrape in the tests checks this.
+pub fn assert_well_formed_exposition(body: &str) {
+    let mut kinds: HashMap<&str, &str> = HashMap::new();
+    let mut helped = std::collections::HashSet::new();
+    let mut series = std::collections::HashSet::new();
+    let mut finished = std::collections::HashSet::new();
+    let mut current: Option<&str> = None;
+    fn enter<'a>(
+        family: &'a str,
+        current: &mut Option<&'a str>,
+        finished: &mut std::collections::HashSet<&'a str>,
+    ) {
+        if *current != Some(family) {
+            assert!(
+                !finished.contains(family),
+                "family {family} appears in two places of /metrics"
+            );
+            if let Some(done) = current.replace(family) {
+                finished.insert(done);
+            }
+        }
+    }
+    for line in body.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or_default();
+            assert!(helped.insert(name), "second HELP line for {name}");
+            enter(name, &mut current, &mut finished);
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(
+                kinds.insert(name, kind).is_none(),
+                "second TYPE line for {name}"
+            );
+            enter(name, &mut current, &mut finished);
+        } else if !line.starts_with('#') {
+            let (id, value) = line.rsplit_once(' ').expect("a sample is `series value`");
+            assert!(
+                matches!(value, "+Inf" | "-Inf" | "NaN") || value.parse::<f64>().is_ok(),
+                "not a sample value: {line}"
+            );
+            let name = id.split('{').next().unwrap_or_default();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .filter_map(|suffix| name.strip_suffix(suffix))
+                .find(|base| matches!(kinds.get(base), Some(&"histogram" | &"summary")))
+                .unwrap_or(name);
+            enter(family, &mut current, &mut finished);
+            assert!(series.insert(id), "series twice in /metrics: {id}");
+        }
+    }
 }
 
 /// Sum of every sample of `name` (any labels) in a Prometheus text body.

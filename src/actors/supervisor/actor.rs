@@ -80,7 +80,6 @@ impl Supervisor {
                 for key in pool.keys {
                     let id = KeyId(keys.len());
                     let ctx = Arc::new(KeyContext::new(id, key, pool.ctx.clone()));
-                    let state_gauges = m::KeyStateGauges::new(&ctx.pool.name, &ctx.name);
                     keys.push(KeySlot {
                         ctx,
                         pool: p,
@@ -90,7 +89,6 @@ impl Supervisor {
                         restarts: 0,
                         consuming: false,
                         transient: Default::default(),
-                        state_gauges,
                     });
                     ids.push(id);
                 }
@@ -187,7 +185,7 @@ impl Supervisor {
                 _ => {}
             }
         }
-        slot.state_gauges.set(state.label());
+        slot.ctx.metrics.state(state.label());
         if persist {
             // Written here, in order; only the flush to disk happens later.
             if let Err(e) = self

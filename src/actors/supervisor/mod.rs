@@ -43,8 +43,6 @@ struct KeySlot {
     consuming: bool,
     /// Recent transient failures, for the growing cooldown.
     transient: crate::keys::TransientTracker,
-    /// `keyrelay_key_state`, exported on every transition.
-    state_gauges: crate::metrics::KeyStateGauges,
 }
 
 struct PoolSlot {

@@ -166,18 +166,11 @@ impl Supervisor {
                     .tpm
                     .map(|l| usage.window_tokens as f64 / l.max(1) as f64),
             ];
-            let labels = |window: &'static str| {
-                [
-                    ("pool", slot.ctx.pool.name.clone()),
-                    ("key", slot.ctx.name.clone()),
-                    ("window", window.to_owned()),
-                ]
-            };
             if let Some(share) = minute.into_iter().flatten().reduce(f64::max) {
-                metrics::gauge!(m::KEY_QUOTA_USED, &labels("minute")).set(share);
+                slot.ctx.metrics.quota_used(m::QuotaWindow::Minute, share);
             }
             if let Some(share) = usage.daily_share(&limits) {
-                metrics::gauge!(m::KEY_QUOTA_USED, &labels("day")).set(share);
+                slot.ctx.metrics.quota_used(m::QuotaWindow::Day, share);
             }
         }
         for pool in &self.pools {
