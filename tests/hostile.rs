@@ -194,7 +194,10 @@ async fn hostile_messages_end_in_a_reply_or_a_dead_letter() {
         r#"keyrelay_upstream_requests_total{pool="h",key="k",outcome="success"} 5"#,
         r#"keyrelay_key_state{pool="h",key="k",state="active"} 1"#,
     ] {
-        assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
     }
     env.finish().await;
 }

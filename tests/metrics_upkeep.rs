@@ -3,6 +3,7 @@
 //! The Prometheus recorder buffers every histogram sample until upkeep folds it
 //! into its buckets. This binary counts the bytes it holds live, records a
 //! burst of samples without ever rendering, and waits for the buffer to go.
+//! Every allocation of the process counts, so keep this the binary's only test.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

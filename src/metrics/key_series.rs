@@ -7,11 +7,12 @@
 //! scrape only writes lines. Every other metric stays with the `metrics`
 //! recorder. `/metrics` is the recorder's text followed by this table's. The
 //! families differ, so each family's lines stay together, as the text format
-//! requires.
+//! requires. Settings of the exporter's builder (global labels, idle timeouts)
+//! do not reach these families.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::fmt::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use super::{JOBS_IN_FLIGHT, KEY_QUOTA_USED, KEY_STATE, TOKENS_TOTAL, UPSTREAM_REQUESTS_TOTAL};
@@ -32,45 +33,84 @@ pub enum QuotaWindow {
 }
 
 impl QuotaWindow {
-    const LABELS: [&'static str; 2] = ["minute", "day"];
+    const ALL: [QuotaWindow; 2] = [QuotaWindow::Minute, QuotaWindow::Day];
+
+    fn label(self) -> &'static str {
+        match self {
+            QuotaWindow::Minute => "minute",
+            QuotaWindow::Day => "day",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            QuotaWindow::Minute => 0,
+            QuotaWindow::Day => 1,
+        }
+    }
 }
 
-/// One series' value, absent from the scrape until first written.
+/// One series' value, absent from the scrape until first written: an integer
+/// (counters, `jobs_in_flight`) or an f64's bits (ratios and states).
 #[derive(Default)]
-struct Cell {
+struct Slot {
     bits: AtomicU64,
     present: AtomicBool,
 }
 
-impl Cell {
+impl Slot {
     fn add(&self, n: u64) {
-        self.bits.fetch_add(n, Relaxed);
+        self.bits.fetch_add(n, Ordering::Relaxed);
+        self.mark();
+    }
+
+    fn sub(&self, n: u64) {
+        self.bits.fetch_sub(n, Ordering::Relaxed);
         self.mark();
     }
 
     fn set(&self, value: f64) {
-        self.bits.store(value.to_bits(), Relaxed);
+        self.bits.store(value.to_bits(), Ordering::Relaxed);
         self.mark();
     }
 
-    /// Read before writing: the flag's cache line stays shared once set.
+    /// Release, paired with `is_present`'s Acquire: a scrape that sees the
+    /// series also sees the value that made it appear.
     fn mark(&self) {
-        if !self.present.load(Relaxed) {
-            self.present.store(true, Relaxed);
+        if !self.present.load(Ordering::Relaxed) {
+            self.present.store(true, Ordering::Release);
         }
     }
 
     fn is_present(&self) -> bool {
-        self.present.load(Relaxed)
+        self.present.load(Ordering::Acquire)
     }
 
-    fn count(&self) -> Option<u64> {
-        self.is_present().then(|| self.bits.load(Relaxed))
-    }
-
-    fn gauge(&self) -> Option<f64> {
+    fn integer(&self) -> Option<Value> {
         self.is_present()
-            .then(|| f64::from_bits(self.bits.load(Relaxed)))
+            .then(|| Value::Integer(self.bits.load(Ordering::Relaxed)))
+    }
+
+    fn float(&self) -> Option<Value> {
+        self.is_present()
+            .then(|| Value::Float(f64::from_bits(self.bits.load(Ordering::Relaxed))))
+    }
+}
+
+/// A sample value as the text format writes it.
+enum Value {
+    Integer(u64),
+    Float(f64),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Integer(n) => write!(f, "{n}"),
+            Value::Float(v) if *v == f64::INFINITY => f.write_str("+Inf"),
+            Value::Float(v) if *v == f64::NEG_INFINITY => f.write_str("-Inf"),
+            Value::Float(v) => write!(f, "{v}"),
+        }
     }
 }
 
@@ -80,14 +120,16 @@ pub struct KeySeries {
     /// `pool="…",key="…"`, escaped once.
     labels: String,
     /// `keyrelay_key_state`, in [`KeyState::LABELS`] order.
-    state: [Cell; 4],
+    state: [Slot; KeyState::LABELS.len()],
     /// `keyrelay_upstream_requests_total`, in [`OutcomeClass::ALL`] order.
-    upstream: [Cell; OutcomeClass::ALL.len()],
-    /// `keyrelay_tokens_total`: input, output.
-    tokens: [Cell; 2],
-    in_flight: Cell,
-    /// `keyrelay_key_quota_used_ratio`: minute, day.
-    quota_used: [Cell; 2],
+    upstream: [Slot; OutcomeClass::ALL.len()],
+    /// `keyrelay_tokens_total`, in [`TOKEN_DIRECTIONS`] order.
+    tokens: [Slot; TOKEN_DIRECTIONS.len()],
+    /// Counted up and down (not set from a count read earlier), so two jobs
+    /// ending together cannot leave a stale value behind.
+    in_flight: Slot,
+    /// `keyrelay_key_quota_used_ratio`, in [`QuotaWindow::ALL`] order.
+    quota_used: [Slot; QuotaWindow::ALL.len()],
 }
 
 impl KeySeries {
@@ -101,7 +143,7 @@ impl KeySeries {
             state: Default::default(),
             upstream: Default::default(),
             tokens: Default::default(),
-            in_flight: Cell::default(),
+            in_flight: Slot::default(),
             quota_used: Default::default(),
         }
     }
@@ -112,10 +154,10 @@ impl KeySeries {
     /// costs one line instead of four, and `{state="disabled"} == 1` and
     /// `count by (pool, key)` still see every key.
     pub fn state(&self, current: &str) {
-        for (cell, label) in self.state.iter().zip(KeyState::LABELS) {
+        for (slot, label) in self.state.iter().zip(KeyState::LABELS) {
             let on = label == current;
-            if on || label == ALWAYS_EXPORTED_STATE || cell.is_present() {
-                cell.set(if on { 1.0 } else { 0.0 });
+            if on || label == ALWAYS_EXPORTED_STATE || slot.is_present() {
+                slot.set(if on { 1.0 } else { 0.0 });
             }
         }
     }
@@ -128,17 +170,107 @@ impl KeySeries {
 
     /// Tokens reported for one call.
     pub fn tokens(&self, input: u64, output: u64) {
-        self.tokens[0].add(input);
-        self.tokens[1].add(output);
+        for (slot, n) in self.tokens.iter().zip([input, output]) {
+            slot.add(n);
+        }
     }
 
-    pub fn in_flight(&self, n: usize) {
-        self.in_flight.set(n as f64);
+    /// A job started on this key.
+    pub fn job_started(&self) {
+        self.in_flight.add(1);
+    }
+
+    /// A job counted by [`job_started`](Self::job_started) ended.
+    pub fn job_ended(&self) {
+        self.in_flight.sub(1);
     }
 
     /// Share of the key's declared limit used in `window`.
     pub fn quota_used(&self, window: QuotaWindow, share: f64) {
-        self.quota_used[window as usize].set(share);
+        self.quota_used[window.index()].set(share);
+    }
+}
+
+/// The five per-key families, in the order they are rendered.
+#[derive(Clone, Copy)]
+enum Family {
+    State,
+    InFlight,
+    QuotaUsed,
+    Upstream,
+    Tokens,
+}
+
+impl Family {
+    const ALL: [Family; 5] = [
+        Family::State,
+        Family::InFlight,
+        Family::QuotaUsed,
+        Family::Upstream,
+        Family::Tokens,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::State => KEY_STATE,
+            Family::InFlight => JOBS_IN_FLIGHT,
+            Family::QuotaUsed => KEY_QUOTA_USED,
+            Family::Upstream => UPSTREAM_REQUESTS_TOTAL,
+            Family::Tokens => TOKENS_TOTAL,
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Family::State | Family::InFlight | Family::QuotaUsed => "gauge",
+            Family::Upstream | Family::Tokens => "counter",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Family::State => {
+                "1 for the key's current state (active, cooling_down, exhausted, disabled), by pool and key."
+            }
+            Family::InFlight => "Jobs being processed, by pool and key.",
+            Family::QuotaUsed => {
+                "Share of a declared limit used, by pool, key and window (minute: rpm/tpm, day: rpd/tpd)."
+            }
+            Family::Upstream => "Provider calls, by pool, key and outcome class.",
+            Family::Tokens => "Tokens reported by providers, by pool, key and direction.",
+        }
+    }
+
+    /// This family's lines for one key: one per series present.
+    fn write_lines(self, out: &mut String, key: &KeySeries) {
+        let mut line = |extra: Option<(&str, &str)>, value: Option<Value>| {
+            if let Some(value) = value {
+                write_sample(out, self.name(), &key.labels, extra, value);
+            }
+        };
+        match self {
+            Family::State => {
+                for (slot, state) in key.state.iter().zip(KeyState::LABELS) {
+                    line(Some(("state", state)), slot.float());
+                }
+            }
+            Family::InFlight => line(None, key.in_flight.integer()),
+            Family::QuotaUsed => {
+                for (slot, window) in key.quota_used.iter().zip(QuotaWindow::ALL) {
+                    line(Some(("window", window.label())), slot.float());
+                }
+            }
+            Family::Upstream => {
+                for (slot, class) in key.upstream.iter().zip(OutcomeClass::ALL) {
+                    line(Some(("outcome", class.as_str())), slot.integer());
+                }
+            }
+            Family::Tokens => {
+                for (slot, direction) in key.tokens.iter().zip(TOKEN_DIRECTIONS) {
+                    line(Some(("direction", direction)), slot.integer());
+                }
+            }
+        }
     }
 }
 
@@ -168,133 +300,44 @@ impl KeySeriesTable {
             .clone()
     }
 
-    /// Append the per-key families in the Prometheus text format.
+    /// Append the per-key families in the Prometheus text format. A family
+    /// with no series present is left out, header included.
     pub fn render_into(&self, out: &mut String) {
+        // Registration waits for the copy only, not for the rendering.
         let keys: Vec<Arc<KeySeries>> = {
             let keys = self.0.lock().unwrap_or_else(PoisonError::into_inner);
             keys.values().cloned().collect()
         };
-        let family =
-            |out: &mut String, name, kind, help, lines: &dyn Fn(&mut String, &KeySeries)| {
-                let start = out.len();
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                let header = out.len();
-                for key in &keys {
-                    lines(out, key);
-                }
-                if out.len() == header {
-                    out.truncate(start);
-                } else {
-                    out.push('\n');
-                }
-            };
-        family(out, KEY_STATE, "gauge", KEY_STATE_HELP, &|out, k| {
-            for (cell, state) in k.state.iter().zip(KeyState::LABELS) {
-                gauge_line(out, KEY_STATE, &k.labels, Some(("state", state)), cell);
+        for family in Family::ALL {
+            let start = out.len();
+            let (name, kind, help) = (family.name(), family.kind(), family.help());
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            let header_end = out.len();
+            for key in &keys {
+                family.write_lines(out, key);
             }
-        });
-        family(
-            out,
-            JOBS_IN_FLIGHT,
-            "gauge",
-            JOBS_IN_FLIGHT_HELP,
-            &|out, k| {
-                gauge_line(out, JOBS_IN_FLIGHT, &k.labels, None, &k.in_flight);
-            },
-        );
-        family(
-            out,
-            KEY_QUOTA_USED,
-            "gauge",
-            KEY_QUOTA_USED_HELP,
-            &|out, k| {
-                for (cell, window) in k.quota_used.iter().zip(QuotaWindow::LABELS) {
-                    gauge_line(
-                        out,
-                        KEY_QUOTA_USED,
-                        &k.labels,
-                        Some(("window", window)),
-                        cell,
-                    );
-                }
-            },
-        );
-        family(
-            out,
-            UPSTREAM_REQUESTS_TOTAL,
-            "counter",
-            UPSTREAM_REQUESTS_HELP,
-            &|out, k| {
-                for (cell, class) in k.upstream.iter().zip(OutcomeClass::ALL) {
-                    let label = Some(("outcome", class.as_str()));
-                    counter_line(out, UPSTREAM_REQUESTS_TOTAL, &k.labels, label, cell);
-                }
-            },
-        );
-        family(out, TOKENS_TOTAL, "counter", TOKENS_HELP, &|out, k| {
-            for (cell, direction) in k.tokens.iter().zip(TOKEN_DIRECTIONS) {
-                counter_line(
-                    out,
-                    TOKENS_TOTAL,
-                    &k.labels,
-                    Some(("direction", direction)),
-                    cell,
-                );
-            }
-        });
-    }
-}
-
-const KEY_STATE_HELP: &str =
-    "1 for the key's current state (active, cooling_down, exhausted, disabled), by pool and key.";
-const JOBS_IN_FLIGHT_HELP: &str = "Jobs being processed, by pool and key.";
-const KEY_QUOTA_USED_HELP: &str =
-    "Share of a declared limit used, by pool, key and window (minute: rpm/tpm, day: rpd/tpd).";
-const UPSTREAM_REQUESTS_HELP: &str = "Provider calls, by pool, key and outcome class.";
-const TOKENS_HELP: &str = "Tokens reported by providers, by pool, key and direction.";
-
-fn series_start(out: &mut String, name: &str, labels: &str, extra: Option<(&str, &str)>) {
-    out.push_str(name);
-    out.push('{');
-    out.push_str(labels);
-    if let Some((label, value)) = extra {
-        // Extra label values are fixed identifiers: nothing to escape.
-        let _ = write!(out, ",{label}=\"{value}\"");
-    }
-    out.push_str("} ");
-}
-
-fn gauge_line(
-    out: &mut String,
-    name: &str,
-    labels: &str,
-    extra: Option<(&str, &str)>,
-    cell: &Cell,
-) {
-    if let Some(value) = cell.gauge() {
-        series_start(out, name, labels, extra);
-        match value {
-            v if v == f64::INFINITY => out.push_str("+Inf"),
-            v if v == f64::NEG_INFINITY => out.push_str("-Inf"),
-            v => {
-                let _ = write!(out, "{v}");
+            if out.len() == header_end {
+                out.truncate(start);
+            } else {
+                out.push('\n');
             }
         }
-        out.push('\n');
     }
 }
 
-fn counter_line(
+/// `name{labels,extra="v"} value`: `extra` values are fixed identifiers, so
+/// only `labels` (escaped when built) comes from the config.
+fn write_sample(
     out: &mut String,
     name: &str,
     labels: &str,
     extra: Option<(&str, &str)>,
-    cell: &Cell,
+    value: Value,
 ) {
-    if let Some(value) = cell.count() {
-        series_start(out, name, labels, extra);
-        let _ = writeln!(out, "{value}");
-    }
+    let _ = match extra {
+        Some((label, v)) => writeln!(out, "{name}{{{labels},{label}=\"{v}\"}} {value}"),
+        None => writeln!(out, "{name}{{{labels}}} {value}"),
+    };
 }
 
 /// A label value as the text format wants it: `\`, `"` and newlines escaped.
@@ -374,7 +417,10 @@ mod tests {
         a.upstream(OutcomeClass::Success);
         b.upstream(OutcomeClass::RateLimited);
         a.tokens(10, 0);
-        b.in_flight(3);
+        for _ in 0..4 {
+            b.job_started();
+        }
+        b.job_ended();
         b.quota_used(QuotaWindow::Day, 0.25);
         let text = rendered(&table);
         assert_eq!(
@@ -401,7 +447,7 @@ mod tests {
         let table = KeySeriesTable::default();
         table.key("p", "k").upstream(OutcomeClass::Success);
         table.key("p", "k").upstream(OutcomeClass::Success);
-        table.key("p\"q", "a\\b\nc").in_flight(1);
+        table.key("p\"q", "a\\b\nc").job_started();
         assert_eq!(
             lines_of(&table, UPSTREAM_REQUESTS_TOTAL),
             [r#"keyrelay_upstream_requests_total{pool="p",key="k",outcome="success"} 2"#]

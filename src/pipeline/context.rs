@@ -274,13 +274,9 @@ impl KeyContext {
 
     /// Count a job as in flight on this key until the guard drops.
     pub fn track(self: &Arc<Self>) -> InFlightGuard {
-        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        self.publish_in_flight(n);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics.job_started();
         InFlightGuard { key: self.clone() }
-    }
-
-    fn publish_in_flight(&self, n: usize) {
-        self.metrics.in_flight(n);
     }
 }
 
@@ -290,8 +286,8 @@ pub struct InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        let n = self.key.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
-        self.key.publish_in_flight(n);
+        self.key.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.key.metrics.job_ended();
     }
 }
 

@@ -584,20 +584,20 @@ pub async fn scrape(addr: std::net::SocketAddr) -> String {
 }
 
 /// What Prometheus' text parser rejects: a family's lines split in two
-/// places, a second HELP or TYPE line for a family, a series twice, a value
-/// that is not a number. `/metrics` joins two renderers (the recorder's and
-/// the per-key table's), so every scrape in the tests checks this.
+/// places, a second HELP or TYPE line for a family or one after its samples,
+/// a malformed series name or label set, a series twice, a value that is not
+/// a number. `/metrics` joins two renderers (the recorder's and the per-key
+/// table's), so every scrape in the tests checks this.
 pub fn assert_well_formed_exposition(body: &str) {
+    use std::collections::HashSet;
     let mut kinds: HashMap<&str, &str> = HashMap::new();
-    let mut helped = std::collections::HashSet::new();
-    let mut series = std::collections::HashSet::new();
-    let mut finished = std::collections::HashSet::new();
+    let mut helped = HashSet::new();
+    let mut sampled = HashSet::new();
+    let mut series = HashSet::new();
+    let mut finished = HashSet::new();
     let mut current: Option<&str> = None;
-    fn enter<'a>(
-        family: &'a str,
-        current: &mut Option<&'a str>,
-        finished: &mut std::collections::HashSet<&'a str>,
-    ) {
+    // Move to `family`'s block; a family whose block ended may not come back.
+    fn enter<'a>(family: &'a str, current: &mut Option<&'a str>, finished: &mut HashSet<&'a str>) {
         if *current != Some(family) {
             assert!(
                 !finished.contains(family),
@@ -612,6 +612,7 @@ pub fn assert_well_formed_exposition(body: &str) {
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let name = rest.split(' ').next().unwrap_or_default();
             assert!(helped.insert(name), "second HELP line for {name}");
+            assert!(!sampled.contains(name), "HELP for {name} after its samples");
             enter(name, &mut current, &mut finished);
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
@@ -619,6 +620,7 @@ pub fn assert_well_formed_exposition(body: &str) {
                 kinds.insert(name, kind).is_none(),
                 "second TYPE line for {name}"
             );
+            assert!(!sampled.contains(name), "TYPE for {name} after its samples");
             enter(name, &mut current, &mut finished);
         } else if !line.starts_with('#') {
             let (id, value) = line.rsplit_once(' ').expect("a sample is `series value`");
@@ -626,6 +628,7 @@ pub fn assert_well_formed_exposition(body: &str) {
                 matches!(value, "+Inf" | "-Inf" | "NaN") || value.parse::<f64>().is_ok(),
                 "not a sample value: {line}"
             );
+            assert_series_syntax(id);
             let name = id.split('{').next().unwrap_or_default();
             let family = ["_bucket", "_sum", "_count"]
                 .iter()
@@ -633,8 +636,59 @@ pub fn assert_well_formed_exposition(body: &str) {
                 .find(|base| matches!(kinds.get(base), Some(&"histogram" | &"summary")))
                 .unwrap_or(name);
             enter(family, &mut current, &mut finished);
+            sampled.insert(family);
             assert!(series.insert(id), "series twice in /metrics: {id}");
         }
+    }
+}
+
+/// `name` or `name{label="value",…}`, values escaped as the text format says.
+fn assert_series_syntax(id: &str) {
+    let bad = |why: &str| -> ! { panic!("malformed series ({why}): {id}") };
+    let is_name = |s: &str, colon: bool| {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || (colon && c == ':'))
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || (colon && c == ':'))
+    };
+    let (name, labels) = match id.split_once('{') {
+        Some((name, rest)) => (
+            name,
+            Some(rest.strip_suffix('}').unwrap_or_else(|| bad("no }"))),
+        ),
+        None => (id, None),
+    };
+    if !is_name(name, true) {
+        bad("metric name");
+    }
+    let mut rest = labels.unwrap_or_default();
+    while !rest.is_empty() {
+        let (label, after) = rest
+            .split_once("=\"")
+            .unwrap_or_else(|| bad("label without =\""));
+        if !is_name(label, false) {
+            bad("label name");
+        }
+        // The value runs to the first quote not escaped by a backslash.
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, '\\' | '"' | 'n')) => {}
+                    _ => bad("escape"),
+                },
+                Some((i, '"')) => break i,
+                Some(_) => {}
+                None => bad("unterminated value"),
+            }
+        };
+        rest = &after[end + 1..];
+        rest = match rest.strip_prefix(',') {
+            Some(next) => next,
+            None if rest.is_empty() => rest,
+            None => bad("label separator"),
+        };
     }
 }
 
