@@ -11,7 +11,8 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 mod key_series;
-pub use key_series::{KeySeries, KeySeriesTable, QuotaWindow, key_series, key_series_table};
+use key_series::key_series_table;
+pub use key_series::{KeySeries, QuotaWindow, key_series};
 
 pub const JOBS_TOTAL: &str = "keyrelay_jobs_total";
 pub const JOB_DURATION: &str = "keyrelay_job_duration_seconds";
