@@ -4,12 +4,15 @@
 //! (`quota` also takes `[--rpm R] [--window-secs W] [--latency-ms L]`)
 //!
 //! Scenarios: `broker-limit`, `e2e`, `all` (both, and their ratio), `many-keys`,
-//! `backlog-memory`, `quota`, `routing`. See docs/performance.md for what each measures.
+//! `backlog-memory`, `quota`, `routing`, and against the alternatives: `litellm`,
+//! `celery`, `compare` (e2e, litellm and celery, and keyrelay's ratio to each). See docs/performance.md for what each measures.
 
 #[path = "support/amqp.rs"]
 mod amqp;
 #[path = "support/child.rs"]
 mod child;
+#[path = "support/compare.rs"]
+mod compare;
 #[path = "support/quota.rs"]
 mod quota;
 #[path = "support/scale.rs"]
@@ -87,7 +90,7 @@ impl Args {
         }
         if args.scenario.is_empty() {
             bail!(
-                "usage: keyrelay_bench <broker-limit|e2e|all|many-keys|backlog-memory|quota|routing> [--jobs N] [--keys K] [--concurrency C] [--repeat R] [--folded-acks] [--rpm R] [--window-secs W] [--latency-ms L]"
+                "usage: keyrelay_bench <broker-limit|e2e|all|many-keys|backlog-memory|quota|routing|litellm|celery|compare> [--jobs N] [--keys K] [--concurrency C] [--repeat R] [--folded-acks] [--rpm R] [--window-secs W] [--latency-ms L]"
             );
         }
         Ok(args)
@@ -193,6 +196,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "backlog-memory" => add("backlog_memory", scale::backlog_memory(&args).await?),
         "quota" => add("quota", quota::quota(&args).await?),
         "routing" => add("routing", routing()),
+        "litellm" => add(
+            "litellm",
+            compare::run(&args, compare::Worker::Litellm).await?,
+        ),
+        "celery" => add(
+            "celery",
+            compare::run(&args, compare::Worker::Celery).await?,
+        ),
+        "compare" => {
+            let mut keyrelay = e2e(&args).await?;
+            let litellm = compare::run(&args, compare::Worker::Litellm).await?;
+            let celery = compare::run(&args, compare::Worker::Celery).await?;
+            let rate = keyrelay.get("jobs_per_s").unwrap_or(f64::NAN);
+            for (name, other) in [("litellm", &litellm), ("celery", &celery)] {
+                let ratio = rate / other.get("jobs_per_s").unwrap_or(f64::NAN);
+                keyrelay.put(
+                    &format!("throughput_x_{name}"),
+                    ratio,
+                    "keyrelay jobs/s over theirs",
+                );
+            }
+            add("e2e", keyrelay);
+            add("litellm", litellm);
+            add("celery", celery);
+        }
         other => bail!("unknown scenario {other}"),
     }
     let line = json!({

@@ -153,6 +153,17 @@ impl Env {
         self.dir.path().join(format!("{name}.log"))
     }
 
+    /// The key files of every configured key, in config order.
+    pub fn key_files(&self) -> Vec<PathBuf> {
+        let keys = self.config.pools.iter().flat_map(|p| &p.keys);
+        keys.filter_map(|k| k.api_key_file.clone()).collect()
+    }
+
+    /// The mock's OpenAI-compatible base URL (the comparison workers use it).
+    pub fn openai_base_url(&self) -> Option<String> {
+        self.mock.as_ref().map(MockProvider::openai_base_url)
+    }
+
     /// Size of the sled directory, bytes.
     pub fn store_bytes(&self) -> u64 {
         dir_size(&self.dir.path().join("store"))

@@ -1,0 +1,120 @@
+"""The worker people write instead of keyrelay: an aio-pika consumer that sends
+each job through a LiteLLM Router spread over the same API keys, publishes the
+reply with a publisher confirm, then acks.
+
+`cargo bench --bench keyrelay_bench -- litellm` starts it against the same
+preloaded quorum queue and mock provider as `e2e`, and measures it the same way
+(see docs/performance.md). Run `scripts/compare/setup.sh` once first.
+
+What it does not do, and keyrelay does: store results durably before replying
+(so a redelivered job is answered without a second call), dead-letter bad
+input with a reason, retry on another key with a backoff queue, park an
+exhausted key until its quota resets, export per-key metrics.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import aio_pika  # noqa: E402
+from litellm import Router  # noqa: E402
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--amqp-url", required=True)
+    parser.add_argument("--queue", required=True, help="job queue (declared already)")
+    parser.add_argument("--base-url", required=True, help="OpenAI-compatible base URL")
+    parser.add_argument("--key-file", action="append", required=True, help="one per key")
+    # A model LiteLLM knows: an unknown one sends every call through its
+    # zero-cost diagnostics, which a real deployment would not pay.
+    parser.add_argument("--model", default="gpt-4o-mini")
+    parser.add_argument("--prefetch", type=int, default=128)
+    return parser.parse_args()
+
+
+def router_for(args):
+    """One deployment per key under one model group: the Router spreads calls
+    over them and cools a deployment down after rate-limit errors."""
+    deployments = []
+    for path in args.key_file:
+        with open(path, encoding="utf-8") as f:
+            secret = f.read().strip()
+        deployments.append(
+            {
+                "model_name": "pool",
+                "litellm_params": {
+                    "model": f"openai/{args.model}",
+                    "api_base": args.base_url,
+                    "api_key": secret,
+                },
+            }
+        )
+    return Router(model_list=deployments, num_retries=2, routing_strategy="simple-shuffle")
+
+
+async def answer(router, job):
+    started = time.monotonic()
+    reply = {"id": job.get("id"), "pool": "pool", "metadata": job.get("metadata")}
+    try:
+        response = await router.acompletion(
+            model="pool", messages=[{"role": "user", "content": job["prompt"]}]
+        )
+        usage = response.usage
+        reply.update(
+            status="succeeded",
+            text=response.choices[0].message.content,
+            usage={"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
+        )
+    except Exception as e:  # a failed job still gets its reply
+        reply.update(status="failed", error={"kind": type(e).__name__, "message": str(e)})
+    reply["latency_ms"] = int((time.monotonic() - started) * 1000)
+    return reply
+
+
+async def handle(router, channel, message):
+    try:
+        job = json.loads(message.body)
+        reply = await answer(router, job)
+    except (ValueError, KeyError) as e:
+        reply = {"status": "failed", "error": {"kind": "invalid_job", "message": str(e)}}
+    # With publisher confirms on the channel, publish returns once the broker confirmed.
+    await channel.default_exchange.publish(
+        aio_pika.Message(
+            body=json.dumps(reply).encode(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            correlation_id=message.correlation_id,
+        ),
+        routing_key=message.reply_to,
+        mandatory=True,
+    )
+    await message.ack()
+
+
+async def main():
+    args = parse_args()
+    router = router_for(args)
+    connection = await aio_pika.connect(args.amqp_url)
+    channel = await connection.channel(publisher_confirms=True)
+    await channel.set_qos(prefetch_count=args.prefetch)
+    queue = await channel.get_queue(args.queue, ensure=False)
+    tasks = set()
+
+    async def on_message(message):
+        task = asyncio.create_task(handle(router, channel, message))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    await queue.consume(on_message)
+    print("consuming", file=sys.stderr, flush=True)
+    await asyncio.Future()  # until the bench terminates the process
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
