@@ -81,34 +81,40 @@ async fn run_with(
         settled.as_secs_f64(),
         "s waited for the broker to go quiet",
     );
-    let mut process = spawn(worker, python, env, &queue, in_flight)?;
+    let mut processes = spawn(worker, python, env, &queue, in_flight)?;
+    let pids: Vec<u32> = processes
+        .iter()
+        .filter_map(tokio::process::Child::id)
+        .collect();
+    let cpu_now = || pids.iter().map(|&pid| tree_cpu_seconds(pid)).sum::<f64>();
     let watch = conn.create_channel().await?;
     let (broker, own) = (child::broker_pid(), std::process::id());
     let (mut cpu0, mut broker0, mut own0) = (0.0, 0.0, 0.0);
-    let pid = process.id().context("worker pid")?;
     let window = amqp::wait_for_replies(
         &watch,
         &replies,
         n,
         drain_timeout(n),
         || {
-            cpu0 = tree_cpu_seconds(pid);
+            cpu0 = cpu_now();
             broker0 = broker
                 .and_then(|p| child::cpu_seconds(p).ok())
                 .unwrap_or(0.0);
             own0 = child::cpu_seconds(own).unwrap_or(0.0);
         },
-        |_| child::ensure_running(pid),
+        |_| pids.iter().try_for_each(|&pid| child::ensure_running(pid)),
     )
     .await;
-    let cpu = tree_cpu_seconds(pid) - cpu0;
+    let cpu = cpu_now() - cpu0;
     let broker_cpu = broker
         .and_then(|p| child::cpu_seconds(p).ok())
         .unwrap_or(0.0)
         - broker0;
     let own_cpu = child::cpu_seconds(own)? - own0;
-    let peak_rss = tree_peak_rss_kib(pid);
-    let _ = process.kill().await;
+    let peak_rss: u64 = pids.iter().map(|&pid| tree_peak_rss_kib(pid)).sum();
+    for process in &mut processes {
+        let _ = process.kill().await;
+    }
     let window = window.with_context(|| log_tail(&env.log_path(worker.name())))?;
     let (jobs, secs) = window.measured(n);
     report.put(
@@ -149,6 +155,30 @@ async fn run_with(
     Ok(report)
 }
 
+/// keyrelay's throughput and CPU per job against each other worker's.
+pub fn summary(keyrelay: &Report, others: &[(&str, &Report)]) -> Report {
+    let mut report = Report::new("compare");
+    let rate = keyrelay.get("jobs_per_s").unwrap_or(f64::NAN);
+    let cpu = keyrelay
+        .get("keyrelay_cpu_s_per_1k_jobs")
+        .unwrap_or(f64::NAN);
+    for (name, other) in others {
+        let their_rate = other.get("jobs_per_s").unwrap_or(f64::NAN);
+        let their_cpu = other.get("worker_cpu_s_per_1k_jobs").unwrap_or(f64::NAN);
+        report.put(
+            &format!("throughput_x_{name}"),
+            rate / their_rate,
+            "keyrelay jobs/s over theirs",
+        );
+        report.put(
+            &format!("cpu_per_job_x_{name}"),
+            their_cpu / cpu,
+            "their CPU per job over keyrelay's",
+        );
+    }
+    report
+}
+
 /// The comparison venv's Python: `KEYRELAY_COMPARE_PYTHON`, or the one
 /// `scripts/compare/setup.sh` makes.
 fn python() -> anyhow::Result<PathBuf> {
@@ -169,35 +199,48 @@ fn scripts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/compare")
 }
 
+/// One process per core, as a Python deployment would run: asyncio workers
+/// side by side (the prefetch split between them), or one Celery worker
+/// whose prefork pool has a process per core.
+fn processes_per_run() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 fn spawn(
     worker: Worker,
     python: &Path,
     env: &Env,
     queue: &str,
     in_flight: usize,
-) -> anyhow::Result<tokio::process::Child> {
+) -> anyhow::Result<Vec<tokio::process::Child>> {
     let base_url = env.openai_base_url().context("the mock is not running")?;
     let keys = env.key_files();
-    let mut command = tokio::process::Command::new(python);
+    let processes = processes_per_run();
+    let log = std::fs::File::create(env.log_path(worker.name()))?;
+    let mut commands = Vec::new();
     match worker {
         Worker::Litellm => {
-            command
-                .arg(scripts_dir().join("litellm_worker.py"))
-                .args([
-                    "--amqp-url",
-                    &amqp_url(),
-                    "--queue",
-                    queue,
-                    "--base-url",
-                    &base_url,
-                ])
-                .args(["--prefetch", &in_flight.to_string()]);
-            for key in &keys {
-                command.arg("--key-file").arg(key);
+            for _ in 0..processes {
+                let mut command = tokio::process::Command::new(python);
+                command
+                    .arg(scripts_dir().join("litellm_worker.py"))
+                    .args([
+                        "--amqp-url",
+                        &amqp_url(),
+                        "--queue",
+                        queue,
+                        "--base-url",
+                        &base_url,
+                    ])
+                    .args(["--prefetch", &(in_flight / processes).max(1).to_string()]);
+                for key in &keys {
+                    command.arg("--key-file").arg(key);
+                }
+                commands.push(command);
             }
         }
         Worker::Celery => {
-            let processes = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let mut command = tokio::process::Command::new(python);
             command
                 .current_dir(scripts_dir())
                 .args([
@@ -229,16 +272,23 @@ fn spawn(
                     "COMPARE_PREFETCH_MULTIPLIER",
                     (in_flight / processes).max(1).to_string(),
                 );
+            commands.push(command);
         }
     }
-    let log = std::fs::File::create(env.log_path(worker.name()))?;
-    command
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("spawn {} worker with {}", worker.name(), python.display()))
+    commands
+        .into_iter()
+        .map(|mut command| {
+            command
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log.try_clone()?)
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| {
+                    format!("spawn {} worker with {}", worker.name(), python.display())
+                })
+        })
+        .collect()
 }
 
 /// The same jobs as `amqp::preload`, as Celery protocol-2 task messages for
