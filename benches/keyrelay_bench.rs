@@ -5,7 +5,8 @@
 //!
 //! Scenarios: `broker-limit`, `e2e`, `all` (both, and their ratio), `many-keys`,
 //! `backlog-memory`, `quota`, `routing`, and against the alternatives: `litellm`,
-//! `celery`, `compare` (e2e, litellm and celery, and keyrelay's ratio to each). See docs/performance.md for what each measures.
+//! `celery`, `compare` (e2e, litellm and celery, and keyrelay's ratio to each),
+//! `quota-litellm` (the quota scenario with the LiteLLM worker). See docs/performance.md for what each measures.
 
 #[path = "support/amqp.rs"]
 mod amqp;
@@ -91,7 +92,7 @@ impl Args {
         }
         if args.scenario.is_empty() {
             bail!(
-                "usage: keyrelay_bench <broker-limit|e2e|all|many-keys|backlog-memory|quota|routing|litellm|celery|compare> [--jobs N] [--keys K] [--concurrency C] [--repeat R] [--folded-acks] [--rpm R] [--window-secs W] [--latency-ms L]"
+                "usage: keyrelay_bench <broker-limit|e2e|all|many-keys|backlog-memory|quota|quota-litellm|routing|litellm|celery|compare> [--jobs N] [--keys K] [--concurrency C] [--repeat R] [--folded-acks] [--rpm R] [--window-secs W] [--latency-ms L]"
             );
         }
         Ok(args)
@@ -143,6 +144,11 @@ impl Report {
 
     pub fn get(&self, key: &str) -> Option<f64> {
         self.fields.get(key).and_then(Value::as_f64)
+    }
+
+    /// Nest `other`'s numbers under `key` in the JSON line (printed already).
+    pub fn nest(&mut self, key: &str, other: Report) {
+        self.fields.insert(key.into(), Value::Object(other.fields));
     }
 }
 
@@ -196,6 +202,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "many-keys" => add("many_keys", scale::many_keys(&args).await?),
         "backlog-memory" => add("backlog_memory", scale::backlog_memory(&args).await?),
         "quota" => add("quota", quota::quota(&args).await?),
+        "quota-litellm" => add("quota_litellm", quota::quota_litellm(&args).await?),
         "routing" => add("routing", routing()),
         "litellm" => add(
             "litellm",

@@ -81,7 +81,14 @@ async fn run_with(
         settled.as_secs_f64(),
         "s waited for the broker to go quiet",
     );
-    let mut processes = spawn(worker, python, env, &queue, in_flight)?;
+    let mut processes = spawn(
+        worker,
+        python,
+        env,
+        &queue,
+        in_flight,
+        RouterOptions::default(),
+    )?;
     let pids: Vec<u32> = processes
         .iter()
         .filter_map(tokio::process::Child::id)
@@ -143,12 +150,14 @@ async fn run_with(
         peak_rss as f64 / 1024.0,
         "MiB (VmHWM, all processes)",
     );
-    let succeeded = count_succeeded(conn, &replies, n, worker).await?;
-    report.put("succeeded_replies", succeeded, "");
-    if succeeded < n {
+    let read = read_replies(conn, &replies, n, worker).await?;
+    report.put("succeeded_replies", read.succeeded, "");
+    if read.succeeded < n {
         bail!(
-            "{}: only {succeeded} of {n} replies say the job succeeded; see {}",
+            "{}: only {} of {n} replies say the job succeeded (first error: {}); see {}",
             worker.name(),
+            read.succeeded,
+            read.first_error.unwrap_or_default(),
             env.log_path(worker.name()).display()
         );
     }
@@ -181,7 +190,7 @@ pub fn summary(keyrelay: &Report, others: &[(&str, &Report)]) -> Report {
 
 /// The comparison venv's Python: `KEYRELAY_COMPARE_PYTHON`, or the one
 /// `scripts/compare/setup.sh` makes.
-fn python() -> anyhow::Result<PathBuf> {
+pub fn python() -> anyhow::Result<PathBuf> {
     let path = std::env::var_os("KEYRELAY_COMPARE_PYTHON").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/compare-venv/bin/python"),
         PathBuf::from,
@@ -202,16 +211,27 @@ fn scripts_dir() -> PathBuf {
 /// One process per core, as a Python deployment would run: asyncio workers
 /// side by side (the prefetch split between them), or one Celery worker
 /// whose prefork pool has a process per core.
-fn processes_per_run() -> usize {
+pub fn processes_per_run() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-fn spawn(
+/// How the LiteLLM worker deals with limits (the quota comparison).
+#[derive(Clone, Copy, Default)]
+pub struct RouterOptions {
+    /// Each key's requests per minute, told to the Router.
+    pub rpm: Option<u32>,
+    /// Retry a rate-limited call with backoff instead of failing the job.
+    pub retry_rate_limited: bool,
+}
+
+/// Start the worker's processes on `queue`, `in_flight` deliveries in all.
+pub fn spawn(
     worker: Worker,
     python: &Path,
     env: &Env,
     queue: &str,
     in_flight: usize,
+    options: RouterOptions,
 ) -> anyhow::Result<Vec<tokio::process::Child>> {
     let base_url = env.openai_base_url().context("the mock is not running")?;
     let keys = env.key_files();
@@ -235,6 +255,12 @@ fn spawn(
                     .args(["--prefetch", &(in_flight / processes).max(1).to_string()]);
                 for key in &keys {
                     command.arg("--key-file").arg(key);
+                }
+                if let Some(rpm) = options.rpm {
+                    command.args(["--rpm", &rpm.to_string()]);
+                }
+                if options.retry_rate_limited {
+                    command.arg("--retry-rate-limited");
                 }
                 commands.push(command);
             }
@@ -362,14 +388,23 @@ fn celery_headers(id: &str) -> FieldTable {
     headers
 }
 
+/// What the replies said.
+#[derive(Default)]
+pub struct Replies {
+    pub succeeded: usize,
+    pub failed: usize,
+    /// The first failure's error, as the worker reported it.
+    pub first_error: Option<String>,
+}
+
 /// Read every reply and count those that report success (a worker that fails
 /// fast must not look fast).
-async fn count_succeeded(
+pub async fn read_replies(
     conn: &Connection,
     queue: &str,
     n: usize,
     worker: Worker,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Replies> {
     let channel = conn.create_channel().await?;
     let options = BasicConsumeOptions {
         no_ack: true,
@@ -383,13 +418,12 @@ async fn count_succeeded(
             FieldTable::default(),
         )
         .await?;
-    let (mut seen, mut succeeded) = (0, 0);
-    while seen < n {
+    let mut replies = Replies::default();
+    while replies.succeeded + replies.failed < n {
         let next = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await;
         let Ok(Some(delivery)) = next else {
             break;
         };
-        seen += 1;
         let reply: Value = serde_json::from_slice(&delivery?.data).unwrap_or(Value::Null);
         // Celery's rpc backend wraps the task's return value.
         let job = match worker {
@@ -397,11 +431,16 @@ async fn count_succeeded(
             Worker::Celery => &reply["result"],
         };
         if job["status"] == "succeeded" {
-            succeeded += 1;
+            replies.succeeded += 1;
+        } else {
+            replies.failed += 1;
+            replies
+                .first_error
+                .get_or_insert_with(|| job["error"].to_string());
         }
     }
     let _ = channel.close(200, "counted".into()).await;
-    Ok(succeeded)
+    Ok(replies)
 }
 
 /// CPU seconds of a process and all its descendants (Celery forks its pool).
@@ -454,7 +493,7 @@ fn parent_of(pid: u32) -> Option<u32> {
         .ok()
 }
 
-fn log_tail(path: &Path) -> String {
+pub fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(20)..].join("\n");

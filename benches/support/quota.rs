@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 use crate::child::{self, Keyrelay};
 use crate::setup::{Env, MockProfile, RateLimit, Shape, amqp_url};
-use crate::{Args, Report, amqp};
+use crate::{Args, Report, amqp, compare};
 
 /// Completion time may exceed the theoretical minimum by this share.
 const TARGET_RATIO: f64 = 1.05;
@@ -86,26 +86,8 @@ pub async fn quota(args: &Args) -> anyhow::Result<Report> {
 
 async fn quota_run(plan: &Plan, env: &Env, conn: &lapin::Connection) -> anyhow::Result<Report> {
     let mut report = Report::new("quota");
-    let (n, keys, limit) = (plan.jobs, plan.shape.keys(), plan.limit);
-    report.put("jobs", n, "");
-    report.put(
-        "keys_x_concurrency",
-        format!("{keys} x {}", plan.shape.concurrency),
-        "",
-    );
-    report.put(
-        "rpm_per_key",
-        limit.rpm,
-        &format!(
-            "per sliding {} s window (mock enforces, keyrelay declares)",
-            limit.window.as_secs()
-        ),
-    );
-    report.put(
-        "latency_ms",
-        plan.latency.as_millis() as u64,
-        "ms per mock answer",
-    );
+    let (n, keys) = (plan.jobs, plan.shape.keys());
+    put_plan(&mut report, plan, "mock enforces, keyrelay declares");
     amqp::declare_topology(conn, &env.config).await?;
     let mut kr = Keyrelay::spawn(
         &env.config_path,
@@ -116,7 +98,178 @@ async fn quota_run(plan: &Plan, env: &Env, conn: &lapin::Connection) -> anyhow::
     wait_for_consumers(&mut kr, &watch, &env.job_queues(), keys as u32).await?;
     kr.wait_http(Duration::from_secs(10)).await?;
 
-    let replies = env.reply_queue();
+    let (_, stats) = publish_and_drain(plan, env, &watch, &mut report, || {
+        child::ensure_running(kr.pid)
+    })
+    .await?;
+
+    // The last acks follow the replies' confirms; let the counters settle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (metrics, _) = kr.scrape().await?;
+    report.put(
+        "jobs_succeeded",
+        child::counter_matching(&metrics, "keyrelay_jobs_total", "outcome=\"succeeded\""),
+        "keyrelay_jobs_total{outcome=\"succeeded\"}",
+    );
+    report.put(
+        "reroutes_budget_spent",
+        child::counter_matching(
+            &metrics,
+            "keyrelay_reroutes_total",
+            "reason=\"budget_spent\"",
+        ),
+        "jobs a spent key passed on",
+    );
+    report.put(
+        "returned_to_broker",
+        child::counter_sum(&metrics, "keyrelay_jobs_returned_to_broker_total"),
+        "jobs requeued for want of a key with budget",
+    );
+    let ratio = report.get("ratio_to_min").unwrap_or(f64::INFINITY);
+    let met = ratio <= TARGET_RATIO && stats.rate_limited == 0 && stats.successes as usize == n;
+    report.put(
+        "target_met",
+        if met { "yes" } else { "no" },
+        &format!("(<= {TARGET_RATIO:.2} x minimum, 0 429s, every job succeeded)"),
+    );
+    report.put(
+        "log_warnings",
+        crate::scale::log_problems(&env.log_path("keyrelay")),
+        "WARN/ERROR lines",
+    );
+    kr.stop().await?;
+    Ok(report)
+}
+
+/// The quota scenario with the LiteLLM Router worker in keyrelay's place, each
+/// deployment told its key's `rpm` (usage-based routing). LiteLLM counts rpm
+/// per minute, so the window is 60 s.
+pub async fn quota_litellm(args: &Args) -> anyhow::Result<Report> {
+    if args.window_secs.is_some_and(|w| w != 60) {
+        bail!("LiteLLM counts rpm per minute: quota-litellm runs with --window-secs 60");
+    }
+    let mut plan = Plan::from(args);
+    plan.limit.window = Duration::from_secs(60);
+    let python = compare::python()?;
+    let profile = MockProfile {
+        latency: plan.latency,
+        limit: Some(plan.limit),
+    };
+    let mut report = Report::new("quota-litellm");
+    put_plan(&mut report, &plan, "mock enforces, the Router is told");
+    // As written first (a rate-limited job fails), then with the retry loop
+    // a careful author adds: fresh queues and a fresh mock for each.
+    for retry_rate_limited in [false, true] {
+        let mut env = Env::with_mock(plan.shape, Some(profile)).await?;
+        let conn = amqp::connect(&amqp_url()).await?;
+        let options = compare::RouterOptions {
+            rpm: Some(plan.limit.rpm),
+            retry_rate_limited,
+        };
+        let name = match retry_rate_limited {
+            false => "quota-litellm: a rate-limited job fails",
+            true => "quota-litellm: rate-limited calls retried with backoff",
+        };
+        let result = quota_litellm_run(&plan, &python, &env, &conn, options, name).await;
+        amqp::delete_queues(&conn, &env.all_queues()).await;
+        let _ = conn.close(200, "done".into()).await;
+        env.stop_mock().await;
+        let key = if retry_rate_limited { "retry" } else { "fail" };
+        report.nest(key, result?);
+    }
+    Ok(report)
+}
+
+async fn quota_litellm_run(
+    plan: &Plan,
+    python: &std::path::Path,
+    env: &Env,
+    conn: &lapin::Connection,
+    options: compare::RouterOptions,
+    name: &str,
+) -> anyhow::Result<Report> {
+    let mut report = Report::new(name);
+    amqp::declare_topology(conn, &env.config).await?;
+    let queue = env.job_queues()[0].clone();
+    let in_flight = plan.shape.keys() * usize::from(plan.shape.concurrency);
+    let worker = compare::Worker::Litellm;
+    let mut processes = compare::spawn(worker, python, env, &queue, in_flight, options)?;
+    let pids: Vec<u32> = processes
+        .iter()
+        .filter_map(tokio::process::Child::id)
+        .collect();
+    let watch = conn.create_channel().await?;
+    let consumers = u32::try_from(pids.len())?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while amqp::consumers(&watch, std::slice::from_ref(&queue)).await? < consumers {
+        pids.iter()
+            .try_for_each(|&pid| child::ensure_running(pid))?;
+        if Instant::now() > deadline {
+            bail!("the LiteLLM workers did not start consuming within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained = publish_and_drain(plan, env, &watch, &mut report, || {
+        pids.iter().try_for_each(|&pid| child::ensure_running(pid))
+    })
+    .await;
+    for process in &mut processes {
+        let _ = process.kill().await;
+    }
+    let (_, stats) = drained.with_context(|| compare::log_tail(&env.log_path("litellm")))?;
+    let read = compare::read_replies(conn, &env.reply_queue(), plan.jobs, worker).await?;
+    let succeeded = read.succeeded;
+    report.put("succeeded_replies", succeeded, "replies that say succeeded");
+    report.put("failed_replies", read.failed, "jobs the worker gave up on");
+    if let Some(error) = read.first_error {
+        report.put("first_error", error, "");
+    }
+    let ratio = report.get("ratio_to_min").unwrap_or(f64::INFINITY);
+    let met = ratio <= TARGET_RATIO && stats.rate_limited == 0 && succeeded == plan.jobs;
+    report.put(
+        "target_met",
+        if met { "yes" } else { "no" },
+        &format!(
+            "(keyrelay's target: <= {TARGET_RATIO:.2} x minimum, 0 429s, every job succeeded)"
+        ),
+    );
+    Ok(report)
+}
+
+/// The run's parameters, first in its report.
+fn put_plan(report: &mut Report, plan: &Plan, who_limits: &str) {
+    report.put("jobs", plan.jobs, "");
+    report.put(
+        "keys_x_concurrency",
+        format!("{} x {}", plan.shape.keys(), plan.shape.concurrency),
+        "",
+    );
+    report.put(
+        "rpm_per_key",
+        plan.limit.rpm,
+        &format!(
+            "per sliding {} s window ({who_limits})",
+            plan.limit.window.as_secs()
+        ),
+    );
+    report.put(
+        "latency_ms",
+        plan.latency.as_millis() as u64,
+        "ms per mock answer",
+    );
+}
+
+/// Publish the N jobs at once and wait for N replies; report how long that
+/// took against the theoretical minimum, and what the mock saw. Returns the
+/// completion time (s) and the mock's counts.
+async fn publish_and_drain(
+    plan: &Plan,
+    env: &Env,
+    watch: &lapin::Channel,
+    report: &mut Report,
+    mut alive: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, keyrelay::mock_provider::KeyStats)> {
+    let (n, replies) = (plan.jobs, env.reply_queue());
     let first_publish = Instant::now();
     let publisher = {
         let (queues, replies) = (env.job_queues(), replies.clone());
@@ -129,10 +282,10 @@ async fn quota_run(plan: &Plan, env: &Env, conn: &lapin::Connection) -> anyhow::
     };
     let timeout = plan.minimum_with_margin() * 2 + Duration::from_secs(60);
     // When the replies of each window's worth of jobs (K x rpm) were all in.
-    let per_window = keys * limit.rpm as usize;
+    let per_window = plan.shape.keys() * plan.limit.rpm as usize;
     let mut window_done = Vec::new();
     let window = amqp::wait_for_replies(
-        &watch,
+        watch,
         &replies,
         n,
         timeout,
@@ -141,7 +294,7 @@ async fn quota_run(plan: &Plan, env: &Env, conn: &lapin::Connection) -> anyhow::
             while (window_done.len() + 1) * per_window <= count as usize {
                 window_done.push(first_publish.elapsed().as_secs_f64());
             }
-            child::ensure_running(kr.pid)
+            alive()
         },
     )
     .await?;
@@ -199,42 +352,7 @@ async fn quota_run(plan: &Plan, env: &Env, conn: &lapin::Connection) -> anyhow::
         stats.rate_limited,
         "per-window 429s (target 0)",
     );
-
-    // The last acks follow the replies' confirms; let the counters settle.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (metrics, _) = kr.scrape().await?;
-    report.put(
-        "jobs_succeeded",
-        child::counter_matching(&metrics, "keyrelay_jobs_total", "outcome=\"succeeded\""),
-        "keyrelay_jobs_total{outcome=\"succeeded\"}",
-    );
-    report.put(
-        "reroutes_budget_spent",
-        child::counter_matching(
-            &metrics,
-            "keyrelay_reroutes_total",
-            "reason=\"budget_spent\"",
-        ),
-        "jobs a spent key passed on",
-    );
-    report.put(
-        "returned_to_broker",
-        child::counter_sum(&metrics, "keyrelay_jobs_returned_to_broker_total"),
-        "jobs requeued for want of a key with budget",
-    );
-    let met = ratio <= TARGET_RATIO && stats.rate_limited == 0 && stats.successes as usize == n;
-    report.put(
-        "target_met",
-        if met { "yes" } else { "no" },
-        &format!("(<= {TARGET_RATIO:.2} x minimum, 0 429s, every job succeeded)"),
-    );
-    report.put(
-        "log_warnings",
-        crate::scale::log_problems(&env.log_path("keyrelay")),
-        "WARN/ERROR lines",
-    );
-    kr.stop().await?;
-    Ok(report)
+    Ok((took, stats))
 }
 
 /// Wait until the job queues have `want` consumers (every key consuming).

@@ -16,13 +16,19 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import sys
 import time
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import aio_pika  # noqa: E402
+import litellm  # noqa: E402
 from litellm import Router  # noqa: E402
+from litellm.types.router import RouterRateLimitError  # noqa: E402
+
+# With --retry-rate-limited: tries before a rate-limited job fails (backoff 1, 2, 4 ... 30 s).
+RATE_LIMIT_ATTEMPTS = 10
 
 
 def parse_args():
@@ -35,6 +41,18 @@ def parse_args():
     # zero-cost diagnostics, which a real deployment would not pay.
     parser.add_argument("--model", default="gpt-4o-mini")
     parser.add_argument("--prefetch", type=int, default=128)
+    parser.add_argument(
+        "--retry-rate-limited",
+        action="store_true",
+        help="when the Router reports a rate limit (a 429, or no deployment under "
+        "its rpm), wait with exponential backoff and try again instead of failing the job",
+    )
+    parser.add_argument(
+        "--rpm",
+        type=int,
+        help="each key's requests per minute: the Router then routes by usage "
+        "(usage-based-routing-v2) and keeps each deployment under it",
+    )
     return parser.parse_args()
 
 
@@ -45,26 +63,31 @@ def router_for(args):
     for path in args.key_file:
         with open(path, encoding="utf-8") as f:
             secret = f.read().strip()
-        deployments.append(
-            {
-                "model_name": "pool",
-                "litellm_params": {
-                    "model": f"openai/{args.model}",
-                    "api_base": args.base_url,
-                    "api_key": secret,
-                },
-            }
-        )
-    return Router(model_list=deployments, num_retries=2, routing_strategy="simple-shuffle")
+        params = {"model": f"openai/{args.model}", "api_base": args.base_url, "api_key": secret}
+        if args.rpm:
+            params["rpm"] = args.rpm
+        deployments.append({"model_name": "pool", "litellm_params": params})
+    strategy = "usage-based-routing-v2" if args.rpm else "simple-shuffle"
+    return Router(model_list=deployments, num_retries=2, routing_strategy=strategy)
 
 
-async def answer(router, job):
+async def call(router, job, retry_rate_limited):
+    messages = [{"role": "user", "content": job["prompt"]}]
+    for attempt in range(RATE_LIMIT_ATTEMPTS):
+        try:
+            return await router.acompletion(model="pool", messages=messages)
+        # A 429 that got through, or the Router's own "every deployment is cooling down".
+        except (litellm.RateLimitError, RouterRateLimitError):
+            if not retry_rate_limited or attempt + 1 == RATE_LIMIT_ATTEMPTS:
+                raise
+            await asyncio.sleep(min(2**attempt, 30) * random.uniform(0.5, 1.0))
+
+
+async def answer(router, job, retry_rate_limited):
     started = time.monotonic()
     reply = {"id": job.get("id"), "pool": "pool", "metadata": job.get("metadata")}
     try:
-        response = await router.acompletion(
-            model="pool", messages=[{"role": "user", "content": job["prompt"]}]
-        )
+        response = await call(router, job, retry_rate_limited)
         usage = response.usage
         reply.update(
             status="succeeded",
@@ -77,10 +100,10 @@ async def answer(router, job):
     return reply
 
 
-async def handle(router, channel, message):
+async def handle(router, channel, message, retry_rate_limited):
     try:
         job = json.loads(message.body)
-        reply = await answer(router, job)
+        reply = await answer(router, job, retry_rate_limited)
     except (ValueError, KeyError) as e:
         reply = {"status": "failed", "error": {"kind": "invalid_job", "message": str(e)}}
     # With publisher confirms on the channel, publish returns once the broker confirmed.
@@ -107,7 +130,7 @@ async def main():
     tasks = set()
 
     async def on_message(message):
-        task = asyncio.create_task(handle(router, channel, message))
+        task = asyncio.create_task(handle(router, channel, message, args.retry_rate_limited))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
