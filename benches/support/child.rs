@@ -133,7 +133,7 @@ fn clock_ticks() -> f64 {
     })
 }
 
-pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
@@ -142,12 +142,18 @@ pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     Ok(line.trim().trim_end_matches("kB").trim().parse()?)
 }
 
-/// Fail if the process is gone or a zombie (it crashed while we waited).
+/// Fail if keyrelay's process is gone or a zombie (it crashed while we waited).
 pub fn ensure_running(pid: u32) -> anyhow::Result<()> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    ensure_process_running(pid, "keyrelay")
+}
+
+/// Fail if process `pid` (`what`, for the message) is gone or a zombie.
+pub fn ensure_process_running(pid: u32, what: &str) -> anyhow::Result<()> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("{what} (pid {pid}) is gone"))?;
     let state = stat.rsplit_once(')').map(|(_, r)| r.trim_start());
     if state.is_none_or(|s| s.starts_with(['Z', 'X'])) {
-        bail!("keyrelay (pid {pid}) exited during the run");
+        bail!("{what} (pid {pid}) exited during the run");
     }
     Ok(())
 }

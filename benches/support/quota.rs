@@ -193,37 +193,26 @@ async fn quota_litellm_run(
     let queue = env.job_queues()[0].clone();
     let in_flight = plan.shape.keys() * usize::from(plan.shape.concurrency);
     let worker = compare::Worker::Litellm;
-    let mut processes = compare::spawn(worker, python, env, &queue, in_flight, options)?;
-    let pids: Vec<u32> = processes
-        .iter()
-        .filter_map(tokio::process::Child::id)
-        .collect();
+    // One process: without a shared Redis, each Router counts usage in its own
+    // memory, so two processes would each allow the keys' whole rpm.
+    let mut workers = compare::Workers::spawn(worker, python, env, &queue, in_flight, 1, options)?;
     let watch = conn.create_channel().await?;
-    let consumers = u32::try_from(pids.len())?;
+    let consumers = u32::try_from(workers.consumers())?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while amqp::consumers(&watch, std::slice::from_ref(&queue)).await? < consumers {
-        pids.iter()
-            .try_for_each(|&pid| child::ensure_running(pid))?;
+        workers.ensure_running()?;
         if Instant::now() > deadline {
-            bail!("the LiteLLM workers did not start consuming within 60 s");
+            bail!("the LiteLLM worker did not start consuming within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let drained = publish_and_drain(plan, env, &watch, &mut report, || {
-        pids.iter().try_for_each(|&pid| child::ensure_running(pid))
-    })
-    .await;
-    for process in &mut processes {
-        let _ = process.kill().await;
-    }
-    let (_, stats) = drained.with_context(|| compare::log_tail(&env.log_path("litellm")))?;
+    let drained =
+        publish_and_drain(plan, env, &watch, &mut report, || workers.ensure_running()).await;
+    workers.kill().await;
+    let (_, stats) = drained.with_context(|| compare::log_tail(&env.log_path(worker.name())))?;
     let read = compare::read_replies(conn, &env.reply_queue(), plan.jobs, worker).await?;
+    read.report(&mut report);
     let succeeded = read.succeeded;
-    report.put("succeeded_replies", succeeded, "replies that say succeeded");
-    report.put("failed_replies", read.failed, "jobs the worker gave up on");
-    if let Some(error) = read.first_error {
-        report.put("first_error", error, "");
-    }
     let ratio = report.get("ratio_to_min").unwrap_or(f64::INFINITY);
     let met = ratio <= TARGET_RATIO && stats.rate_limited == 0 && succeeded == plan.jobs;
     report.put(

@@ -25,7 +25,10 @@ app.conf.update(
     worker_prefetch_multiplier=int(os.environ.get("COMPARE_PREFETCH_MULTIPLIER", "64")),
     result_persistent=True,
     broker_transport_options={"confirm_publish": True},
-    # Declared by the bench with keyrelay's own topology code: consume, never redeclare.
+    # Declared by the bench with keyrelay's own topology code: consume, never
+    # redeclare. The x-queue-type argument is not dead config: it is how Celery
+    # (worker_detect_quorum_queues) knows the queue is a quorum queue and uses
+    # per-consumer QoS, which quorum queues require, instead of global QoS.
     task_queues=[
         Queue(
             os.environ["COMPARE_QUEUE"],

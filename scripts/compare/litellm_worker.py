@@ -27,7 +27,7 @@ import litellm  # noqa: E402
 from litellm import Router  # noqa: E402
 from litellm.types.router import RouterRateLimitError  # noqa: E402
 
-# With --retry-rate-limited: tries before a rate-limited job fails (backoff 1, 2, 4 ... 30 s).
+# With --retry-rate-limited: tries before a rate-limited job fails.
 RATE_LIMIT_ATTEMPTS = 10
 
 
@@ -44,8 +44,9 @@ def parse_args():
     parser.add_argument(
         "--retry-rate-limited",
         action="store_true",
-        help="when the Router reports a rate limit (a 429, or no deployment under "
-        "its rpm), wait with exponential backoff and try again instead of failing the job",
+        help="when the Router reports a rate limit (a 429, or every deployment cooling "
+        "down), wait as long as it says (or back off exponentially) and try again "
+        "instead of failing the job",
     )
     parser.add_argument(
         "--rpm",
@@ -77,10 +78,36 @@ async def call(router, job, retry_rate_limited):
         try:
             return await router.acompletion(model="pool", messages=messages)
         # A 429 that got through, or the Router's own "every deployment is cooling down".
-        except (litellm.RateLimitError, RouterRateLimitError):
+        except (litellm.RateLimitError, RouterRateLimitError) as e:
             if not retry_rate_limited or attempt + 1 == RATE_LIMIT_ATTEMPTS:
                 raise
-            await asyncio.sleep(min(2**attempt, 30) * random.uniform(0.5, 1.0))
+            await asyncio.sleep(retry_delay(e, attempt))
+
+
+def retry_delay(error, attempt):
+    """The wait the error asks for (the Router's cooldown, or the provider's
+    retry-after), with jitter; exponential backoff when it gives none."""
+    hint = getattr(error, "cooldown_time", None)
+    if not hint:
+        hint = retry_after_seconds(error)
+    if hint:
+        return float(hint) * random.uniform(1.0, 1.1)
+    return min(2**attempt, 30) * random.uniform(0.5, 1.0)
+
+
+def retry_after_seconds(error):
+    headers = getattr(error, "litellm_response_headers", None)
+    if not headers:
+        response = getattr(error, "response", None)
+        headers = getattr(response, "headers", None) or {}
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000
+        if "retry-after" in headers:
+            return float(headers["retry-after"])
+    except (TypeError, ValueError):
+        pass
+    return None
 
 
 async def answer(router, job, retry_rate_limited):
@@ -103,20 +130,27 @@ async def answer(router, job, retry_rate_limited):
 async def handle(router, channel, message, retry_rate_limited):
     try:
         job = json.loads(message.body)
+        if not isinstance(job, dict):
+            raise ValueError("a job is a JSON object")
         reply = await answer(router, job, retry_rate_limited)
     except (ValueError, KeyError) as e:
         reply = {"status": "failed", "error": {"kind": "invalid_job", "message": str(e)}}
-    # With publisher confirms on the channel, publish returns once the broker confirmed.
-    await channel.default_exchange.publish(
-        aio_pika.Message(
-            body=json.dumps(reply).encode(),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            correlation_id=message.correlation_id,
-        ),
-        routing_key=message.reply_to,
-        mandatory=True,
-    )
+    try:
+        # With publisher confirms on the channel, publish returns once the broker confirmed.
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                body=json.dumps(reply).encode(),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                correlation_id=message.correlation_id,
+            ),
+            routing_key=message.reply_to or "",
+            mandatory=True,
+        )
+    except Exception as e:  # no reply, no ack: the job goes back to the queue
+        print(f"reply to {message.reply_to!r} failed: {e!r}", file=sys.stderr, flush=True)
+        await message.nack(requeue=True)
+        return
     await message.ack()
 
 
