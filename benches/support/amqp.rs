@@ -51,6 +51,21 @@ pub async fn preload(
     n: usize,
     reply_to: &str,
 ) -> anyhow::Result<Duration> {
+    publish_confirmed(conn, n, |i| {
+        let (body, props) = job(i, reply_to);
+        Ok((queues[i % queues.len()].clone(), body, props))
+    })
+    .await
+}
+
+/// Publish the `n` messages `message(i)` gives (queue, body, properties)
+/// through the default exchange, confirms pipelined in windows. Returns the
+/// time it took.
+pub async fn publish_confirmed(
+    conn: &Connection,
+    n: usize,
+    mut message: impl FnMut(usize) -> anyhow::Result<(String, Vec<u8>, BasicProperties)>,
+) -> anyhow::Result<Duration> {
     let channel = conn.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -58,12 +73,11 @@ pub async fn preload(
     let started = Instant::now();
     let mut pending = Vec::with_capacity(PUBLISH_WINDOW);
     for i in 0..n {
-        let (body, props) = job(i, reply_to);
-        let queue = queues[i % queues.len()].as_str();
+        let (queue, body, props) = message(i)?;
         let confirm = channel
             .basic_publish(
                 "".into(),
-                queue.into(),
+                queue.as_str().into(),
                 BasicPublishOptions::default(),
                 &body,
                 props,
@@ -73,7 +87,7 @@ pub async fn preload(
         if pending.len() == PUBLISH_WINDOW || i + 1 == n {
             for confirm in join_all(pending.drain(..)).await {
                 if !confirm?.is_ack() {
-                    bail!("the broker nacked a preloaded job");
+                    bail!("the broker nacked a preloaded message");
                 }
             }
         }

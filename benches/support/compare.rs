@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt;
-use futures_util::future::join_all;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicConsumeOptions;
 use lapin::types::{AMQPValue, FieldArray, FieldTable};
 use lapin::{BasicProperties, Connection};
 use serde_json::{Value, json};
@@ -446,12 +445,7 @@ async fn preload_celery(
     n: usize,
     reply_to: &str,
 ) -> anyhow::Result<()> {
-    let channel = conn.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let mut pending = Vec::new();
-    for i in 0..n {
+    amqp::publish_confirmed(conn, n, |i| {
         let (body, _) = amqp::job(i, reply_to);
         let job: Value = serde_json::from_slice(&body)?;
         let id = format!("bench-{i}");
@@ -464,25 +458,10 @@ async fn preload_celery(
             .with_correlation_id(id.as_str().into())
             .with_reply_to(reply_to.into())
             .with_headers(celery_headers(&id));
-        let body = serde_json::to_vec(&message)?;
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await?;
-        pending.push(confirm);
-        if pending.len() == 1_000 || i + 1 == n {
-            for confirm in join_all(pending.drain(..)).await {
-                anyhow::ensure!(confirm?.is_ack(), "the broker nacked a preloaded task");
-            }
-        }
-    }
-    channel.close(200, "preloaded".into()).await?;
-    Ok(())
+        Ok((queue.to_owned(), serde_json::to_vec(&message)?, props))
+    })
+    .await
+    .map(drop)
 }
 
 /// Headers of a Celery protocol-2 task message (what `apply_async` sends).

@@ -168,7 +168,7 @@ pub async fn quota_litellm(args: &Args) -> anyhow::Result<Report> {
         };
         let name = match retry_rate_limited {
             false => "quota-litellm: a rate-limited job fails",
-            true => "quota-litellm: rate-limited calls retried with backoff",
+            true => "quota-litellm: rate-limited calls retried when told",
         };
         let result = quota_litellm_run(&plan, &python, &env, &conn, options, name).await;
         amqp::delete_queues(&conn, &env.all_queues()).await;

@@ -12,11 +12,10 @@ comes from the environment (COMPARE_*), set by the bench.
 import os
 import time
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+from celery import Celery
+from kombu import Queue
 
-from celery import Celery  # noqa: E402
-from kombu import Queue  # noqa: E402
-from litellm import Router  # noqa: E402
+import common
 
 app = Celery("keyrelay_compare", broker=os.environ["COMPARE_AMQP_URL"], backend="rpc://")
 app.conf.update(
@@ -49,39 +48,19 @@ def router():
     """Built in each worker process, after the fork."""
     global _router
     if _router is None:
-        deployments = []
-        for path in os.environ["COMPARE_KEY_FILES"].split(os.pathsep):
-            with open(path, encoding="utf-8") as f:
-                secret = f.read().strip()
-            deployments.append(
-                {
-                    "model_name": "pool",
-                    "litellm_params": {
-                        "model": "openai/" + os.environ.get("COMPARE_MODEL", "gpt-4o-mini"),
-                        "api_base": os.environ["COMPARE_BASE_URL"],
-                        "api_key": secret,
-                    },
-                }
-            )
-        _router = Router(model_list=deployments, num_retries=2, routing_strategy="simple-shuffle")
+        key_files = os.environ["COMPARE_KEY_FILES"].split(os.pathsep)
+        model = os.environ.get("COMPARE_MODEL", common.DEFAULT_MODEL)
+        _router = common.build_router(key_files, os.environ["COMPARE_BASE_URL"], model)
     return _router
 
 
 @app.task(name="keyrelay_compare.complete")
 def complete(job):
     started = time.monotonic()
-    reply = {"id": job.get("id"), "pool": "pool", "metadata": job.get("metadata")}
+    reply = common.new_reply(job)
     try:
-        response = router().completion(
-            model="pool", messages=[{"role": "user", "content": job["prompt"]}]
-        )
-        usage = response.usage
-        reply.update(
-            status="succeeded",
-            text=response.choices[0].message.content,
-            usage={"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
-        )
+        common.succeeded(reply, router().completion(model="pool", messages=common.messages_of(job)))
     except Exception as e:  # a failed job still gets its result
-        reply.update(status="failed", error={"kind": type(e).__name__, "message": str(e)})
+        common.failed(reply, e)
     reply["latency_ms"] = int((time.monotonic() - started) * 1000)
     return reply

@@ -15,17 +15,15 @@ exhausted key until its quota resets, export per-key metrics.
 import argparse
 import asyncio
 import json
-import os
 import random
 import sys
 import time
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import common  # first: it sets LiteLLM's environment before litellm loads
 
-import aio_pika  # noqa: E402
-import litellm  # noqa: E402
-from litellm import Router  # noqa: E402
-from litellm.types.router import RouterRateLimitError  # noqa: E402
+import aio_pika
+import litellm
+from litellm.types.router import RouterRateLimitError
 
 # With --retry-rate-limited: tries before a rate-limited job fails.
 RATE_LIMIT_ATTEMPTS = 10
@@ -37,9 +35,7 @@ def parse_args():
     parser.add_argument("--queue", required=True, help="job queue (declared already)")
     parser.add_argument("--base-url", required=True, help="OpenAI-compatible base URL")
     parser.add_argument("--key-file", action="append", required=True, help="one per key")
-    # A model LiteLLM knows: an unknown one sends every call through its
-    # zero-cost diagnostics, which a real deployment would not pay.
-    parser.add_argument("--model", default="gpt-4o-mini")
+    parser.add_argument("--model", default=common.DEFAULT_MODEL)
     parser.add_argument("--prefetch", type=int, default=128)
     parser.add_argument(
         "--retry-rate-limited",
@@ -58,22 +54,11 @@ def parse_args():
 
 
 def router_for(args):
-    """One deployment per key under one model group: the Router spreads calls
-    over them and cools a deployment down after rate-limit errors."""
-    deployments = []
-    for path in args.key_file:
-        with open(path, encoding="utf-8") as f:
-            secret = f.read().strip()
-        params = {"model": f"openai/{args.model}", "api_base": args.base_url, "api_key": secret}
-        if args.rpm:
-            params["rpm"] = args.rpm
-        deployments.append({"model_name": "pool", "litellm_params": params})
-    strategy = "usage-based-routing-v2" if args.rpm else "simple-shuffle"
-    return Router(model_list=deployments, num_retries=2, routing_strategy=strategy)
+    return common.build_router(args.key_file, args.base_url, args.model, args.rpm)
 
 
 async def call(router, job, retry_rate_limited):
-    messages = [{"role": "user", "content": job["prompt"]}]
+    messages = common.messages_of(job)
     for attempt in range(RATE_LIMIT_ATTEMPTS):
         try:
             return await router.acompletion(model="pool", messages=messages)
@@ -112,17 +97,11 @@ def retry_after_seconds(error):
 
 async def answer(router, job, retry_rate_limited):
     started = time.monotonic()
-    reply = {"id": job.get("id"), "pool": "pool", "metadata": job.get("metadata")}
+    reply = common.new_reply(job)
     try:
-        response = await call(router, job, retry_rate_limited)
-        usage = response.usage
-        reply.update(
-            status="succeeded",
-            text=response.choices[0].message.content,
-            usage={"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
-        )
+        common.succeeded(reply, await call(router, job, retry_rate_limited))
     except Exception as e:  # a failed job still gets its reply
-        reply.update(status="failed", error={"kind": type(e).__name__, "message": str(e)})
+        common.failed(reply, e)
     reply["latency_ms"] = int((time.monotonic() - started) * 1000)
     return reply
 
