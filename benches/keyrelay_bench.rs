@@ -6,7 +6,8 @@
 //! Scenarios: `broker-limit`, `e2e`, `all` (both, and their ratio), `many-keys`,
 //! `backlog-memory`, `quota`, `routing`, and against the alternatives: `litellm`,
 //! `celery`, `compare` (e2e, litellm and celery, and keyrelay's ratio to each),
-//! `quota-litellm` (the quota scenario with the LiteLLM worker). See docs/performance.md for what each measures.
+//! `quota-litellm` (the quota scenario with the LiteLLM worker). See
+//! docs/performance.md for what each measures.
 
 #[path = "support/amqp.rs"]
 mod amqp;

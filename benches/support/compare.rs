@@ -105,7 +105,7 @@ async fn run_with(
         processes,
         RouterOptions::default(),
     )?;
-    let drained = drain(&mut workers, conn, &replies, n).await;
+    let drained = drain(&workers, conn, &replies, n).await;
     workers.kill().await;
     let drained = drained.with_context(|| log_tail(&env.log_path(worker.name())))?;
     drained.report(&mut report);
@@ -172,7 +172,7 @@ impl Drained {
 
 /// Wait for `n` replies while the workers drain the queue, measuring CPU and memory.
 async fn drain(
-    workers: &mut Workers,
+    workers: &Workers,
     conn: &Connection,
     replies: &str,
     n: usize,

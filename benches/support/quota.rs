@@ -98,7 +98,7 @@ async fn quota_run(plan: &Plan, env: &Env, conn: &lapin::Connection) -> anyhow::
     wait_for_consumers(&mut kr, &watch, &env.job_queues(), keys as u32).await?;
     kr.wait_http(Duration::from_secs(10)).await?;
 
-    let (_, stats) = publish_and_drain(plan, env, &watch, &mut report, || {
+    let stats = publish_and_drain(plan, env, &watch, &mut report, || {
         child::ensure_running(kr.pid)
     })
     .await?;
@@ -209,7 +209,7 @@ async fn quota_litellm_run(
     let drained =
         publish_and_drain(plan, env, &watch, &mut report, || workers.ensure_running()).await;
     workers.kill().await;
-    let (_, stats) = drained.with_context(|| compare::log_tail(&env.log_path(worker.name())))?;
+    let stats = drained.with_context(|| compare::log_tail(&env.log_path(worker.name())))?;
     let read = compare::read_replies(conn, &env.reply_queue(), plan.jobs, worker).await?;
     read.report(&mut report);
     let succeeded = read.succeeded;
@@ -250,14 +250,14 @@ fn put_plan(report: &mut Report, plan: &Plan, who_limits: &str) {
 
 /// Publish the N jobs at once and wait for N replies; report how long that
 /// took against the theoretical minimum, and what the mock saw. Returns the
-/// completion time (s) and the mock's counts.
+/// mock's counts.
 async fn publish_and_drain(
     plan: &Plan,
     env: &Env,
     watch: &lapin::Channel,
     report: &mut Report,
     mut alive: impl FnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<(f64, keyrelay::mock_provider::KeyStats)> {
+) -> anyhow::Result<keyrelay::mock_provider::KeyStats> {
     let (n, replies) = (plan.jobs, env.reply_queue());
     let first_publish = Instant::now();
     let publisher = {
@@ -341,7 +341,7 @@ async fn publish_and_drain(
         stats.rate_limited,
         "per-window 429s (target 0)",
     );
-    Ok((took, stats))
+    Ok(stats)
 }
 
 /// Wait until the job queues have `want` consumers (every key consuming).
