@@ -335,14 +335,16 @@ impl Workers {
 
     /// CPU seconds of every process and its descendants.
     pub fn cpu_seconds(&self) -> f64 {
-        let tree = self.pids.iter().flat_map(|&pid| process_tree(pid));
+        let tree = process_tree(&self.pids).into_iter();
         tree.filter_map(|pid| child::cpu_seconds(pid).ok()).sum()
     }
 
     /// Proportional set size of every process and its descendants, KiB.
     fn pss_kib(&self) -> u64 {
-        let tree = self.pids.iter().flat_map(|&pid| process_tree(pid));
-        tree.filter_map(pss_kib).sum()
+        process_tree(&self.pids)
+            .into_iter()
+            .filter_map(pss_kib)
+            .sum()
     }
 
     pub fn ensure_running(&self) -> anyhow::Result<()> {
@@ -571,8 +573,9 @@ pub async fn read_replies(
     Ok(replies)
 }
 
-/// `root` and every process whose parent chain leads to it.
-fn process_tree(root: u32) -> Vec<u32> {
+/// `roots` and every process whose parent chain leads to one of them, from one
+/// scan of /proc (it runs every 200 ms in the bench process, whose CPU is the mock's).
+fn process_tree(roots: &[u32]) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -580,7 +583,7 @@ fn process_tree(root: u32) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| Some((pid, parent_of(pid)?)))
         .collect();
-    let mut tree = vec![root];
+    let mut tree = roots.to_vec();
     let mut i = 0;
     while i < tree.len() {
         let parent = tree[i];
