@@ -59,6 +59,9 @@ pub struct Args {
     /// broker-limit: ack through keyrelay's own settler, which folds
     /// consecutive acks into `multiple` acks (the plain loop acks each delivery).
     folded_acks: bool,
+    /// keyrelay's pools speak clear-text HTTP/2 to the mock (one connection per
+    /// pool) instead of HTTP/1.1 (one connection per call in flight).
+    http2: bool,
 }
 
 impl Args {
@@ -73,6 +76,7 @@ impl Args {
             latency_ms: None,
             repeat: 1,
             folded_acks: false,
+            http2: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -87,13 +91,14 @@ impl Args {
                 "--latency-ms" => args.latency_ms = Some(value()?.parse()?),
                 "--repeat" => args.repeat = value()?.parse::<usize>()?.max(1),
                 "--folded-acks" => args.folded_acks = true,
+                "--http2" => args.http2 = true,
                 s if !s.starts_with('-') && args.scenario.is_empty() => args.scenario = s.into(),
                 other => bail!("unknown argument {other}"),
             }
         }
         if args.scenario.is_empty() {
             bail!(
-                "usage: keyrelay_bench <broker-limit|e2e|all|many-keys|backlog-memory|quota|quota-litellm|routing|litellm|celery|compare> [--jobs N] [--keys K] [--concurrency C] [--repeat R] [--folded-acks] [--rpm R] [--window-secs W] [--latency-ms L]"
+                "usage: keyrelay_bench <broker-limit|e2e|all|many-keys|backlog-memory|quota|quota-litellm|routing|litellm|celery|compare> [--jobs N] [--keys K] [--concurrency C] [--repeat R] [--folded-acks] [--http2] [--rpm R] [--window-secs W] [--latency-ms L]"
             );
         }
         Ok(args)
@@ -113,6 +118,7 @@ impl Args {
             pools: 1,
             keys_per_pool: self.keys,
             concurrency: self.concurrency_or(32),
+            http2: self.http2,
         }
     }
 }
@@ -543,6 +549,7 @@ async fn e2e_run(args: &Args, env: &Env, conn: &lapin::Connection) -> anyhow::Re
         format!("{} x {}", shape.keys(), shape.concurrency),
         "",
     );
+    report.put("provider_http", shape.http_version(), "");
     amqp::declare_topology(conn, &env.config).await?;
     let replies = env.reply_queue();
     amqp::preload(conn, &env.job_queues(), n, &replies).await?;

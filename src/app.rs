@@ -178,11 +178,16 @@ fn pool_setups(config: &Config) -> Result<Vec<PoolSetup>, AppError> {
         .pools
         .iter()
         .map(|pool| {
-            let client = ProviderClient::new(pool.provider, &pool.base_url, config.jobs.timeouts())
-                .map_err(|source| AppError::Provider {
-                    pool: pool.name.clone(),
-                    source,
-                })?;
+            let client = ProviderClient::new(
+                pool.provider,
+                &pool.base_url,
+                config.jobs.timeouts(),
+                pool.http_version(),
+            )
+            .map_err(|source| AppError::Provider {
+                pool: pool.name.clone(),
+                source,
+            })?;
             let timezone =
                 jiff::tz::TimeZone::get(pool.reset_timezone()).unwrap_or(jiff::tz::TimeZone::UTC);
             Ok(PoolSetup {

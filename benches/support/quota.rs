@@ -34,6 +34,7 @@ impl Plan {
                 // A whole window's budget may be in flight at once, so the
                 // concurrency is never what holds a key back.
                 concurrency: args.concurrency_or(u16::try_from(rpm).unwrap_or(u16::MAX)),
+                http2: args.http2,
             },
             limit: RateLimit {
                 rpm,

@@ -18,6 +18,7 @@ pub async fn many_keys(args: &Args) -> anyhow::Result<Report> {
         pools: 10,
         keys_per_pool: 100,
         concurrency: args.concurrency_or(4),
+        http2: args.http2,
     };
     let mut env = Env::new(shape, true).await?;
     let conn = amqp::connect(&amqp_url()).await?;
@@ -45,6 +46,7 @@ async fn many_keys_run(
             shape.pools, shape.concurrency
         ),
     );
+    report.put("provider_http", shape.http_version(), "");
     amqp::declare_topology(conn, &env.config).await?;
     let queues = env.job_queues();
     let watch = conn.create_channel().await?;

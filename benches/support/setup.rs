@@ -13,17 +13,24 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// Shape of the pools: `pools` pools of `keys_per_pool` keys, each with `concurrency`.
+/// Shape of the pools: `pools` pools of `keys_per_pool` keys, each with `concurrency`;
+/// with `http2`, the pools speak clear-text HTTP/2 to the mock (`http2_prior_knowledge`).
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {
     pub pools: usize,
     pub keys_per_pool: usize,
     pub concurrency: u16,
+    pub http2: bool,
 }
 
 impl Shape {
     pub fn keys(&self) -> usize {
         self.pools * self.keys_per_pool
+    }
+
+    /// What keyrelay speaks to the mock, for reports.
+    pub fn http_version(&self) -> &'static str {
+        if self.http2 { "h2c" } else { "http/1.1" }
     }
 }
 
@@ -102,7 +109,8 @@ impl Env {
         for p in 0..shape.pools {
             text += &format!(
                 "\n[[pools]]\nname = \"p{p}\"\nprovider = \"gemini\"\nbase_url = \"{base_url}\"\n\
-                 default_model = \"model-a\"\n"
+                 default_model = \"model-a\"\nhttp2_prior_knowledge = {}\n",
+                shape.http2
             );
             if let Some(limit) = limit {
                 text += &format!("rate_window_secs = {}\n", limit.window.as_secs());

@@ -189,6 +189,10 @@ pub struct PoolConfig {
     /// Length of the rpm/tpm window in seconds (60 for real providers).
     #[serde(default = "defaults::rate_window_secs")]
     pub rate_window_secs: u64,
+    /// Speak HTTP/2 from the first byte to an `http://` endpoint that serves it in
+    /// clear text (h2c). `https://` endpoints negotiate HTTP/2 through TLS anyway.
+    #[serde(default)]
+    pub http2_prior_knowledge: bool,
     pub keys: Vec<KeyConfig>,
 }
 
@@ -320,6 +324,14 @@ impl PoolConfig {
             (Some(tz), _) => tz,
             (None, ProviderKind::Gemini) => "America/Los_Angeles",
             (None, _) => "UTC",
+        }
+    }
+
+    pub fn http_version(&self) -> crate::provider::client::HttpVersion {
+        if self.http2_prior_knowledge {
+            crate::provider::client::HttpVersion::Http2PriorKnowledge
+        } else {
+            crate::provider::client::HttpVersion::Negotiated
         }
     }
 }

@@ -103,6 +103,13 @@ fn config_errors_name_the_field() {
             format!("{with_file}\n[jobs]\nmax_attempts = \"three\"\n"),
             "jobs.max_attempts",
         ),
+        (
+            with_file.replace(
+                "default_model = ",
+                "http2_prior_knowledge = true\ndefault_model = ",
+            ),
+            "`pools[0].http2_prior_knowledge`: only for http:// base URLs",
+        ),
         ("[broker\n".to_string(), "not valid TOML"),
     ];
     for (text, expected) in cases {

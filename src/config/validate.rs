@@ -53,8 +53,14 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
                 format!("duplicate pool name `{}`", pool.name),
             ));
         }
-        reqwest::Url::parse(&pool.base_url)
+        let base_url = reqwest::Url::parse(&pool.base_url)
             .map_err(|e| field(format!("{at}.base_url"), format!("not a URL: {e}")))?;
+        if pool.http2_prior_knowledge && base_url.scheme() != "http" {
+            return Err(field(
+                format!("{at}.http2_prior_knowledge"),
+                "only for http:// base URLs (https:// negotiates HTTP/2 through TLS by itself)",
+            ));
+        }
         jiff::tz::TimeZone::get(pool.reset_timezone())
             .map_err(|e| field(format!("{at}.daily_reset_timezone"), e.to_string()))?;
         if pool.quota_period_secs == Some(0) {

@@ -68,7 +68,9 @@ impl MockProvider {
         .workers(WORKERS)
         .disable_signals()
         .shutdown_timeout(1)
-        .bind(listen)?;
+        // HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on one port: real providers
+        // speak HTTP/2, and a pool with `http2_prior_knowledge = true` uses it here.
+        .bind_auto_h2c(listen)?;
         let addr = server
             .addrs()
             .first()

@@ -27,6 +27,16 @@ pub struct HttpTimeouts {
     pub total: Duration,
 }
 
+/// Which HTTP version a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpVersion {
+    /// HTTP/2 where TLS negotiates it (ALPN), HTTP/1.1 otherwise.
+    #[default]
+    Negotiated,
+    /// HTTP/2 from the first byte, for clear-text (h2c) endpoints.
+    Http2PriorKnowledge,
+}
+
 /// Why a [`ProviderClient`] could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -52,16 +62,19 @@ impl ProviderClient {
         kind: ProviderKind,
         base_url: &str,
         timeouts: HttpTimeouts,
+        version: HttpVersion,
     ) -> Result<Self, ProviderError> {
         let base_url = parse_base_url(base_url)?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .timeout(timeouts.total)
             // Redirects would carry the key headers to wherever they point.
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("keyrelay/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(ProviderError::ClientBuild)?;
+            .user_agent(concat!("keyrelay/", env!("CARGO_PKG_VERSION")));
+        if version == HttpVersion::Http2PriorKnowledge {
+            builder = builder.http2_prior_knowledge();
+        }
+        let http = builder.build().map_err(ProviderError::ClientBuild)?;
         Ok(ProviderClient {
             kind,
             base_url,
@@ -374,7 +387,13 @@ mod tests {
             r#"{{"error": {{"code": 400, "message": "API key not valid: {KEY}", "status": "INVALID_ARGUMENT"}}}}"#
         );
         let (base, received) = one_shot_server(http_response("400 Bad Request", &body)).await;
-        let client = ProviderClient::new(ProviderKind::Gemini, &base, timeouts()).unwrap();
+        let client = ProviderClient::new(
+            ProviderKind::Gemini,
+            &base,
+            timeouts(),
+            HttpVersion::Negotiated,
+        )
+        .unwrap();
         let key = ApiKey::new(KEY);
 
         let outcome = client.call(&key, &request()).await;
@@ -400,8 +419,13 @@ mod tests {
     async fn openai_success_round_trip() {
         let body = r#"{"choices": [{"message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}"#;
         let (base, received) = one_shot_server(http_response("200 OK", body)).await;
-        let client =
-            ProviderClient::new(ProviderKind::Openai, &format!("{base}v1"), timeouts()).unwrap();
+        let client = ProviderClient::new(
+            ProviderKind::Openai,
+            &format!("{base}v1"),
+            timeouts(),
+            HttpVersion::Negotiated,
+        )
+        .unwrap();
 
         let outcome = client
             .call(&ApiKey::new("sk-test-123456"), &request())
@@ -425,7 +449,13 @@ mod tests {
                        8\r\n{\"choice\r\n8\r\ns\": []}  \r\n0\r\n\r\n";
         for response in [http_response("200 OK", &" ".repeat(64)), chunked.to_owned()] {
             let (base, _received) = one_shot_server(response).await;
-            let mut client = ProviderClient::new(ProviderKind::Openai, &base, timeouts()).unwrap();
+            let mut client = ProviderClient::new(
+                ProviderKind::Openai,
+                &base,
+                timeouts(),
+                HttpVersion::Negotiated,
+            )
+            .unwrap();
             client.max_response_bytes = 12;
             let outcome = client.call(&ApiKey::new(KEY), &request()).await;
             // A 200 was probably billed: not a transient failure to retry.
@@ -450,12 +480,62 @@ mod tests {
             connect: Duration::from_secs(1),
             total: Duration::from_millis(200),
         };
-        let client = ProviderClient::new(ProviderKind::Gemini, &base, short).unwrap();
+        let client =
+            ProviderClient::new(ProviderKind::Gemini, &base, short, HttpVersion::Negotiated)
+                .unwrap();
         let outcome = client.call(&ApiKey::new(KEY), &request()).await;
         assert!(
             matches!(&outcome, Outcome::Transient { message } if message.starts_with("timed out")),
             "{outcome:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn prior_knowledge_opens_with_the_http2_preface() {
+        // An HTTP/1.1-only server: the client must not fall back to it.
+        let (base, received) = one_shot_server(http_response("200 OK", "{}")).await;
+        let client = ProviderClient::new(
+            ProviderKind::Gemini,
+            &base,
+            timeouts(),
+            HttpVersion::Http2PriorKnowledge,
+        )
+        .unwrap();
+
+        let outcome = client.call(&ApiKey::new(KEY), &request()).await;
+
+        let raw = received.await.unwrap();
+        assert!(
+            raw.starts_with("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            "{raw:?}"
+        );
+        assert!(matches!(outcome, Outcome::Transient { .. }), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn prior_knowledge_round_trip_with_the_mock() {
+        use crate::mock_provider::{MockKey, MockProvider, MockSettings};
+        let settings = MockSettings::with_keys(vec![MockKey::new("k", KEY)]);
+        let mock = MockProvider::start(settings, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let client = ProviderClient::new(
+            ProviderKind::Gemini,
+            &mock.gemini_base_url(),
+            timeouts(),
+            HttpVersion::Http2PriorKnowledge,
+        )
+        .unwrap();
+
+        let (key, request) = (ApiKey::new(KEY), request());
+        let calls = (0..4).map(|_| client.call(&key, &request));
+        let outcomes = futures_util::future::join_all(calls).await;
+
+        for outcome in outcomes {
+            assert!(matches!(outcome, Outcome::Success(_)), "{outcome:?}");
+        }
+        assert_eq!(mock.stats().key("k").successes, 4);
+        mock.stop().await;
     }
 
     #[tokio::test]
@@ -467,6 +547,7 @@ mod tests {
             ProviderKind::Anthropic,
             &format!("http://{addr}"),
             timeouts(),
+            HttpVersion::Negotiated,
         )
         .unwrap();
         let outcome = client.call(&ApiKey::new(KEY), &request()).await;
@@ -488,7 +569,12 @@ mod tests {
             "https://host/?key=abc",
             "mailto:a@b",
         ] {
-            let result = ProviderClient::new(ProviderKind::Openai, bad, timeouts());
+            let result = ProviderClient::new(
+                ProviderKind::Openai,
+                bad,
+                timeouts(),
+                HttpVersion::Negotiated,
+            );
             assert!(
                 matches!(result, Err(ProviderError::BadBaseUrl { .. })),
                 "{bad}"
@@ -499,7 +585,13 @@ mod tests {
     #[test]
     fn endpoints_tolerate_trailing_slash() {
         for base in ["https://api.anthropic.com", "https://api.anthropic.com/"] {
-            let client = ProviderClient::new(ProviderKind::Anthropic, base, timeouts()).unwrap();
+            let client = ProviderClient::new(
+                ProviderKind::Anthropic,
+                base,
+                timeouts(),
+                HttpVersion::Negotiated,
+            )
+            .unwrap();
             assert_eq!(
                 client.endpoint(&["v1", "messages"]).as_str(),
                 "https://api.anthropic.com/v1/messages"
@@ -509,6 +601,7 @@ mod tests {
             ProviderKind::Openai,
             "https://api.openai.com/v1/",
             timeouts(),
+            HttpVersion::Negotiated,
         )
         .unwrap();
         assert_eq!(
