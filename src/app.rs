@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix::Addr;
 use metrics_exporter_prometheus::PrometheusHandle;
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::actors::messages::{StopAll, Terminate};
 use crate::actors::supervisor::{KeySetup, PoolSetup, Watches};
@@ -178,16 +178,15 @@ fn pool_setups(config: &Config) -> Result<Vec<PoolSetup>, AppError> {
         .pools
         .iter()
         .map(|pool| {
-            let client = ProviderClient::new(
-                pool.provider,
-                &pool.base_url,
-                config.jobs.timeouts(),
-                pool.http_version(),
-            )
-            .map_err(|source| AppError::Provider {
-                pool: pool.name.clone(),
-                source,
-            })?;
+            let settings = pool.http_settings(config.jobs.timeouts());
+            let client =
+                ProviderClient::new(pool.provider, &pool.base_url, settings).map_err(|source| {
+                    AppError::Provider {
+                        pool: pool.name.clone(),
+                        source,
+                    }
+                })?;
+            debug!(pool = %pool.name, http_lanes = client.lanes(), "provider client ready");
             let timezone =
                 jiff::tz::TimeZone::get(pool.reset_timezone()).unwrap_or(jiff::tz::TimeZone::UTC);
             Ok(PoolSetup {

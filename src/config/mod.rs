@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::provider::ProviderKind;
+use crate::provider::client::{HttpSettings, HttpTimeouts, HttpVersion};
 use crate::secret::ApiKey;
 
 pub use admin::AdminConfig;
@@ -193,6 +194,11 @@ pub struct PoolConfig {
     /// clear text (h2c). `https://` endpoints negotiate HTTP/2 through TLS anyway.
     #[serde(default)]
     pub http2_prior_knowledge: bool,
+    /// Calls one HTTP/2 connection carries at once. The pool opens
+    /// ⌈sum of its keys' `concurrency` / this⌉ connections, so no call waits
+    /// behind a server's stream limit (RFC 9113 asks servers for at least 100).
+    #[serde(default = "defaults::http2_max_streams")]
+    pub http2_max_streams: u32,
     pub keys: Vec<KeyConfig>,
 }
 
@@ -298,8 +304,8 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
 }
 
 impl JobsConfig {
-    pub fn timeouts(&self) -> crate::provider::client::HttpTimeouts {
-        crate::provider::client::HttpTimeouts {
+    pub fn timeouts(&self) -> HttpTimeouts {
+        HttpTimeouts {
             connect: Duration::from_secs(self.connect_timeout_secs),
             total: Duration::from_secs(self.request_timeout_secs),
         }
@@ -327,11 +333,19 @@ impl PoolConfig {
         }
     }
 
-    pub fn http_version(&self) -> crate::provider::client::HttpVersion {
-        if self.http2_prior_knowledge {
-            crate::provider::client::HttpVersion::Http2PriorKnowledge
-        } else {
-            crate::provider::client::HttpVersion::Negotiated
+    /// How the pool's client connects: enough lanes for every call its keys
+    /// may make at once.
+    pub fn http_settings(&self, timeouts: HttpTimeouts) -> HttpSettings {
+        let calls: usize = self.keys.iter().map(|k| usize::from(k.concurrency)).sum();
+        let streams = usize::try_from(self.http2_max_streams).unwrap_or(usize::MAX);
+        HttpSettings {
+            timeouts,
+            version: if self.http2_prior_knowledge {
+                HttpVersion::Http2PriorKnowledge
+            } else {
+                HttpVersion::Negotiated
+            },
+            lanes: crate::provider::connections::lanes_needed(calls, streams),
         }
     }
 }
@@ -443,6 +457,9 @@ mod defaults {
     }
     pub fn concurrency() -> u16 {
         4
+    }
+    pub fn http2_max_streams() -> u32 {
+        100
     }
     pub fn empty_key() -> ApiKey {
         ApiKey::new("")

@@ -50,6 +50,41 @@ fn minimal_config_gets_defaults() {
 }
 
 #[test]
+fn a_pool_opens_a_connection_per_http2_max_streams_calls() {
+    let (_dir, path) = key_file("k");
+    let key = |name: &str, concurrency: u16| {
+        format!(
+            "\n  [[pools.keys]]\n  name = \"{name}\"\n  api_key_file = \"{path}\"\n  concurrency = {concurrency}\n"
+        )
+    };
+    let timeouts = HttpTimeouts {
+        connect: Duration::from_secs(1),
+        total: Duration::from_secs(1),
+    };
+    // Default concurrency 4 + 150 + 50 = 204 calls at once.
+    let text = format!(
+        "{}{}{}",
+        BASE.replace(
+            "api_key_env = \"KR_TEST_KEY_PRIMARY\"",
+            &format!("api_key_file = \"{path}\"")
+        ),
+        key("big", 150),
+        key("mid", 50)
+    );
+    for (extra, lanes) in [
+        ("", 3),
+        ("http2_max_streams = 256\n", 1),
+        ("http2_max_streams = 1\n", 204),
+    ] {
+        let text = text.replace("default_model = ", &format!("{extra}default_model = "));
+        let config = load(&text, &[]).unwrap();
+        let settings = config.pools[0].http_settings(timeouts);
+        assert_eq!(settings.lanes, lanes, "{extra:?}");
+        assert_eq!(settings.version, HttpVersion::Negotiated);
+    }
+}
+
+#[test]
 fn config_errors_name_the_field() {
     let (_dir, path) = key_file("k");
     let with_file = BASE.replace(
@@ -109,6 +144,13 @@ fn config_errors_name_the_field() {
                 "http2_prior_knowledge = true\ndefault_model = ",
             ),
             "`pools[0].http2_prior_knowledge`: only for http:// base URLs",
+        ),
+        (
+            with_file.replace(
+                "default_model = ",
+                "http2_max_streams = 0\ndefault_model = ",
+            ),
+            "`pools[0].http2_max_streams`: must be at least 1",
         ),
         ("[broker\n".to_string(), "not valid TOML"),
     ];

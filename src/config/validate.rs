@@ -61,6 +61,12 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
                 "only for http:// base URLs (https:// negotiates HTTP/2 through TLS by itself)",
             ));
         }
+        if pool.http2_max_streams == 0 {
+            return Err(field(
+                format!("{at}.http2_max_streams"),
+                "must be at least 1",
+            ));
+        }
         jiff::tz::TimeZone::get(pool.reset_timezone())
             .map_err(|e| field(format!("{at}.daily_reset_timezone"), e.to_string()))?;
         if pool.quota_period_secs == Some(0) {

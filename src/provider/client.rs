@@ -4,6 +4,7 @@
 
 use std::error::Error as _;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -12,6 +13,7 @@ use reqwest::{Response, Url};
 use serde::Serialize;
 
 use super::classify::{MAX_MESSAGE_CHARS, classify, limit_until, truncate_chars};
+use super::connections::Lanes;
 use super::{Outcome, ProviderKind, ProviderRequest, anthropic, gemini, openai};
 use crate::secret::ApiKey;
 
@@ -25,6 +27,27 @@ pub struct HttpTimeouts {
     pub connect: Duration,
     /// The whole call: connect, send, and read the full body.
     pub total: Duration,
+}
+
+/// How a client connects to its provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub timeouts: HttpTimeouts,
+    pub version: HttpVersion,
+    /// Independent connection pools the calls are spread over; with HTTP/2,
+    /// one connection each (see [`super::connections`]).
+    pub lanes: usize,
+}
+
+impl HttpSettings {
+    /// One lane, HTTP version negotiated.
+    pub fn new(timeouts: HttpTimeouts) -> Self {
+        HttpSettings {
+            timeouts,
+            version: HttpVersion::Negotiated,
+            lanes: 1,
+        }
+    }
 }
 
 /// Which HTTP version a client speaks.
@@ -46,12 +69,12 @@ pub enum ProviderError {
     ClientBuild(#[source] reqwest::Error),
 }
 
-/// One provider endpoint. Cloning is cheap: the connection pool is shared.
+/// One provider endpoint. Cloning is cheap: the connection pools are shared.
 #[derive(Debug, Clone)]
 pub struct ProviderClient {
     kind: ProviderKind,
     base_url: Url,
-    http: reqwest::Client,
+    lanes: Arc<Lanes>,
     max_response_bytes: usize,
 }
 
@@ -61,26 +84,22 @@ impl ProviderClient {
     pub fn new(
         kind: ProviderKind,
         base_url: &str,
-        timeouts: HttpTimeouts,
-        version: HttpVersion,
+        settings: HttpSettings,
     ) -> Result<Self, ProviderError> {
         let base_url = parse_base_url(base_url)?;
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .timeout(timeouts.total)
-            // Redirects would carry the key headers to wherever they point.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("keyrelay/", env!("CARGO_PKG_VERSION")));
-        if version == HttpVersion::Http2PriorKnowledge {
-            builder = builder.http2_prior_knowledge();
-        }
-        let http = builder.build().map_err(ProviderError::ClientBuild)?;
+        let lanes = Lanes::new(settings.lanes, || http_client(&settings))
+            .map_err(ProviderError::ClientBuild)?;
         Ok(ProviderClient {
             kind,
             base_url,
-            http,
+            lanes: Arc::new(lanes),
             max_response_bytes: MAX_RESPONSE_BYTES,
         })
+    }
+
+    /// How many independent connection pools the calls are spread over.
+    pub fn lanes(&self) -> usize {
+        self.lanes.count()
     }
 
     pub fn kind(&self) -> ProviderKind {
@@ -108,20 +127,22 @@ impl ProviderClient {
                 message: "API key contains characters not allowed in an HTTP header".to_owned(),
             };
         };
+        // Held until the body is read: the HTTP/2 stream is open until then.
+        let lane = self.lanes.acquire();
+        let http = lane.http();
         let sent = match self.kind {
             ProviderKind::Gemini => {
                 let url =
                     self.endpoint(&["v1beta", "models", &gemini::method_segment(&request.model)]);
-                self.send(url, auth, &gemini::request_body(request)).await
+                send(http, url, auth, &gemini::request_body(request)).await
             }
             ProviderKind::Openai => {
                 let url = self.endpoint(&["chat", "completions"]);
-                self.send(url, auth, &openai::request_body(request)).await
+                send(http, url, auth, &openai::request_body(request)).await
             }
             ProviderKind::Anthropic => {
                 let url = self.endpoint(&["v1", "messages"]);
-                self.send(url, auth, &anthropic::request_body(request))
-                    .await
+                send(http, url, auth, &anthropic::request_body(request)).await
             }
         };
         let response = match sent {
@@ -158,15 +179,28 @@ impl ProviderClient {
         }
         url
     }
+}
 
-    async fn send(
-        &self,
-        url: Url,
-        auth: HeaderMap,
-        body: &impl Serialize,
-    ) -> Result<Response, reqwest::Error> {
-        self.http.post(url).headers(auth).json(body).send().await
+fn http_client(settings: &HttpSettings) -> reqwest::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(settings.timeouts.connect)
+        .timeout(settings.timeouts.total)
+        // Redirects would carry the key headers to wherever they point.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("keyrelay/", env!("CARGO_PKG_VERSION")));
+    if settings.version == HttpVersion::Http2PriorKnowledge {
+        builder = builder.http2_prior_knowledge();
     }
+    builder.build()
+}
+
+async fn send(
+    http: &reqwest::Client,
+    url: Url,
+    auth: HeaderMap,
+    body: &impl Serialize,
+) -> Result<Response, reqwest::Error> {
+    http.post(url).headers(auth).json(body).send().await
 }
 
 /// Accept only http(s) URLs with no credentials, query or fragment: keys go
@@ -303,319 +337,4 @@ fn redact_outcome(outcome: Outcome, key: &ApiKey) -> Outcome {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::provider::{ChatMessage, Role};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-    use tokio::sync::oneshot;
-
-    const KEY: &str = "AIzaSyFAKE-test-key-0123456789";
-
-    fn timeouts() -> HttpTimeouts {
-        HttpTimeouts {
-            connect: Duration::from_secs(2),
-            total: Duration::from_secs(5),
-        }
-    }
-
-    fn request() -> ProviderRequest {
-        ProviderRequest {
-            model: "gemini-2.0-flash".to_owned(),
-            messages: vec![ChatMessage {
-                role: Role::User,
-                content: "hi".to_owned(),
-            }],
-            json_output: false,
-            max_output_tokens: None,
-            temperature: None,
-            user: None,
-        }
-    }
-
-    /// Serve one connection with `response`; yield the raw request received.
-    async fn one_shot_server(response: String) -> (String, oneshot::Receiver<String>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}/", listener.local_addr().unwrap());
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut raw = Vec::new();
-            let mut buf = [0u8; 4096];
-            // Read until the headers and the declared body have arrived.
-            while !request_complete(&raw) {
-                let n = socket.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break;
-                }
-                raw.extend_from_slice(&buf[..n]);
-            }
-            socket.write_all(response.as_bytes()).await.unwrap();
-            socket.shutdown().await.unwrap();
-            let _ = tx.send(String::from_utf8_lossy(&raw).into_owned());
-        });
-        (base, rx)
-    }
-
-    fn request_complete(raw: &[u8]) -> bool {
-        let text = String::from_utf8_lossy(raw);
-        let Some(end) = text.find("\r\n\r\n") else {
-            return false;
-        };
-        let length = text[..end]
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
-                    .map(str::to_owned)
-            })
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        raw.len() >= end + 4 + length
-    }
-
-    fn http_response(status: &str, body: &str) -> String {
-        format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-    }
-
-    #[tokio::test]
-    async fn key_goes_in_header_and_echoed_key_is_redacted() {
-        let body = format!(
-            r#"{{"error": {{"code": 400, "message": "API key not valid: {KEY}", "status": "INVALID_ARGUMENT"}}}}"#
-        );
-        let (base, received) = one_shot_server(http_response("400 Bad Request", &body)).await;
-        let client = ProviderClient::new(
-            ProviderKind::Gemini,
-            &base,
-            timeouts(),
-            HttpVersion::Negotiated,
-        )
-        .unwrap();
-        let key = ApiKey::new(KEY);
-
-        let outcome = client.call(&key, &request()).await;
-
-        let raw = received.await.unwrap();
-        let request_line = raw.lines().next().unwrap();
-        assert_eq!(
-            request_line,
-            "POST /v1beta/models/gemini-2.0-flash:generateContent HTTP/1.1"
-        );
-        assert!(
-            raw.to_ascii_lowercase()
-                .contains(&format!("x-goog-api-key: {}", KEY.to_ascii_lowercase()))
-        );
-        let Outcome::Unauthorized { message } = outcome else {
-            panic!("expected Unauthorized, got {outcome:?}");
-        };
-        assert!(!message.contains(KEY), "{message}");
-        assert!(message.contains(&key.fingerprint()), "{message}");
-    }
-
-    #[tokio::test]
-    async fn openai_success_round_trip() {
-        let body = r#"{"choices": [{"message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}"#;
-        let (base, received) = one_shot_server(http_response("200 OK", body)).await;
-        let client = ProviderClient::new(
-            ProviderKind::Openai,
-            &format!("{base}v1"),
-            timeouts(),
-            HttpVersion::Negotiated,
-        )
-        .unwrap();
-
-        let outcome = client
-            .call(&ApiKey::new("sk-test-123456"), &request())
-            .await;
-
-        let raw = received.await.unwrap();
-        assert!(
-            raw.starts_with("POST /v1/chat/completions HTTP/1.1"),
-            "{raw}"
-        );
-        assert!(
-            raw.to_ascii_lowercase()
-                .contains("authorization: bearer sk-test-123456")
-        );
-        assert!(matches!(outcome, Outcome::Success(c) if c.text == "hello"));
-    }
-
-    #[tokio::test]
-    async fn oversized_success_body_is_an_invalid_response() {
-        let chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
-                       8\r\n{\"choice\r\n8\r\ns\": []}  \r\n0\r\n\r\n";
-        for response in [http_response("200 OK", &" ".repeat(64)), chunked.to_owned()] {
-            let (base, _received) = one_shot_server(response).await;
-            let mut client = ProviderClient::new(
-                ProviderKind::Openai,
-                &base,
-                timeouts(),
-                HttpVersion::Negotiated,
-            )
-            .unwrap();
-            client.max_response_bytes = 12;
-            let outcome = client.call(&ApiKey::new(KEY), &request()).await;
-            // A 200 was probably billed: not a transient failure to retry.
-            assert_eq!(
-                outcome,
-                Outcome::InvalidResponse {
-                    message: "HTTP 200 with an unusable body: response body too large".to_owned()
-                }
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn silent_server_times_out_as_transient() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            let (_socket, _) = listener.accept().await.unwrap();
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        });
-        let short = HttpTimeouts {
-            connect: Duration::from_secs(1),
-            total: Duration::from_millis(200),
-        };
-        let client =
-            ProviderClient::new(ProviderKind::Gemini, &base, short, HttpVersion::Negotiated)
-                .unwrap();
-        let outcome = client.call(&ApiKey::new(KEY), &request()).await;
-        assert!(
-            matches!(&outcome, Outcome::Transient { message } if message.starts_with("timed out")),
-            "{outcome:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn prior_knowledge_opens_with_the_http2_preface() {
-        // An HTTP/1.1-only server: the client must not fall back to it.
-        let (base, received) = one_shot_server(http_response("200 OK", "{}")).await;
-        let client = ProviderClient::new(
-            ProviderKind::Gemini,
-            &base,
-            timeouts(),
-            HttpVersion::Http2PriorKnowledge,
-        )
-        .unwrap();
-
-        let outcome = client.call(&ApiKey::new(KEY), &request()).await;
-
-        let raw = received.await.unwrap();
-        assert!(
-            raw.starts_with("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
-            "{raw:?}"
-        );
-        assert!(matches!(outcome, Outcome::Transient { .. }), "{outcome:?}");
-    }
-
-    #[tokio::test]
-    async fn prior_knowledge_round_trip_with_the_mock() {
-        use crate::mock_provider::{MockKey, MockProvider, MockSettings};
-        let settings = MockSettings::with_keys(vec![MockKey::new("k", KEY)]);
-        let mock = MockProvider::start(settings, "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let client = ProviderClient::new(
-            ProviderKind::Gemini,
-            &mock.gemini_base_url(),
-            timeouts(),
-            HttpVersion::Http2PriorKnowledge,
-        )
-        .unwrap();
-
-        let (key, request) = (ApiKey::new(KEY), request());
-        let calls = (0..4).map(|_| client.call(&key, &request));
-        let outcomes = futures_util::future::join_all(calls).await;
-
-        for outcome in outcomes {
-            assert!(matches!(outcome, Outcome::Success(_)), "{outcome:?}");
-        }
-        assert_eq!(mock.stats().key("k").successes, 4);
-        mock.stop().await;
-    }
-
-    #[tokio::test]
-    async fn closed_port_is_transient() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        let client = ProviderClient::new(
-            ProviderKind::Anthropic,
-            &format!("http://{addr}"),
-            timeouts(),
-            HttpVersion::Negotiated,
-        )
-        .unwrap();
-        let outcome = client.call(&ApiKey::new(KEY), &request()).await;
-        let Outcome::Transient { message } = outcome else {
-            panic!("expected Transient, got {outcome:?}");
-        };
-        assert!(
-            !message.contains(&addr.to_string()),
-            "URL leaked: {message}"
-        );
-    }
-
-    #[test]
-    fn rejects_bad_base_urls() {
-        for bad in [
-            "not a url",
-            "ftp://x",
-            "https://u:p@host",
-            "https://host/?key=abc",
-            "mailto:a@b",
-        ] {
-            let result = ProviderClient::new(
-                ProviderKind::Openai,
-                bad,
-                timeouts(),
-                HttpVersion::Negotiated,
-            );
-            assert!(
-                matches!(result, Err(ProviderError::BadBaseUrl { .. })),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn endpoints_tolerate_trailing_slash() {
-        for base in ["https://api.anthropic.com", "https://api.anthropic.com/"] {
-            let client = ProviderClient::new(
-                ProviderKind::Anthropic,
-                base,
-                timeouts(),
-                HttpVersion::Negotiated,
-            )
-            .unwrap();
-            assert_eq!(
-                client.endpoint(&["v1", "messages"]).as_str(),
-                "https://api.anthropic.com/v1/messages"
-            );
-        }
-        let client = ProviderClient::new(
-            ProviderKind::Openai,
-            "https://api.openai.com/v1/",
-            timeouts(),
-            HttpVersion::Negotiated,
-        )
-        .unwrap();
-        assert_eq!(
-            client.endpoint(&["chat", "completions"]).as_str(),
-            "https://api.openai.com/v1/chat/completions"
-        );
-    }
-
-    #[test]
-    fn anthropic_headers_carry_key_and_version() {
-        let headers = auth_headers(ProviderKind::Anthropic, &ApiKey::new("sk-ant-x")).unwrap();
-        assert_eq!(headers["x-api-key"], "sk-ant-x");
-        assert!(headers["x-api-key"].is_sensitive());
-        assert_eq!(headers["anthropic-version"], "2023-06-01");
-        assert!(auth_headers(ProviderKind::Gemini, &ApiKey::new("bad\nkey")).is_none());
-    }
-}
+mod tests;

@@ -6,6 +6,7 @@
 pub mod anthropic;
 pub mod classify;
 pub mod client;
+pub mod connections;
 pub mod gemini;
 pub mod openai;
 
