@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix::Addr;
 use metrics_exporter_prometheus::PrometheusHandle;
 use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::actors::messages::{StopAll, Terminate};
 use crate::actors::supervisor::{KeySetup, PoolSetup, Watches};
@@ -134,9 +134,10 @@ impl App {
 
     /// Stop consuming, let in-flight jobs finish within `deadline`, flush the
     /// store, close the connection. Unfinished jobs are redelivered by the broker
-    /// when the connection closes.
+    /// when the connection closes. Every step after the deadline is bounded too,
+    /// so a dependency that hangs cannot keep the process from exiting.
     pub async fn shutdown(self, deadline: Duration) {
-        let _ = self.supervisor.send(StopAll).await;
+        let _ = bounded("stop consuming", self.supervisor.send(StopAll)).await;
         let mut in_progress = self.watches.in_flight.clone();
         if tokio::time::timeout(deadline, in_progress.wait_for(|n| *n == 0))
             .await
@@ -148,18 +149,34 @@ impl App {
                 "shutdown deadline reached; unfinished jobs return to the queue"
             );
         }
-        let _ = self.supervisor.send(Terminate).await;
-        if let Err(e) = self.store.flush().await {
+        let _ = bounded("stop the key workers", self.supervisor.send(Terminate)).await;
+        if let Some(Err(e)) = bounded("flush the store", self.store.flush()).await {
             warn!(error = %e, "final store flush failed");
         }
-        self.broker.close().await;
+        bounded("close the broker connection", self.broker.close()).await;
         // Jobs that finished after the deadline counted in memory only.
-        if let Err(e) = self.store.flush().await {
+        if let Some(Err(e)) = bounded("flush the store again", self.store.flush()).await {
             warn!(error = %e, "last store flush failed");
         }
-        self.http.stop(true).await;
+        bounded("stop the HTTP endpoint", self.http.stop(true)).await;
         info!("keyrelay stopped");
     }
+}
+
+/// How long one shutdown step may take before it is given up on.
+const SHUTDOWN_STEP_LIMIT: Duration = Duration::from_secs(10);
+
+/// Run one shutdown step; `None` (and an error line naming it) if it hangs.
+async fn bounded<T>(step: &'static str, work: impl std::future::Future<Output = T>) -> Option<T> {
+    let outcome = tokio::time::timeout(SHUTDOWN_STEP_LIMIT, work).await;
+    if outcome.is_err() {
+        error!(
+            step,
+            limit_secs = SHUTDOWN_STEP_LIMIT.as_secs(),
+            "shutdown step did not finish; going on without it"
+        );
+    }
+    outcome.ok()
 }
 
 /// Rebuild the response cache's index from the stored results. A failure

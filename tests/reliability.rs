@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestEnv, TestKey, TestPool};
+use common::{TestEnv, TestKey, TestPool, close_service_connection};
 use keyrelay::job::JobStatus;
 use keyrelay::mock_provider::MockSettings;
 use serde_json::json;
@@ -36,7 +36,7 @@ async fn connection_cut_mid_run_loses_nothing() {
     }
     // Cut the connection once work is under way.
     let (first, _) = env.next_reply().await;
-    common::close_service_connection(&env.config);
+    close_service_connection(&env.config);
     let (replies, duplicates) = env.replies_for(&ids, vec![first]).await;
     for (id, r) in &replies {
         assert_eq!(r.status, JobStatus::Succeeded, "{r:?}");
@@ -123,4 +123,43 @@ async fn wait_until_in_flight(app: &keyrelay::app::App, n: usize) {
         .await
         .unwrap()
         .unwrap();
+}
+
+#[actix::test]
+async fn shutdown_right_after_a_connection_loss_ends() {
+    let settings = MockSettings {
+        latency: Duration::from_millis(400),
+        ..MockSettings::default()
+    };
+    let mut env = TestEnv::start_with(
+        vec![TestPool {
+            name: "g",
+            provider: "gemini",
+            keys: vec![TestKey::new("k", 1).concurrency(4)],
+        }],
+        settings,
+        "",
+    )
+    .await;
+    for i in 0..10 {
+        env.publish(
+            "g",
+            &json!({"id": format!("j{i}"), "prompt": format!("p{i}")}),
+        )
+        .await;
+    }
+    let app = env.app.take().unwrap();
+    wait_until_in_flight(&app, 4).await;
+    // The connection dies with four jobs in flight; shutdown starts at once.
+    let config = env.config.clone();
+    tokio::task::spawn_blocking(move || close_service_connection(&config))
+        .await
+        .unwrap();
+    let shutdown = app.shutdown(Duration::from_secs(3));
+    let limit = Duration::from_secs(30);
+    assert!(
+        tokio::time::timeout(limit, shutdown).await.is_ok(),
+        "shutdown still running after {limit:?}"
+    );
+    env.finish().await;
 }

@@ -3,6 +3,10 @@
 //! A writer inserts, then asks for a flush and waits. The committer task takes the
 //! first request, drains every other request already queued, flushes once, and
 //! answers them all: under load one fsync covers a whole batch of jobs.
+//!
+//! It is also the only place keyrelay flushes sled: two `flush_async` calls at
+//! once can wait forever in sled 0.34.7 (spacejam/sled#1308, fixed on sled's
+//! main branch and never released), so every flush is serialized here.
 
 use tokio::sync::{mpsc, oneshot};
 

@@ -46,7 +46,6 @@ pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
     results: sled::Tree,
     key_states: sled::Tree,
     key_counters: sled::Tree,
@@ -87,8 +86,8 @@ impl Store {
             response_cache: Default::default(),
             usage_hourly,
             pending_counters: Default::default(),
-            commit: GroupCommit::spawn(db.clone()),
-            db,
+            // The committer is the only one to flush sled (see `flush`).
+            commit: GroupCommit::spawn(db),
         })
     }
 
@@ -215,10 +214,12 @@ impl Store {
         Ok(removed)
     }
 
-    /// Flush everything (shutdown).
+    /// Flush everything (shutdown). Through the group committer, like every
+    /// other flush: two sled flushes at once can wait forever (see
+    /// [`group_commit`]).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let counters = self.flush_counters();
-        self.db.flush_async().await?;
+        self.commit.flush().await?;
         counters?;
         Ok(())
     }

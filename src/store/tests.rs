@@ -167,3 +167,45 @@ async fn cached_answers_are_rebuilt_from_the_store_after_a_restart() {
     );
     assert!(store.cached_result(&cached).unwrap().is_none());
 }
+
+/// sled 0.34.7's `flush_async` can wait forever when two run at once
+/// (spacejam/sled#1308, fixed on sled's main branch, never released). keyrelay
+/// hung in shutdown that way: its final flush raced the group committer's.
+/// The work runs on its own thread: a deadlocked sled also hangs on drop, and
+/// the test must fail rather than hang with it.
+#[test]
+fn concurrent_flushes_all_finish() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(flush_from_many_tasks_at_once());
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("every flush finished within 60 s");
+}
+
+async fn flush_from_many_tasks_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    for round in 0..200 {
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let job = result(&format!("r{round}-{i}"));
+                    store.persist_result(&job, Some("p/k")).await.unwrap();
+                    store.flush().await.unwrap();
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
+}
