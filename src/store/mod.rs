@@ -216,7 +216,7 @@ impl Store {
 
     /// Flush everything (shutdown). Through the group committer, like every
     /// other flush: two sled flushes at once can wait forever (see
-    /// [`group_commit`]).
+    /// `group_commit.rs`).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let counters = self.flush_counters();
         self.commit.flush().await?;

@@ -169,8 +169,8 @@ async fn cached_answers_are_rebuilt_from_the_store_after_a_restart() {
 }
 
 /// sled 0.34.7's `flush_async` can wait forever when two run at once
-/// (spacejam/sled#1308, fixed on sled's main branch, never released). keyrelay
-/// hung in shutdown that way: its final flush raced the group committer's.
+/// (spacejam/sled#1308, fixed on sled's main branch, never released). Until
+/// `Store::flush` went through the group committer, this hung every time.
 /// The work runs on its own thread: a deadlocked sled also hangs on drop, and
 /// the test must fail rather than hang with it.
 #[test]
