@@ -64,30 +64,7 @@ async fn connection_cut_mid_run_loses_nothing() {
 
 #[actix::test]
 async fn graceful_shutdown_finishes_in_flight_jobs() {
-    let settings = MockSettings {
-        latency: Duration::from_millis(400),
-        ..MockSettings::default()
-    };
-    let mut env = TestEnv::start_with(
-        vec![TestPool {
-            name: "g",
-            provider: "gemini",
-            keys: vec![TestKey::new("k", 1).concurrency(4)],
-        }],
-        settings,
-        "",
-    )
-    .await;
-    for i in 0..10 {
-        env.publish(
-            "g",
-            &json!({"id": format!("j{i}"), "prompt": format!("p{i}")}),
-        )
-        .await;
-    }
-    // Wait until the key has all four slots busy, then shut down.
-    let app = env.app.take().unwrap();
-    wait_until_in_flight(&app, 4).await;
+    let (mut env, app) = four_of_ten_jobs_in_flight().await;
     let started = std::time::Instant::now();
     app.shutdown(Duration::from_secs(10)).await;
     assert!(
@@ -117,16 +94,27 @@ async fn graceful_shutdown_finishes_in_flight_jobs() {
     env.finish().await;
 }
 
-async fn wait_until_in_flight(app: &keyrelay::app::App, n: usize) {
-    let mut watch = app.in_flight_watch();
-    tokio::time::timeout(common::WAIT, watch.wait_for(|c| *c >= n))
-        .await
-        .unwrap()
-        .unwrap();
-}
-
 #[actix::test]
 async fn shutdown_right_after_a_connection_loss_ends() {
+    let (env, app) = four_of_ten_jobs_in_flight().await;
+    // The connection dies with four jobs in flight; shutdown starts at once.
+    let config = env.config.clone();
+    tokio::task::spawn_blocking(move || close_service_connection(&config))
+        .await
+        .unwrap();
+    let shutdown = app.shutdown(Duration::from_secs(3));
+    let limit = Duration::from_secs(30);
+    assert!(
+        tokio::time::timeout(limit, shutdown).await.is_ok(),
+        "shutdown still running after {limit:?}"
+    );
+    env.finish().await;
+}
+
+/// One key with four slots, ten jobs queued, the provider answering after
+/// 400 ms; returns once all four slots are busy, with the app taken out of the
+/// environment for the test to shut down.
+async fn four_of_ten_jobs_in_flight() -> (TestEnv, keyrelay::app::App) {
     let settings = MockSettings {
         latency: Duration::from_millis(400),
         ..MockSettings::default()
@@ -150,16 +138,13 @@ async fn shutdown_right_after_a_connection_loss_ends() {
     }
     let app = env.app.take().unwrap();
     wait_until_in_flight(&app, 4).await;
-    // The connection dies with four jobs in flight; shutdown starts at once.
-    let config = env.config.clone();
-    tokio::task::spawn_blocking(move || close_service_connection(&config))
+    (env, app)
+}
+
+async fn wait_until_in_flight(app: &keyrelay::app::App, n: usize) {
+    let mut watch = app.in_flight_watch();
+    tokio::time::timeout(common::WAIT, watch.wait_for(|c| *c >= n))
         .await
+        .unwrap()
         .unwrap();
-    let shutdown = app.shutdown(Duration::from_secs(3));
-    let limit = Duration::from_secs(30);
-    assert!(
-        tokio::time::timeout(limit, shutdown).await.is_ok(),
-        "shutdown still running after {limit:?}"
-    );
-    env.finish().await;
 }
