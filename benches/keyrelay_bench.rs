@@ -60,7 +60,8 @@ pub struct Args {
     /// consecutive acks into `multiple` acks (the plain loop acks each delivery).
     folded_acks: bool,
     /// keyrelay's pools speak clear-text HTTP/2 to the mock (one connection per
-    /// pool) instead of HTTP/1.1 (one connection per call in flight).
+    /// lane: ⌈calls / http2_max_streams⌉ per pool) instead of HTTP/1.1 (one
+    /// connection per call in flight).
     http2: bool,
 }
 

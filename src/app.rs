@@ -134,10 +134,14 @@ impl App {
 
     /// Stop consuming, let in-flight jobs finish within `deadline`, flush the
     /// store, close the connection. Unfinished jobs are redelivered by the broker
-    /// when the connection closes. Every step after the deadline is bounded too,
-    /// so a dependency that hangs cannot keep the process from exiting.
-    pub async fn shutdown(self, deadline: Duration) {
-        let _ = bounded("stop consuming", self.supervisor.send(StopAll)).await;
+    /// when the connection closes. Every later step is bounded too; `Err` names
+    /// the first that ran out, and the caller should then exit without dropping
+    /// anything (dropping sled flushes it again, which may be what hung).
+    pub async fn shutdown(self, deadline: Duration) -> Result<(), ShutdownStepTimedOut> {
+        let mut steps = Steps::default();
+        let _ = steps
+            .run("stop consuming", self.supervisor.send(StopAll))
+            .await;
         let mut in_progress = self.watches.in_flight.clone();
         if tokio::time::timeout(deadline, in_progress.wait_for(|n| *n == 0))
             .await
@@ -149,34 +153,69 @@ impl App {
                 "shutdown deadline reached; unfinished jobs return to the queue"
             );
         }
-        let _ = bounded("stop the key workers", self.supervisor.send(Terminate)).await;
-        if let Some(Err(e)) = bounded("flush the store", self.store.flush()).await {
+        let terminated = self.supervisor.send(Terminate);
+        let _ = steps.run("stop the key workers", terminated).await;
+        if let Some(Err(e)) = steps.run("flush the store", self.store.flush()).await {
             warn!(error = %e, "final store flush failed");
         }
-        bounded("close the broker connection", self.broker.close()).await;
+        steps
+            .run("close the broker connection", self.broker.close())
+            .await;
         // Jobs that finished after the deadline counted in memory only.
-        if let Some(Err(e)) = bounded("flush the store again", self.store.flush()).await {
+        if let Some(Err(e)) = steps.run("flush the store again", self.store.flush()).await {
             warn!(error = %e, "last store flush failed");
         }
-        bounded("stop the HTTP endpoint", self.http.stop(true)).await;
-        info!("keyrelay stopped");
+        steps
+            .run("stop the HTTP endpoint", self.http.stop(true))
+            .await;
+        match steps.first_timed_out {
+            None => {
+                info!("keyrelay stopped");
+                Ok(())
+            }
+            Some(step) => {
+                // Dropping this handle could flush sled, which may be what hung.
+                std::mem::forget(self.store);
+                Err(ShutdownStepTimedOut { step })
+            }
+        }
     }
 }
 
 /// How long one shutdown step may take before it is given up on.
 const SHUTDOWN_STEP_LIMIT: Duration = Duration::from_secs(10);
 
-/// Run one shutdown step; `None` (and an error line naming it) if it hangs.
-async fn bounded<T>(step: &'static str, work: impl std::future::Future<Output = T>) -> Option<T> {
-    let outcome = tokio::time::timeout(SHUTDOWN_STEP_LIMIT, work).await;
-    if outcome.is_err() {
-        error!(
-            step,
-            limit_secs = SHUTDOWN_STEP_LIMIT.as_secs(),
-            "shutdown step did not finish; going on without it"
-        );
+/// A shutdown step that did not finish within [`SHUTDOWN_STEP_LIMIT`].
+#[derive(Debug, Error)]
+#[error("shutdown step `{step}` did not finish within {}s", SHUTDOWN_STEP_LIMIT.as_secs())]
+pub struct ShutdownStepTimedOut {
+    pub step: &'static str,
+}
+
+/// Runs shutdown steps, each bounded, remembering the first that ran out.
+#[derive(Default)]
+struct Steps {
+    first_timed_out: Option<&'static str>,
+}
+
+impl Steps {
+    /// `None` (and an error line naming the step) if `work` runs out of time.
+    async fn run<T>(
+        &mut self,
+        step: &'static str,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let outcome = tokio::time::timeout(SHUTDOWN_STEP_LIMIT, work).await;
+        if outcome.is_err() {
+            error!(
+                step,
+                limit_secs = SHUTDOWN_STEP_LIMIT.as_secs(),
+                "shutdown step did not finish; going on without it"
+            );
+            self.first_timed_out.get_or_insert(step);
+        }
+        outcome.ok()
     }
-    outcome.ok()
 }
 
 /// Rebuild the response cache's index from the stored results. A failure

@@ -241,7 +241,7 @@ async fn poison_job_is_dead_lettered_after_the_delivery_limit() {
     assert_eq!(config.broker.delivery_limit, 3);
     // keyrelay declares its topology, then stops: the test is the only consumer.
     let app = App::start(config.clone()).await.unwrap();
-    app.shutdown(Duration::from_secs(5)).await;
+    app.shutdown(Duration::from_secs(5)).await.unwrap();
 
     let broker = Arc::new(
         keyrelay::amqp::Broker::connect(&common::amqp_url())
@@ -362,7 +362,7 @@ async fn provider_faults_end_in_the_documented_state() {
 
     // Connection refused: the same pool pointed at a closed port.
     let app = env.app.take().unwrap();
-    app.shutdown(Duration::from_secs(5)).await;
+    app.shutdown(Duration::from_secs(5)).await.unwrap();
     let mut refused = env.config.clone();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();

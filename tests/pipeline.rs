@@ -483,7 +483,8 @@ async fn key_state_survives_a_restart() {
         .take()
         .unwrap()
         .shutdown(std::time::Duration::from_secs(5))
-        .await;
+        .await
+        .unwrap();
     let app = keyrelay::app::App::start(env.config.clone()).await.unwrap();
     tokio::time::timeout(common::WAIT, app.wait_for_consumers(1))
         .await

@@ -66,7 +66,7 @@ async fn connection_cut_mid_run_loses_nothing() {
 async fn graceful_shutdown_finishes_in_flight_jobs() {
     let (mut env, app) = four_of_ten_jobs_in_flight().await;
     let started = std::time::Instant::now();
-    app.shutdown(Duration::from_secs(10)).await;
+    app.shutdown(Duration::from_secs(10)).await.unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "within the deadline"
@@ -102,12 +102,13 @@ async fn shutdown_right_after_a_connection_loss_ends() {
     tokio::task::spawn_blocking(move || close_service_connection(&config))
         .await
         .unwrap();
+    // Every step must finish on its own: none may need its 10 s limit.
     let shutdown = app.shutdown(Duration::from_secs(3));
-    let limit = Duration::from_secs(30);
-    assert!(
-        tokio::time::timeout(limit, shutdown).await.is_ok(),
-        "shutdown still running after {limit:?}"
-    );
+    let limit = Duration::from_secs(60);
+    match tokio::time::timeout(limit, shutdown).await {
+        Ok(stopped) => stopped.unwrap(),
+        Err(_) => panic!("shutdown still running after {limit:?}"),
+    }
     env.finish().await;
 }
 

@@ -64,9 +64,10 @@ async fn run_in(amqp_url: &str, jobs: usize, run_id: &str, dir: &Path) -> anyhow
         print_results(results);
         print_keys(&app, &mock).await;
     }
-    app.shutdown(Duration::from_secs(10)).await;
+    let stopped = app.shutdown(Duration::from_secs(10)).await;
     mock.stop().await;
     cleanup(&config, run_id).await;
+    stopped?;
     outcome.map(|_| ())
 }
 

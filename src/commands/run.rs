@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::app::App;
 use crate::config::Config;
@@ -19,7 +19,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("keyrelay could not start")?;
     signal.await?;
     info!(grace_secs = grace.as_secs(), "shutting down");
-    app.shutdown(grace).await;
+    if let Err(e) = app.shutdown(grace).await {
+        // Exit now: dropping the store would flush sled again, and that may be
+        // what hung. sled recovers on the next start; unacked jobs return.
+        error!(error = %e, "exiting without a clean shutdown");
+        std::process::exit(1);
+    }
     Ok(())
 }
 

@@ -194,9 +194,10 @@ pub struct PoolConfig {
     /// clear text (h2c). `https://` endpoints negotiate HTTP/2 through TLS anyway.
     #[serde(default)]
     pub http2_prior_knowledge: bool,
-    /// Calls one HTTP/2 connection carries at once. The pool opens
-    /// ⌈sum of its keys' `concurrency` / this⌉ connections, so no call waits
-    /// behind a server's stream limit (RFC 9113 asks servers for at least 100).
+    /// Calls one HTTP/2 connection carries at once. The pool builds
+    /// ⌈sum of its keys' `concurrency` / this⌉ clients, one HTTP/2 connection
+    /// each, so no call waits behind a server's stream limit (RFC 9113 asks
+    /// servers for at least 100).
     #[serde(default = "defaults::http2_max_streams")]
     pub http2_max_streams: u32,
     pub keys: Vec<KeyConfig>,

@@ -152,6 +152,18 @@ fn config_errors_name_the_field() {
             ),
             "`pools[0].http2_max_streams`: must be at least 1",
         ),
+        (
+            with_file
+                .replace(
+                    "name = \"primary\"",
+                    "name = \"primary\"\n  concurrency = 600",
+                )
+                .replace(
+                    "default_model = ",
+                    "http2_max_streams = 2\ndefault_model = ",
+                ),
+            "600 calls at once would need 300 connections (at most 256 per pool)",
+        ),
         ("[broker\n".to_string(), "not valid TOML"),
     ];
     for (text, expected) in cases {

@@ -99,6 +99,26 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
             }
             key.secret = resolve_secret(&at, key)?;
         }
+        check_lanes(&at, pool)?;
+    }
+    Ok(())
+}
+
+/// Each lane is a client of its own (~2 ms and ~30 KiB to build): a pool
+/// needing thousands is a configuration mistake, not a plan.
+fn check_lanes(at: &str, pool: &super::PoolConfig) -> Result<(), ConfigError> {
+    use crate::provider::connections::{MAX_LANES, lanes_needed};
+    let calls: usize = pool.keys.iter().map(|k| usize::from(k.concurrency)).sum();
+    let streams = usize::try_from(pool.http2_max_streams).unwrap_or(usize::MAX);
+    let lanes = lanes_needed(calls, streams);
+    if lanes > MAX_LANES {
+        return Err(field(
+            format!("{at}.http2_max_streams"),
+            format!(
+                "{calls} calls at once would need {lanes} connections (at most {MAX_LANES} per pool); \
+                 raise http2_max_streams or lower the keys' concurrency"
+            ),
+        ));
     }
     Ok(())
 }

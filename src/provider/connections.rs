@@ -7,8 +7,13 @@
 //! Providers advertise about 100 streams; a pool of 100 keys × 4 calls would
 //! otherwise run 100 calls and queue 300. Each lane here is its own client (its
 //! own connection pool), and a call takes the lane with the fewest calls open.
+//! Admin probes share the lanes and are not counted in their number: with
+//! every key's calls open at once, a probe may wait for a stream.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Most lanes a pool may have (config validation rejects more).
+pub const MAX_LANES: usize = 256;
 
 /// Lanes for `calls_in_flight` concurrent calls at `streams_per_connection`
 /// each: at least one.

@@ -4,9 +4,10 @@
 //! first request, drains every other request already queued, flushes once, and
 //! answers them all: under load one fsync covers a whole batch of jobs.
 //!
-//! It is also the only place keyrelay flushes sled: two `flush_async` calls at
-//! once can wait forever in sled 0.34.7 (spacejam/sled#1308, fixed on sled's
-//! main branch and never released), so every flush is serialized here.
+//! It is also keyrelay's only caller of sled's `flush_async`: two calls at once
+//! can wait forever in sled 0.34.7 (spacejam/sled#1308, fixed on sled's main
+//! branch and never released), so every flush keyrelay asks for is serialized
+//! here. (sled's own flusher thread also flushes, once a second.)
 
 use tokio::sync::{mpsc, oneshot};
 

@@ -86,7 +86,7 @@ impl Store {
             response_cache: Default::default(),
             usage_hourly,
             pending_counters: Default::default(),
-            // The committer is the only one to flush sled (see `flush`).
+            // keyrelay flushes sled only through the committer (see `flush`).
             commit: GroupCommit::spawn(db),
         })
     }

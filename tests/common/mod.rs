@@ -242,7 +242,7 @@ impl TestEnv {
     /// Stop keyrelay and remove this test's queues.
     pub async fn finish(mut self) {
         if let Some(app) = self.app.take() {
-            app.shutdown(Duration::from_secs(5)).await;
+            app.shutdown(Duration::from_secs(5)).await.unwrap();
         }
         let mut queues = keyrelay_queues(&self.config);
         queues.push(self.replies.clone());
