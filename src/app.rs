@@ -158,9 +158,10 @@ impl App {
         if let Some(Err(e)) = steps.run("flush the store", self.store.flush()).await {
             warn!(error = %e, "final store flush failed");
         }
-        steps
-            .run("close the broker connection", self.broker.close())
-            .await;
+        let closed = steps.run("close the broker connection", self.broker.close());
+        if let Some(Err(e)) = closed.await {
+            warn!(error = %e, "the broker connection did not close cleanly");
+        }
         // Jobs that finished after the deadline counted in memory only.
         if let Some(Err(e)) = steps.run("flush the store again", self.store.flush()).await {
             warn!(error = %e, "last store flush failed");

@@ -189,7 +189,7 @@ async fn sigkill_mid_run_loses_nothing_and_pays_once() {
     let mut queues = common::keyrelay_queues(&config);
     queues.push(replies_name);
     common::delete_queues(&broker, &queues).await;
-    broker.close().await;
+    broker.close().await.unwrap();
     mock.stop().await;
 }
 
@@ -243,6 +243,6 @@ async fn sigterm_right_after_start_is_graceful() {
     let broker = Broker::connect(&common::amqp_url()).await.unwrap();
     let queues = common::keyrelay_queues(&config);
     common::delete_queues(&broker, &queues).await;
-    broker.close().await;
+    broker.close().await.unwrap();
     mock.stop().await;
 }

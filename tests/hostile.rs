@@ -339,7 +339,7 @@ async fn poison_job_is_dead_lettered_after_the_delivery_limit() {
     assert_eq!(q.message_count(), 0);
     let queues = common::keyrelay_queues(&config);
     common::delete_queues(&broker, &queues).await;
-    broker.close().await;
+    let _ = broker.close().await;
     mock.stop().await;
 }
 

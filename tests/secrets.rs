@@ -332,7 +332,7 @@ async fn api_keys_never_appear_in_any_output() {
     let mut queues = common::keyrelay_queues(&config);
     queues.push(replies_name);
     common::delete_queues(&broker, &queues).await;
-    broker.close().await;
+    let _ = broker.close().await;
     mock.stop().await;
 }
 

@@ -249,6 +249,6 @@ async fn soak_steady_load_with_faults() {
     let mut queues = common::keyrelay_queues(&config);
     queues.push(replies_name);
     common::delete_queues(&broker, &queues).await;
-    broker.close().await;
+    let _ = broker.close().await;
     mock.stop().await;
 }

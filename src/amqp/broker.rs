@@ -120,8 +120,9 @@ impl Broker {
 
     /// Close the connection, once the settlers whose jobs are done have sent
     /// their acks (up to [`SETTLERS_GRACE`]; what is left unacked returns to
-    /// the queue and is answered from the store).
-    pub async fn close(&self) {
+    /// the queue and is answered from the store). `Err` if the broker did not
+    /// confirm the close; either way the connection is gone afterwards.
+    pub async fn close(&self) -> Result<(), AmqpError> {
         self.settlers.close();
         if tokio::time::timeout(SETTLERS_GRACE, self.settlers.wait())
             .await
@@ -132,9 +133,13 @@ impl Broker {
                 "closing with acks unsent; the broker redelivers those jobs"
             );
         }
-        if let Some(conn) = self.connection.lock().await.take() {
-            let _ = conn.close(200, "keyrelay shutting down".into()).await;
-        }
+        let Some(conn) = self.connection.lock().await.take() else {
+            return Ok(());
+        };
+        let_dropped_channels_close(&conn).await;
+        conn.close(200, "keyrelay shutting down".into())
+            .await
+            .map_err(AmqpError::op("connection.close"))
     }
 
     async fn open(&self) -> Result<Connection, AmqpError> {
@@ -164,6 +169,18 @@ impl Broker {
             let _ = channel.close(200, "topology declared".into()).await;
         }
         Ok(conn)
+    }
+}
+
+/// lapin closes a dropped channel in the background, and fails the whole
+/// connection ("invalid channel state: Closing (channel.close)") if that close
+/// starts after the connection began closing: which is what shutdown does right
+/// after the key workers let go of their channels. lapin handles its commands
+/// in order, so one channel opened and closed here, a round trip each, lets
+/// every close queued before it start first.
+async fn let_dropped_channels_close(conn: &Connection) {
+    if let Ok(channel) = conn.create_channel().await {
+        let _ = channel.close(200, "keyrelay shutting down".into()).await;
     }
 }
 

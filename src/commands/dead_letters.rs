@@ -53,7 +53,8 @@ pub async fn list(config: &Config, limit: usize) -> anyhow::Result<usize> {
     let n = held.len();
     requeue(held).await;
     let _ = channel.close(200, "dead letters listed".into()).await;
-    broker.close().await;
+    // The work is done and confirmed; a close that fails changes nothing.
+    let _ = broker.close().await;
     Ok(n)
 }
 
@@ -95,7 +96,8 @@ pub async fn replay(
     }
     requeue(held).await;
     let _ = channel.close(200, "dead letters replayed".into()).await;
-    broker.close().await;
+    // The work is done and confirmed; a close that fails changes nothing.
+    let _ = broker.close().await;
     Ok(summary)
 }
 

@@ -247,7 +247,7 @@ impl TestEnv {
         let mut queues = keyrelay_queues(&self.config);
         queues.push(self.replies.clone());
         delete_queues(&self.broker, &queues).await;
-        self.broker.close().await;
+        self.broker.close().await.unwrap();
         self.mock.stop().await;
     }
 }
