@@ -334,11 +334,20 @@ impl PoolConfig {
         }
     }
 
+    /// Calls the pool's keys may make at once.
+    pub fn calls_at_once(&self) -> usize {
+        self.keys.iter().map(|k| usize::from(k.concurrency)).sum()
+    }
+
+    /// HTTP clients (one HTTP/2 connection each) for every call at once.
+    pub fn http_lanes(&self) -> usize {
+        let streams = usize::try_from(self.http2_max_streams).unwrap_or(usize::MAX);
+        crate::provider::connections::lanes_needed(self.calls_at_once(), streams)
+    }
+
     /// How the pool's client connects: enough lanes for every call its keys
     /// may make at once.
     pub fn http_settings(&self, timeouts: HttpTimeouts) -> HttpSettings {
-        let calls: usize = self.keys.iter().map(|k| usize::from(k.concurrency)).sum();
-        let streams = usize::try_from(self.http2_max_streams).unwrap_or(usize::MAX);
         HttpSettings {
             timeouts,
             version: if self.http2_prior_knowledge {
@@ -346,7 +355,7 @@ impl PoolConfig {
             } else {
                 HttpVersion::Negotiated
             },
-            lanes: crate::provider::connections::lanes_needed(calls, streams),
+            lanes: self.http_lanes(),
         }
     }
 }

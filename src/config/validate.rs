@@ -107,10 +107,8 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
 /// Each lane is a client of its own (~2 ms and ~30 KiB to build): a pool
 /// needing thousands is a configuration mistake, not a plan.
 fn check_lanes(at: &str, pool: &super::PoolConfig) -> Result<(), ConfigError> {
-    use crate::provider::connections::{MAX_LANES, lanes_needed};
-    let calls: usize = pool.keys.iter().map(|k| usize::from(k.concurrency)).sum();
-    let streams = usize::try_from(pool.http2_max_streams).unwrap_or(usize::MAX);
-    let lanes = lanes_needed(calls, streams);
+    use crate::provider::connections::MAX_LANES;
+    let (calls, lanes) = (pool.calls_at_once(), pool.http_lanes());
     if lanes > MAX_LANES {
         return Err(field(
             format!("{at}.http2_max_streams"),
