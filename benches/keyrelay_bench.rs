@@ -3,7 +3,9 @@
 //! `cargo bench --bench keyrelay_bench -- <scenario> [--jobs N] [--keys K] [--concurrency C]`
 //! (`quota` also takes `[--rpm R] [--window-secs W] [--latency-ms L]`)
 //!
-//! Scenarios: `broker-limit`, `e2e`, `all` (both, and their ratio), `many-keys`,
+//! Scenarios: `broker-limit` (`--call`, `--store`: a bare worker's steps added),
+//! `e2e`, `all` (both, and their ratio), `ladder` (broker-limit without and
+//! with the bare worker's steps, then e2e, and keyrelay's ratio to each), `many-keys`,
 //! `backlog-memory`, `quota`, `routing`, and against the alternatives: `litellm`,
 //! `celery`, `compare` (e2e, litellm and celery, and keyrelay's ratio to each),
 //! `quota-litellm` (the quota scenario with the LiteLLM worker). See
@@ -11,6 +13,8 @@
 
 #[path = "support/amqp.rs"]
 mod amqp;
+#[path = "support/bare.rs"]
+mod bare;
 #[path = "support/child.rs"]
 mod child;
 #[path = "support/compare.rs"]
@@ -63,6 +67,10 @@ pub struct Args {
     /// lane: ⌈calls / http2_max_streams⌉ per pool) instead of HTTP/1.1 (one
     /// connection per call in flight).
     http2: bool,
+    /// broker-limit: also call the mock provider per delivery (`bare.rs`).
+    call: bool,
+    /// broker-limit with `--call`: also store the answer in sled, flushed.
+    store: bool,
 }
 
 impl Args {
@@ -78,6 +86,8 @@ impl Args {
             repeat: 1,
             folded_acks: false,
             http2: false,
+            call: false,
+            store: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -93,13 +103,15 @@ impl Args {
                 "--repeat" => args.repeat = value()?.parse::<usize>()?.max(1),
                 "--folded-acks" => args.folded_acks = true,
                 "--http2" => args.http2 = true,
+                "--call" => args.call = true,
+                "--store" => args.store = true,
                 s if !s.starts_with('-') && args.scenario.is_empty() => args.scenario = s.into(),
                 other => bail!("unknown argument {other}"),
             }
         }
         if args.scenario.is_empty() {
             bail!(
-                "usage: keyrelay_bench <broker-limit|e2e|all|many-keys|backlog-memory|quota|quota-litellm|routing|litellm|celery|compare> [--jobs N] [--keys K] [--concurrency C] [--repeat R] [--folded-acks] [--http2] [--rpm R] [--window-secs W] [--latency-ms L]"
+                "usage: keyrelay_bench <broker-limit|e2e|all|ladder|many-keys|backlog-memory|quota|quota-litellm|routing|litellm|celery|compare> [--jobs N] [--keys K] [--concurrency C] [--repeat R] [--folded-acks] [--call] [--store] [--http2] [--rpm R] [--window-secs W] [--latency-ms L]"
             );
         }
         Ok(args)
@@ -207,6 +219,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             add("e2e", e2e);
         }
         "all" => add("all_repeated", all_repeated(&args).await?),
+        "ladder" => add("ladder", ladder(&args).await?),
         "many-keys" => add("many_keys", scale::many_keys(&args).await?),
         "backlog-memory" => add("backlog_memory", scale::backlog_memory(&args).await?),
         "quota" => add("quota", quota::quota(&args).await?),
@@ -321,15 +334,77 @@ async fn all_repeated(args: &Args) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// `ladder --repeat R`: the broker loop, then the same loop with a provider
+/// call, then with the call and a flushed sled write, then keyrelay; R rounds,
+/// alternated. Each rung adds one thing any worker doing keyrelay's job must
+/// do, so keyrelay's ratio to the last rung is what its own machinery costs.
+async fn ladder(args: &Args) -> anyhow::Result<Report> {
+    let rungs = [
+        ("broker", false, false),
+        ("call", true, false),
+        ("call_store", true, true),
+    ];
+    let mut rates = vec![Vec::new(); rungs.len() + 1];
+    let mut cpus = vec![Vec::new(); rungs.len() + 1];
+    for _ in 0..args.repeat {
+        for (i, &(_, call, store)) in rungs.iter().enumerate() {
+            let rung = Args {
+                call,
+                store,
+                ..args.clone()
+            };
+            let report = broker_limit(&rung).await?;
+            rates[i].push(report.get("jobs_per_s").unwrap_or(f64::NAN));
+            cpus[i].push(
+                report.get("client_cpu_s_per_1k_jobs").unwrap_or(f64::NAN)
+                    + report.get("broker_cpu_s_per_1k_jobs").unwrap_or(f64::NAN),
+            );
+        }
+        let report = e2e(args).await?;
+        rates[rungs.len()].push(report.get("jobs_per_s").unwrap_or(f64::NAN));
+        cpus[rungs.len()].push(
+            ["keyrelay", "broker", "mock"]
+                .iter()
+                .map(|p| {
+                    report
+                        .get(&format!("{p}_cpu_s_per_1k_jobs"))
+                        .unwrap_or(f64::NAN)
+                })
+                .sum(),
+        );
+    }
+    let mut report = Report::new(&format!("ladder x {}", args.repeat));
+    let names = rungs.iter().map(|r| r.0).chain(["keyrelay"]);
+    let keyrelay_rate = child::median(rates[rungs.len()].clone());
+    for (i, name) in names.enumerate() {
+        let rate = child::median(rates[i].clone());
+        report.put(&format!("{name}_jobs_per_s"), rate, "jobs/s (median)");
+        report.put(
+            &format!("{name}_total_cpu_s_per_1k_jobs"),
+            child::median(cpus[i].clone()),
+            "CPU s, every process (median)",
+        );
+        if i < rungs.len() {
+            report.put(
+                &format!("keyrelay_over_{name}"),
+                keyrelay_rate / rate,
+                "ratio of median jobs/s",
+            );
+        }
+    }
+    Ok(report)
+}
+
 /// Scenario 1: the same AMQP work as keyrelay with nothing else — a quorum job
 /// queue, K consumers with prefetch C on one connection, one shared confirm
 /// channel, and per delivery: persistent reply, wait for its confirm, ack.
 async fn broker_limit(args: &Args) -> anyhow::Result<Report> {
-    let env = Env::new(args.one_pool(), false).await?;
+    let mut env = Env::new(args.one_pool(), args.call).await?;
     let conn = amqp::connect(&amqp_url()).await?;
     let result = broker_limit_run(args, &env, &conn).await;
     amqp::delete_queues(&conn, &env.all_queues()).await;
     let _ = conn.close(200, "done".into()).await;
+    env.stop_mock().await;
     result
 }
 
@@ -341,7 +416,14 @@ async fn broker_limit_run(
     let n = args.jobs_or(20_000);
     let shape = args.one_pool();
     let mut report = Report::new("broker-limit");
+    let work = Arc::new(bare::BareWork::new(
+        args.call,
+        args.store,
+        env.mock.as_ref().map(|m| m.gemini_base_url()),
+        &env.key_files(),
+    )?);
     report.put("jobs", n, "");
+    report.put("per_delivery", work.label(), "");
     report.put(
         "consumers_x_prefetch",
         format!("{} x {}", shape.keys(), shape.concurrency),
@@ -391,6 +473,7 @@ async fn broker_limit_run(
             )
             .await?;
         let (publisher, replies, times) = (publisher.clone(), replies.clone(), times.clone());
+        let work = work.clone();
         // `--folded-acks`: keyrelay's own settler for this channel.
         let settler = args
             .folded_acks
@@ -402,6 +485,7 @@ async fn broker_limit_run(
                     replies.clone(),
                     delivery,
                     settler.clone(),
+                    (work.clone(), k),
                     (times.clone(), Instant::now()),
                 ));
             }
@@ -445,7 +529,7 @@ async fn broker_limit_run(
     report.put(
         "client_cpu_s_per_1k_jobs",
         cpu / jobs as f64 * 1000.0,
-        "CPU s (this minimal lapin client)",
+        "CPU s (this minimal lapin client, and the mock when it calls one)",
     );
     report.put(
         "broker_cpu_s_per_1k_jobs",
@@ -486,6 +570,7 @@ async fn reply_then_ack(
     queue: String,
     delivery: lapin::message::Delivery,
     settler: Option<Settler>,
+    (work, consumer): (Arc<bare::BareWork>, usize),
     (times, received): (AckTimes, Instant),
 ) {
     let correlation = delivery
@@ -504,8 +589,10 @@ async fn reply_then_ack(
         ..Default::default()
     };
     let confirmed = async {
+        let body = work.reply(consumer, &delivery.data).await?;
+        let body = body.as_deref().unwrap_or(REPLY_BODY);
         let confirm = publisher
-            .basic_publish("".into(), queue.as_str().into(), options, REPLY_BODY, props)
+            .basic_publish("".into(), queue.as_str().into(), options, body, props)
             .await?
             .await?;
         anyhow::ensure!(
