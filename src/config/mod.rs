@@ -339,10 +339,26 @@ impl PoolConfig {
         self.keys.iter().map(|k| usize::from(k.concurrency)).sum()
     }
 
-    /// HTTP clients (one HTTP/2 connection each) for every call at once.
+    /// HTTP clients (one HTTP/2 connection each) for every call at once; one
+    /// when the pool can only speak HTTP/1.1, whose client opens a connection
+    /// per call in flight anyway.
     pub fn http_lanes(&self) -> usize {
+        if !self.may_speak_http2() {
+            return 1;
+        }
         let streams = usize::try_from(self.http2_max_streams).unwrap_or(usize::MAX);
         crate::provider::connections::lanes_needed(self.calls_at_once(), streams)
+    }
+
+    /// HTTP/2 needs TLS (negotiated through ALPN) or `http2_prior_knowledge`:
+    /// a plain `http://` endpoint without it is spoken to in HTTP/1.1.
+    fn may_speak_http2(&self) -> bool {
+        let plain = self
+            .base_url
+            .trim_start()
+            .get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+        self.http2_prior_knowledge || !plain
     }
 
     /// How the pool's client connects: enough lanes for every call its keys

@@ -82,6 +82,16 @@ fn a_pool_opens_a_connection_per_http2_max_streams_calls() {
         assert_eq!(settings.lanes, lanes, "{extra:?}");
         assert_eq!(settings.version, HttpVersion::Negotiated);
     }
+    // Plain http:// speaks HTTP/1.1 unless told otherwise: one client does.
+    let plain = text.replace(
+        "https://generativelanguage.googleapis.com",
+        "http://127.0.0.1:8080",
+    );
+    for (extra, lanes) in [("", 1), ("http2_prior_knowledge = true\n", 3)] {
+        let text = plain.replace("default_model = ", &format!("{extra}default_model = "));
+        let config = load(&text, &[]).unwrap();
+        assert_eq!(config.pools[0].http_lanes(), lanes, "{extra:?}");
+    }
 }
 
 #[test]
