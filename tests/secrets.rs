@@ -417,6 +417,27 @@ fn config_error(dir: &Path, key_line: &str) -> String {
 }
 
 #[test]
+fn a_world_readable_key_file_is_warned_about_in_plain_text() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, canary("")).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // A second key with concurrency 0 ends `run` right after the file was read.
+    let line = format!(
+        "api_key_file = \"{}\"\n  [[pools.keys]]\n  name = \"k2\"\n  concurrency = 0",
+        key.display()
+    );
+    let out = config_error(dir.path(), &line);
+    assert!(
+        out.contains(" WARN ") && out.contains("API key file is readable by other users"),
+        "{out}"
+    );
+    // stderr is a pipe here, as under systemd or in a log file.
+    assert!(!out.contains('\x1b'), "escape codes in the log: {out:?}");
+}
+
+#[test]
 fn a_key_pasted_into_the_config_is_not_echoed() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [

@@ -83,7 +83,7 @@ impl Env {
                     uuid::Uuid::now_v7().simple()
                 );
                 let path = dir.path().join(format!("{pool}-{key}.key"));
-                std::fs::write(&path, &secret)?;
+                write_private(&path, &secret)?;
                 keys.push((pool, key, secret, path));
             }
         }
@@ -206,6 +206,19 @@ fn mock_settings(
         settings.minute = limit.window;
     }
     settings
+}
+
+/// A key file as an operator keeps one: readable by its owner only (keyrelay
+/// warns about any other file, once per key).
+fn write_private(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(secret.as_bytes())
 }
 
 /// A port that was free a moment ago (the child binds it right after).
