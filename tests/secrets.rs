@@ -423,7 +423,8 @@ fn a_world_readable_key_file_is_warned_about_in_plain_text() {
     let key = dir.path().join("key");
     std::fs::write(&key, canary("")).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    // A second key with concurrency 0 ends `run` right after the file was read.
+    // A second key with concurrency 0 ends `run` right after the file was
+    // read (validation reads each key's file before it checks the next key).
     let line = format!(
         "api_key_file = \"{}\"\n  [[pools.keys]]\n  name = \"k2\"\n  concurrency = 0",
         key.display()

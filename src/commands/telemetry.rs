@@ -31,5 +31,6 @@ pub fn init(format: LogFormat, default_filter: &str) {
 /// would keep the escape codes as text (and `grep " WARN "` would miss them).
 fn colours_wanted() -> bool {
     use std::io::IsTerminal as _;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+    // no-color.org: an empty NO_COLOR does not count.
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

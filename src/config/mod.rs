@@ -194,10 +194,11 @@ pub struct PoolConfig {
     /// clear text (h2c). `https://` endpoints negotiate HTTP/2 through TLS anyway.
     #[serde(default)]
     pub http2_prior_knowledge: bool,
-    /// Calls one HTTP/2 connection carries at once. The pool builds
-    /// ⌈sum of its keys' `concurrency` / this⌉ clients, one HTTP/2 connection
-    /// each, so no call waits behind a server's stream limit (RFC 9113 asks
-    /// servers for at least 100).
+    /// Calls one HTTP/2 connection carries at once. A pool that may speak
+    /// HTTP/2 (https, or `http2_prior_knowledge`) builds ⌈sum of its keys'
+    /// `concurrency` / this⌉ clients, one HTTP/2 connection each, so no call
+    /// waits behind a server's stream limit (RFC 9113 asks servers for at
+    /// least 100). A plain http:// pool speaks HTTP/1.1 and builds one.
     #[serde(default = "defaults::http2_max_streams")]
     pub http2_max_streams: u32,
     pub keys: Vec<KeyConfig>,
@@ -353,11 +354,8 @@ impl PoolConfig {
     /// HTTP/2 needs TLS (negotiated through ALPN) or `http2_prior_knowledge`:
     /// a plain `http://` endpoint without it is spoken to in HTTP/1.1.
     fn may_speak_http2(&self) -> bool {
-        let plain = self
-            .base_url
-            .trim_start()
-            .get(..7)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+        // Parsed as the client parses it (validation rejects what fails here).
+        let plain = reqwest::Url::parse(self.base_url.trim()).is_ok_and(|u| u.scheme() == "http");
         self.http2_prior_knowledge || !plain
     }
 

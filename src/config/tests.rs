@@ -92,6 +92,10 @@ fn a_pool_opens_a_connection_per_http2_max_streams_calls() {
         let config = load(&text, &[]).unwrap();
         assert_eq!(config.pools[0].http_lanes(), lanes, "{extra:?}");
     }
+    for url in [" HTTP://127.0.0.1:8080", "Http://mock:8080/v1"] {
+        let text = text.replace("https://generativelanguage.googleapis.com", url);
+        assert_eq!(load(&text, &[]).unwrap().pools[0].http_lanes(), 1, "{url}");
+    }
 }
 
 #[test]
