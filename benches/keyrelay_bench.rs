@@ -338,6 +338,8 @@ async fn all_repeated(args: &Args) -> anyhow::Result<Report> {
 /// call, then with the call and a flushed sled write, then keyrelay; R rounds,
 /// alternated. Each rung adds one thing any worker doing keyrelay's job must
 /// do, so keyrelay's ratio to the last rung is what its own machinery costs.
+/// Every rung folds its acks as keyrelay does (`--folded-acks`), so the
+/// comparison is with a bare worker that has that optimisation too.
 async fn ladder(args: &Args) -> anyhow::Result<Report> {
     let rungs = [
         ("broker", false, false),
@@ -351,6 +353,7 @@ async fn ladder(args: &Args) -> anyhow::Result<Report> {
             let rung = Args {
                 call,
                 store,
+                folded_acks: true,
                 ..args.clone()
             };
             let report = broker_limit(&rung).await?;
@@ -374,6 +377,14 @@ async fn ladder(args: &Args) -> anyhow::Result<Report> {
         );
     }
     let mut report = Report::new(&format!("ladder x {}", args.repeat));
+    report.put("acks", "folded (multiple) on every rung", "");
+    let pairs = rates[rungs.len()]
+        .iter()
+        .zip(&rates[rungs.len() - 1])
+        .map(|(keyrelay, bare)| format!("{:.3}", keyrelay / bare))
+        .collect::<Vec<_>>()
+        .join(" ");
+    report.put("keyrelay_over_call_store_each_round", pairs, "");
     let names = rungs.iter().map(|r| r.0).chain(["keyrelay"]);
     let keyrelay_rate = child::median(rates[rungs.len()].clone());
     for (i, name) in names.enumerate() {
@@ -417,11 +428,15 @@ async fn broker_limit_run(
     let shape = args.one_pool();
     let mut report = Report::new("broker-limit");
     let work = Arc::new(bare::BareWork::new(
-        args.call,
-        args.store,
+        bare::Steps {
+            call: args.call,
+            store: args.store,
+            http2: args.http2,
+        },
         env.mock.as_ref().map(|m| m.gemini_base_url()),
         &env.key_files(),
     )?);
+    let failure = Failure::default();
     report.put("jobs", n, "");
     report.put("per_delivery", work.label(), "");
     report.put(
@@ -473,7 +488,7 @@ async fn broker_limit_run(
             )
             .await?;
         let (publisher, replies, times) = (publisher.clone(), replies.clone(), times.clone());
-        let work = work.clone();
+        let (work, failure) = (work.clone(), failure.clone());
         // `--folded-acks`: keyrelay's own settler for this channel.
         let settler = args
             .folded_acks
@@ -485,7 +500,7 @@ async fn broker_limit_run(
                     replies.clone(),
                     delivery,
                     settler.clone(),
-                    (work.clone(), k),
+                    (work.clone(), k, failure.clone()),
                     (times.clone(), Instant::now()),
                 ));
             }
@@ -507,7 +522,7 @@ async fn broker_limit_run(
                 .and_then(|p| child::cpu_seconds(p).ok())
                 .unwrap_or(0.0);
         },
-        |_| Ok(()),
+        |_| failure.check(),
     )
     .await?;
     let cpu = child::cpu_seconds(own)? - cpu0;
@@ -570,7 +585,7 @@ async fn reply_then_ack(
     queue: String,
     delivery: lapin::message::Delivery,
     settler: Option<Settler>,
-    (work, consumer): (Arc<bare::BareWork>, usize),
+    (work, consumer, failure): (Arc<bare::BareWork>, usize, Failure),
     (times, received): (AckTimes, Instant),
 ) {
     let correlation = delivery
@@ -611,7 +626,26 @@ async fn reply_then_ack(
         Ok(())
     };
     if let Err(e) = confirmed.await {
-        eprintln!("broker-limit: {e:#}");
+        // The job keeps its prefetch slot and never gets a reply: end the run
+        // now instead of at the drain timeout.
+        failure.set(format!("{e:#}"));
+    }
+}
+
+/// The first error of a broker-limit job; the drain stops on it.
+#[derive(Clone, Default)]
+struct Failure(Arc<std::sync::OnceLock<String>>);
+
+impl Failure {
+    fn set(&self, message: String) {
+        let _ = self.0.set(message);
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        match self.0.get() {
+            Some(message) => bail!("a job failed: {message}"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -3,15 +3,26 @@
 //! must pay and what keyrelay's own machinery costs.
 //!
 //! `--call`: read the job, call the mock provider (Gemini API, one reqwest
-//! client, consumer k uses key k), read the answer's text and put it in the
-//! reply. `--store` (with `--call`): before the reply, insert the reply under
-//! the job id into sled and wait for a flush through keyrelay's own group
-//! committer: the least any worker must do to never lose an answered job.
-//! Neither does routing, budgets, metrics, retries or error handling.
+//! client, consumer k uses key k; h2c with `--http2`), read the answer's text
+//! and put it in the reply. `--store` (with `--call`): first look the job id
+//! up in sled (a redelivered job's stored answer saves a second call), and
+//! before the reply insert it under the job id and wait for a flush through
+//! keyrelay's own group committer: the least a worker must do to never lose
+//! an answered job nor pay for it twice. Neither does routing, budgets,
+//! metrics, retries or error handling.
 
 use anyhow::Context as _;
 use keyrelay::store::GroupCommit;
 use serde_json::{Value, json};
+
+/// Which steps to add to the broker loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Steps {
+    pub call: bool,
+    pub store: bool,
+    /// Speak h2c to the mock, as keyrelay does with `--http2`.
+    pub http2: bool,
+}
 
 /// The extra steps of one run; `None` is the plain broker loop.
 pub struct BareWork {
@@ -36,16 +47,15 @@ impl BareWork {
     /// `base_url` and `key_files` are the mock's and the bench keys'; must run
     /// inside tokio (the committer is a task).
     pub fn new(
-        call: bool,
-        store: bool,
+        steps: Steps,
         base_url: Option<String>,
         key_files: &[std::path::PathBuf],
     ) -> anyhow::Result<BareWork> {
-        let call = match (call, base_url) {
+        let call = match (steps.call, base_url) {
             (false, _) => None,
             (true, None) => anyhow::bail!("--call needs the mock provider"),
             (true, Some(base)) => Some(ProviderCall {
-                http: reqwest::Client::new(),
+                http: http_client(steps.http2)?,
                 url: format!("{base}/v1beta/models/model-a:generateContent"),
                 secrets: key_files
                     .iter()
@@ -53,7 +63,7 @@ impl BareWork {
                     .collect::<Result<_, _>>()?,
             }),
         };
-        let store = match store {
+        let store = match steps.store {
             false => None,
             true => {
                 let dir = tempfile::tempdir()?;
@@ -94,6 +104,11 @@ impl BareWork {
         };
         let job: Value = serde_json::from_slice(job).context("job is not JSON")?;
         let (id, prompt) = (job["id"].as_str().unwrap_or(""), &job["prompt"]);
+        if let Some(store) = &self.store
+            && let Some(stored) = store.results.get(id.as_bytes())?
+        {
+            return Ok(Some(stored.to_vec()));
+        }
         let text = call.answer(consumer, prompt).await?;
         let reply = serde_json::to_vec(&json!({
             "id": id, "status": "succeeded", "text": text, "metadata": job["metadata"],
@@ -104,6 +119,16 @@ impl BareWork {
         }
         Ok(Some(reply))
     }
+}
+
+fn http_client(http2: bool) -> anyhow::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder();
+    let builder = if http2 {
+        builder.http2_prior_knowledge()
+    } else {
+        builder
+    };
+    Ok(builder.build()?)
 }
 
 impl ProviderCall {
