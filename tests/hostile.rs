@@ -199,6 +199,14 @@ async fn hostile_messages_end_in_a_reply_or_a_dead_letter() {
             "{line} not in\n{metrics}"
         );
     }
+    // The valid jobs' overhead lands in millisecond buckets (the other
+    // `_seconds` families jump from 1 to 2.5 ms).
+    for bucket in [
+        r#"keyrelay_job_overhead_seconds_bucket{pool="h",le="0.0015"}"#,
+        r#"keyrelay_job_stage_seconds_bucket{stage="reply",le="0.0015"}"#,
+    ] {
+        assert!(metrics.contains(bucket), "{bucket} not in\n{metrics}");
+    }
     env.finish().await;
 }
 
