@@ -12,6 +12,44 @@ use crate::{Args, Report, amqp, drain_timeout};
 
 const MIB: f64 = 1024.0;
 
+/// What keyrelay's start-up asks of the broker, without keyrelay: connect,
+/// then for every key at once open a channel, set its prefetch and start a
+/// consumer (with keyrelay's `x-priority` argument). Closes the connection.
+async fn bare_start(queues: &[String], shape: Shape) -> anyhow::Result<Duration> {
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let started = Instant::now();
+    let conn = amqp::connect(&amqp_url()).await?;
+    let conn = &conn;
+    let starts = queues.iter().flat_map(|queue| {
+        (0..shape.keys_per_pool).map(move |k| async move {
+            let channel = conn.create_channel().await?;
+            channel
+                .basic_qos(shape.concurrency, BasicQosOptions::default())
+                .await?;
+            let mut args = FieldTable::default();
+            args.insert("x-priority".into(), AMQPValue::LongInt(1));
+            channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    format!("bare-{k}").into(),
+                    BasicConsumeOptions::default(),
+                    args,
+                )
+                .await?;
+            anyhow::Ok(channel)
+        })
+    });
+    let channels = futures_util::future::try_join_all(starts).await?;
+    let took = started.elapsed();
+    // Closed one by one first: lapin fails a connection whose close races
+    // the background close of dropped channels (see `Broker::close`).
+    let closes = channels.iter().map(|c| c.close(200, "measured".into()));
+    futures_util::future::try_join_all(closes).await?;
+    conn.close(200, "measured".into()).await?;
+    Ok(took)
+}
+
 /// Scenario 3: 1,000 keys in 10 pools.
 pub async fn many_keys(args: &Args) -> anyhow::Result<Report> {
     let shape = Shape {
@@ -50,6 +88,15 @@ async fn many_keys_run(
     amqp::declare_topology(conn, &env.config).await?;
     let queues = env.job_queues();
     let watch = conn.create_channel().await?;
+    let floor = bare_start(&queues, shape).await?;
+    report.put(
+        "bare_start_s",
+        floor.as_secs_f64(),
+        "s a bare lapin client takes to connect and start the same consumers (the broker's floor under start-up)",
+    );
+    while amqp::consumers(&watch, &queues).await? > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     let mut kr = Keyrelay::spawn(
         &env.config_path,
