@@ -354,8 +354,9 @@ impl PoolConfig {
     /// HTTP/2 needs TLS (negotiated through ALPN) or `http2_prior_knowledge`:
     /// a plain `http://` endpoint without it is spoken to in HTTP/1.1.
     fn may_speak_http2(&self) -> bool {
-        // Parsed as the client parses it (validation rejects what fails here).
-        let plain = reqwest::Url::parse(self.base_url.trim()).is_ok_and(|u| u.scheme() == "http");
+        // Parsed as validation and the client parse it (the parser itself
+        // drops surrounding spaces).
+        let plain = reqwest::Url::parse(&self.base_url).is_ok_and(|u| u.scheme() == "http");
         self.http2_prior_knowledge || !plain
     }
 

@@ -31,6 +31,11 @@ fn field(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A count or a length that cannot be zero.
+fn at_least_one(name: impl Into<String>) -> ConfigError {
+    field(name, "must be at least 1")
+}
+
 pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     check_url(&config.broker.url)?;
     check_tls(&config.broker)?;
@@ -41,7 +46,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
         return Err(field("pools", "at least one [[pools]] entry is required"));
     }
     if config.jobs.max_attempts == 0 {
-        return Err(field("jobs.max_attempts", "must be at least 1"));
+        return Err(at_least_one("jobs.max_attempts"));
     }
     let mut pool_names = HashSet::new();
     for (p, pool) in config.pools.iter_mut().enumerate() {
@@ -62,24 +67,15 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
             ));
         }
         if pool.http2_max_streams == 0 {
-            return Err(field(
-                format!("{at}.http2_max_streams"),
-                "must be at least 1",
-            ));
+            return Err(at_least_one(format!("{at}.http2_max_streams")));
         }
         jiff::tz::TimeZone::get(pool.reset_timezone())
             .map_err(|e| field(format!("{at}.daily_reset_timezone"), e.to_string()))?;
         if pool.quota_period_secs == Some(0) {
-            return Err(field(
-                format!("{at}.quota_period_secs"),
-                "must be at least 1",
-            ));
+            return Err(at_least_one(format!("{at}.quota_period_secs")));
         }
         if pool.rate_window_secs == 0 {
-            return Err(field(
-                format!("{at}.rate_window_secs"),
-                "must be at least 1",
-            ));
+            return Err(at_least_one(format!("{at}.rate_window_secs")));
         }
         if pool.keys.is_empty() {
             return Err(field(format!("{at}.keys"), "a pool needs at least one key"));
@@ -95,7 +91,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
                 ));
             }
             if key.concurrency == 0 {
-                return Err(field(format!("{at}.concurrency"), "must be at least 1"));
+                return Err(at_least_one(format!("{at}.concurrency")));
             }
             key.secret = resolve_secret(&at, key)?;
         }
