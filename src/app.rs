@@ -236,13 +236,16 @@ fn pool_setups(config: &Config) -> Result<Vec<PoolSetup>, AppError> {
         .iter()
         .map(|pool| {
             let settings = pool.http_settings(config.jobs.timeouts());
-            let client =
-                ProviderClient::new(pool.provider, &pool.base_url, settings).map_err(|source| {
-                    AppError::Provider {
-                        pool: pool.name.clone(),
-                        source,
-                    }
-                })?;
+            let client = ProviderClient::with_options(
+                pool.provider,
+                Some(&pool.base_url),
+                settings,
+                &pool.provider_options(),
+            )
+            .map_err(|source| AppError::Provider {
+                pool: pool.name.clone(),
+                source,
+            })?;
             debug!(pool = %pool.name, http_lanes = client.lanes(), "provider client ready");
             let timezone =
                 jiff::tz::TimeZone::get(pool.reset_timezone()).unwrap_or(jiff::tz::TimeZone::UTC);
@@ -253,6 +256,7 @@ fn pool_setups(config: &Config) -> Result<Vec<PoolSetup>, AppError> {
                     client,
                     default_model: pool.default_model.clone(),
                     models: pool.models.clone(),
+                    max_tpm: pool.largest_declared_tpm(),
                     metrics: crate::metrics::PoolMetrics::new(&pool.name),
                     policy: ResetPolicy {
                         timezone,

@@ -93,7 +93,7 @@ proptest! {
             1 => Outcome::QuotaExhausted { until, message },
             2 => Outcome::Unauthorized { message },
             3 => Outcome::Transient { message },
-            4 => Outcome::BadRequest { message },
+            4 => Outcome::job_failed(keyrelay::provider::FailureKind::BadRequest, message),
             _ => Outcome::InvalidResponse { message },
         };
         let next = after_outcome(&outcome, now, &policy);
@@ -107,7 +107,7 @@ proptest! {
                 prop_assert!(until.duration_since(now) <= SignedDuration::from_hours(32 * 24));
             }
             (Outcome::Unauthorized { .. }, Some(KeyState::Disabled { .. })) => {}
-            (Outcome::Transient { .. } | Outcome::BadRequest { .. } | Outcome::InvalidResponse { .. }, None) => {}
+            (Outcome::Transient { .. } | Outcome::JobFailed(_) | Outcome::InvalidResponse { .. }, None) => {}
             other => prop_assert!(false, "unexpected {other:?}"),
         }
     }

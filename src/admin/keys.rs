@@ -202,12 +202,7 @@ async fn probe(state: &HttpState, pool: String, key: String) -> Result<HttpRespo
         .increment(1);
     let message = match &outcome {
         Outcome::Success(c) => truncate_chars(&c.text, 200),
-        Outcome::RateLimited { message, .. }
-        | Outcome::QuotaExhausted { message, .. }
-        | Outcome::Transient { message }
-        | Outcome::Unauthorized { message }
-        | Outcome::BadRequest { message }
-        | Outcome::InvalidResponse { message } => truncate_chars(message, 300),
+        other => truncate_chars(other.message(), 300),
     };
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "pool": pool,

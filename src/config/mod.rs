@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::provider::ProviderKind;
 use crate::provider::client::{HttpSettings, HttpTimeouts, HttpVersion};
+use crate::provider::token_field::{TokenField, TokenFields};
+use crate::provider::{ProviderKind, ProviderOptions};
 use crate::secret::ApiKey;
 
 pub use admin::AdminConfig;
@@ -170,7 +171,10 @@ pub struct PoolConfig {
     /// Pool name; jobs are consumed from `<queue_prefix>.jobs.<name>`.
     pub name: String,
     pub provider: ProviderKind,
-    /// API base URL (mock provider, vLLM, Ollama ... for `openai`).
+    /// API base URL (mock provider, vLLM, Ollama ... for `openai`; the
+    /// resource's endpoint for `azure`). Optional for the built-in public
+    /// providers: validation fills in their public endpoint.
+    #[serde(default)]
     pub base_url: String,
     /// Model used by jobs that name none.
     pub default_model: String,
@@ -201,6 +205,19 @@ pub struct PoolConfig {
     /// least 100). A plain http:// pool speaks HTTP/1.1 and builds one.
     #[serde(default = "defaults::http2_max_streams")]
     pub http2_max_streams: u32,
+    /// `openai`/`azure`: the field carrying a job's `max_tokens`: `auto` (by
+    /// model: `max_completion_tokens` for o1/o3/o4/gpt-5, else `max_tokens`),
+    /// `max_tokens` or `max_completion_tokens`. A provider answering
+    /// "Unsupported parameter" for one gets the other, once per call.
+    #[serde(default)]
+    pub max_tokens_field: TokenField,
+    /// Per-model overrides of `max_tokens_field` (Azure deployments have names
+    /// of their own: `{ "my-o3" = "max_completion_tokens" }`).
+    #[serde(default)]
+    pub max_tokens_field_by_model: BTreeMap<String, TokenField>,
+    /// `azure`: the `api-version` query parameter (default 2024-10-21).
+    #[serde(default)]
+    pub api_version: Option<String>,
     pub keys: Vec<KeyConfig>,
 }
 
@@ -338,6 +355,28 @@ impl PoolConfig {
     /// Calls the pool's keys may make at once.
     pub fn calls_at_once(&self) -> usize {
         self.keys.iter().map(|k| usize::from(k.concurrency)).sum()
+    }
+
+    /// What the pool's provider implementation reads from its config.
+    pub fn provider_options(&self) -> ProviderOptions {
+        ProviderOptions {
+            token_fields: TokenFields::new(
+                self.max_tokens_field,
+                self.max_tokens_field_by_model.clone(),
+            ),
+            api_version: self.api_version.clone(),
+        }
+    }
+
+    /// The largest `tpm` any key declares, when every key declares one: a job
+    /// estimated above it can run on no key of the pool.
+    pub fn largest_declared_tpm(&self) -> Option<u64> {
+        self.keys
+            .iter()
+            .map(|k| k.tpm)
+            .collect::<Option<Vec<u64>>>()?
+            .into_iter()
+            .max()
     }
 
     /// HTTP clients (one HTTP/2 connection each) for every call at once; one

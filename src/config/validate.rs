@@ -58,6 +58,21 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
                 format!("duplicate pool name `{}`", pool.name),
             ));
         }
+        if pool.base_url.trim().is_empty() {
+            pool.base_url = pool
+                .provider
+                .default_base_url()
+                .ok_or_else(|| {
+                    field(
+                        format!("{at}.base_url"),
+                        format!(
+                            "required for provider `{}` (your resource's endpoint, e.g. https://NAME.openai.azure.com)",
+                            pool.provider.as_str()
+                        ),
+                    )
+                })?
+                .to_owned();
+        }
         let base_url = reqwest::Url::parse(&pool.base_url)
             .map_err(|e| field(format!("{at}.base_url"), format!("not a URL: {e}")))?;
         if pool.http2_prior_knowledge && base_url.scheme() != "http" {

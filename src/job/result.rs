@@ -14,15 +14,27 @@ pub enum JobStatus {
 }
 
 /// Why a job failed; a bounded set, also used as a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The job body broke the contract; it is also dead-lettered.
+    #[default]
     InvalidJob,
     /// `response_format: json` but the model's text is not JSON.
     InvalidOutput,
     /// The provider rejected the request itself (HTTP 400-style).
     BadRequest,
+    /// The prompt (plus its output allowance) is larger than the model's
+    /// context or every key's tokens per minute; `limit` and `requested` say
+    /// by how much when known.
+    TooLarge,
+    /// A safety filter, recitation check or blocklist stopped the answer, or
+    /// the model refused; `reason` is the provider's code.
+    Blocked,
+    /// The model finished without any text.
+    EmptyOutput,
+    /// The output allowance ran out before any text.
+    Truncated,
     /// Transient provider failures outlasted `jobs.max_attempts`.
     Upstream,
     /// No key of the pool could run the job.
@@ -37,6 +49,10 @@ impl ErrorKind {
             ErrorKind::InvalidJob => "invalid_job",
             ErrorKind::InvalidOutput => "invalid_output",
             ErrorKind::BadRequest => "bad_request",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Blocked => "blocked",
+            ErrorKind::EmptyOutput => "empty_output",
+            ErrorKind::Truncated => "truncated",
             ErrorKind::Upstream => "upstream",
             ErrorKind::AllKeysUnavailable => "all_keys_unavailable",
             ErrorKind::DeadlineExceeded => "deadline_exceeded",
@@ -44,10 +60,42 @@ impl ErrorKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct JobError {
     pub kind: ErrorKind,
     pub message: String,
+    /// The provider's own reason code (`SAFETY`, `content_filter`, `refusal`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `too_large`: the limit the job exceeded (tokens, or bytes for a payload limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// `too_large`: what the job needed, in the same unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<u64>,
+}
+
+impl JobError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> JobError {
+        JobError {
+            kind,
+            message: message.into(),
+            ..JobError::default()
+        }
+    }
+}
+
+impl From<crate::provider::FailureKind> for ErrorKind {
+    fn from(kind: crate::provider::FailureKind) -> ErrorKind {
+        use crate::provider::FailureKind as F;
+        match kind {
+            F::BadRequest => ErrorKind::BadRequest,
+            F::TooLarge => ErrorKind::TooLarge,
+            F::Blocked => ErrorKind::Blocked,
+            F::EmptyOutput => ErrorKind::EmptyOutput,
+            F::Truncated => ErrorKind::Truncated,
+        }
+    }
 }
 
 /// One job's outcome, exactly as producers receive it.

@@ -162,7 +162,7 @@ pub fn after_outcome(outcome: &Outcome, now: Timestamp, policy: &ResetPolicy) ->
         }),
         Outcome::Success(_)
         | Outcome::Transient { .. }
-        | Outcome::BadRequest { .. }
+        | Outcome::JobFailed(_)
         | Outcome::InvalidResponse { .. } => None,
     }
 }
@@ -221,7 +221,10 @@ mod tests {
                 None,
             ),
             (Outcome::Transient { message: msg() }, None),
-            (Outcome::BadRequest { message: msg() }, None),
+            (
+                Outcome::job_failed(crate::provider::FailureKind::Blocked, msg()),
+                None,
+            ),
             (
                 Outcome::RateLimited {
                     retry_after: Some(Duration::from_secs(17)),

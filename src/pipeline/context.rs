@@ -58,6 +58,9 @@ pub struct PoolContext {
     pub metrics: crate::metrics::PoolMetrics,
     /// Quota day, rate window and default cooldown of the pool's keys.
     pub policy: crate::keys::ResetPolicy,
+    /// The largest `tpm` a key declares, when every key declares one: a job
+    /// estimated above it fails as `too_large` before any call.
+    pub max_tpm: Option<u64>,
 }
 
 impl PoolContext {

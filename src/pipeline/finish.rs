@@ -14,7 +14,7 @@ use crate::job::{
     ResponseFormat,
 };
 use crate::metrics as m;
-use crate::provider::{Completion, Usage};
+use crate::provider::{Completion, JobFailure, Usage};
 
 /// A successful provider call: parse JSON output when asked for, then deliver.
 pub async fn complete(
@@ -30,12 +30,10 @@ pub async fn complete(
             Ok(value) => result.json = Some(value),
             Err(e) => {
                 result.status = JobStatus::Failed;
-                result.error = Some(JobError {
-                    kind: ErrorKind::InvalidOutput,
-                    message: format!(
-                        "response_format is json but the model's text is not JSON: {e}"
-                    ),
-                });
+                result.error = Some(JobError::new(
+                    ErrorKind::InvalidOutput,
+                    format!("response_format is json but the model's text is not JSON: {e}"),
+                ));
             }
         }
     }
@@ -53,7 +51,36 @@ pub async fn fail(
     message: String,
 ) {
     let mut result = base_result(&inflight, pool, key, JobStatus::Failed);
-    result.error = Some(JobError { kind, message });
+    result.error = Some(JobError::new(kind, message));
+    deliver(services, pool, key, inflight, result).await;
+}
+
+/// A job the provider (or the pool's limits) says cannot succeed: the reply
+/// carries the provider's reason, any partial text and the tokens billed.
+/// Final, and never cached (only successes are).
+pub async fn fail_job(
+    services: &Services,
+    pool: &PoolContext,
+    key: Option<&KeyContext>,
+    inflight: InFlight,
+    failure: JobFailure,
+) {
+    let mut result = base_result(&inflight, pool, key, JobStatus::Failed);
+    result.usage = failure.usage;
+    result.text = failure.partial_text;
+    result.error = Some(JobError {
+        kind: failure.kind.into(),
+        message: failure.message,
+        reason: failure.reason,
+        limit: failure.limit,
+        requested: failure.requested,
+    });
+    info!(
+        job_id = %result.id,
+        pool = %pool.name,
+        kind = failure.kind.as_str(),
+        "the provider says the job cannot succeed; failed without retry"
+    );
     deliver(services, pool, key, inflight, result).await;
 }
 
@@ -83,10 +110,7 @@ pub async fn reject_invalid(
         status: JobStatus::Failed,
         text: None,
         json: None,
-        error: Some(JobError {
-            kind: ErrorKind::InvalidJob,
-            message: invalid.reason,
-        }),
+        error: Some(JobError::new(ErrorKind::InvalidJob, invalid.reason)),
         pool: pool.name.clone(),
         model: None,
         key: None,

@@ -24,7 +24,7 @@ pub use inbound::Inbound;
 use crate::actors::messages::{BudgetSpent, KeyOutcome, Reroute, RerouteReason};
 use crate::job::{self, ErrorKind, retry};
 use crate::keys::Ticket;
-use crate::provider::{Outcome, OutcomeClass};
+use crate::provider::{FailureKind, JobFailure, Outcome, OutcomeClass};
 
 /// Entry point for a delivery consumed by `key`'s worker.
 pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound: Inbound) {
@@ -127,6 +127,12 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
     if deadline_passed(&inflight) {
         return Box::pin(fail_deadline(&services, &key, inflight)).await;
     }
+    if let Some(failure) = larger_than_any_key(&key.pool, &inflight.job.request) {
+        return Box::pin(finish::fail_job(
+            &services, &key.pool, None, inflight, failure,
+        ))
+        .await;
+    }
     let admission = match admit(&key, &services, &inflight).await {
         Ok(admission) => admission,
         Err(reason) => return reroute(&services, &key, inflight, reason),
@@ -159,14 +165,13 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
         Outcome::Success(completion) => {
             Box::pin(finish::complete(&services, &key, inflight, completion)).await;
         }
-        Outcome::BadRequest { message } => {
-            Box::pin(finish::fail(
+        Outcome::JobFailed(failure) => {
+            Box::pin(finish::fail_job(
                 &services,
                 &key.pool,
                 Some(&key),
                 inflight,
-                ErrorKind::BadRequest,
-                message,
+                failure,
             ))
             .await;
         }
@@ -185,16 +190,42 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
         Outcome::Transient { message } => {
             Box::pin(retry_transient(&services, &key, inflight, message)).await
         }
+        // The key's fault, not the job's: the call does not count against
+        // the job's attempts.
         Outcome::RateLimited { .. } => {
+            inflight.attempts -= 1;
             reroute(&services, &key, inflight, RerouteReason::RateLimited)
         }
         Outcome::QuotaExhausted { .. } => {
+            inflight.attempts -= 1;
             reroute(&services, &key, inflight, RerouteReason::QuotaExhausted)
         }
         Outcome::Unauthorized { .. } => {
+            inflight.attempts -= 1;
             reroute(&services, &key, inflight, RerouteReason::Unauthorized)
         }
     }
+}
+
+/// A job whose estimated tokens exceed every key's declared `tpm` can never
+/// be admitted, and a provider would refuse it as too large anyway.
+fn larger_than_any_key(
+    pool: &PoolContext,
+    request: &crate::provider::ProviderRequest,
+) -> Option<JobFailure> {
+    let limit = pool.max_tpm?;
+    let requested = estimate_tokens(request);
+    (requested > limit).then(|| JobFailure {
+        limit: Some(limit),
+        requested: Some(requested),
+        ..JobFailure::new(
+            FailureKind::TooLarge,
+            format!(
+                "the job needs about {requested} tokens (prompt plus max_tokens), more than the \
+                 {limit} tokens per minute of the pool's largest key; not sent"
+            ),
+        )
+    })
 }
 
 fn deadline_passed(inflight: &InFlight) -> bool {

@@ -1,16 +1,73 @@
-//! Anthropic `v1/messages` wire format: request body, success parsing and the
-//! Anthropic-specific error rules (spend limits, `anthropic-ratelimit-*` resets).
+//! Anthropic `v1/messages`: request body, success parsing (refusals, empty and
+//! cut answers) and the Anthropic error rules (credit and spend limits with
+//! their dates, disabled organisations, too-long prompts,
+//! `anthropic-ratelimit-*` resets).
 
 use std::time::Duration;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use reqwest::header::HeaderMap;
+use reqwest::Url;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::classify::{self, by_status, header_str, message_or_body};
-use super::{Completion, Outcome, ProviderRequest, Role, Usage};
+use super::api::{ProviderApi, join_path, secret_header};
+use super::classify::{self, by_status, header_str, message_or_body, number_after};
+use super::{Completion, FailureKind, JobFailure, Outcome, ProviderRequest, Role, Usage};
+use crate::secret::ApiKey;
+
+/// Anthropic's Messages API (`x-api-key` + `anthropic-version`).
+#[derive(Debug, Default)]
+pub struct Anthropic;
+
+impl ProviderApi for Anthropic {
+    fn endpoint(&self, base: &Url, _request: &ProviderRequest) -> Url {
+        join_path(base, &["v1", "messages"])
+    }
+
+    fn auth_headers(&self, key: &ApiKey) -> Option<HeaderMap> {
+        let mut headers = secret_header("x-api-key", key.expose())?;
+        headers.insert(
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static(API_VERSION),
+        );
+        Some(headers)
+    }
+
+    fn body(&self, request: &ProviderRequest) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&request_body(request))
+    }
+
+    fn parse_success(&self, body: &[u8]) -> Outcome {
+        parse_success(body)
+    }
+
+    fn classify_error(
+        &self,
+        status: u16,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: Timestamp,
+    ) -> Outcome {
+        classify_error(status, headers, body, now)
+    }
+
+    fn limit_until(&self, headers: &HeaderMap, now: Timestamp) -> Option<Timestamp> {
+        let delay = ["requests", "tokens", "input-tokens", "output-tokens"]
+            .iter()
+            .filter(|w| classify::is_spent(headers, &format!("anthropic-ratelimit-{w}-remaining")))
+            .filter_map(|w| {
+                classify::rfc3339_header_delay(
+                    headers,
+                    &format!("anthropic-ratelimit-{w}-reset"),
+                    now,
+                )
+            })
+            .max();
+        classify::limit_instant(now, delay)
+    }
+}
 
 /// The API version keyrelay speaks (sent as `anthropic-version`).
 pub const API_VERSION: &str = "2023-06-01";
@@ -107,7 +164,8 @@ struct ResponseUsage {
     cache_read_input_tokens: Option<u64>,
 }
 
-/// Parse a 2xx body. A refusal without text is the job's fault: BadRequest.
+/// Parse a 2xx body: a success only when the answer has text and the model
+/// did not refuse.
 pub fn parse_success(body: &[u8]) -> Outcome {
     let resp: Response = match serde_json::from_slice(body) {
         Ok(r) => r,
@@ -123,22 +181,48 @@ pub fn parse_success(body: &[u8]) -> Outcome {
         .filter(|b| b.kind == "text")
         .filter_map(|b| b.text)
         .collect();
-    if text.is_empty() && resp.stop_reason.as_deref() == Some("refusal") {
-        return Outcome::BadRequest {
-            message: "refused: stop_reason refusal".to_owned(),
-        };
-    }
     let usage = resp.usage.map_or(Usage::default(), |u| Usage {
         input_tokens: u.input_tokens
             + u.cache_creation_input_tokens.unwrap_or(0)
             + u.cache_read_input_tokens.unwrap_or(0),
         output_tokens: u.output_tokens,
     });
-    Outcome::Success(Completion {
-        text,
-        usage,
-        limit_until: None,
-    })
+    let stop = resp.stop_reason.unwrap_or_default();
+    let failure = |kind, message: String, partial: Option<String>| {
+        Outcome::JobFailed(JobFailure {
+            partial_text: partial,
+            usage,
+            ..JobFailure::new(kind, message).with_reason(if stop.is_empty() {
+                "none"
+            } else {
+                &stop
+            })
+        })
+    };
+    if stop == "refusal" {
+        let partial = (!text.is_empty()).then_some(text);
+        let message = "the model refused (stop_reason refusal)".to_owned();
+        return failure(FailureKind::Blocked, message, partial);
+    }
+    if !text.is_empty() {
+        return Outcome::Success(Completion {
+            text,
+            usage,
+            limit_until: None,
+        });
+    }
+    if stop == "max_tokens" {
+        let message = format!(
+            "the output allowance ran out before any text ({} output tokens, stop_reason max_tokens)",
+            usage.output_tokens
+        );
+        return failure(FailureKind::Truncated, message, None);
+    }
+    let message = format!(
+        "the model answered without text (stop_reason {})",
+        if stop.is_empty() { "none" } else { &stop }
+    );
+    failure(FailureKind::EmptyOutput, message, None)
 }
 
 /// Anthropic's rules for a non-2xx answer.
@@ -149,8 +233,11 @@ pub fn classify_error(status: u16, headers: &HeaderMap, body: &[u8], now: Timest
         .get("type")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let raw_message = error.get("message").and_then(Value::as_str);
-    let message = message_or_body(raw_message, status, body);
+    let raw_message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let message = message_or_body(Some(raw_message), status, body);
     let error_code = error
         .pointer("/details/error_code")
         .and_then(Value::as_str)
@@ -158,15 +245,15 @@ pub fn classify_error(status: u16, headers: &HeaderMap, body: &[u8], now: Timest
     if error_code == "enforced_spend_limit_reached" {
         // The usage tier's monthly cap: access resumes on the 1st, 00:00 UTC.
         return Outcome::QuotaExhausted {
-            until: next_month_utc(now),
+            until: regain_access_on(raw_message).or_else(|| next_month_utc(now)),
             message,
         };
     }
-    if status == 400 && is_out_of_money(raw_message.unwrap_or_default()) {
-        return Outcome::QuotaExhausted {
-            until: None,
-            message,
-        };
+    if let Some(outcome) = account_problem(status, raw_message, &message) {
+        return outcome;
+    }
+    if let Some(too_large) = too_large(status, kind, raw_message, &message) {
+        return Outcome::JobFailed(too_large);
     }
     if status == 429 || kind == "rate_limit_error" {
         let retry_after = classify::retry_after_from_headers(headers, now)
@@ -177,16 +264,73 @@ pub fn classify_error(status: u16, headers: &HeaderMap, body: &[u8], now: Timest
             message,
         };
     }
-    if kind == "overloaded_error" {
+    if kind == "overloaded_error" || kind == "api_error" {
         return Outcome::Transient { message };
     }
     by_status(status, headers, message, now)
 }
 
-/// A 400 for an empty credit balance or a spend limit the organisation set.
-fn is_out_of_money(message: &str) -> bool {
-    let lower = message.to_ascii_lowercase();
-    lower.contains("credit balance is too low") || lower.contains("spend limit")
+/// A 4xx about the organisation behind the key, not the job: an empty credit
+/// balance or a spend limit (out until the date named, else the next reset),
+/// or a disabled organisation (dead until an operator acts).
+fn account_problem(status: u16, raw_message: &str, message: &str) -> Option<Outcome> {
+    if !(400..500).contains(&status) {
+        return None;
+    }
+    let lower = raw_message.to_ascii_lowercase();
+    if lower.contains("organization has been disabled")
+        || lower.contains("organization is disabled")
+    {
+        return Some(Outcome::Unauthorized {
+            message: message.to_owned(),
+        });
+    }
+    let out_of_money = lower.contains("credit balance is too low")
+        || lower.contains("spend limit")
+        || lower.contains("api usage limits");
+    out_of_money.then(|| Outcome::QuotaExhausted {
+        until: regain_access_on(raw_message),
+        message: message.to_owned(),
+    })
+}
+
+/// "... You will regain access on 2025-04-01 at 00:00 UTC."
+fn regain_access_on(message: &str) -> Option<Timestamp> {
+    let marker = "regain access on ";
+    let rest = &message[message.find(marker)? + marker.len()..];
+    let date: jiff::civil::Date = rest.get(..10)?.parse().ok()?;
+    let time = rest[10..]
+        .strip_prefix(" at ")
+        .and_then(|t| t.get(..5))
+        .and_then(|t| t.parse::<jiff::civil::Time>().ok())
+        .unwrap_or(jiff::civil::Time::midnight());
+    date.to_datetime(time)
+        .to_zoned(TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp())
+}
+
+/// "prompt is too long: 215000 tokens > 200000 maximum", or a 413
+/// `request_too_large`.
+fn too_large(status: u16, kind: &str, raw_message: &str, message: &str) -> Option<JobFailure> {
+    let prompt = raw_message.contains("prompt is too long");
+    if !(prompt || status == 413 || kind == "request_too_large") {
+        return None;
+    }
+    let (limit, requested) = if prompt {
+        (
+            number_after(raw_message, "tokens > "),
+            number_after(raw_message, "too long: "),
+        )
+    } else {
+        (None, None)
+    };
+    Some(JobFailure {
+        limit,
+        requested,
+        reason: (!kind.is_empty()).then(|| kind.to_owned()),
+        ..JobFailure::new(FailureKind::TooLarge, message)
+    })
 }
 
 /// The latest `anthropic-ratelimit-*-reset` among the limits at 0 remaining;
@@ -309,7 +453,7 @@ mod tests {
                              "usage": {"input_tokens": 5, "output_tokens": 0}});
         assert!(matches!(
             parse_success(refusal.to_string().as_bytes()),
-            Outcome::BadRequest { .. }
+            Outcome::JobFailed(f) if f.kind == FailureKind::Blocked
         ));
         for body in [&b"oops"[..], b"{}", b"{\"content\": \"text\"}"] {
             assert!(matches!(parse_success(body), Outcome::Transient { message }

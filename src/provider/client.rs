@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Response, Url};
-use serde::Serialize;
 
-use super::classify::{MAX_MESSAGE_CHARS, classify, limit_until, truncate_chars};
+use super::classify::{MAX_MESSAGE_CHARS, classify, truncate_chars};
 use super::connections::Lanes;
-use super::{Outcome, ProviderKind, ProviderRequest, anthropic, gemini, openai};
+use super::{Outcome, ProviderApi, ProviderKind, ProviderOptions, ProviderRequest, registry};
 use crate::secret::ApiKey;
 
 /// Largest response body read; more is treated as a broken answer.
@@ -67,30 +66,48 @@ pub enum ProviderError {
     BadBaseUrl { url: String, reason: String },
     #[error("cannot build HTTP client: {0}")]
     ClientBuild(#[source] reqwest::Error),
+    #[error("provider {0} has no public endpoint: set the pool's base_url")]
+    NoBaseUrl(&'static str),
 }
 
 /// One provider endpoint. Cloning is cheap: the connection pools are shared.
 #[derive(Debug, Clone)]
 pub struct ProviderClient {
     kind: ProviderKind,
+    api: Arc<dyn ProviderApi>,
     base_url: Url,
     lanes: Arc<Lanes>,
     max_response_bytes: usize,
 }
 
 impl ProviderClient {
-    /// `base_url`: Gemini `https://generativelanguage.googleapis.com`, OpenAI
-    /// `https://api.openai.com/v1`, Anthropic `https://api.anthropic.com`.
+    /// A client with the provider's default options; see [`Self::with_options`].
     pub fn new(
         kind: ProviderKind,
         base_url: &str,
         settings: HttpSettings,
     ) -> Result<Self, ProviderError> {
+        Self::with_options(kind, Some(base_url), settings, &ProviderOptions::default())
+    }
+
+    /// `base_url`: None for the provider's public endpoint (Gemini
+    /// `https://generativelanguage.googleapis.com`, OpenAI
+    /// `https://api.openai.com/v1`, Anthropic `https://api.anthropic.com`).
+    pub fn with_options(
+        kind: ProviderKind,
+        base_url: Option<&str>,
+        settings: HttpSettings,
+        options: &ProviderOptions,
+    ) -> Result<Self, ProviderError> {
+        let base_url = base_url
+            .or(kind.default_base_url())
+            .ok_or(ProviderError::NoBaseUrl(kind.as_str()))?;
         let base_url = parse_base_url(base_url)?;
         let lanes = Lanes::new(settings.lanes, || http_client(&settings))
             .map_err(ProviderError::ClientBuild)?;
         Ok(ProviderClient {
             kind,
+            api: registry::build(kind, options),
             base_url,
             lanes: Arc::new(lanes),
             max_response_bytes: MAX_RESPONSE_BYTES,
@@ -122,62 +139,77 @@ impl ProviderClient {
     }
 
     async fn call_unredacted(&self, key: &ApiKey, request: &ProviderRequest) -> Outcome {
-        let Some(auth) = auth_headers(self.kind, key) else {
+        let Some(auth) = self.api.auth_headers(key) else {
             return Outcome::Unauthorized {
                 message: "API key contains characters not allowed in an HTTP header".to_owned(),
             };
         };
-        // Held until the body is read: the HTTP/2 stream is open until then.
-        let lane = self.lanes.acquire();
-        let http = lane.http();
-        let sent = match self.kind {
-            ProviderKind::Gemini => {
-                let url =
-                    self.endpoint(&["v1beta", "models", &gemini::method_segment(&request.model)]);
-                send(http, url, auth, &gemini::request_body(request)).await
+        let first = self.call_once(&auth, key, request).await;
+        match first {
+            // The provider refused the request's shape and the api adjusted:
+            // one more call, no more.
+            Answer::Read(status, ref body, _)
+                if self.api.adjust_after_rejection(request, status, body) =>
+            {
+                tracing::info!(
+                    provider = self.kind.as_str(),
+                    model = %request.model,
+                    "provider refused a parameter; sending once more in the shape it asked for"
+                );
+                self.call_once(&auth, key, request)
+                    .await
+                    .into_outcome(&*self.api)
             }
-            ProviderKind::Openai => {
-                let url = self.endpoint(&["chat", "completions"]);
-                send(http, url, auth, &openai::request_body(request)).await
-            }
-            ProviderKind::Anthropic => {
-                let url = self.endpoint(&["v1", "messages"]);
-                send(http, url, auth, &anthropic::request_body(request)).await
+            other => other.into_outcome(&*self.api),
+        }
+    }
+
+    /// One HTTP exchange; the body is redacted before anyone parses it.
+    async fn call_once(&self, auth: &HeaderMap, key: &ApiKey, request: &ProviderRequest) -> Answer {
+        let body = match self.api.body(request) {
+            Ok(body) => body,
+            Err(e) => {
+                return Answer::Failed(Outcome::job_failed(
+                    super::FailureKind::BadRequest,
+                    format!("cannot encode the request: {e}"),
+                ));
             }
         };
-        let response = match sent {
+        let url = self.api.endpoint(&self.base_url, request);
+        // Held until the body is read: the HTTP/2 stream is open until then.
+        let lane = self.lanes.acquire();
+        let response = match send(lane.http(), url, auth.clone(), body).await {
             Ok(r) => r,
-            Err(e) => return transport_error(e),
+            Err(e) => return Answer::Failed(transport_error(e)),
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let outcome = match read_capped(response, self.max_response_bytes).await {
-            Ok(body) => {
-                // Redact the body before parsing so no message built from it,
-                // even a truncated one, can hold part of the key.
-                let body = redact_body(body, key);
-                let now = Timestamp::now();
-                match classify(self.kind, status, &headers, &body, now) {
-                    Outcome::Success(mut completion) => {
-                        completion.limit_until = limit_until(self.kind, &headers, now);
-                        Outcome::Success(completion)
-                    }
-                    other => other,
-                }
-            }
-            Err(outcome) => outcome,
-        };
-        billed_if_accepted(status, outcome)
-    }
-
-    /// `base_url` with `segments` appended (each percent-encoded as needed).
-    fn endpoint(&self, segments: &[&str]) -> Url {
-        let mut url = self.base_url.clone();
-        // parse_base_url rejected cannot-be-a-base URLs, so this always applies.
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(segments);
+        match read_capped(response, self.max_response_bytes).await {
+            // Redact the body before parsing so no message built from it,
+            // even a truncated one, can hold part of the key.
+            Ok(body) => Answer::Read(status, redact_body(body, key), headers),
+            Err(outcome) => Answer::Failed(billed_if_accepted(status, outcome)),
         }
-        url
+    }
+}
+
+/// What one HTTP exchange produced.
+enum Answer {
+    /// Status, redacted body, headers.
+    Read(u16, Vec<u8>, HeaderMap),
+    /// No usable answer (transport error, body over the cap).
+    Failed(Outcome),
+}
+
+impl Answer {
+    fn into_outcome(self, api: &dyn ProviderApi) -> Outcome {
+        match self {
+            Answer::Read(status, body, headers) => {
+                let outcome = classify(api, status, &headers, &body, Timestamp::now());
+                billed_if_accepted(status, outcome)
+            }
+            Answer::Failed(outcome) => outcome,
+        }
     }
 }
 
@@ -197,10 +229,11 @@ fn http_client(settings: &HttpSettings) -> reqwest::Result<reqwest::Client> {
 async fn send(
     http: &reqwest::Client,
     url: Url,
-    auth: HeaderMap,
-    body: &impl Serialize,
+    mut headers: HeaderMap,
+    body: Vec<u8>,
 ) -> Result<Response, reqwest::Error> {
-    http.post(url).headers(auth).json(body).send().await
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    http.post(url).headers(headers).body(body).send().await
 }
 
 /// Accept only http(s) URLs with no credentials, query or fragment: keys go
@@ -224,27 +257,6 @@ fn parse_base_url(raw: &str) -> Result<Url, ProviderError> {
         return Err(bad("query and fragment are not allowed"));
     }
     Ok(url)
-}
-
-/// The provider's authentication headers, marked sensitive so they are never
-/// printed. `None` if the key cannot be a header value.
-fn auth_headers(kind: ProviderKind, key: &ApiKey) -> Option<HeaderMap> {
-    let (name, value) = match kind {
-        ProviderKind::Gemini => ("x-goog-api-key", key.expose().to_owned()),
-        ProviderKind::Openai => ("authorization", format!("Bearer {}", key.expose())),
-        ProviderKind::Anthropic => ("x-api-key", key.expose().to_owned()),
-    };
-    let mut value = HeaderValue::from_str(&value).ok()?;
-    value.set_sensitive(true);
-    let mut headers = HeaderMap::new();
-    headers.insert(HeaderName::from_static(name), value);
-    if kind == ProviderKind::Anthropic {
-        headers.insert(
-            HeaderName::from_static("anthropic-version"),
-            HeaderValue::from_static(anthropic::API_VERSION),
-        );
-    }
-    Some(headers)
 }
 
 /// Read the whole body, giving up past `cap` bytes.
@@ -307,33 +319,15 @@ fn redact_body(body: Vec<u8>, key: &ApiKey) -> Vec<u8> {
 
 /// Redact and bound the message of any non-success outcome.
 fn redact_outcome(outcome: Outcome, key: &ApiKey) -> Outcome {
-    let clean = |m: String| truncate_chars(&key.redact(&m), MAX_MESSAGE_CHARS);
-    match outcome {
-        Outcome::Success(c) => Outcome::Success(c),
-        Outcome::RateLimited {
-            retry_after,
-            message,
-        } => Outcome::RateLimited {
-            retry_after,
-            message: clean(message),
-        },
-        Outcome::QuotaExhausted { until, message } => Outcome::QuotaExhausted {
-            until,
-            message: clean(message),
-        },
-        Outcome::Transient { message } => Outcome::Transient {
-            message: clean(message),
-        },
-        Outcome::Unauthorized { message } => Outcome::Unauthorized {
-            message: clean(message),
-        },
-        Outcome::InvalidResponse { message } => Outcome::InvalidResponse {
-            message: clean(message),
-        },
-        Outcome::BadRequest { message } => Outcome::BadRequest {
-            message: clean(message),
-        },
-    }
+    let outcome = match outcome {
+        Outcome::JobFailed(mut failure) => {
+            // A partial answer is the model's text, but it may echo the prompt.
+            failure.partial_text = failure.partial_text.map(|t| key.redact(&t));
+            Outcome::JobFailed(failure)
+        }
+        other => other,
+    };
+    outcome.map_message(|m| truncate_chars(&key.redact(&m), MAX_MESSAGE_CHARS))
 }
 
 #[cfg(test)]

@@ -1,13 +1,51 @@
-//! Gemini `generateContent` wire format: request body, success parsing and the
-//! Gemini-specific error rules (google.rpc `QuotaFailure`, `RetryInfo`, `ErrorInfo`).
+//! Gemini `generateContent`: request body, success parsing (safety blocks,
+//! empty and cut answers) and the Gemini error rules (google.rpc
+//! `QuotaFailure`, `RetryInfo`, `ErrorInfo`, `FAILED_PRECONDITION`).
 
 use jiff::Timestamp;
+use reqwest::Url;
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::classify::{self, by_status, message_or_body, parse_go_duration};
-use super::{ChatMessage, Completion, Outcome, ProviderRequest, Role, Usage};
+use super::api::{ProviderApi, join_path, secret_header};
+use super::classify::{self, by_status, message_or_body, number_after, parse_go_duration};
+use super::{
+    ChatMessage, Completion, FailureKind, JobFailure, Outcome, ProviderRequest, Role, Usage,
+};
+use crate::secret::ApiKey;
+
+/// Google's Gemini API (`x-goog-api-key`).
+#[derive(Debug, Default)]
+pub struct Gemini;
+
+impl ProviderApi for Gemini {
+    fn endpoint(&self, base: &Url, request: &ProviderRequest) -> Url {
+        join_path(base, &["v1beta", "models", &method_segment(&request.model)])
+    }
+
+    fn auth_headers(&self, key: &ApiKey) -> Option<HeaderMap> {
+        secret_header("x-goog-api-key", key.expose())
+    }
+
+    fn body(&self, request: &ProviderRequest) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&request_body(request))
+    }
+
+    fn parse_success(&self, body: &[u8]) -> Outcome {
+        parse_success(body)
+    }
+
+    fn classify_error(
+        &self,
+        status: u16,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: Timestamp,
+    ) -> Outcome {
+        classify_error(status, headers, body, now)
+    }
+}
 
 /// The `models/{model}:generateContent` path segment for `model`
 /// (a leading `models/` is tolerated).
@@ -137,35 +175,46 @@ struct UsageMetadata {
     thoughts_token_count: u64,
 }
 
-/// Parse a 2xx body. A prompt or answer blocked by safety filters (no text)
-/// is the job's fault: BadRequest.
+/// Finish reasons that mean a filter stopped the answer (the job's content,
+/// not the key, is the cause; the same prompt would be stopped again).
+const BLOCKING_FINISH_REASONS: &[&str] = &[
+    "SAFETY",
+    "RECITATION",
+    "PROHIBITED_CONTENT",
+    "BLOCKLIST",
+    "SPII",
+    "IMAGE_SAFETY",
+    "LANGUAGE",
+];
+
+/// Parse a 2xx body: a success only when a candidate finished with text and
+/// no filter stopped it.
 pub fn parse_success(body: &[u8]) -> Outcome {
     let resp: Response = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return malformed(e),
     };
+    let meta = resp.usage_metadata.unwrap_or_default();
+    let usage = Usage {
+        input_tokens: meta.prompt_token_count,
+        output_tokens: meta.candidates_token_count + meta.thoughts_token_count,
+    };
+    let failure = |kind, message: String, reason: &str, partial: Option<String>| {
+        Outcome::JobFailed(JobFailure {
+            partial_text: partial,
+            usage,
+            ..JobFailure::new(kind, message).with_reason(reason)
+        })
+    };
     if let Some(reason) = resp.prompt_feedback.and_then(|f| f.block_reason) {
-        return Outcome::BadRequest {
-            message: format!("blocked: prompt blockReason {reason}"),
-        };
+        let message = format!("the prompt was blocked (promptFeedback.blockReason {reason})");
+        return failure(FailureKind::Blocked, message, &reason, None);
     }
     let Some(candidate) = resp.candidates.into_iter().next() else {
-        return Outcome::BadRequest {
-            message: "blocked: no candidates returned".to_owned(),
-        };
+        let message = "the answer has no candidates".to_owned();
+        return failure(FailureKind::EmptyOutput, message, "NO_CANDIDATES", None);
     };
-    // A finished candidate without `content` carries no answer at all: an
-    // unusable body (probably billed), not an empty success.
-    if candidate.content.is_none()
-        && candidate
-            .finish_reason
-            .as_deref()
-            .is_none_or(|f| f == "STOP")
-    {
-        return Outcome::InvalidResponse {
-            message: "malformed success body: candidate without content".to_owned(),
-        };
-    }
+    let finish = candidate.finish_reason.unwrap_or_default();
     let text: String = candidate
         .content
         .map(|c| c.parts)
@@ -174,21 +223,28 @@ pub fn parse_success(body: &[u8]) -> Outcome {
         .filter(|p| !p.thought)
         .filter_map(|p| p.text)
         .collect();
-    let finish = candidate.finish_reason.unwrap_or_default();
-    if text.is_empty() && finish != "STOP" {
-        return Outcome::BadRequest {
-            message: format!("blocked: no text, finishReason {finish}"),
-        };
+    if BLOCKING_FINISH_REASONS.contains(&finish.as_str()) {
+        let message = format!("the answer was stopped by a filter (finishReason {finish})");
+        let partial = (!text.is_empty()).then_some(text);
+        return failure(FailureKind::Blocked, message, &finish, partial);
     }
-    let usage = resp.usage_metadata.unwrap_or_default();
-    Outcome::Success(Completion {
-        text,
-        usage: Usage {
-            input_tokens: usage.prompt_token_count,
-            output_tokens: usage.candidates_token_count + usage.thoughts_token_count,
-        },
-        limit_until: None,
-    })
+    if !text.is_empty() {
+        return Outcome::Success(Completion {
+            text,
+            usage,
+            limit_until: None,
+        });
+    }
+    if finish == "MAX_TOKENS" {
+        let message = format!(
+            "the output allowance ran out before any text ({} output tokens incl. {} thinking, finishReason MAX_TOKENS)",
+            usage.output_tokens, meta.thoughts_token_count
+        );
+        return failure(FailureKind::Truncated, message, &finish, None);
+    }
+    let reason = if finish.is_empty() { "none" } else { &finish };
+    let message = format!("the model answered without text (finishReason {reason})");
+    failure(FailureKind::EmptyOutput, message, reason, None)
 }
 
 fn malformed(e: serde_json::Error) -> Outcome {
@@ -210,34 +266,84 @@ fn error_object(body: &[u8]) -> Option<Value> {
 /// Gemini's rules for a non-2xx answer.
 pub fn classify_error(status: u16, headers: &HeaderMap, body: &[u8], now: Timestamp) -> Outcome {
     let error = error_object(body).unwrap_or(Value::Null);
-    let raw_message = error.get("message").and_then(Value::as_str);
-    let message = message_or_body(raw_message, status, body);
+    let raw_message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let message = message_or_body(Some(raw_message), status, body);
+    let rpc_status = error
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let details = error
         .get("details")
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default();
     if status == 429 {
-        if details_of(details, "QuotaFailure").any(has_per_day_violation) {
-            return Outcome::QuotaExhausted {
-                until: None,
-                message,
-            };
-        }
-        let delay = details_of(details, "RetryInfo")
-            .find_map(|d| d.get("retryDelay")?.as_str().and_then(parse_go_duration));
-        let retry_after = delay
-            .or_else(|| classify::retry_after_from_headers(headers, now))
-            .or_else(|| classify::retry_hint_in(&message));
-        return Outcome::RateLimited {
-            retry_after,
+        return rate_or_quota(details, headers, message, now);
+    }
+    if is_bad_key(details, raw_message) {
+        return Outcome::Unauthorized { message };
+    }
+    // Billing not enabled, free tier not offered in the country, "User location
+    // is not supported for the API use": the key's project, not the job.
+    if rpc_status == "FAILED_PRECONDITION" {
+        return Outcome::Unauthorized { message };
+    }
+    if let Some(too_large) = too_large(status, raw_message, &message) {
+        return Outcome::JobFailed(too_large);
+    }
+    by_status(status, headers, message, now)
+}
+
+/// A 429: the key cools for the delay Google names, or is out for the day
+/// when a per-day quota is among the violations (until the delay Google names,
+/// if it names one: honoured, at the cost of one refused probe call).
+fn rate_or_quota(
+    details: &[Value],
+    headers: &HeaderMap,
+    message: String,
+    now: Timestamp,
+) -> Outcome {
+    let delay = details_of(details, "RetryInfo")
+        .find_map(|d| d.get("retryDelay")?.as_str().and_then(parse_go_duration))
+        .or_else(|| classify::retry_after_from_headers(headers, now))
+        .or_else(|| classify::retry_hint_in(&message));
+    if details_of(details, "QuotaFailure").any(has_per_day_violation) {
+        return Outcome::QuotaExhausted {
+            until: delay.and_then(|d| classify::after(now, d)),
             message,
         };
     }
-    if status == 400 && is_bad_key(details, raw_message.unwrap_or_default()) {
-        return Outcome::Unauthorized { message };
+    Outcome::RateLimited {
+        retry_after: delay,
+        message,
     }
-    by_status(status, headers, message, now)
+}
+
+/// "The input token count (1048577) exceeds the maximum number of tokens
+/// allowed (1048576)." or "Request payload size exceeds the limit: 20971520 bytes."
+fn too_large(status: u16, raw_message: &str, message: &str) -> Option<JobFailure> {
+    let tokens = raw_message.contains("exceeds the maximum number of tokens");
+    let payload = raw_message.contains("payload size exceeds the limit");
+    if !(tokens || payload || status == 413) {
+        return None;
+    }
+    let (limit, requested) = if tokens {
+        (
+            number_after(raw_message, "tokens allowed ("),
+            number_after(raw_message, "token count (")
+                .or_else(|| number_after(raw_message, "token count ")),
+        )
+    } else {
+        (number_after(raw_message, "exceeds the limit: "), None)
+    };
+    Some(JobFailure {
+        limit,
+        requested,
+        ..JobFailure::new(FailureKind::TooLarge, message)
+    })
 }
 
 /// The `details[]` entries of one google.rpc type (`@type` ends with `name`).
@@ -273,7 +379,10 @@ fn is_bad_key(details: &[Value], message: &str) -> bool {
         )
     });
     let lower = message.to_ascii_lowercase();
-    by_reason || lower.contains("api key not valid") || lower.contains("api key expired")
+    by_reason
+        || lower.contains("api key not valid")
+        || lower.contains("api key expired")
+        || lower.contains("reported as leaked")
 }
 
 #[cfg(test)]
@@ -370,14 +479,29 @@ mod tests {
     }
 
     #[test]
-    fn blocked_answers_are_bad_requests() {
+    fn blocked_empty_and_cut_answers_fail_the_job() {
         let prompt_blocked = json!({"promptFeedback": {"blockReason": "SAFETY"}});
         let no_candidates = json!({"usageMetadata": {"promptTokenCount": 3}});
         let safety = json!({"candidates": [{"finishReason": "SAFETY", "index": 0}]});
-        for body in [prompt_blocked, no_candidates, safety] {
-            let outcome = parse_success(body.to_string().as_bytes());
-            match outcome {
-                Outcome::BadRequest { message } => assert!(message.starts_with("blocked")),
+        let empty = json!({"candidates": [{"content": {"role": "model"}, "finishReason": "STOP"}]});
+        let cut = json!({"candidates": [{"content": {"role": "model"}, "finishReason": "MAX_TOKENS"}],
+            "usageMetadata": {"promptTokenCount": 3, "thoughtsTokenCount": 100}});
+        let rows = [
+            (prompt_blocked, FailureKind::Blocked, "SAFETY"),
+            (no_candidates, FailureKind::EmptyOutput, "NO_CANDIDATES"),
+            (safety, FailureKind::Blocked, "SAFETY"),
+            (empty, FailureKind::EmptyOutput, "STOP"),
+            (cut, FailureKind::Truncated, "MAX_TOKENS"),
+        ];
+        for (body, kind, reason) in rows {
+            match parse_success(body.to_string().as_bytes()) {
+                Outcome::JobFailed(f) => {
+                    assert_eq!(
+                        (f.kind, f.reason.as_deref()),
+                        (kind, Some(reason)),
+                        "{body}"
+                    )
+                }
                 other => panic!("{body}: {other:?}"),
             }
         }

@@ -1,24 +1,119 @@
-//! OpenAI-compatible `chat/completions` wire format: request body, success
-//! parsing and the OpenAI-specific error rules (quota codes, `x-ratelimit-*`).
+//! OpenAI-compatible `chat/completions`: request body, success parsing and the
+//! OpenAI error rules (quota and billing codes, too-large requests, per-day
+//! limits, `x-ratelimit-*`). Azure OpenAI reuses the wire format ([`super::azure`]).
 
 use std::time::Duration;
 
 use jiff::Timestamp;
+use reqwest::Url;
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::classify::{self, by_status, header_str, message_or_body, parse_go_duration};
-use super::{Completion, Outcome, ProviderRequest, Role, Usage};
+use super::api::{ProviderApi, join_path, secret_header};
+use super::classify::{
+    self, by_status, header_str, message_or_body, number_after, parse_go_duration,
+};
+use super::token_field::{TokenField, TokenFields};
+use super::{Completion, FailureKind, JobFailure, Outcome, ProviderRequest, Role, Usage};
+use crate::secret::ApiKey;
+
+/// OpenAI and every compatible server (`Authorization: Bearer`).
+#[derive(Debug, Default)]
+pub struct OpenAi {
+    tokens: TokenFields,
+}
+
+impl OpenAi {
+    pub fn new(tokens: TokenFields) -> OpenAi {
+        OpenAi { tokens }
+    }
+}
+
+impl ProviderApi for OpenAi {
+    fn endpoint(&self, base: &Url, _request: &ProviderRequest) -> Url {
+        join_path(base, &["chat", "completions"])
+    }
+
+    fn auth_headers(&self, key: &ApiKey) -> Option<HeaderMap> {
+        secret_header("authorization", &format!("Bearer {}", key.expose()))
+    }
+
+    fn body(&self, request: &ProviderRequest) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&request_body(
+            request,
+            self.tokens.for_model(&request.model),
+        ))
+    }
+
+    fn parse_success(&self, body: &[u8]) -> Outcome {
+        parse_success(body)
+    }
+
+    fn classify_error(
+        &self,
+        status: u16,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: Timestamp,
+    ) -> Outcome {
+        classify_error(status, headers, body, now)
+    }
+
+    fn limit_until(&self, headers: &HeaderMap, now: Timestamp) -> Option<Timestamp> {
+        let delay = ["requests", "tokens"]
+            .iter()
+            .filter(|w| classify::is_spent(headers, &format!("x-ratelimit-remaining-{w}")))
+            .filter_map(|w| {
+                parse_go_duration(header_str(headers, &format!("x-ratelimit-reset-{w}"))?)
+            })
+            .max();
+        classify::limit_instant(now, delay)
+    }
+
+    fn adjust_after_rejection(&self, request: &ProviderRequest, status: u16, body: &[u8]) -> bool {
+        adjust_token_field(&self.tokens, request, status, body)
+    }
+}
+
+/// A 400 "Unsupported parameter: 'max_tokens' ... Use 'max_completion_tokens'
+/// instead" (or the reverse): switch the model's field, and say to resend.
+pub fn adjust_token_field(
+    tokens: &TokenFields,
+    request: &ProviderRequest,
+    status: u16,
+    body: &[u8],
+) -> bool {
+    if status != 400 || request.max_output_tokens.is_none() {
+        return false;
+    }
+    let fields = error_fields(body);
+    let sent = tokens.for_model(&request.model);
+    let sent_name = match sent {
+        TokenField::MaxCompletionTokens => "max_completion_tokens",
+        _ => "max_tokens",
+    };
+    let unsupported = fields.code == "unsupported_parameter"
+        || fields
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("Unsupported parameter"));
+    let about_sent = fields.param == sent_name
+        || fields
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains(&format!("'{sent_name}'")));
+    unsupported && about_sent && tokens.switch_from(&request.model, sent)
+}
 
 #[derive(Debug, Serialize)]
 pub struct Body<'a> {
     model: &'a str,
     messages: Vec<Message<'a>>,
-    /// `max_tokens` rather than `max_completion_tokens`: every compatible
-    /// server (vLLM, Ollama, llama.cpp, ...) understands it.
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -39,8 +134,8 @@ struct ResponseFormat {
     kind: &'static str,
 }
 
-/// Build the request body.
-pub fn request_body(req: &ProviderRequest) -> Body<'_> {
+/// Build the request body, with the output allowance in `field`.
+pub fn request_body(req: &ProviderRequest, field: TokenField) -> Body<'_> {
     let messages = req
         .messages
         .iter()
@@ -53,10 +148,12 @@ pub fn request_body(req: &ProviderRequest) -> Body<'_> {
             content: &m.content,
         })
         .collect();
+    let completion_field = field == TokenField::MaxCompletionTokens;
     Body {
         model: &req.model,
         messages,
-        max_tokens: req.max_output_tokens,
+        max_tokens: req.max_output_tokens.filter(|_| !completion_field),
+        max_completion_tokens: req.max_output_tokens.filter(|_| completion_field),
         temperature: req.temperature,
         user: req.user.as_deref(),
         response_format: req.json_output.then_some(ResponseFormat {
@@ -88,12 +185,13 @@ struct ResponseMessage {
 struct ResponseUsage {
     #[serde(default)]
     prompt_tokens: u64,
+    /// Reasoning tokens are included in it.
     #[serde(default)]
     completion_tokens: u64,
 }
 
-/// Parse a 2xx body. A refusal or a content-filtered answer without text is
-/// the job's fault: BadRequest.
+/// Parse a 2xx body: a success only when the answer has text and was neither
+/// filtered nor refused.
 pub fn parse_success(body: &[u8]) -> Outcome {
     let resp: Response = match serde_json::from_slice(body) {
         Ok(r) => r,
@@ -112,34 +210,75 @@ pub fn parse_success(body: &[u8]) -> Outcome {
         input_tokens: u.prompt_tokens,
         output_tokens: u.completion_tokens,
     });
-    match (choice.message.content, choice.message.refusal) {
+    let text = choice.message.content.filter(|t| !t.is_empty());
+    let finish = choice.finish_reason.unwrap_or_default();
+    let failure = |kind, message: String, reason: &str, partial: Option<String>| {
+        Outcome::JobFailed(JobFailure {
+            partial_text: partial,
+            usage,
+            ..JobFailure::new(kind, message).with_reason(reason)
+        })
+    };
+    if let Some(refusal) = choice.message.refusal.filter(|r| !r.is_empty()) {
+        return failure(
+            FailureKind::Blocked,
+            format!("refused: {refusal}"),
+            "refusal",
+            text,
+        );
+    }
+    if finish == "content_filter" {
+        let message =
+            "the answer was withheld by the content filter (finish_reason content_filter)";
+        return failure(
+            FailureKind::Blocked,
+            message.to_owned(),
+            "content_filter",
+            text,
+        );
+    }
+    match (text, finish.as_str()) {
         (Some(text), _) => Outcome::Success(Completion {
             text,
             usage,
             limit_until: None,
         }),
-        (None, Some(refusal)) => Outcome::BadRequest {
-            message: format!("refused: {refusal}"),
-        },
-        (None, None) => Outcome::BadRequest {
-            message: format!(
-                "no content, finish_reason {}",
-                choice.finish_reason.as_deref().unwrap_or("none")
+        (None, "length") => failure(
+            FailureKind::Truncated,
+            format!(
+                "the output allowance ran out before any text ({} output tokens, finish_reason length)",
+                usage.output_tokens
             ),
-        },
+            "length",
+            None,
+        ),
+        (None, reason) => failure(
+            FailureKind::EmptyOutput,
+            format!(
+                "the model answered without text (finish_reason {})",
+                or_none(reason)
+            ),
+            reason,
+            None,
+        ),
     }
+}
+
+fn or_none(s: &str) -> &str {
+    if s.is_empty() { "none" } else { s }
 }
 
 /// The fields of an OpenAI error body that classification needs. Compatible
 /// servers vary: `{"error": {...}}`, `{"error": "text"}`, or top-level fields.
 #[derive(Debug, Default)]
-struct ErrorFields {
-    message: Option<String>,
-    kind: String,
-    code: String,
+pub struct ErrorFields {
+    pub message: Option<String>,
+    pub kind: String,
+    pub code: String,
+    pub param: String,
 }
 
-fn error_fields(body: &[u8]) -> ErrorFields {
+pub fn error_fields(body: &[u8]) -> ErrorFields {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return ErrorFields::default();
     };
@@ -165,6 +304,7 @@ fn error_fields(body: &[u8]) -> ErrorFields {
             .map(str::to_owned),
         kind: text("type"),
         code: text("code"),
+        param: text("param"),
     }
 }
 
@@ -178,36 +318,98 @@ const QUOTA_CODES: &[&str] = &[
     "project_spend_limit_exceeded",
 ];
 
+/// Codes meaning the key or its account is unusable until a human acts,
+/// whatever the status they come with.
+const DEAD_KEY_CODES: &[&str] = &[
+    "invalid_api_key",
+    "billing_not_active",
+    "account_deactivated",
+    "organization_deactivated",
+    "no_organization",
+    "unsupported_country_region_territory",
+    "invalid_organization",
+    "api_key_revoked",
+    "access_terminated",
+];
+
 /// OpenAI's rules for a non-2xx answer.
 pub fn classify_error(status: u16, headers: &HeaderMap, body: &[u8], now: Timestamp) -> Outcome {
     let fields = error_fields(body);
     let message = message_or_body(fields.message.as_deref(), status, body);
-    let is_quota =
-        QUOTA_CODES.contains(&fields.code.as_str()) || QUOTA_CODES.contains(&fields.kind.as_str());
-    if is_quota {
+    if let Some(too_large) = too_large(status, &fields, &message) {
+        return Outcome::JobFailed(too_large);
+    }
+    let is = |codes: &[&str]| {
+        codes.contains(&fields.code.as_str()) || codes.contains(&fields.kind.as_str())
+    };
+    if is(QUOTA_CODES) {
         return Outcome::QuotaExhausted {
             until: None,
             message,
         };
+    }
+    if is(DEAD_KEY_CODES) {
+        return Outcome::Unauthorized { message };
     }
     if status != 429 {
         return by_status(status, headers, message, now);
     }
-    // "Rate limit reached ... on requests per day (RPD)": the minute-scale reset
-    // headers would have the key retried all day long.
-    if message.contains("per day") {
+    // "Rate limit reached ... on requests per day (RPD) ... Please try again in
+    // 7m12s": the provider's own time; the minute-scale reset headers are not
+    // about this limit. Without a time, the pool's daily reset.
+    if is_per_day(&message) {
+        let wait = classify::retry_after_from_headers(headers, now)
+            .or_else(|| classify::retry_hint_in(&message));
         return Outcome::QuotaExhausted {
-            until: None,
+            until: wait.and_then(|w| classify::after(now, w)),
             message,
         };
     }
+    // The message's "try again in 3.89s" is the provider's time for this
+    // request; a reset header is when the whole bucket is full again.
     let retry_after = classify::retry_after_from_headers(headers, now)
-        .or_else(|| reset_headers_delay(headers, &fields.kind))
-        .or_else(|| classify::retry_hint_in(&message));
+        .or_else(|| classify::retry_hint_in(&message))
+        .or_else(|| reset_headers_delay(headers, &fields.kind));
     Outcome::RateLimited {
         retry_after,
         message,
     }
+}
+
+fn is_per_day(message: &str) -> bool {
+    message.contains("per day") || message.contains("(RPD)") || message.contains("(TPD)")
+}
+
+/// A request no key of this size can ever run: 429 "Request too large for
+/// gpt-4o ... on tokens per min (TPM): Limit 30000, Requested 50000", or 400
+/// `context_length_exceeded` ("maximum context length is 128000 tokens.
+/// However, your messages resulted in 150000 tokens").
+pub fn too_large(status: u16, fields: &ErrorFields, message: &str) -> Option<JobFailure> {
+    let request_too_large = status == 429 && message.starts_with("Request too large");
+    let context = fields.code == "context_length_exceeded"
+        || fields.code == "string_above_max_length"
+        || message.contains("maximum context length");
+    if !(request_too_large || context || status == 413) {
+        return None;
+    }
+    let (limit, requested) = if request_too_large {
+        (
+            number_after(message, "Limit "),
+            number_after(message, "Requested "),
+        )
+    } else {
+        (
+            number_after(message, "maximum context length is "),
+            number_after(message, "resulted in ")
+                .or_else(|| number_after(message, "you requested ")),
+        )
+    };
+    Some(JobFailure {
+        limit,
+        requested,
+        reason: (!fields.code.is_empty()).then(|| fields.code.clone()),
+        ..JobFailure::new(FailureKind::TooLarge, message)
+    })
 }
 
 /// The larger of `x-ratelimit-reset-{requests,tokens}` among the limits that
@@ -262,7 +464,7 @@ mod tests {
 
     #[test]
     fn body_has_all_fields() {
-        let body = serde_json::to_value(request_body(&request())).unwrap();
+        let body = serde_json::to_value(request_body(&request(), TokenField::MaxTokens)).unwrap();
         assert_eq!(
             body,
             json!({
@@ -287,7 +489,7 @@ mod tests {
         req.max_output_tokens = None;
         req.temperature = None;
         req.user = None;
-        let body = serde_json::to_value(request_body(&req)).unwrap();
+        let body = serde_json::to_value(request_body(&req, TokenField::MaxTokens)).unwrap();
         let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["messages", "model"]);
     }
@@ -331,7 +533,7 @@ mod tests {
             "refusal": "I can't help with that."}, "finish_reason": "stop"}]});
         assert!(matches!(
             parse_success(refusal.to_string().as_bytes()),
-            Outcome::BadRequest { message } if message.contains("can't help")
+            Outcome::JobFailed(f) if f.message.contains("can't help") && f.kind == FailureKind::Blocked
         ));
         for body in [&b"not json"[..], b"{}", b"{\"choices\": []}"] {
             assert!(matches!(parse_success(body), Outcome::Transient { message }

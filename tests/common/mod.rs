@@ -412,6 +412,7 @@ pub fn write_config_file(
                 keyrelay::provider::ProviderKind::Gemini => "gemini",
                 keyrelay::provider::ProviderKind::Openai => "openai",
                 keyrelay::provider::ProviderKind::Anthropic => "anthropic",
+                keyrelay::provider::ProviderKind::Azure => "azure",
             },
             pool.base_url,
             pool.default_model

@@ -259,34 +259,47 @@ fn rejects_bad_base_urls() {
 
 #[test]
 fn endpoints_tolerate_trailing_slash() {
+    use crate::provider::{ProviderOptions, registry};
+    let request = ProviderRequest {
+        model: "m".to_owned(),
+        messages: Vec::new(),
+        json_output: false,
+        max_output_tokens: None,
+        temperature: None,
+        user: None,
+    };
+    let endpoint = |kind, base: &str| {
+        let api = registry::build(kind, &ProviderOptions::default());
+        api.endpoint(&reqwest::Url::parse(base).unwrap(), &request)
+            .to_string()
+    };
     for base in ["https://api.anthropic.com", "https://api.anthropic.com/"] {
-        let client =
-            ProviderClient::new(ProviderKind::Anthropic, base, HttpSettings::new(timeouts()))
-                .unwrap();
         assert_eq!(
-            client.endpoint(&["v1", "messages"]).as_str(),
+            endpoint(ProviderKind::Anthropic, base),
             "https://api.anthropic.com/v1/messages"
         );
     }
-    let client = ProviderClient::new(
-        ProviderKind::Openai,
-        "https://api.openai.com/v1/",
-        HttpSettings::new(timeouts()),
-    )
-    .unwrap();
     assert_eq!(
-        client.endpoint(&["chat", "completions"]).as_str(),
+        endpoint(ProviderKind::Openai, "https://api.openai.com/v1/"),
         "https://api.openai.com/v1/chat/completions"
     );
 }
 
 #[test]
 fn anthropic_headers_carry_key_and_version() {
-    let headers = auth_headers(ProviderKind::Anthropic, &ApiKey::new("sk-ant-x")).unwrap();
+    use crate::provider::{ProviderOptions, registry};
+    let api = |kind| registry::build(kind, &ProviderOptions::default());
+    let headers = api(ProviderKind::Anthropic)
+        .auth_headers(&ApiKey::new("sk-ant-x"))
+        .unwrap();
     assert_eq!(headers["x-api-key"], "sk-ant-x");
     assert!(headers["x-api-key"].is_sensitive());
     assert_eq!(headers["anthropic-version"], "2023-06-01");
-    assert!(auth_headers(ProviderKind::Gemini, &ApiKey::new("bad\nkey")).is_none());
+    assert!(
+        api(ProviderKind::Gemini)
+            .auth_headers(&ApiKey::new("bad\nkey"))
+            .is_none()
+    );
 }
 
 const OPENAI_SUCCESS: &str = r#"{"choices": [{"message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}"#;

@@ -1,0 +1,254 @@
+//! What a provider's answer means: the decision type every provider's parser and
+//! error classifier returns, and the payloads it carries.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Token usage as reported by the provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// A successful completion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    pub usage: Usage,
+    /// The provider's rate-limit headers say the key has nothing left until
+    /// then (OpenAI `x-ratelimit-remaining-*: 0`, Anthropic
+    /// `anthropic-ratelimit-*-remaining: 0`): the key's budget tightens.
+    pub limit_until: Option<Timestamp>,
+}
+
+/// Why a job fails because of the job itself (never because of its key).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The provider rejected the request (bad argument, unknown model, ...).
+    #[default]
+    BadRequest,
+    /// The prompt or the request is larger than the model or the key can ever take.
+    TooLarge,
+    /// A safety filter, recitation check, blocklist or the model refused.
+    Blocked,
+    /// The model finished normally without any text.
+    EmptyOutput,
+    /// The output allowance ran out before any text (reasoning models spend
+    /// it all on thoughts).
+    Truncated,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::BadRequest => "bad_request",
+            FailureKind::TooLarge => "too_large",
+            FailureKind::Blocked => "blocked",
+            FailureKind::EmptyOutput => "empty_output",
+            FailureKind::Truncated => "truncated",
+        }
+    }
+}
+
+/// A job-caused failure, with what the provider said about it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct JobFailure {
+    pub kind: FailureKind,
+    pub message: String,
+    /// The provider's own reason code (`SAFETY`, `content_filter`, `refusal`, ...).
+    pub reason: Option<String>,
+    /// Text the answer did carry (a partly filtered or cut answer).
+    pub partial_text: Option<String>,
+    /// Tokens the call was billed for (a blocked answer still costs its prompt).
+    pub usage: Usage,
+    /// For `too_large`: the limit the provider named and what the job needed.
+    pub limit: Option<u64>,
+    pub requested: Option<u64>,
+}
+
+impl JobFailure {
+    /// A failure of `kind` with only a message.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> JobFailure {
+        JobFailure {
+            kind,
+            message: message.into(),
+            ..JobFailure::default()
+        }
+    }
+
+    /// The provider's reason code.
+    pub fn with_reason(mut self, reason: impl Into<String>) -> JobFailure {
+        self.reason = Some(reason.into());
+        self
+    }
+}
+
+/// Everything a provider answer can mean for the key and the job:
+/// the job succeeds or fails, the key cools for a while, is out until a date,
+/// is dead, or the job is retried elsewhere.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Success(Completion),
+    /// Per-minute style limit: the key may be used again after `retry_after`
+    /// (None: the provider did not say).
+    RateLimited {
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    /// Per-day quota, spend limit or empty balance: the key is out until
+    /// `until` (None: until the pool's next daily reset).
+    QuotaExhausted {
+        until: Option<Timestamp>,
+        message: String,
+    },
+    /// 5xx, 529, timeouts, connection errors: retry, preferably elsewhere.
+    Transient {
+        message: String,
+    },
+    /// The key or its account is unusable until a human acts: invalid, revoked
+    /// or leaked key, disabled organisation, billing not active, region refused.
+    Unauthorized {
+        message: String,
+    },
+    /// The job itself cannot succeed: the job fails, the key is fine.
+    JobFailed(JobFailure),
+    /// A success status with a body that cannot be used (malformed, truncated,
+    /// too large). The call was probably billed, so it is not retried.
+    InvalidResponse {
+        message: String,
+    },
+}
+
+impl Outcome {
+    /// A job failure of `kind` with only a message.
+    pub fn job_failed(kind: FailureKind, message: impl Into<String>) -> Outcome {
+        Outcome::JobFailed(JobFailure::new(kind, message))
+    }
+
+    /// Bounded label value for metrics and logs.
+    pub fn class(&self) -> OutcomeClass {
+        match self {
+            Outcome::Success(_) => OutcomeClass::Success,
+            Outcome::RateLimited { .. } => OutcomeClass::RateLimited,
+            Outcome::QuotaExhausted { .. } => OutcomeClass::QuotaExhausted,
+            Outcome::Transient { .. } => OutcomeClass::Transient,
+            Outcome::Unauthorized { .. } => OutcomeClass::Unauthorized,
+            Outcome::InvalidResponse { .. } => OutcomeClass::InvalidResponse,
+            Outcome::JobFailed(f) => match f.kind {
+                FailureKind::BadRequest => OutcomeClass::BadRequest,
+                FailureKind::TooLarge => OutcomeClass::TooLarge,
+                FailureKind::Blocked => OutcomeClass::Blocked,
+                FailureKind::EmptyOutput => OutcomeClass::EmptyOutput,
+                FailureKind::Truncated => OutcomeClass::Truncated,
+            },
+        }
+    }
+
+    /// The answer's text on a success, else the provider's message.
+    pub fn message(&self) -> &str {
+        match self {
+            Outcome::Success(c) => &c.text,
+            Outcome::JobFailed(f) => &f.message,
+            Outcome::RateLimited { message, .. }
+            | Outcome::QuotaExhausted { message, .. }
+            | Outcome::Transient { message }
+            | Outcome::Unauthorized { message }
+            | Outcome::InvalidResponse { message } => message,
+        }
+    }
+
+    /// The same outcome with its message passed through `f` (redaction, bounds).
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> Outcome {
+        match self {
+            Outcome::Success(c) => Outcome::Success(c),
+            Outcome::JobFailed(mut failure) => {
+                failure.message = f(failure.message);
+                Outcome::JobFailed(failure)
+            }
+            Outcome::RateLimited {
+                retry_after,
+                message,
+            } => Outcome::RateLimited {
+                retry_after,
+                message: f(message),
+            },
+            Outcome::QuotaExhausted { until, message } => Outcome::QuotaExhausted {
+                until,
+                message: f(message),
+            },
+            Outcome::Transient { message } => Outcome::Transient {
+                message: f(message),
+            },
+            Outcome::Unauthorized { message } => Outcome::Unauthorized {
+                message: f(message),
+            },
+            Outcome::InvalidResponse { message } => Outcome::InvalidResponse {
+                message: f(message),
+            },
+        }
+    }
+
+    /// Whether the key, not the job, caused the outcome: such a job moves to
+    /// another key without spending one of its attempts.
+    pub fn is_the_keys_fault(&self) -> bool {
+        matches!(
+            self,
+            Outcome::RateLimited { .. }
+                | Outcome::QuotaExhausted { .. }
+                | Outcome::Unauthorized { .. }
+        )
+    }
+}
+
+/// The class of an [`Outcome`], without its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeClass {
+    Success,
+    RateLimited,
+    QuotaExhausted,
+    Transient,
+    Unauthorized,
+    BadRequest,
+    InvalidResponse,
+    TooLarge,
+    Blocked,
+    EmptyOutput,
+    Truncated,
+}
+
+impl OutcomeClass {
+    pub const ALL: [OutcomeClass; 11] = [
+        OutcomeClass::Success,
+        OutcomeClass::RateLimited,
+        OutcomeClass::QuotaExhausted,
+        OutcomeClass::Transient,
+        OutcomeClass::Unauthorized,
+        OutcomeClass::BadRequest,
+        OutcomeClass::InvalidResponse,
+        OutcomeClass::TooLarge,
+        OutcomeClass::Blocked,
+        OutcomeClass::EmptyOutput,
+        OutcomeClass::Truncated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeClass::Success => "success",
+            OutcomeClass::RateLimited => "rate_limited",
+            OutcomeClass::QuotaExhausted => "quota_exhausted",
+            OutcomeClass::Transient => "transient",
+            OutcomeClass::Unauthorized => "unauthorized",
+            OutcomeClass::BadRequest => "bad_request",
+            OutcomeClass::InvalidResponse => "invalid_response",
+            OutcomeClass::TooLarge => "too_large",
+            OutcomeClass::Blocked => "blocked",
+            OutcomeClass::EmptyOutput => "empty_output",
+            OutcomeClass::Truncated => "truncated",
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Which file serves which provider: the one place a provider is registered.
+//! Adding a provider is a file beside this one, a variant here and its line in
+//! [`build`].
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::token_field::TokenFields;
+use super::{ProviderApi, anthropic, azure, gemini, openai};
+
+/// Which wire protocol a pool speaks (`provider = "..."` in a pool's config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Google Gemini `models/{model}:generateContent`.
+    Gemini,
+    /// Any OpenAI-compatible `chat/completions` endpoint (OpenAI, vLLM, Ollama, ...).
+    Openai,
+    /// Anthropic `v1/messages`.
+    Anthropic,
+    /// Azure OpenAI: `openai/deployments/{deployment}/chat/completions`.
+    Azure,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Azure => "azure",
+        }
+    }
+
+    /// The public endpoint of a built-in provider, used when a pool names no
+    /// `base_url` (Azure has none: every resource has its own).
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
+            ProviderKind::Openai => Some("https://api.openai.com/v1"),
+            ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+            ProviderKind::Azure => None,
+        }
+    }
+}
+
+/// Per-pool settings some providers read.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderOptions {
+    /// OpenAI and Azure: which field carries the output allowance.
+    pub token_fields: TokenFields,
+    /// Azure: the `api-version` query parameter (None: [`azure::DEFAULT_API_VERSION`]).
+    pub api_version: Option<String>,
+}
+
+/// The provider implementation for `kind`.
+pub fn build(kind: ProviderKind, options: &ProviderOptions) -> Arc<dyn ProviderApi> {
+    match kind {
+        ProviderKind::Gemini => Arc::new(gemini::Gemini),
+        ProviderKind::Openai => Arc::new(openai::OpenAi::new(options.token_fields.clone())),
+        ProviderKind::Anthropic => Arc::new(anthropic::Anthropic),
+        ProviderKind::Azure => Arc::new(azure::AzureOpenAi::new(options)),
+    }
+}
