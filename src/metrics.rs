@@ -233,27 +233,20 @@ pub struct PoolMetrics {
     pub upstream_duration: metrics::Histogram,
 }
 
-/// Every `outcome` label of `keyrelay_jobs_total`.
-const JOB_OUTCOMES: [&str; 7] = [
-    "succeeded",
-    "invalid_job",
-    "invalid_output",
-    "bad_request",
-    "upstream",
-    "all_keys_unavailable",
-    "deadline_exceeded",
-];
+/// Every `outcome` label of `keyrelay_jobs_total`: `succeeded` and each error kind.
+fn job_outcomes() -> impl Iterator<Item = &'static str> {
+    std::iter::once("succeeded").chain(crate::job::ErrorKind::ALL.iter().map(|k| k.as_str()))
+}
 
 impl PoolMetrics {
     pub fn new(pool: &str) -> PoolMetrics {
         let pool = pool.to_owned();
         PoolMetrics {
-            jobs: JOB_OUTCOMES
-                .iter()
+            jobs: job_outcomes()
                 .map(|o| {
                     (
-                        *o,
-                        metrics::counter!(JOBS_TOTAL, "pool" => pool.clone(), "outcome" => *o),
+                        o,
+                        metrics::counter!(JOBS_TOTAL, "pool" => pool.clone(), "outcome" => o),
                     )
                 })
                 .collect(),

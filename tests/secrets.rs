@@ -57,9 +57,12 @@ async fn echo_provider() -> (String, tokio::sync::mpsc::UnboundedReceiver<u16>) 
                     .find(|s| body.contains(&format!("ECHO{s}")))
                     .unwrap_or(500);
                 let _ = tx.send(status);
+                // `invalid_api_key` only on the 401: with that code any status
+                // would (rightly) disable the key.
+                let code = (status == 401).then_some("invalid_api_key");
                 let text = serde_json::json!({"error": {
                     "message": format!("Incorrect API key provided: {key}. You can find your API key at https://example.invalid/?key={key}"),
-                    "type": "invalid_request_error", "param": key, "code": "invalid_api_key"}})
+                    "type": "invalid_request_error", "param": key, "code": code}})
                 .to_string();
                 let reason = match status {
                     400 => "Bad Request",

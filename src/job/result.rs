@@ -44,6 +44,20 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for labels registered up front.
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::InvalidJob,
+        ErrorKind::InvalidOutput,
+        ErrorKind::BadRequest,
+        ErrorKind::TooLarge,
+        ErrorKind::Blocked,
+        ErrorKind::EmptyOutput,
+        ErrorKind::Truncated,
+        ErrorKind::Upstream,
+        ErrorKind::AllKeysUnavailable,
+        ErrorKind::DeadlineExceeded,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::InvalidJob => "invalid_job",

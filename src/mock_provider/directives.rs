@@ -42,6 +42,8 @@ pub(crate) struct Directives {
     pub invalid_json: bool,
     pub body: Option<BodyFault>,
     pub forced: Option<Forced>,
+    /// Answer with this recorded real answer (see `replay`).
+    pub replay: Option<String>,
 }
 
 /// Parses every marker in `text`; Err names the first item it does not understand.
@@ -85,6 +87,14 @@ fn apply(d: &mut Directives, item: &str) -> Result<(), String> {
         }
         "rate_limit" => d.forced = Some(Forced::RateLimit(optional_ms(name, value)?)),
         "exhausted" => d.forced = Some(Forced::Exhausted(optional_ms(name, value)?)),
+        "replay" => {
+            let fixture = value.filter(|v| !v.is_empty());
+            d.replay = Some(
+                fixture
+                    .ok_or("replay needs a recorded answer's name")?
+                    .to_string(),
+            );
+        }
         _ => return Err(format!("unknown mock directive {item:?}")),
     }
     Ok(())

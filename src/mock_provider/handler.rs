@@ -11,7 +11,7 @@ use super::common::{self, Failure, Parsed, Usage};
 use super::directives::{self, BodyFault, Directives};
 use super::state::{Admission, MockState, Window};
 use super::stats::Tally;
-use super::{anthropic, gemini, openai};
+use super::{anthropic, azure, gemini, openai, replay};
 
 /// Which wire format a request speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +19,7 @@ pub(crate) enum Api {
     Gemini,
     Openai,
     Anthropic,
+    Azure,
 }
 
 impl Api {
@@ -27,6 +28,7 @@ impl Api {
             Api::Gemini => gemini::key(req),
             Api::Openai => openai::key(req),
             Api::Anthropic => anthropic::key(req),
+            Api::Azure => azure::key(req),
         }
     }
 
@@ -35,13 +37,14 @@ impl Api {
             Api::Gemini => gemini::parse(path_model, body),
             Api::Openai => openai::parse(body),
             Api::Anthropic => anthropic::parse(req, body),
+            Api::Azure => azure::parse(req, path_model, body),
         }
     }
 
     fn success(self, parsed: &Parsed, text: &str, usage: Usage) -> Value {
         match self {
             Api::Gemini => gemini::success(parsed, text, usage),
-            Api::Openai => openai::success(parsed, text, usage),
+            Api::Openai | Api::Azure => openai::success(parsed, text, usage),
             Api::Anthropic => anthropic::success(parsed, text, usage),
         }
     }
@@ -49,7 +52,7 @@ impl Api {
     fn strip_text(self) -> fn(&mut Value) {
         match self {
             Api::Gemini => gemini::strip_text,
-            Api::Openai => openai::strip_text,
+            Api::Openai | Api::Azure => openai::strip_text,
             Api::Anthropic => anthropic::strip_text,
         }
     }
@@ -57,7 +60,7 @@ impl Api {
     fn ok(self, window: &Window) -> HttpResponseBuilder {
         match self {
             Api::Gemini => gemini::ok(),
-            Api::Openai => openai::ok(window),
+            Api::Openai | Api::Azure => openai::ok(window),
             Api::Anthropic => anthropic::ok(window),
         }
     }
@@ -67,13 +70,14 @@ impl Api {
             Api::Gemini => gemini::failure(failure),
             Api::Openai => openai::failure(failure),
             Api::Anthropic => anthropic::failure(failure),
+            Api::Azure => azure::failure(failure),
         }
     }
 
     /// The transient error statuses this provider really sends (a reset is added to them).
     fn transient_statuses(self) -> [u16; 2] {
         match self {
-            Api::Gemini | Api::Openai => [500, 503],
+            Api::Gemini | Api::Openai | Api::Azure => [500, 503],
             Api::Anthropic => [500, 529],
         }
     }
@@ -136,6 +140,7 @@ fn answer(
             api.failure(&Failure::Exhausted { limited, model }),
             Tally::Exhausted,
         ),
+        Admission::Replay { fixture, .. } => replayed(api, &fixture),
         Admission::Admitted { window, .. } => match understood {
             Err(message) => (
                 api.failure(&Failure::BadRequest(message)),
@@ -157,6 +162,9 @@ fn admitted(
     if let Some(code) = directives.status {
         return (api.failure(&Failure::Status(code)), Tally::Fault);
     }
+    if let Some(name) = &directives.replay {
+        return replayed(api, name);
+    }
     // Random faults only hit plain requests, so a directive's outcome stays certain.
     let plain = directives.body.is_none() && !directives.invalid_json;
     if plain && state.fault_rate > 0.0 && rand::random_bool(state.fault_rate) {
@@ -177,6 +185,21 @@ fn admitted(
             bodies::faulty(fault, ok, body, api.strip_text()),
             Tally::Fault,
         ),
+    }
+}
+
+/// A recorded real answer; an unknown name is the provider's 400 so a typo
+/// in a test fails loudly.
+fn replayed(api: Api, name: &str) -> (HttpResponse, Tally) {
+    match replay::respond(api, name) {
+        Some(response) => (response, Tally::Replayed),
+        None => {
+            let message = format!("mock: no recorded {api:?} answer named {name:?}");
+            (
+                api.failure(&Failure::BadRequest(message)),
+                Tally::BadRequest,
+            )
+        }
     }
 }
 

@@ -6,12 +6,14 @@
 //! [`MockProvider`], [`MockSettings`], [`MockKey`], [`MockStats`].
 
 mod anthropic;
+mod azure;
 mod bodies;
 mod common;
 mod directives;
 mod gemini;
 mod handler;
 mod openai;
+mod replay;
 mod routes;
 mod settings;
 mod state;
@@ -100,6 +102,12 @@ impl MockProvider {
     /// Base URL for OpenAI-compatible clients (they append `/chat/completions`).
     pub fn openai_base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// Base URL for Azure OpenAI clients (they append
+    /// `/openai/deployments/{deployment}/chat/completions`).
+    pub fn azure_base_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// Base URL for Anthropic clients (they append `/v1/messages`).

@@ -25,6 +25,16 @@ pub(crate) fn key(req: &HttpRequest) -> Option<String> {
 
 /// Parses a chat completion request.
 pub(crate) fn parse(body: &[u8]) -> Result<Parsed, String> {
+    let parsed = parse_without_model(body)?;
+    if parsed.model.is_empty() {
+        return Err("you must provide a model parameter".to_string());
+    }
+    Ok(parsed)
+}
+
+/// Parses a chat completion request whose `model` is optional (Azure names
+/// the model in the URL).
+pub(crate) fn parse_without_model(body: &[u8]) -> Result<Parsed, String> {
     let request: Value = serde_json::from_slice(body).map_err(|_| {
         "We could not parse the JSON body of your request. (HINT: This likely means you aren't \
          using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was \
@@ -34,7 +44,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<Parsed, String> {
     let model = request
         .get("model")
         .and_then(Value::as_str)
-        .ok_or("you must provide a model parameter")?;
+        .unwrap_or_default();
     let messages = request
         .get("messages")
         .and_then(Value::as_array)
@@ -52,6 +62,9 @@ pub(crate) fn parse(body: &[u8]) -> Result<Parsed, String> {
             last_user = Some(text);
         }
     }
+    if rejects_max_tokens(model) && request.get("max_tokens").is_some() {
+        return Err(UNSUPPORTED_MAX_TOKENS.to_string());
+    }
     let format = request
         .pointer("/response_format/type")
         .and_then(Value::as_str);
@@ -61,6 +74,19 @@ pub(crate) fn parse(body: &[u8]) -> Result<Parsed, String> {
         input_chars,
         json_output: matches!(format, Some("json_object" | "json_schema")),
     })
+}
+
+/// OpenAI's answer to `max_tokens` for a reasoning model (o-series, gpt-5);
+/// recorded in tests/fixtures/providers/openai.json
+/// (`openai_400_unsupported_parameter_max_tokens`).
+const UNSUPPORTED_MAX_TOKENS: &str = "Unsupported parameter: 'max_tokens' is not supported with \
+     this model. Use 'max_completion_tokens' instead.";
+
+/// The model families that take only `max_completion_tokens`.
+fn rejects_max_tokens(model: &str) -> bool {
+    ["o1", "o3", "o4", "gpt-5"]
+        .iter()
+        .any(|p| model.starts_with(p))
 }
 
 /// A `chat.completion` object carrying `text`.
@@ -165,6 +191,9 @@ pub(crate) fn failure(failure: &Failure) -> HttpResponse {
             let (message, kind) = status_text(*code);
             error(*code, message, kind, None)
         }
+        Failure::BadRequest(message) if message == UNSUPPORTED_MAX_TOKENS => {
+            unsupported_parameter(message, "max_tokens")
+        }
         Failure::BadRequest(message) => error(400, message, "invalid_request_error", None),
     }
 }
@@ -175,6 +204,17 @@ fn error(status: u16, message: &str, kind: &str, code: Option<&str>) -> HttpResp
     });
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut builder = HttpResponse::build(status);
+    builder.content_type(CONTENT_TYPE);
+    common_headers(&mut builder);
+    builder.body(body.to_string())
+}
+
+fn unsupported_parameter(message: &str, param: &str) -> HttpResponse {
+    let body = json!({ "error": {
+        "message": message, "type": "invalid_request_error",
+        "param": param, "code": "unsupported_parameter"
+    }});
+    let mut builder = HttpResponse::BadRequest();
     builder.content_type(CONTENT_TYPE);
     common_headers(&mut builder);
     builder.body(body.to_string())

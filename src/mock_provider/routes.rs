@@ -1,4 +1,4 @@
-//! URL layout: the three provider endpoints and the `/_mock/*` control endpoints.
+//! URL layout: the four provider endpoints and the `/_mock/*` control endpoints.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
@@ -17,6 +17,10 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1beta/models/{target}", web::post().to(gemini))
         .route("/v1/chat/completions", web::post().to(openai))
         .route("/v1/messages", web::post().to(anthropic))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            web::post().to(azure),
+        )
         .route("/_mock/stats", web::get().to(stats))
         .route("/_mock/reset", web::post().to(reset))
         .route("/_mock/keys/{label}/{action}", web::post().to(key_action));
@@ -42,6 +46,15 @@ async fn openai(state: State, req: HttpRequest, body: web::Bytes) -> HttpRespons
 
 async fn anthropic(state: State, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     handler::serve(Api::Anthropic, &state, &req, "", &body).await
+}
+
+async fn azure(
+    state: State,
+    req: HttpRequest,
+    deployment: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    handler::serve(Api::Azure, &state, &req, &deployment, &body).await
 }
 
 async fn stats(state: State) -> HttpResponse {

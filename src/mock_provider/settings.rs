@@ -28,6 +28,14 @@ pub struct MockKey {
     /// Answer every request with this key as an invalid key.
     #[serde(default)]
     pub invalid: bool,
+    /// Answer requests with this key with the recorded real answer of this
+    /// name (tests/fixtures/providers/*.json): an account that is disabled,
+    /// out of credit, or limited the way a real provider says it.
+    #[serde(default)]
+    pub replay: Option<String>,
+    /// Only the first this-many requests get `replay` (None: every request).
+    #[serde(default)]
+    pub replay_times: Option<u32>,
 }
 
 impl MockKey {
@@ -39,7 +47,16 @@ impl MockKey {
             rpm: None,
             rpd: None,
             invalid: false,
+            replay: None,
+            replay_times: None,
         }
+    }
+
+    /// Every request (or the first `times`) answered with a recorded answer.
+    pub fn replaying(mut self, fixture: impl Into<String>, times: Option<u32>) -> MockKey {
+        self.replay = Some(fixture.into());
+        self.replay_times = times;
+        self
     }
 
     pub fn with_rpm(mut self, rpm: u32) -> MockKey {
@@ -126,6 +143,14 @@ impl MockSettings {
             }
             if !labels.insert(key.label.as_str()) {
                 return Err(format!("duplicate key label {:?}", key.label));
+            }
+            if let Some(name) = &key.replay
+                && !super::replay::exists(name)
+            {
+                return Err(format!(
+                    "key {:?}: no recorded answer named {name:?} in tests/fixtures/providers",
+                    key.label
+                ));
             }
             if !secrets.insert(key.secret.as_str()) {
                 return Err(format!("duplicate secret for key {:?}", key.label));

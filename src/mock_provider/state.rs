@@ -53,6 +53,11 @@ pub(crate) enum Admission {
         label: String,
         limited: Limited,
     },
+    /// The key is set to answer with a recorded real answer.
+    Replay {
+        label: String,
+        fixture: String,
+    },
     /// The request counts against the key's windows and may be answered.
     Admitted {
         label: String,
@@ -66,6 +71,7 @@ impl Admission {
             Admission::Unauthorized { label }
             | Admission::RateLimited { label, .. }
             | Admission::Exhausted { label, .. }
+            | Admission::Replay { label, .. }
             | Admission::Admitted { label, .. } => label,
         }
     }
@@ -77,6 +83,8 @@ struct KeyState {
     exhausted_until: Option<Instant>,
     minute_log: VecDeque<Instant>,
     day_log: VecDeque<Instant>,
+    /// Requests answered with the key's `replay` so far.
+    replayed: u32,
 }
 
 impl KeyState {
@@ -87,6 +95,7 @@ impl KeyState {
             exhausted_until: None,
             minute_log: VecDeque::new(),
             day_log: VecDeque::new(),
+            replayed: 0,
         }
     }
 }
@@ -197,6 +206,16 @@ fn decide(
     let label = key.config.label.clone();
     if key.config.invalid || key.revoked {
         return Admission::Unauthorized { label };
+    }
+    if let Some(fixture) = &key.config.replay
+        && key
+            .config
+            .replay_times
+            .is_none_or(|times| key.replayed < times)
+    {
+        key.replayed += 1;
+        let fixture = fixture.clone();
+        return Admission::Replay { label, fixture };
     }
     prune(&mut key.minute_log, now, minute);
     prune(&mut key.day_log, now, day);

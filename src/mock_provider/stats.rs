@@ -21,6 +21,9 @@ pub struct KeyStats {
     pub faults: u32,
     /// Requests the mock could not parse (answered with the provider's 400).
     pub bad_requests: u32,
+    /// Requests answered with a recorded real answer (`replay`).
+    #[serde(default)]
+    pub replayed: u32,
 }
 
 /// Snapshot of everything counted since start or the last reset.
@@ -50,6 +53,7 @@ impl MockStats {
                 unauthorized: acc.unauthorized + k.unauthorized,
                 faults: acc.faults + k.faults,
                 bad_requests: acc.bad_requests + k.bad_requests,
+                replayed: acc.replayed + k.replayed,
             })
     }
 
@@ -62,7 +66,11 @@ impl MockStats {
 /// How one answered request is counted (besides `requests`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Tally {
-    Success { prompt: String },
+    /// Answered with a recorded real answer.
+    Replayed,
+    Success {
+        prompt: String,
+    },
     RateLimited,
     Exhausted,
     Unauthorized,
@@ -87,6 +95,7 @@ impl MockStats {
             Tally::Unauthorized => entry.unauthorized += 1,
             Tally::Fault => entry.faults += 1,
             Tally::BadRequest => entry.bad_requests += 1,
+            Tally::Replayed => entry.replayed += 1,
         }
     }
 

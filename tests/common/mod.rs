@@ -274,6 +274,7 @@ fn config_for(
         let base_url = match pool.provider {
             "gemini" => mock.gemini_base_url(),
             "openai" => mock.openai_base_url(),
+            "azure" => mock.azure_base_url(),
             _ => mock.anthropic_base_url(),
         };
         text += &format!(
