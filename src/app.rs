@@ -95,6 +95,7 @@ impl App {
             supervisor: supervisor.clone(),
             store: store.clone(),
             config: Arc::new(config.clone()),
+            pool_consumers: watches.pools.clone(),
         };
         let (http, http_addr) = crate::http::serve(config.metrics.listen, state)?;
         info!(pools = config.pools.len(), http = %http_addr, "keyrelay running");

@@ -16,5 +16,6 @@ pub mod metrics;
 pub mod mock_provider;
 pub mod pipeline;
 pub mod provider;
+pub mod readiness;
 pub mod secret;
 pub mod store;

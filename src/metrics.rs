@@ -44,6 +44,9 @@ pub const QUEUE_MESSAGES: &str = "keyrelay_queue_messages";
 pub const QUEUE_CONSUMERS: &str = "keyrelay_queue_consumers";
 pub const DEAD_LETTER_MESSAGES: &str = "keyrelay_dead_letter_messages";
 pub const PROBES_TOTAL: &str = "keyrelay_probes_total";
+pub const BROKER_CONNECTED: &str = "keyrelay_broker_connected";
+pub const STORE_WRITABLE: &str = "keyrelay_store_writable";
+pub const POOL_CONSUMERS: &str = "keyrelay_pool_consumers";
 pub const ADMIN_REQUESTS_TOTAL: &str = "keyrelay_admin_requests_total";
 
 /// How often buffered histogram samples are folded into their buckets.
@@ -136,6 +139,18 @@ fn describe() {
         "Provider call latency, by pool."
     );
     describe_gauge!(KEYS_AVAILABLE, "Keys of the pool currently in rotation.");
+    describe_gauge!(
+        BROKER_CONNECTED,
+        "1 while the broker connection is up, 0 while it is down or reconnecting."
+    );
+    describe_gauge!(
+        STORE_WRITABLE,
+        "1 while the store can write, 0 while writes fail (no new jobs are taken)."
+    );
+    describe_gauge!(
+        POOL_CONSUMERS,
+        "Keys of the pool with a consumer on its queue right now."
+    );
     describe_counter!(
         REROUTES_TOTAL,
         "Jobs moved to another key in-process, by pool and reason."

@@ -103,7 +103,7 @@ async fn poll_once(broker: &Weak<Broker>, config: &Config, monitor: &Monitor) ->
     let Some(broker) = broker.upgrade() else {
         return false;
     };
-    if !broker.is_connected().await {
+    if !broker.is_connected() {
         return true;
     }
     for pool in &config.pools {

@@ -31,6 +31,9 @@ pub struct Broker {
     /// outside the lock, so 1,000 workers starting at once open theirs in
     /// parallel instead of one round trip after another.
     connection: Mutex<Option<Arc<Connection>>>,
+    /// The same connection for status checks: never held across an await, so
+    /// `/readyz` answers at once even while a reconnect holds `connection`.
+    current: std::sync::Mutex<Option<Arc<Connection>>>,
     /// Bumped on every (re)connect: a channel from an older generation belongs
     /// to a dead connection, whatever its own status says.
     generation: AtomicU64,
@@ -48,7 +51,7 @@ impl Broker {
     /// each reconnect (a broker that lost its definitions gets them back).
     pub async fn for_service(config: Arc<Config>) -> Result<Broker, AmqpError> {
         let name = format!("keyrelay {}", config.broker.queue_prefix);
-        let url = config.broker.url.clone();
+        let url = with_heartbeat(&config.broker.url, config.broker.heartbeat_secs);
         Self::open_with(&name, &url, Some(config)).await
     }
 
@@ -62,11 +65,13 @@ impl Broker {
             name: name.to_owned(),
             topology,
             connection: Mutex::new(None),
+            current: std::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             settlers: TaskTracker::new(),
         };
-        let connection = broker.open().await?;
-        *broker.connection.lock().await = Some(Arc::new(connection));
+        let connection = Arc::new(broker.open().await?);
+        broker.set_current(Some(connection.clone()));
+        *broker.connection.lock().await = Some(connection);
         broker.generation.store(1, Ordering::Release);
         Ok(broker)
     }
@@ -97,6 +102,7 @@ impl Broker {
         warn!(connection = %self.name, "broker connection lost; reconnecting");
         let conn = Arc::new(self.open().await?);
         info!(connection = %self.name, "reconnected to the broker");
+        self.set_current(Some(conn.clone()));
         *guard = Some(conn.clone());
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         Ok((conn, generation))
@@ -107,10 +113,25 @@ impl Broker {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Whether the connection is up right now.
-    pub async fn is_connected(&self) -> bool {
-        let guard = self.connection.lock().await;
-        guard.as_ref().is_some_and(|c| c.status().connected())
+    /// Whether the connection is up right now. Never waits: a reconnect in
+    /// progress is "not connected".
+    pub fn is_connected(&self) -> bool {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.as_ref().is_some_and(|c| c.status().connected())
+    }
+
+    fn set_current(&self, conn: Option<Arc<Connection>>) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = conn;
+    }
+
+    /// Declare `pool`'s job queue and delay queues again (after the broker
+    /// cancelled its consumers: the queue was deleted). No-op on a client
+    /// connection.
+    pub async fn declare_pool(&self, channel: &Channel, pool: &str) -> Result<(), AmqpError> {
+        match &self.topology {
+            Some(config) => topology::declare_pool(channel, config, pool).await,
+            None => Ok(()),
+        }
     }
 
     /// A settler for a channel of this connection (see [`Settler`]).
@@ -133,6 +154,7 @@ impl Broker {
                 "closing with acks unsent; the broker redelivers those jobs"
             );
         }
+        self.set_current(None);
         let Some(conn) = self.connection.lock().await.take() else {
             return Ok(());
         };
@@ -169,6 +191,20 @@ impl Broker {
             let _ = channel.close(200, "topology declared".into()).await;
         }
         Ok(conn)
+    }
+}
+
+/// `url` with `heartbeat=secs` added, unless it sets one already (or is not a
+/// URL: validation has said so by then, and lapin will too).
+fn with_heartbeat(url: &str, secs: u16) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if !parsed.query_pairs().any(|(k, _)| k == "heartbeat") => {
+            parsed
+                .query_pairs_mut()
+                .append_pair("heartbeat", &secs.to_string());
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -210,4 +246,23 @@ fn tls_config(broker: &crate::config::BrokerConfig) -> Result<OwnedTLSConfig, Am
         identity,
         cert_chain,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_heartbeat;
+
+    #[test]
+    fn heartbeat_is_added_unless_the_url_sets_one() {
+        assert_eq!(
+            with_heartbeat("amqp://guest:guest@127.0.0.1:5672/%2f", 4),
+            "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=4"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/v?frame_max=8192", 4),
+            "amqp://h/v?frame_max=8192&heartbeat=4"
+        );
+        let own = "amqp://h/%2f?heartbeat=30";
+        assert_eq!(with_heartbeat(own, 4), own);
+    }
 }

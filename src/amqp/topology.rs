@@ -14,11 +14,19 @@ pub async fn declare(channel: &Channel, config: &Config) -> Result<(), AmqpError
     declare_plain(channel, &config.jobs.dead_letter_queue).await?;
     declare_plain(channel, &config.jobs.results_queue).await?;
     for pool in &config.pools {
-        let queue = config.job_queue(&pool.name);
-        declare_job_queue(channel, config, &queue).await?;
-        for attempt in 1..config.jobs.max_attempts {
-            declare_delay_queue(channel, &queue, attempt).await?;
-        }
+        declare_pool(channel, config, &pool.name).await?;
+    }
+    Ok(())
+}
+
+/// Declare one pool's job queue and its delay queues (and the dead-letter
+/// queue its job queue dead-letters to).
+pub async fn declare_pool(channel: &Channel, config: &Config, pool: &str) -> Result<(), AmqpError> {
+    declare_plain(channel, &config.jobs.dead_letter_queue).await?;
+    let queue = config.job_queue(pool);
+    declare_job_queue(channel, config, &queue).await?;
+    for attempt in 1..config.jobs.max_attempts {
+        declare_delay_queue(channel, &queue, attempt).await?;
     }
     Ok(())
 }

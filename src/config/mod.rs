@@ -58,6 +58,12 @@ pub struct BrokerConfig {
     /// Deliveries of one job before the broker dead-letters it (quorum queues only).
     #[serde(default = "defaults::delivery_limit")]
     pub delivery_limit: u32,
+    /// AMQP heartbeat in seconds, unless the URL sets `heartbeat=`: a broker
+    /// silent for twice this long (frozen, partitioned) counts as gone, so
+    /// `/readyz` says so and keyrelay reconnects. 0 turns heartbeats off.
+    /// Env: `KEYRELAY__BROKER__HEARTBEAT_SECS`.
+    #[serde(default = "defaults::heartbeat_secs")]
+    pub heartbeat_secs: u16,
     /// `amqps://` only: PEM file of CA certificates to trust instead of the
     /// system's. Env: `KEYRELAY__BROKER__TLS_CA_FILE`.
     #[serde(default)]
@@ -459,6 +465,9 @@ mod defaults {
     }
     pub fn delivery_limit() -> u32 {
         20
+    }
+    pub fn heartbeat_secs() -> u16 {
+        3
     }
     /// Results are written once and read rarely (a redelivery, the history
     /// API), so a small cache costs no throughput and keeps memory flat.

@@ -8,6 +8,7 @@ mod counters;
 mod group_commit;
 pub mod history;
 pub mod response_cache;
+mod write_health;
 
 use std::path::Path;
 
@@ -58,6 +59,7 @@ pub struct Store {
     usage_hourly: sled::Tree,
     pending_counters: std::sync::Arc<counters::PendingCounters>,
     commit: GroupCommit,
+    write_health: std::sync::Arc<write_health::WriteHealth>,
 }
 
 impl Store {
@@ -88,6 +90,7 @@ impl Store {
             pending_counters: Default::default(),
             // keyrelay flushes sled only through the committer (see `flush`).
             commit: GroupCommit::spawn(db),
+            write_health: Default::default(),
         })
     }
 
@@ -112,6 +115,33 @@ impl Store {
     /// `encoded` (the reply's bytes: one serialization serves both), and
     /// indexed as the response cache's answer to `cache_key` once durable.
     pub async fn persist_encoded(
+        &self,
+        result: &JobResult,
+        encoded: &[u8],
+        counters_key: Option<&str>,
+        cache_key: Option<CacheKey>,
+    ) -> Result<(), StoreError> {
+        let written = self
+            .write_durably(result, encoded, counters_key, cache_key)
+            .await;
+        match &written {
+            Ok(()) if self.write_health.succeeded() => {
+                tracing::info!("the store writes again; taking jobs again");
+            }
+            Err(e) if self.write_health.failed(&e.to_string()) => {
+                tracing::error!(error = %e, "the store cannot write; no new jobs are taken until it can");
+            }
+            _ => {}
+        }
+        written
+    }
+
+    /// Why the store cannot write, while its last durable write failed.
+    pub fn write_error(&self) -> Option<String> {
+        self.write_health.error()
+    }
+
+    async fn write_durably(
         &self,
         result: &JobResult,
         encoded: &[u8],

@@ -2,6 +2,9 @@
 //! keyrelay started in-process with its own queue names and data directory.
 #![allow(dead_code)]
 
+#[allow(dead_code)]
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -116,11 +119,24 @@ impl TestEnv {
         extra_toml: &str,
         pool_toml: &str,
     ) -> TestEnv {
+        Self::start_through(&amqp_url(), pools, settings, extra_toml, pool_toml).await
+    }
+
+    /// Like `start_pools_with`, with keyrelay (only) reaching the broker at
+    /// `broker_url`; the test's own connection goes to the broker directly.
+    pub async fn start_through(
+        broker_url: &str,
+        pools: Vec<TestPool>,
+        settings: MockSettings,
+        extra_toml: &str,
+        pool_toml: &str,
+    ) -> TestEnv {
         init_logs();
         let mock = start_mock(&pools, settings).await;
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("kr-test.{}", uuid::Uuid::now_v7().simple());
-        let config = config_for(&pools, &mock, dir.path(), &prefix, extra_toml, pool_toml);
+        let mut config = config_for(&pools, &mock, dir.path(), &prefix, extra_toml, pool_toml);
+        config.broker.url = broker_url.to_owned();
         let app = App::start(config.clone()).await.expect("keyrelay starts");
         let key_count: usize = pools.iter().map(|p| p.keys.len()).sum();
         tokio::time::timeout(WAIT, app.wait_for_consumers(key_count))

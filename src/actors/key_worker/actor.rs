@@ -27,8 +27,12 @@ impl Actor for KeyWorker {
     fn started(&mut self, ctx: &mut Self::Context) {
         let broker = self.broker.clone();
         let prefetch = self.key.concurrency;
+        let redeclare = self.redeclare.then(|| self.key.pool.name.clone());
         let open = async move {
             let channel = broker.channel().await?;
+            if let Some(pool) = redeclare {
+                broker.declare_pool(&channel, &pool).await?;
+            }
             channel
                 .basic_qos(prefetch, BasicQosOptions::default())
                 .await

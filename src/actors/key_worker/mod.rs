@@ -34,6 +34,9 @@ pub struct KeyWorker {
     retiring: bool,
     /// Dropped with the worker, which ends its delivery loops.
     alive: tokio::sync::watch::Sender<()>,
+    /// Declare the pool's queues before consuming (a restarted worker: its
+    /// queue may have been deleted).
+    redeclare: bool,
 }
 
 impl KeyWorker {
@@ -42,6 +45,7 @@ impl KeyWorker {
         services: Arc<Services>,
         broker: Arc<Broker>,
         supervisor: Addr<Supervisor>,
+        redeclare: bool,
     ) -> KeyWorker {
         KeyWorker {
             key,
@@ -54,6 +58,7 @@ impl KeyWorker {
             generation: 0,
             retiring: false,
             alive: tokio::sync::watch::Sender::new(()),
+            redeclare,
         }
     }
 

@@ -24,6 +24,8 @@ pub struct Watches {
     pub consumers: watch::Receiver<usize>,
     /// Jobs between delivery and ack.
     pub in_flight: watch::Receiver<usize>,
+    /// Per pool: keys in rotation and keys consuming.
+    pub pools: watch::Receiver<Vec<crate::readiness::PoolConsumers>>,
 }
 
 /// Everything the supervisor is built from.
@@ -48,10 +50,12 @@ impl Supervisor {
     pub fn launch(setup: SupervisorSetup) -> (Addr<Supervisor>, Watches) {
         let (consumers, consumers_rx) = watch::channel(0);
         let (in_flight, in_flight_rx) = watch::channel(0);
-        let addr = Self::launch_with(setup, consumers, Arc::new(in_flight));
+        let (pools, pools_rx) = watch::channel(Vec::new());
+        let addr = Self::launch_with(setup, consumers, pools, Arc::new(in_flight));
         let watches = Watches {
             consumers: consumers_rx,
             in_flight: in_flight_rx,
+            pools: pools_rx,
         };
         (addr, watches)
     }
@@ -59,6 +63,7 @@ impl Supervisor {
     fn launch_with(
         setup: SupervisorSetup,
         consumers: watch::Sender<usize>,
+        pool_consumers: watch::Sender<Vec<crate::readiness::PoolConsumers>>,
         in_flight: Arc<watch::Sender<usize>>,
     ) -> Addr<Supervisor> {
         Supervisor::create(move |ctx| {
@@ -96,6 +101,7 @@ impl Supervisor {
                     ctx: pool.ctx,
                     keys: ids,
                     outage_logged: false,
+                    starved_logged: false,
                 });
             }
             Supervisor {
@@ -105,6 +111,7 @@ impl Supervisor {
                 broker: setup.broker,
                 stopping: false,
                 consumers,
+                pool_consumers,
             }
         })
     }
@@ -146,11 +153,15 @@ impl Supervisor {
 
     pub(super) fn start_worker(&mut self, id: KeyId, ctx: &mut Context<Self>) {
         let slot = &mut self.keys[id.0];
+        // A restarted worker declares its pool's queues again: the broker
+        // cancels consumers when their queue is deleted.
+        let redeclare = slot.restarts > 0;
         let worker = KeyWorker::new(
             slot.ctx.clone(),
             self.services.clone(),
             self.broker.clone(),
             ctx.address(),
+            redeclare,
         );
         slot.worker = Some(worker.start());
     }
@@ -199,6 +210,7 @@ impl Supervisor {
         slot.state = state;
         let pool = slot.pool;
         self.check_pool(pool);
+        self.publish_pool_consumers();
     }
 
     /// Update the pool's available-keys gauge; warn once when none is left.

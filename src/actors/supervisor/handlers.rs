@@ -12,6 +12,10 @@ use crate::metrics as m;
 use crate::pipeline::{self, return_to_broker};
 use crate::provider::Outcome;
 
+/// Longest wait before a stopped worker is started again: after a broker
+/// outage, consuming resumes within this long of the broker being back.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(4);
+
 impl Handler<KeyOutcome> for Supervisor {
     type Result = ();
 
@@ -97,9 +101,15 @@ impl Handler<ConsumerState> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: ConsumerState, _ctx: &mut Self::Context) {
-        self.keys[msg.key.0].consuming = msg.consuming;
+        let slot = &mut self.keys[msg.key.0];
+        slot.consuming = msg.consuming;
+        if msg.consuming {
+            // Consuming again: the next failure starts the backoff over.
+            slot.restarts = 0;
+        }
         let n = self.keys.iter().filter(|k| k.consuming).count();
         self.consumers.send_replace(n);
+        self.publish_pool_consumers();
     }
 }
 
@@ -143,8 +153,7 @@ impl Handler<WorkerStopped> for Supervisor {
         }
         slot.restarts += 1;
         slot.ctx.set_report_success(true);
-        let delay =
-            Duration::from_millis(100u64 << slot.restarts.min(8)).min(Duration::from_secs(30));
+        let delay = Duration::from_millis(100u64 << slot.restarts.min(8)).min(MAX_RESTART_DELAY);
         metrics::counter!(m::WORKER_RESTARTS_TOTAL, "pool" => slot.ctx.pool.name.clone(), "key" => slot.ctx.name.clone())
             .increment(1);
         warn!(pool = %slot.ctx.pool.name, key = %slot.ctx.name, delay_ms = delay.as_millis() as u64, "restarting key worker");

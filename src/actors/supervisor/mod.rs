@@ -7,6 +7,7 @@ mod actor;
 mod admin_handlers;
 mod handlers;
 mod quota;
+mod readiness;
 
 use std::sync::Arc;
 
@@ -28,6 +29,8 @@ pub struct Supervisor {
     stopping: bool,
     /// Number of keys consuming right now (readiness, tests, shutdown).
     consumers: tokio::sync::watch::Sender<usize>,
+    /// Per pool: keys in rotation and keys consuming (`/readyz`).
+    pool_consumers: tokio::sync::watch::Sender<Vec<crate::readiness::PoolConsumers>>,
 }
 
 /// The supervisor's view of one key.
@@ -51,4 +54,7 @@ struct PoolSlot {
     /// Whether "every key is unavailable" has been logged since the last time
     /// a key was available (one warning per outage, not one per job).
     outage_logged: bool,
+    /// Whether "no consumer on the queue" has been logged since the pool last
+    /// had one (the queue deleted, the broker gone).
+    starved_logged: bool,
 }
