@@ -213,7 +213,7 @@ fn decide(
             .replay_times
             .is_none_or(|times| key.replayed < times)
     {
-        key.replayed += 1;
+        key.replayed = key.replayed.saturating_add(1);
         let fixture = fixture.clone();
         return Admission::Replay { label, fixture };
     }

@@ -182,9 +182,10 @@ pub fn parse_success(body: &[u8]) -> Outcome {
         .filter_map(|b| b.text)
         .collect();
     let usage = resp.usage.map_or(Usage::default(), |u| Usage {
-        input_tokens: u.input_tokens
-            + u.cache_creation_input_tokens.unwrap_or(0)
-            + u.cache_read_input_tokens.unwrap_or(0),
+        input_tokens: u
+            .input_tokens
+            .saturating_add(u.cache_creation_input_tokens.unwrap_or(0))
+            .saturating_add(u.cache_read_input_tokens.unwrap_or(0)),
         output_tokens: u.output_tokens,
     });
     let stop = resp.stop_reason.unwrap_or_default();
@@ -249,7 +250,7 @@ pub fn classify_error(status: u16, headers: &HeaderMap, body: &[u8], now: Timest
             message,
         };
     }
-    if let Some(outcome) = account_problem(status, raw_message, &message) {
+    if let Some(outcome) = account_problem(status, kind, raw_message, &message) {
         return outcome;
     }
     if let Some(too_large) = too_large(status, kind, raw_message, &message) {
@@ -273,8 +274,14 @@ pub fn classify_error(status: u16, headers: &HeaderMap, body: &[u8], now: Timest
 /// A 4xx about the organisation behind the key, not the job: an empty credit
 /// balance or a spend limit (out until the date named, else the next reset),
 /// or a disabled organisation (dead until an operator acts).
-fn account_problem(status: u16, raw_message: &str, message: &str) -> Option<Outcome> {
-    if !(400..500).contains(&status) {
+fn account_problem(status: u16, kind: &str, raw_message: &str, message: &str) -> Option<Outcome> {
+    // Only the error types an account problem comes as: a 404 "model: <name>"
+    // echoes the job's model, which may say anything.
+    let account_kind = matches!(
+        kind,
+        "invalid_request_error" | "permission_error" | "billing_error"
+    );
+    if !matches!(status, 400 | 402 | 403) || !account_kind {
         return None;
     }
     let lower = raw_message.to_ascii_lowercase();
@@ -359,112 +366,5 @@ fn next_month_utc(now: Timestamp) -> Option<Timestamp> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::provider::ChatMessage;
-    use serde_json::json;
-
-    fn request() -> ProviderRequest {
-        let msg = |role, content: &str| ChatMessage {
-            role,
-            content: content.to_owned(),
-        };
-        ProviderRequest {
-            model: "claude-sonnet-4-5".to_owned(),
-            messages: vec![
-                msg(Role::System, "You sort fruit."),
-                msg(Role::System, "Be brief."),
-                msg(Role::User, "Apple?"),
-                msg(Role::Assistant, "Pome."),
-                msg(Role::User, "Plum?"),
-            ],
-            json_output: true,
-            max_output_tokens: None,
-            temperature: Some(0.0),
-            user: Some("u-7".to_owned()),
-        }
-    }
-
-    #[test]
-    fn body_joins_system_adds_json_instruction_and_defaults_max_tokens() {
-        let body = serde_json::to_value(request_body(&request())).unwrap();
-        let system = format!("You sort fruit.\n\nBe brief.\n\n{JSON_INSTRUCTION}");
-        assert_eq!(
-            body,
-            json!({
-                "model": "claude-sonnet-4-5",
-                "max_tokens": 1024,
-                "system": system,
-                "messages": [
-                    {"role": "user", "content": "Apple?"},
-                    {"role": "assistant", "content": "Pome."},
-                    {"role": "user", "content": "Plum?"}
-                ],
-                "temperature": 0.0,
-                "metadata": {"user_id": "u-7"}
-            })
-        );
-    }
-
-    #[test]
-    fn body_omits_unset_fields() {
-        let mut req = request();
-        req.messages.retain(|m| m.role == Role::User);
-        req.json_output = false;
-        req.max_output_tokens = Some(50);
-        req.temperature = None;
-        req.user = None;
-        let body = serde_json::to_value(request_body(&req)).unwrap();
-        let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["max_tokens", "messages", "model"]);
-        assert_eq!(body["max_tokens"], 50);
-    }
-
-    #[test]
-    fn parses_text_blocks_and_usage() {
-        let body = json!({
-            "id": "msg_013Zva2CMHLNnXjNJJKqJ2EF", "type": "message", "role": "assistant",
-            "model": "claude-sonnet-4-5",
-            "content": [
-                {"type": "thinking", "thinking": "hmm", "signature": "x"},
-                {"type": "text", "text": "Drupe"}, {"type": "text", "text": "."}
-            ],
-            "stop_reason": "end_turn", "stop_sequence": null,
-            "usage": {"input_tokens": 20, "output_tokens": 4,
-                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 100}
-        });
-        let expected = Completion {
-            text: "Drupe.".to_owned(),
-            usage: Usage {
-                input_tokens: 120,
-                output_tokens: 4,
-            },
-            limit_until: None,
-        };
-        assert_eq!(
-            parse_success(body.to_string().as_bytes()),
-            Outcome::Success(expected)
-        );
-    }
-
-    #[test]
-    fn refusal_and_malformed() {
-        let refusal = json!({"content": [], "stop_reason": "refusal",
-                             "usage": {"input_tokens": 5, "output_tokens": 0}});
-        assert!(matches!(
-            parse_success(refusal.to_string().as_bytes()),
-            Outcome::JobFailed(f) if f.kind == FailureKind::Blocked
-        ));
-        for body in [&b"oops"[..], b"{}", b"{\"content\": \"text\"}"] {
-            assert!(matches!(parse_success(body), Outcome::Transient { message }
-                if message.starts_with("malformed success body")));
-        }
-    }
-
-    #[test]
-    fn next_month_rolls_over_the_year() {
-        let now: Timestamp = "2025-12-31T23:59:59Z".parse().unwrap();
-        let expected: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        assert_eq!(next_month_utc(now), Some(expected));
-    }
-}
+#[path = "anthropic_tests.rs"]
+mod tests;

@@ -39,6 +39,14 @@ pub trait ProviderApi: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Whether the provider counts a request's output allowance
+    /// (`max_tokens`) against the key's tokens per minute before running it
+    /// (OpenAI does; Gemini counts input only, Anthropic input and output
+    /// apart).
+    fn tpm_counts_output_allowance(&self) -> bool {
+        false
+    }
+
     /// After a rejected call: whether the provider refused the request's shape
     /// (not its content) and the api has adjusted, so the same request should
     /// be sent once more (OpenAI "Unsupported parameter: 'max_tokens'").

@@ -12,20 +12,19 @@ use reqwest::header::HeaderMap;
 use serde_json::Value;
 
 use super::api::{ProviderApi, join_path, secret_header};
-use super::classify::{self, by_status, header_str, message_or_body, parse_go_duration};
-use super::openai;
-use super::token_field::TokenFields;
+use super::classify::{self, by_status, message_or_body};
+use super::openai::{self, OpenAi};
 use super::{FailureKind, JobFailure, Outcome, ProviderOptions, ProviderRequest};
 use crate::secret::ApiKey;
 
 /// The GA data-plane API version used when a pool names none.
 pub const DEFAULT_API_VERSION: &str = "2024-10-21";
 
-/// One Azure OpenAI resource.
+/// One Azure OpenAI resource: OpenAI's wire format at another address.
 #[derive(Debug)]
 pub struct AzureOpenAi {
     api_version: String,
-    tokens: TokenFields,
+    openai: OpenAi,
 }
 
 impl AzureOpenAi {
@@ -35,7 +34,7 @@ impl AzureOpenAi {
                 .api_version
                 .clone()
                 .unwrap_or_else(|| DEFAULT_API_VERSION.to_owned()),
-            tokens: options.token_fields.clone(),
+            openai: OpenAi::new(options.token_fields.clone()),
         }
     }
 }
@@ -62,12 +61,11 @@ impl ProviderApi for AzureOpenAi {
     }
 
     fn body(&self, request: &ProviderRequest) -> serde_json::Result<Vec<u8>> {
-        let field = self.tokens.for_model(&request.model);
-        serde_json::to_vec(&openai::request_body(request, field))
+        self.openai.body(request)
     }
 
     fn parse_success(&self, body: &[u8]) -> Outcome {
-        openai::parse_success(body)
+        self.openai.parse_success(body)
     }
 
     fn classify_error(
@@ -81,18 +79,15 @@ impl ProviderApi for AzureOpenAi {
     }
 
     fn limit_until(&self, headers: &HeaderMap, now: Timestamp) -> Option<Timestamp> {
-        let delay = ["requests", "tokens"]
-            .iter()
-            .filter(|w| classify::is_spent(headers, &format!("x-ratelimit-remaining-{w}")))
-            .filter_map(|w| {
-                parse_go_duration(header_str(headers, &format!("x-ratelimit-reset-{w}"))?)
-            })
-            .max();
-        classify::limit_instant(now, delay)
+        self.openai.limit_until(headers, now)
+    }
+
+    fn tpm_counts_output_allowance(&self) -> bool {
+        self.openai.tpm_counts_output_allowance()
     }
 
     fn adjust_after_rejection(&self, request: &ProviderRequest, status: u16, body: &[u8]) -> bool {
-        openai::adjust_token_field(&self.tokens, request, status, body)
+        self.openai.adjust_after_rejection(request, status, body)
     }
 }
 

@@ -2,7 +2,8 @@
 //! parses the retry hints providers send (`retry-after`, Go-style durations).
 //!
 //! [`classify`] is pure: the per-provider error rules live beside each wire
-//! format (`gemini.rs`, `openai.rs`, `anthropic.rs`); the fallbacks live here.
+//! format (`gemini.rs`, `openai.rs`, `anthropic.rs`, `azure.rs`); the
+//! fallbacks and the parsers they share live here.
 
 use std::time::Duration;
 

@@ -138,6 +138,12 @@ const A_API_ERROR: &str =
     r#"{"type": "error", "error": {"type": "api_error", "message": "Internal server error"}}"#;
 const A_BILLING: &str = r#"{"type": "error", "error": {"type": "billing_error", "message": "There is an issue with your payment method."}}"#;
 
+// Error messages that echo the job's model name must not read as the key's
+// problem (a model named "spend limit" must not park the key).
+const O_PROJECT_NO_ACCESS: &str = r#"{"error": {"message": "Project `proj_abc` does not have access to model `o3`", "type": "invalid_request_error", "param": null, "code": "model_not_found"}}"#;
+const A_MODEL_ECHO: &str = r#"{"type": "error", "error": {"type": "not_found_error", "message": "model: spend limit organization has been disabled"}}"#;
+const G_MODEL_ECHO: &str = r#"{"error": {"code": 404, "message": "models/api key not valid is not found for API version v1beta.", "status": "NOT_FOUND"}}"#;
+
 /// (name, provider, status, headers, body, expected, text the message must contain)
 type Row = (
     &'static str,
@@ -201,6 +207,9 @@ fn rows() -> Vec<Row> {
         ("a413", A, 413, vec![], A_TOO_LARGE, Want::Job(FailureKind::TooLarge), ""),
         ("a500", A, 500, vec![], A_API_ERROR, Want::Transient, ""),
         ("a402 billing_error", A, 402, vec![], A_BILLING, Want::Quota(None), ""),
+        ("o403 model_not_found is the job's", O, 403, vec![], O_PROJECT_NO_ACCESS, Want::Job(FailureKind::BadRequest), "does not have access"),
+        ("a404 echoed model is not the account's", A, 404, vec![], A_MODEL_ECHO, Want::Job(FailureKind::BadRequest), "spend limit"),
+        ("g404 echoed model is not a bad key", G, 404, vec![], G_MODEL_ECHO, Want::Job(FailureKind::BadRequest), "not found"),
         ("any 429 text", A, 429, vec![], "Too Many Requests", Want::Rate(None), "Too Many Requests"),
         ("any 429 http-date", G, 429, vec![("retry-after", "Sat, 01 Mar 2025 12:01:00 GMT")], "<html>slow down</html>", secs(60.0), ""),
         ("any 401 empty", O, 401, vec![], "", Want::Unauth, "401 Unauthorized"),

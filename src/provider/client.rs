@@ -123,6 +123,11 @@ impl ProviderClient {
         self.kind
     }
 
+    /// See [`ProviderApi::tpm_counts_output_allowance`].
+    pub fn tpm_counts_output_allowance(&self) -> bool {
+        self.api.tpm_counts_output_allowance()
+    }
+
     /// Send `request` with `key` and classify the answer. Never panics; no
     /// message in the result contains the key.
     pub async fn call(&self, key: &ApiKey, request: &ProviderRequest) -> Outcome {
@@ -279,7 +284,6 @@ async fn read_capped(mut response: Response, cap: usize) -> Result<Vec<u8>, Outc
     }
 }
 
-/// A transport failure: the error and its causes, without the URL.
 /// A 2xx answer whose body cannot be used (malformed, truncated, too large)
 /// was most likely billed: it must not be retried like a transient failure.
 fn billed_if_accepted(status: u16, outcome: Outcome) -> Outcome {
@@ -293,6 +297,7 @@ fn billed_if_accepted(status: u16, outcome: Outcome) -> Outcome {
     }
 }
 
+/// A transport failure: the error and its causes, without the URL.
 fn transport_error(e: reqwest::Error) -> Outcome {
     let e = e.without_url();
     let mut message = if e.is_timeout() {

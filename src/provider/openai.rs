@@ -71,6 +71,10 @@ impl ProviderApi for OpenAi {
         classify::limit_instant(now, delay)
     }
 
+    fn tpm_counts_output_allowance(&self) -> bool {
+        true
+    }
+
     fn adjust_after_rejection(&self, request: &ProviderRequest, status: u16, body: &[u8]) -> bool {
         adjust_token_field(&self.tokens, request, status, body)
     }
@@ -88,22 +92,26 @@ pub fn adjust_token_field(
         return false;
     }
     let fields = error_fields(body);
-    let sent = tokens.for_model(&request.model);
-    let sent_name = match sent {
-        TokenField::MaxCompletionTokens => "max_completion_tokens",
-        _ => "max_tokens",
+    let message = fields.message.as_deref().unwrap_or_default();
+    let unsupported =
+        fields.code == "unsupported_parameter" || message.starts_with("Unsupported parameter");
+    // The refused field, as the provider names it: not the one configured
+    // now, which a concurrent refusal may have switched already.
+    let refused = match fields.param.as_str() {
+        "max_tokens" => Some(TokenField::MaxTokens),
+        "max_completion_tokens" => Some(TokenField::MaxCompletionTokens),
+        _ if message.starts_with("Unsupported parameter: 'max_tokens'") => {
+            Some(TokenField::MaxTokens)
+        }
+        _ if message.starts_with("Unsupported parameter: 'max_completion_tokens'") => {
+            Some(TokenField::MaxCompletionTokens)
+        }
+        _ => None,
     };
-    let unsupported = fields.code == "unsupported_parameter"
-        || fields
-            .message
-            .as_deref()
-            .is_some_and(|m| m.contains("Unsupported parameter"));
-    let about_sent = fields.param == sent_name
-        || fields
-            .message
-            .as_deref()
-            .is_some_and(|m| m.contains(&format!("'{sent_name}'")));
-    unsupported && about_sent && tokens.switch_from(&request.model, sent)
+    match refused {
+        Some(field) if unsupported => tokens.switch_from(&request.model, field),
+        _ => false,
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -351,6 +359,11 @@ pub fn classify_error(status: u16, headers: &HeaderMap, body: &[u8], now: Timest
     if is(DEAD_KEY_CODES) {
         return Outcome::Unauthorized { message };
     }
+    // "Project `proj_…` does not have access to model `o3`" comes as a 403:
+    // the job named a model this key cannot use; the key itself is fine.
+    if fields.code == "model_not_found" {
+        return Outcome::job_failed(FailureKind::BadRequest, message);
+    }
     if status != 429 {
         return by_status(status, headers, message, now);
     }
@@ -433,111 +446,5 @@ fn reset_headers_delay(headers: &HeaderMap, error_type: &str) -> Option<Duration
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::provider::ChatMessage;
-    use serde_json::json;
-
-    fn request() -> ProviderRequest {
-        ProviderRequest {
-            model: "gpt-4o-mini".to_owned(),
-            messages: vec![
-                ChatMessage {
-                    role: Role::System,
-                    content: "Answer in JSON.".to_owned(),
-                },
-                ChatMessage {
-                    role: Role::User,
-                    content: "Colour?".to_owned(),
-                },
-                ChatMessage {
-                    role: Role::Assistant,
-                    content: "{}".to_owned(),
-                },
-            ],
-            json_output: true,
-            max_output_tokens: Some(100),
-            temperature: Some(0.25),
-            user: Some("user-42".to_owned()),
-        }
-    }
-
-    #[test]
-    fn body_has_all_fields() {
-        let body = serde_json::to_value(request_body(&request(), TokenField::MaxTokens)).unwrap();
-        assert_eq!(
-            body,
-            json!({
-                "model": "gpt-4o-mini",
-                "messages": [
-                    {"role": "system", "content": "Answer in JSON."},
-                    {"role": "user", "content": "Colour?"},
-                    {"role": "assistant", "content": "{}"}
-                ],
-                "max_tokens": 100,
-                "temperature": 0.25,
-                "user": "user-42",
-                "response_format": {"type": "json_object"}
-            })
-        );
-    }
-
-    #[test]
-    fn body_omits_unset_fields() {
-        let mut req = request();
-        req.json_output = false;
-        req.max_output_tokens = None;
-        req.temperature = None;
-        req.user = None;
-        let body = serde_json::to_value(request_body(&req, TokenField::MaxTokens)).unwrap();
-        let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["messages", "model"]);
-    }
-
-    #[test]
-    fn parses_text_and_usage() {
-        let body = json!({
-            "id": "chatcmpl-abc123", "object": "chat.completion", "created": 1_741_569_952,
-            "model": "gpt-4o-mini-2024-07-18",
-            "choices": [{"index": 0, "message": {"role": "assistant",
-                "content": "{\"colour\":\"blue\"}", "refusal": null},
-                "logprobs": null, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 19, "completion_tokens": 10, "total_tokens": 29}
-        });
-        let expected = Completion {
-            text: "{\"colour\":\"blue\"}".to_owned(),
-            usage: Usage {
-                input_tokens: 19,
-                output_tokens: 10,
-            },
-            limit_until: None,
-        };
-        assert_eq!(
-            parse_success(body.to_string().as_bytes()),
-            Outcome::Success(expected)
-        );
-    }
-
-    #[test]
-    fn missing_usage_counts_zero() {
-        let body = json!({"choices": [{"message": {"content": "hi"}}]});
-        let Outcome::Success(c) = parse_success(body.to_string().as_bytes()) else {
-            panic!("expected success");
-        };
-        assert_eq!(c.usage, Usage::default());
-    }
-
-    #[test]
-    fn refusal_is_bad_request_and_garbage_is_transient() {
-        let refusal = json!({"choices": [{"message": {"content": null,
-            "refusal": "I can't help with that."}, "finish_reason": "stop"}]});
-        assert!(matches!(
-            parse_success(refusal.to_string().as_bytes()),
-            Outcome::JobFailed(f) if f.message.contains("can't help") && f.kind == FailureKind::Blocked
-        ));
-        for body in [&b"not json"[..], b"{}", b"{\"choices\": []}"] {
-            assert!(matches!(parse_success(body), Outcome::Transient { message }
-                if message.starts_with("malformed success body")));
-        }
-    }
-}
+#[path = "openai_tests.rs"]
+mod tests;

@@ -192,6 +192,16 @@ impl Outcome {
         }
     }
 
+    /// Tokens the provider billed for the call: a success's, and a failed
+    /// answer's (a blocked or cut answer still costs its prompt).
+    pub fn billed_usage(&self) -> Usage {
+        match self {
+            Outcome::Success(c) => c.usage,
+            Outcome::JobFailed(f) => f.usage,
+            _ => Usage::default(),
+        }
+    }
+
     /// Whether the key, not the job, caused the outcome: such a job moves to
     /// another key without spending one of its attempts.
     pub fn is_the_keys_fault(&self) -> bool {

@@ -77,19 +77,15 @@ impl TokenFields {
         })
     }
 
-    /// The provider refused `field` for `model`: use the other one from now on.
-    /// False when `field` is not what was sent (another call switched already).
+    /// The provider refused `field` for `model`: use the other one from now
+    /// on. Idempotent, so calls refused at once all land on the same field.
+    /// True when the field to send now differs from the refused one.
     pub fn switch_from(&self, model: &str, field: TokenField) -> bool {
-        if self.for_model(model) != field {
-            return true;
+        let refused = field.resolve(model);
+        if let Ok(mut learned) = self.learned.write() {
+            learned.insert(model.to_owned(), refused.other());
         }
-        match self.learned.write() {
-            Ok(mut learned) => {
-                learned.insert(model.to_owned(), field.other());
-                true
-            }
-            Err(_) => false,
-        }
+        self.for_model(model) != refused
     }
 }
 

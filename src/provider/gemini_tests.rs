@@ -1,0 +1,129 @@
+//! Unit tests of the gemini wire format.
+
+use super::*;
+use crate::provider::ChatMessage;
+use serde_json::json;
+
+fn request(json_output: bool) -> ProviderRequest {
+    let msg = |role, content: &str| ChatMessage {
+        role,
+        content: content.to_owned(),
+    };
+    ProviderRequest {
+        model: "gemini-2.0-flash".to_owned(),
+        messages: vec![
+            msg(Role::System, "Be terse."),
+            msg(Role::User, "Hi"),
+            msg(Role::Assistant, "Hello"),
+            msg(Role::User, "Name a colour"),
+        ],
+        json_output,
+        max_output_tokens: Some(256),
+        temperature: Some(0.5),
+        user: Some("u-1".to_owned()),
+    }
+}
+
+#[test]
+fn body_maps_roles_system_and_generation_config() {
+    let body = serde_json::to_value(request_body(&request(true))).unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "contents": [
+                {"role": "user", "parts": [{"text": "Hi"}]},
+                {"role": "model", "parts": [{"text": "Hello"}]},
+                {"role": "user", "parts": [{"text": "Name a colour"}]}
+            ],
+            "systemInstruction": {"parts": [{"text": "Be terse."}]},
+            "generationConfig": {
+                "maxOutputTokens": 256,
+                "temperature": 0.5,
+                "responseMimeType": "application/json"
+            }
+        })
+    );
+}
+
+#[test]
+fn body_omits_unset_fields() {
+    let mut req = request(false);
+    req.messages.retain(|m| m.role == Role::User);
+    req.max_output_tokens = None;
+    req.temperature = None;
+    let body = serde_json::to_value(request_body(&req)).unwrap();
+    assert!(body.get("systemInstruction").is_none());
+    assert_eq!(body["generationConfig"], json!({}));
+}
+
+#[test]
+fn method_segment_tolerates_models_prefix() {
+    assert_eq!(
+        method_segment("models/gemini-pro"),
+        "gemini-pro:generateContent"
+    );
+    assert_eq!(method_segment("gemini-pro"), "gemini-pro:generateContent");
+}
+
+#[test]
+fn parses_text_and_usage_skipping_thoughts() {
+    let body = json!({
+        "candidates": [{
+            "content": {"role": "model", "parts": [
+                {"text": "thinking...", "thought": true},
+                {"text": "Blue"}, {"text": "!"}
+            ]},
+            "finishReason": "STOP", "index": 0
+        }],
+        "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 2,
+                          "thoughtsTokenCount": 5, "totalTokenCount": 19},
+        "modelVersion": "gemini-2.0-flash"
+    });
+    let outcome = parse_success(body.to_string().as_bytes());
+    let expected = Completion {
+        text: "Blue!".to_owned(),
+        usage: Usage {
+            input_tokens: 12,
+            output_tokens: 7,
+        },
+        limit_until: None,
+    };
+    assert_eq!(outcome, Outcome::Success(expected));
+}
+
+#[test]
+fn blocked_empty_and_cut_answers_fail_the_job() {
+    let prompt_blocked = json!({"promptFeedback": {"blockReason": "SAFETY"}});
+    let no_candidates = json!({"usageMetadata": {"promptTokenCount": 3}});
+    let safety = json!({"candidates": [{"finishReason": "SAFETY", "index": 0}]});
+    let empty = json!({"candidates": [{"content": {"role": "model"}, "finishReason": "STOP"}]});
+    let cut = json!({"candidates": [{"content": {"role": "model"}, "finishReason": "MAX_TOKENS"}],
+        "usageMetadata": {"promptTokenCount": 3, "thoughtsTokenCount": 100}});
+    let rows = [
+        (prompt_blocked, FailureKind::Blocked, "SAFETY"),
+        (no_candidates, FailureKind::EmptyOutput, "NO_CANDIDATES"),
+        (safety, FailureKind::Blocked, "SAFETY"),
+        (empty, FailureKind::EmptyOutput, "STOP"),
+        (cut, FailureKind::Truncated, "MAX_TOKENS"),
+    ];
+    for (body, kind, reason) in rows {
+        match parse_success(body.to_string().as_bytes()) {
+            Outcome::JobFailed(f) => {
+                assert_eq!(
+                    (f.kind, f.reason.as_deref()),
+                    (kind, Some(reason)),
+                    "{body}"
+                )
+            }
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn malformed_success_is_transient() {
+    for body in [&b"<html>"[..], b"", b"{\"candidates\": 3}"] {
+        assert!(matches!(parse_success(body), Outcome::Transient { message }
+            if message.starts_with("malformed success body")));
+    }
+}

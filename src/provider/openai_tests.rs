@@ -1,0 +1,126 @@
+//! Unit tests of the openai wire format.
+
+use super::*;
+use crate::provider::ChatMessage;
+use serde_json::json;
+
+fn request() -> ProviderRequest {
+    ProviderRequest {
+        model: "gpt-4o-mini".to_owned(),
+        messages: vec![
+            ChatMessage {
+                role: Role::System,
+                content: "Answer in JSON.".to_owned(),
+            },
+            ChatMessage {
+                role: Role::User,
+                content: "Colour?".to_owned(),
+            },
+            ChatMessage {
+                role: Role::Assistant,
+                content: "{}".to_owned(),
+            },
+        ],
+        json_output: true,
+        max_output_tokens: Some(100),
+        temperature: Some(0.25),
+        user: Some("user-42".to_owned()),
+    }
+}
+
+#[test]
+fn body_has_all_fields() {
+    let body = serde_json::to_value(request_body(&request(), TokenField::MaxTokens)).unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "system", "content": "Answer in JSON."},
+                {"role": "user", "content": "Colour?"},
+                {"role": "assistant", "content": "{}"}
+            ],
+            "max_tokens": 100,
+            "temperature": 0.25,
+            "user": "user-42",
+            "response_format": {"type": "json_object"}
+        })
+    );
+}
+
+#[test]
+fn body_omits_unset_fields() {
+    let mut req = request();
+    req.json_output = false;
+    req.max_output_tokens = None;
+    req.temperature = None;
+    req.user = None;
+    let body = serde_json::to_value(request_body(&req, TokenField::MaxTokens)).unwrap();
+    let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["messages", "model"]);
+}
+
+#[test]
+fn parses_text_and_usage() {
+    let body = json!({
+        "id": "chatcmpl-abc123", "object": "chat.completion", "created": 1_741_569_952,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "message": {"role": "assistant",
+            "content": "{\"colour\":\"blue\"}", "refusal": null},
+            "logprobs": null, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 19, "completion_tokens": 10, "total_tokens": 29}
+    });
+    let expected = Completion {
+        text: "{\"colour\":\"blue\"}".to_owned(),
+        usage: Usage {
+            input_tokens: 19,
+            output_tokens: 10,
+        },
+        limit_until: None,
+    };
+    assert_eq!(
+        parse_success(body.to_string().as_bytes()),
+        Outcome::Success(expected)
+    );
+}
+
+#[test]
+fn missing_usage_counts_zero() {
+    let body = json!({"choices": [{"message": {"content": "hi"}}]});
+    let Outcome::Success(c) = parse_success(body.to_string().as_bytes()) else {
+        panic!("expected success");
+    };
+    assert_eq!(c.usage, Usage::default());
+}
+
+#[test]
+fn refusal_is_bad_request_and_garbage_is_transient() {
+    let refusal = json!({"choices": [{"message": {"content": null,
+        "refusal": "I can't help with that."}, "finish_reason": "stop"}]});
+    assert!(matches!(
+        parse_success(refusal.to_string().as_bytes()),
+        Outcome::JobFailed(f) if f.message.contains("can't help") && f.kind == FailureKind::Blocked
+    ));
+    for body in [&b"not json"[..], b"{}", b"{\"choices\": []}"] {
+        assert!(matches!(parse_success(body), Outcome::Transient { message }
+            if message.starts_with("malformed success body")));
+    }
+}
+
+#[test]
+fn calls_refused_at_once_all_switch_to_the_same_field() {
+    use crate::provider::token_field::TokenFields;
+    let tokens = TokenFields::new(TokenField::MaxTokens, Default::default());
+    let mut req = request();
+    req.model = "gpt-5".to_owned();
+    let refusal = json!({"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+        "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}})
+    .to_string();
+    // Two calls sent with max_tokens, both refused: both resend, neither flips back.
+    assert!(adjust_token_field(&tokens, &req, 400, refusal.as_bytes()));
+    assert!(adjust_token_field(&tokens, &req, 400, refusal.as_bytes()));
+    assert_eq!(tokens.for_model("gpt-5"), TokenField::MaxCompletionTokens);
+    // Another 400 is not a reason to resend.
+    let other = json!({"error": {"message": "Invalid value for 'temperature'", "param": "temperature", "code": null}}).to_string();
+    assert!(!adjust_token_field(&tokens, &req, 400, other.as_bytes()));
+}
