@@ -124,6 +124,11 @@ fn content_id(pool: &str, body: &[u8]) -> String {
 
 /// Run a job on `key`: one provider call, then finish or reroute.
 pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut inflight: InFlight) {
+    // The store cannot write (consumers are being paused): an answer now could
+    // not be recorded, so a redelivery would pay again. Back to the queue.
+    if services.store.write_error().is_some() {
+        return Box::pin(return_to_broker(&services, &key.pool, inflight)).await;
+    }
     if deadline_passed(&inflight) {
         return Box::pin(fail_deadline(&services, &key, inflight)).await;
     }
@@ -143,9 +148,12 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
         return Box::pin(fail_deadline(&services, &key, inflight)).await;
     }
     let guard = key.track();
-    inflight.attempts += 1;
     let started = Instant::now();
     let outcome = call(&key, &inflight).await;
+    // A call the key refused (rate limit, quota, dead key) is not the job's.
+    if !outcome.is_the_keys_fault() {
+        inflight.attempts += 1;
+    }
     let latency = started.elapsed();
     inflight.timing.provider += latency;
     if let (Some(ticket), Outcome::Success(c)) = (admission.ticket, &outcome) {
@@ -190,18 +198,13 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
         Outcome::Transient { message } => {
             Box::pin(retry_transient(&services, &key, inflight, message)).await
         }
-        // The key's fault, not the job's: the call does not count against
-        // the job's attempts.
         Outcome::RateLimited { .. } => {
-            inflight.attempts -= 1;
             reroute(&services, &key, inflight, RerouteReason::RateLimited)
         }
         Outcome::QuotaExhausted { .. } => {
-            inflight.attempts -= 1;
             reroute(&services, &key, inflight, RerouteReason::QuotaExhausted)
         }
         Outcome::Unauthorized { .. } => {
-            inflight.attempts -= 1;
             reroute(&services, &key, inflight, RerouteReason::Unauthorized)
         }
     }
@@ -214,15 +217,25 @@ fn larger_than_any_key(
     request: &crate::provider::ProviderRequest,
 ) -> Option<JobFailure> {
     let limit = pool.max_tpm?;
-    let requested = estimate_tokens(request);
+    let with_allowance = pool.client.tpm_counts_output_allowance();
+    let requested = if with_allowance {
+        estimate_tokens(request)
+    } else {
+        prompt_tokens(request)
+    };
+    let counted = if with_allowance {
+        "prompt plus max_output_tokens, as the provider counts them"
+    } else {
+        "prompt"
+    };
     (requested > limit).then(|| JobFailure {
         limit: Some(limit),
         requested: Some(requested),
         ..JobFailure::new(
             FailureKind::TooLarge,
             format!(
-                "the job needs about {requested} tokens (prompt plus max_tokens), more than the \
-                 {limit} tokens per minute of the pool's largest key; not sent"
+                "the job needs about {requested} tokens ({counted}), more than the {limit} \
+                 tokens per minute of the pool's largest key; not sent"
             ),
         )
     })
@@ -304,8 +317,13 @@ async fn admit<'a>(
 /// Tokens a call may use, before it is made: ~4 characters a token for the
 /// prompt, plus the output allowance (providers count it against tpm).
 pub fn estimate_tokens(request: &crate::provider::ProviderRequest) -> u64 {
+    prompt_tokens(request) + u64::from(request.max_output_tokens.unwrap_or(0))
+}
+
+/// The prompt's tokens, estimated at ~4 characters a token.
+fn prompt_tokens(request: &crate::provider::ProviderRequest) -> u64 {
     let chars: usize = request.messages.iter().map(|m| m.content.len()).sum();
-    (chars as u64).div_ceil(4) + u64::from(request.max_output_tokens.unwrap_or(0))
+    (chars as u64).div_ceil(4)
 }
 
 async fn call(key: &KeyContext, inflight: &InFlight) -> Outcome {
@@ -321,9 +339,10 @@ async fn call(key: &KeyContext, inflight: &InFlight) -> Outcome {
         .record(started.elapsed().as_secs_f64());
     key.metrics.upstream(outcome.class());
     key.record_use(outcome.class());
-    if let Outcome::Success(c) = &outcome {
+    let billed = outcome.billed_usage();
+    if billed != Default::default() {
         key.metrics
-            .tokens(c.usage.input_tokens, c.usage.output_tokens);
+            .tokens(billed.input_tokens, billed.output_tokens);
     }
     outcome
 }
@@ -352,11 +371,8 @@ async fn retry_transient(
 /// outcome can change the key's state: every failure, but a success only when
 /// the key has something for it to clear (most successes cost no message).
 fn report(services: &Services, key: &KeyContext, outcome: &Outcome, latency: Duration) {
-    let usage = match outcome {
-        Outcome::Success(c) => c.usage,
-        _ => Default::default(),
-    };
-    key.calls.record(outcome.class(), usage, latency);
+    key.calls
+        .record(outcome.class(), outcome.billed_usage(), latency);
     match outcome.class() {
         OutcomeClass::Success if !key.success_reportable() => return,
         // Set here, not only when the supervisor handles it: successes that

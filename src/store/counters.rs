@@ -38,7 +38,7 @@ impl Store {
         let pending = self.pending_counters.lock();
         let prefix = format!("{key}/");
         let mut counts: Vec<(String, u64)> = Vec::new();
-        for entry in self.key_counters.scan_prefix(prefix.as_bytes()) {
+        for entry in self.tables()?.key_counters.scan_prefix(prefix.as_bytes()) {
             let (k, v) = entry?;
             let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             counts.push((name, decode_u64(&v).unwrap_or(0)));
@@ -55,12 +55,13 @@ impl Store {
     /// Merge the counts summed since the last flush into sled.
     /// Counts that fail to merge stay pending for the next flush.
     pub fn flush_counters(&self) -> Result<(), StoreError> {
+        let tables = self.tables()?;
         let mut pending = self.pending_counters.lock();
         let mut first_error = None;
         for (key, counts) in pending.iter_mut() {
             counts.retain(|name, n| {
                 let id = format!("{key}/{name}");
-                match self.key_counters.merge(id.as_bytes(), n.to_be_bytes()) {
+                match tables.key_counters.merge(id.as_bytes(), n.to_be_bytes()) {
                     Ok(_) => false,
                     Err(e) => {
                         first_error.get_or_insert(e);
@@ -77,9 +78,9 @@ impl Store {
         let mut pending = self.pending_counters.lock();
         pending.remove(key);
         let prefix = format!("{key}/");
-        for entry in self.key_counters.scan_prefix(prefix.as_bytes()) {
+        for entry in self.tables()?.key_counters.scan_prefix(prefix.as_bytes()) {
             let (k, _) = entry?;
-            self.key_counters.remove(k)?;
+            self.tables()?.key_counters.remove(k)?;
         }
         Ok(())
     }

@@ -75,7 +75,7 @@ impl Store {
         let mut results = Vec::new();
         let mut walked = 0;
         let mut last = None;
-        for entry in self.results_by_time.range(lower..upper).rev() {
+        for entry in self.tables()?.results_by_time.range(lower..upper).rev() {
             let (key, _) = entry?;
             walked += 1;
             last = Some(key.to_vec());
@@ -113,7 +113,12 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let upper = nanos_key(until + jiff::SignedDuration::from_nanos(1));
         let mut seen = 0;
-        for entry in self.results_by_time.range(nanos_key(since)..upper).rev() {
+        for entry in self
+            .tables()?
+            .results_by_time
+            .range(nanos_key(since)..upper)
+            .rev()
+        {
             let (key, _) = entry?;
             if let Some(result) = self.indexed(&key)? {
                 f(&result);
@@ -145,19 +150,20 @@ impl Store {
     /// too, so one bad record cannot stall the retention for good.
     pub fn prune_results(&self, cutoff: Timestamp) -> Result<usize, StoreError> {
         let mut removed = 0;
-        for entry in self.results_by_time.range(..nanos_key(cutoff)) {
+        let tables = self.tables()?;
+        for entry in tables.results_by_time.range(..nanos_key(cutoff)) {
             let (key, _) = entry?;
             if let Some(id) = key.get(8..)
-                && let Some(raw) = self.results.get(id)?
+                && let Some(raw) = tables.results.get(id)?
                 && is_old_record(&raw, &key)
-                && self
+                && tables
                     .results
                     .compare_and_swap(id, Some(&raw), None::<&[u8]>)?
                     .is_ok()
             {
                 removed += 1;
             }
-            self.results_by_time.remove(key)?;
+            tables.results_by_time.remove(key)?;
         }
         Ok(removed)
     }
@@ -165,6 +171,7 @@ impl Store {
     fn has_older(&self, key: &[u8], since: &Option<Timestamp>) -> Result<bool, StoreError> {
         let lower = nanos_key(since.unwrap_or(Timestamp::UNIX_EPOCH));
         Ok(self
+            .tables()?
             .results_by_time
             .range(lower..key.to_vec())
             .next_back()
@@ -285,8 +292,15 @@ mod tests {
                 .unwrap();
         }
         // An unreadable old record must not stall the prune.
-        store.results.insert("bad", b"not json").unwrap();
         store
+            .tables()
+            .unwrap()
+            .results
+            .insert("bad", b"not json")
+            .unwrap();
+        store
+            .tables()
+            .unwrap()
             .results_by_time
             .insert(time_key(Timestamp::from_second(900).unwrap(), "bad"), &[])
             .unwrap();
@@ -300,7 +314,15 @@ mod tests {
             .unwrap();
         assert_eq!(removed, 2);
         assert!(store.result("old").unwrap().is_none());
-        assert!(store.results.get("bad").unwrap().is_none());
+        assert!(
+            store
+                .tables()
+                .unwrap()
+                .results
+                .get("bad")
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(
             store.result("twice").unwrap().unwrap().completed_at,
             Timestamp::from_second(6_000).unwrap()
@@ -314,7 +336,7 @@ mod tests {
         let ids: Vec<_> = page.results.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["twice", "new"]);
         assert_eq!(
-            store.results_by_time.len(),
+            store.tables().unwrap().results_by_time.len(),
             2,
             "stale index entries dropped"
         );

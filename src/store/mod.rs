@@ -8,9 +8,11 @@ mod counters;
 mod group_commit;
 pub mod history;
 pub mod response_cache;
+mod unsaved;
 mod write_health;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use serde::{Serialize, de::DeserializeOwned};
 use thiserror::Error;
@@ -31,6 +33,8 @@ pub enum StoreError {
     },
     #[error("store flush failed: {0}")]
     Flush(String),
+    #[error("store is being reopened after a write failure")]
+    Reopening,
 }
 
 const RESULTS: &str = "results";
@@ -40,6 +44,8 @@ const RESULTS_BY_TIME: &str = "results_by_time";
 const KEY_BUDGETS: &str = "key_budgets";
 const OLD_RESPONSE_CACHE: &str = "response_cache";
 const USAGE_HOURLY: &str = "usage_hourly";
+/// Written by [`Store::recover`] to check that writes go through again.
+const WRITE_PROBE: &str = "_write_probe";
 
 /// Page cache when none is configured: 16 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
@@ -47,6 +53,21 @@ pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
+    /// The open tables; replaced whole by [`Store::recover`].
+    tables: Arc<RwLock<Option<Arc<Tables>>>>,
+    /// Where the database lives and its page cache, to reopen it.
+    location: Arc<(PathBuf, u64)>,
+    response_cache: Arc<response_cache::CacheIndex>,
+    pending_counters: Arc<counters::PendingCounters>,
+    write_health: Arc<write_health::WriteHealth>,
+    /// Results answered while the store could not write them.
+    unsaved: Arc<unsaved::Unsaved>,
+}
+
+/// One sled `Tree` per table, and the committer of their database. sled
+/// refuses every write after an I/O error (ENOSPC) until it is reopened, so
+/// the whole set is replaced when the store recovers.
+struct Tables {
     results: sled::Tree,
     key_states: sled::Tree,
     key_counters: sled::Tree,
@@ -54,12 +75,31 @@ pub struct Store {
     /// Ordered by time, so history is a range scan, newest first in reverse.
     results_by_time: sled::Tree,
     key_budgets: sled::Tree,
-    response_cache: std::sync::Arc<response_cache::CacheIndex>,
     /// `pool/key/YYYY-MM-DDTHH/field` → u64 (merged): per key and hour.
     usage_hourly: sled::Tree,
-    pending_counters: std::sync::Arc<counters::PendingCounters>,
     commit: GroupCommit,
-    write_health: std::sync::Arc<write_health::WriteHealth>,
+}
+
+impl Tables {
+    fn open(path: &Path, cache_bytes: u64) -> Result<Tables, StoreError> {
+        let db = open_db(path, cache_bytes)?;
+        let key_counters = db.open_tree(KEY_COUNTERS)?;
+        key_counters.set_merge_operator(add_u64);
+        let usage_hourly = db.open_tree(USAGE_HOURLY)?;
+        // The response cache's tree of earlier versions; the index is in memory now.
+        db.drop_tree(OLD_RESPONSE_CACHE)?;
+        usage_hourly.set_merge_operator(add_u64);
+        Ok(Tables {
+            results: db.open_tree(RESULTS)?,
+            key_states: db.open_tree(KEY_STATES)?,
+            key_counters,
+            results_by_time: db.open_tree(RESULTS_BY_TIME)?,
+            key_budgets: db.open_tree(KEY_BUDGETS)?,
+            usage_hourly,
+            // keyrelay flushes sled only through the committer (see `flush`).
+            commit: GroupCommit::spawn(db),
+        })
+    }
 }
 
 impl Store {
@@ -72,31 +112,30 @@ impl Store {
     /// Open with a page cache of `cache_bytes`. sled's own default (1 GiB)
     /// lets resident memory grow with every stored result.
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        let db = open_db(path, cache_bytes)?;
-        let key_counters = db.open_tree(KEY_COUNTERS)?;
-        key_counters.set_merge_operator(add_u64);
-        let usage_hourly = db.open_tree(USAGE_HOURLY)?;
-        // The response cache's tree of earlier versions; the index is in memory now.
-        db.drop_tree(OLD_RESPONSE_CACHE)?;
-        usage_hourly.set_merge_operator(add_u64);
+        let tables = Tables::open(path, cache_bytes)?;
         Ok(Store {
-            results: db.open_tree(RESULTS)?,
-            key_states: db.open_tree(KEY_STATES)?,
-            key_counters,
-            results_by_time: db.open_tree(RESULTS_BY_TIME)?,
-            key_budgets: db.open_tree(KEY_BUDGETS)?,
+            tables: Arc::new(RwLock::new(Some(Arc::new(tables)))),
+            location: Arc::new((path.to_owned(), cache_bytes)),
             response_cache: Default::default(),
-            usage_hourly,
             pending_counters: Default::default(),
-            // keyrelay flushes sled only through the committer (see `flush`).
-            commit: GroupCommit::spawn(db),
             write_health: Default::default(),
+            unsaved: Default::default(),
         })
     }
 
-    /// The stored result of a job, if it completed before.
+    /// The open tables, or `Reopening` while [`Store::recover`] replaces them.
+    fn tables(&self) -> Result<Arc<Tables>, StoreError> {
+        let tables = self.tables.read().unwrap_or_else(|e| e.into_inner());
+        tables.clone().ok_or(StoreError::Reopening)
+    }
+
+    /// The stored result of a job, if it completed before (or was answered
+    /// while the store could not write it).
     pub fn result(&self, id: &str) -> Result<Option<JobResult>, StoreError> {
-        read_json(&self.results, RESULTS, id)
+        if let Some(unsaved) = self.unsaved.get(id) {
+            return Ok(Some(unsaved));
+        }
+        read_json(&self.tables()?.results, RESULTS, id)
     }
 
     /// Record a result and bump its key's counters, durably: returns after the
@@ -125,20 +164,92 @@ impl Store {
             .write_durably(result, encoded, counters_key, cache_key)
             .await;
         match &written {
-            Ok(()) if self.write_health.succeeded() => {
-                tracing::info!("the store writes again; taking jobs again");
+            Ok(()) => self.note_write_ok(),
+            Err(e) => {
+                // Kept in memory, written when the store recovers: a redelivery
+                // meanwhile is answered from here, not paid again.
+                self.unsaved.keep(result, encoded);
+                self.note_write_failed(e);
             }
-            Err(e) if self.write_health.failed(&e.to_string()) => {
-                tracing::error!(error = %e, "the store cannot write; no new jobs are taken until it can");
-            }
-            _ => {}
         }
         written
+    }
+
+    fn note_write_ok(&self) {
+        if self.write_health.succeeded() {
+            tracing::info!("the store writes again; taking jobs again");
+        }
+    }
+
+    fn note_write_failed(&self, e: &StoreError) {
+        if self.write_health.failed(&e.to_string()) {
+            tracing::error!(error = %e, "the store cannot write; no new jobs are taken until it can");
+        }
     }
 
     /// Why the store cannot write, while its last durable write failed.
     pub fn write_error(&self) -> Option<String> {
         self.write_health.error()
+    }
+
+    /// Changes of [`Store::write_error`]: `true` while the store can write.
+    pub fn writable(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.write_health.subscribe()
+    }
+
+    /// After a failed write: reopen the database (sled refuses every write
+    /// after an I/O error until then), write the results answered meanwhile,
+    /// and check that a durable write goes through. Ok when the store writes
+    /// again. Waits for in-flight users of the old tables to let go.
+    pub async fn recover(&self) -> Result<(), StoreError> {
+        self.reopen().await?;
+        let tables = self.tables()?;
+        for (result, encoded) in self.unsaved.all() {
+            tables.results.insert(result.id.as_bytes(), encoded)?;
+            tables
+                .results_by_time
+                .insert(time_key(result.completed_at, &result.id), &[] as &[u8])?;
+        }
+        tables
+            .key_states
+            .insert(WRITE_PROBE, jiff::Timestamp::now().to_string().as_bytes())?;
+        let flushed = tables.commit.flush().await;
+        match flushed {
+            Ok(()) => {
+                self.unsaved.clear();
+                self.note_write_ok();
+                Ok(())
+            }
+            Err(e) => {
+                self.note_write_failed(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Replace the tables with freshly opened ones.
+    async fn reopen(&self) -> Result<(), StoreError> {
+        let old = self
+            .tables
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(old) = old {
+            // sled holds a file lock until its last handle is gone.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            drop(old);
+        }
+        let (path, cache) = (self.location.0.clone(), self.location.1);
+        let opened = tokio::task::spawn_blocking(move || Tables::open(&path, cache))
+            .await
+            .map_err(|e| StoreError::Flush(format!("reopen task failed: {e}")))?;
+        let tables = opened?;
+        *self.tables.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(tables));
+        tracing::info!("store reopened");
+        Ok(())
     }
 
     async fn write_durably(
@@ -148,17 +259,19 @@ impl Store {
         counters_key: Option<&str>,
         cache_key: Option<CacheKey>,
     ) -> Result<(), StoreError> {
-        self.results.insert(result.id.as_bytes(), encoded)?;
+        let tables = self.tables()?;
+        tables.results.insert(result.id.as_bytes(), encoded)?;
         // The time index's value is the cache key, so the cache can be rebuilt.
         let cache_bytes: &[u8] = cache_key.as_ref().map_or(&[], |k| k.as_slice());
-        self.results_by_time
+        tables
+            .results_by_time
             .insert(time_key(result.completed_at, &result.id), cache_bytes)?;
         // Counted even if the flush fails: the job is answered either way.
         if let Some(key) = counters_key {
             self.bump(key, "completed");
             self.bump(key, result.outcome_label());
         }
-        self.commit.flush().await?;
+        tables.commit.flush().await?;
         if let Some(key) = cache_key {
             self.index_answer(key, result);
         }
@@ -167,22 +280,22 @@ impl Store {
 
     /// Persisted state of a key (written by the supervisor).
     pub fn key_state<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        read_json(&self.key_states, KEY_STATES, key)
+        read_json(&self.tables()?.key_states, KEY_STATES, key)
     }
 
     /// Record a key's state. Not flushed here: the next result's group commit (or
     /// sled's periodic flush, or shutdown) makes it durable.
     pub fn save_key_state<T: Serialize>(&self, key: &str, state: &T) -> Result<(), StoreError> {
-        write_json(&self.key_states, key, state)
+        write_json(&self.tables()?.key_states, key, state)
     }
 
     /// Usage of a key's declared limits, saved by the supervisor.
     pub fn budget(&self, key: &str) -> Result<Option<crate::keys::Budget>, StoreError> {
-        read_json(&self.key_budgets, KEY_BUDGETS, key)
+        read_json(&self.tables()?.key_budgets, KEY_BUDGETS, key)
     }
 
     pub fn save_budget(&self, key: &str, budget: &crate::keys::Budget) -> Result<(), StoreError> {
-        write_json(&self.key_budgets, key, budget)
+        write_json(&self.tables()?.key_budgets, key, budget)
     }
 
     /// Add to the usage statistics of `key` (`pool/key`) for the hour of `at`.
@@ -204,7 +317,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         for (field, n) in fields.iter().filter(|(_, n)| *n > 0) {
             let id = format!("{key}/{hour}/{field}");
-            self.usage_hourly.merge(id.as_bytes(), n.to_be_bytes())?;
+            self.tables()?
+                .usage_hourly
+                .merge(id.as_bytes(), n.to_be_bytes())?;
         }
         Ok(())
     }
@@ -214,7 +329,7 @@ impl Store {
     pub fn usage(&self, since: Option<jiff::Timestamp>) -> Result<Vec<UsageRow>, StoreError> {
         let since = since.map(hour_of);
         let mut rows = Vec::new();
-        for entry in self.usage_hourly.iter() {
+        for entry in self.tables()?.usage_hourly.iter() {
             let (k, v) = entry?;
             let Some(row) =
                 parse_usage_key(&String::from_utf8_lossy(&k), decode_u64(&v).unwrap_or(0))
@@ -232,12 +347,12 @@ impl Store {
     pub fn prune_usage(&self, cutoff: jiff::Timestamp) -> Result<usize, StoreError> {
         let cutoff = hour_of(cutoff);
         let mut removed = 0;
-        for entry in self.usage_hourly.iter() {
+        for entry in self.tables()?.usage_hourly.iter() {
             let (k, _) = entry?;
             let old = parse_usage_key(&String::from_utf8_lossy(&k), 0)
                 .is_none_or(|row| row.hour < cutoff);
             if old {
-                self.usage_hourly.remove(k)?;
+                self.tables()?.usage_hourly.remove(k)?;
                 removed += 1;
             }
         }
@@ -249,7 +364,7 @@ impl Store {
     /// `group_commit.rs`).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let counters = self.flush_counters();
-        self.commit.flush().await?;
+        self.tables()?.commit.flush().await?;
         counters?;
         Ok(())
     }

@@ -106,7 +106,11 @@ impl Store {
         let since = Timestamp::now()
             .checked_sub(jiff::SignedDuration::try_from(ttl).unwrap_or(jiff::SignedDuration::MAX))
             .unwrap_or(Timestamp::UNIX_EPOCH);
-        for item in self.results_by_time.range(super::time_key(since, "")..) {
+        for item in self
+            .tables()?
+            .results_by_time
+            .range(super::time_key(since, "")..)
+        {
             let (time_key, value) = item?;
             if let (Ok(key), Some((at, id))) = (
                 CacheKey::try_from(value.as_ref()),

@@ -86,7 +86,12 @@ async fn concurrent_persists_share_flushes() {
 async fn corrupt_record_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("db")).unwrap();
-    store.results.insert(b"bad", b"{not json".to_vec()).unwrap();
+    store
+        .tables()
+        .unwrap()
+        .results
+        .insert(b"bad", b"{not json".to_vec())
+        .unwrap();
     assert!(matches!(
         store.result("bad"),
         Err(StoreError::Corrupt { .. })

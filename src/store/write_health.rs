@@ -5,11 +5,23 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WriteHealth {
     /// Fast path for the common case: a successful write checks one atomic.
     failing: AtomicBool,
     error: Mutex<Option<String>>,
+    /// `true` while writable: the supervisor pauses consumers on `false`.
+    writable: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for WriteHealth {
+    fn default() -> Self {
+        WriteHealth {
+            failing: AtomicBool::new(false),
+            error: Mutex::new(None),
+            writable: tokio::sync::watch::Sender::new(true),
+        }
+    }
 }
 
 impl WriteHealth {
@@ -17,7 +29,11 @@ impl WriteHealth {
     /// until now (the caller logs the change once).
     pub fn failed(&self, error: &str) -> bool {
         *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_owned());
-        !self.failing.swap(true, Ordering::AcqRel)
+        let changed = !self.failing.swap(true, Ordering::AcqRel);
+        if changed {
+            self.writable.send_replace(false);
+        }
+        changed
     }
 
     /// A durable write succeeded. True when the store was failing until now.
@@ -26,7 +42,16 @@ impl WriteHealth {
             return false;
         }
         *self.error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.failing.swap(false, Ordering::AcqRel)
+        let changed = self.failing.swap(false, Ordering::AcqRel);
+        if changed {
+            self.writable.send_replace(true);
+        }
+        changed
+    }
+
+    /// `true` while writable, `false` while failing.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.writable.subscribe()
     }
 
     /// Why the store cannot write, while it cannot.

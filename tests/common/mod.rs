@@ -131,12 +131,28 @@ impl TestEnv {
         extra_toml: &str,
         pool_toml: &str,
     ) -> TestEnv {
+        let url = broker_url.to_owned();
+        Self::start_adjusted(pools, settings, extra_toml, pool_toml, |c| {
+            c.broker.url = url
+        })
+        .await
+    }
+
+    /// Like `start_pools_with`, with the generated config adjusted by `adjust`
+    /// before keyrelay starts (the test's own broker connection is direct).
+    pub async fn start_adjusted(
+        pools: Vec<TestPool>,
+        settings: MockSettings,
+        extra_toml: &str,
+        pool_toml: &str,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestEnv {
         init_logs();
         let mock = start_mock(&pools, settings).await;
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("kr-test.{}", uuid::Uuid::now_v7().simple());
         let mut config = config_for(&pools, &mock, dir.path(), &prefix, extra_toml, pool_toml);
-        config.broker.url = broker_url.to_owned();
+        adjust(&mut config);
         let app = App::start(config.clone()).await.expect("keyrelay starts");
         let key_count: usize = pools.iter().map(|p| p.keys.len()).sum();
         tokio::time::timeout(WAIT, app.wait_for_consumers(key_count))

@@ -43,7 +43,8 @@ impl Actor for KeyWorker {
             Ok(channel) => {
                 act.settler = Some(act.broker.settler(channel.clone()));
                 act.channel = Some(channel);
-                if act.key.is_available() {
+                // The supervisor resumes it once both hold again.
+                if act.key.is_available() && act.services.store.write_error().is_none() {
                     act.start_consuming(ctx);
                 }
             }

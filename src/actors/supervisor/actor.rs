@@ -102,6 +102,7 @@ impl Supervisor {
                     keys: ids,
                     outage_logged: false,
                     starved_logged: false,
+                    had_consumer: false,
                 });
             }
             Supervisor {
@@ -110,6 +111,7 @@ impl Supervisor {
                 services,
                 broker: setup.broker,
                 stopping: false,
+                store_writable: true,
                 consumers,
                 pool_consumers,
             }
@@ -192,7 +194,10 @@ impl Supervisor {
         if let Some(worker) = &slot.worker {
             match (was_available, state.is_available()) {
                 (true, false) => worker.do_send(crate::actors::messages::PauseConsuming),
-                (false, true) => worker.do_send(crate::actors::messages::ResumeConsuming),
+                // Not while the store cannot write: it resumes them all.
+                (false, true) if self.store_writable => {
+                    worker.do_send(crate::actors::messages::ResumeConsuming)
+                }
                 _ => {}
             }
         }
@@ -255,6 +260,7 @@ impl Actor for Supervisor {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.restore_budgets();
         self.boot(ctx);
+        self.watch_store(ctx);
         ctx.run_interval(super::quota::BUDGET_PERSIST_EVERY, |act, _| {
             act.persist_budgets();
             act.flush_usage();

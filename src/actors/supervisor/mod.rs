@@ -8,6 +8,7 @@ mod admin_handlers;
 mod handlers;
 mod quota;
 mod readiness;
+mod store_health;
 
 use std::sync::Arc;
 
@@ -27,6 +28,8 @@ pub struct Supervisor {
     broker: Arc<Broker>,
     /// Set by `StopAll`: workers that stop are not restarted.
     stopping: bool,
+    /// False while the store cannot write: no worker consumes.
+    store_writable: bool,
     /// Number of keys consuming right now (readiness, tests, shutdown).
     consumers: tokio::sync::watch::Sender<usize>,
     /// Per pool: keys in rotation and keys consuming (`/readyz`).
@@ -57,4 +60,6 @@ struct PoolSlot {
     /// Whether "no consumer on the queue" has been logged since the pool last
     /// had one (the queue deleted, the broker gone).
     starved_logged: bool,
+    /// Whether the pool has consumed since start (start-up is not a loss).
+    had_consumer: bool,
 }

@@ -13,11 +13,16 @@ impl Supervisor {
         let snapshot: Vec<PoolConsumers> = (0..self.pools.len())
             .map(|p| self.pool_consumers_of(p))
             .collect();
+        // Start-up (nothing consumed yet), shutdown and a paused store (logged
+        // on its own) are not a pool losing its consumers.
+        let expected = !self.stopping && self.store_writable;
         for (pool, facts) in self.pools.iter_mut().zip(&snapshot) {
-            match (facts.is_starved(), pool.starved_logged) {
-                (true, false) if !self.stopping => {
+            let lost = pool.had_consumer && facts.is_starved();
+            pool.had_consumer |= facts.consuming > 0;
+            match (lost, pool.starved_logged) {
+                (true, false) if expected => {
                     pool.starved_logged = true;
-                    warn!(pool = %facts.pool, queue = %facts.queue, in_rotation = facts.in_rotation, "no consumer on the pool's queue; its workers are restarting");
+                    warn!(pool = %facts.pool, queue = %facts.queue, in_rotation = facts.in_rotation, "no consumer on the pool's queue (queue deleted, channel closed?); restarting its workers");
                 }
                 (false, true) if facts.consuming > 0 => {
                     pool.starved_logged = false;

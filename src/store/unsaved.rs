@@ -1,0 +1,41 @@
+//! Results answered while the store could not write them (a full disk): kept
+//! in memory so a redelivery of the job is answered from here instead of
+//! paying the provider again, and written by `Store::recover` once the store
+//! writes again. Bounded by what was in flight when writes began to fail:
+//! keyrelay takes no new jobs while the store cannot write.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::job::JobResult;
+
+#[derive(Debug, Default)]
+pub struct Unsaved {
+    by_id: Mutex<HashMap<String, (JobResult, Vec<u8>)>>,
+}
+
+impl Unsaved {
+    /// Keep `result` (serialized as `encoded`) until the store recovers.
+    pub fn keep(&self, result: &JobResult, encoded: &[u8]) {
+        self.lock()
+            .insert(result.id.clone(), (result.clone(), encoded.to_vec()));
+    }
+
+    pub fn get(&self, id: &str) -> Option<JobResult> {
+        let by_id = self.lock();
+        // The common case, nothing unsaved, costs one uncontended lock.
+        by_id.get(id).map(|(result, _)| result.clone())
+    }
+
+    pub fn all(&self) -> Vec<(JobResult, Vec<u8>)> {
+        self.lock().values().cloned().collect()
+    }
+
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (JobResult, Vec<u8>)>> {
+        self.by_id.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
