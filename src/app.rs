@@ -66,11 +66,12 @@ impl App {
         // sled's open can wait for its lock (an overlapping restart): off the async threads.
         let path = config.store.path.clone();
         let cache = config.store.cache_mb.saturating_mul(1024 * 1024);
+        let on_damage = config.store.on_damage;
         let jobs = config.jobs.clone();
         // The cache index is rebuilt by a scan of the TTL's results: also off
         // the async threads.
         let store = tokio::task::spawn_blocking(move || {
-            let store = Store::open_with_cache(&path, cache)?;
+            let store = open_store(&path, cache, on_damage)?;
             load_response_cache(&store, &jobs);
             Ok::<_, StoreError>(store)
         })
@@ -166,6 +167,8 @@ impl App {
         // Jobs that finished after the deadline counted in memory only.
         if let Some(Err(e)) = steps.run("flush the store again", self.store.flush()).await {
             warn!(error = %e, "last store flush failed");
+        } else if let Err(e) = self.store.write_manifest() {
+            warn!(error = %e, "cannot write the store manifest");
         }
         steps
             .run("stop the HTTP endpoint", self.http.stop(true))
@@ -228,6 +231,28 @@ fn load_response_cache(store: &Store, jobs: &crate::config::JobsConfig) {
         Ok(0) => {}
         Ok(n) => info!(answers = n, "response cache loaded from the store"),
         Err(e) => warn!(error = %e, "cannot load the response cache; starting with it empty"),
+    }
+}
+
+/// Open the store; a damaged one is refused, or moved aside when the config
+/// says so (the operator chose to start empty and keep the damaged files).
+fn open_store(
+    path: &std::path::Path,
+    cache: u64,
+    on_damage: crate::config::OnDamage,
+) -> Result<Store, StoreError> {
+    match Store::open_with_cache(path, cache) {
+        Err(StoreError::Damaged { why, .. }) if on_damage == crate::config::OnDamage::MoveAside => {
+            let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+            let aside = std::path::PathBuf::from(format!("{}.damaged-{stamp}", path.display()));
+            std::fs::rename(path, &aside).map_err(|source| StoreError::MoveAside {
+                path: aside.clone(),
+                source,
+            })?;
+            warn!(damaged = %aside.display(), %why, "the store was damaged; moved aside, starting with an empty store");
+            Store::open_with_cache(path, cache)
+        }
+        other => other,
     }
 }
 

@@ -149,3 +149,73 @@ async fn a_full_disk_pauses_jobs_and_recovers_without_paying_twice() {
     }
     env.finish().await;
 }
+
+/// A store whose files were damaged while keyrelay was down (64 bytes flipped
+/// in the middle of sled's log): sled would silently drop every result after
+/// the damage; keyrelay refuses to start, naming the path and what to do, and
+/// starts empty only when told to move the damaged files aside.
+#[actix::test]
+async fn a_damaged_store_is_refused_at_start_unless_moved_aside() {
+    let pools = vec![TestPool {
+        name: "dm",
+        provider: "gemini",
+        keys: vec![TestKey::new("dm-k", 1)],
+    }];
+    let mut env = TestEnv::start(pools).await;
+    for i in 0..300 {
+        env.publish(
+            "dm",
+            &json!({"id": format!("dm-{i}"), "prompt": format!("p {i}")}),
+        )
+        .await;
+    }
+    env.replies(300).await;
+    let app = env.app.take().unwrap();
+    app.shutdown(Duration::from_secs(5)).await.unwrap();
+    let store = env.config.store.path.clone();
+    let log = store.join("db");
+    let mut bytes = std::fs::read(&log).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 64] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&log, bytes).unwrap();
+
+    let refused = keyrelay::app::App::start(env.config.clone()).await;
+    let message = refused
+        .err()
+        .expect("a damaged store is refused")
+        .to_string();
+    println!("{message}");
+    assert!(message.contains("damaged"), "{message}");
+    assert!(
+        message.contains(&store.display().to_string()),
+        "names the path: {message}"
+    );
+    assert!(message.contains("move_aside"), "says what to do: {message}");
+
+    let mut config = env.config.clone();
+    config.store.on_damage = keyrelay::config::OnDamage::MoveAside;
+    let app = keyrelay::app::App::start(config)
+        .await
+        .expect("starts empty");
+    let parent = store.parent().unwrap();
+    let name = store.file_name().unwrap().to_string_lossy().into_owned();
+    let aside = std::fs::read_dir(parent)
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}.damaged-"))
+        });
+    assert!(aside, "the damaged store is kept beside the new one");
+    env.app = Some(app);
+    tokio::time::timeout(common::WAIT, env.app().wait_for_consumers(1))
+        .await
+        .unwrap();
+    env.publish("dm", &json!({"id": "fresh", "prompt": "fresh"}))
+        .await;
+    assert_eq!(env.next_reply().await.0.status, JobStatus::Succeeded);
+    env.finish().await;
+}

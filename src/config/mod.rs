@@ -96,6 +96,22 @@ pub struct StoreConfig {
     /// sled page cache in MiB: bounds resident memory. Env: `KEYRELAY__STORE__CACHE_MB`.
     #[serde(default = "defaults::cache_mb")]
     pub cache_mb: u64,
+    /// What to do when the store is found damaged at start (results missing
+    /// that were on disk): `refuse` to start, or `move_aside` the damaged
+    /// directory and start with an empty store. Env: `KEYRELAY__STORE__ON_DAMAGE`.
+    #[serde(default)]
+    pub on_damage: OnDamage,
+}
+
+/// `store.on_damage`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDamage {
+    /// Refuse to start, naming the path and what to do.
+    #[default]
+    Refuse,
+    /// Rename the damaged directory to `<path>.damaged-<time>` and start empty.
+    MoveAside,
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -425,6 +441,7 @@ impl Default for StoreConfig {
         StoreConfig {
             path: defaults::store_path(),
             cache_mb: defaults::cache_mb(),
+            on_damage: OnDamage::default(),
         }
     }
 }

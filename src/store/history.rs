@@ -149,6 +149,7 @@ impl Store {
     /// dead letter) keeps its new result. An unreadable record is removed
     /// too, so one bad record cannot stall the retention for good.
     pub fn prune_results(&self, cutoff: Timestamp) -> Result<usize, StoreError> {
+        self.watermark.pruned(&nanos_key(cutoff));
         let mut removed = 0;
         let tables = self.tables()?;
         for entry in tables.results_by_time.range(..nanos_key(cutoff)) {

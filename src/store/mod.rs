@@ -7,6 +7,7 @@
 mod counters;
 mod group_commit;
 pub mod history;
+pub mod manifest;
 pub mod response_cache;
 mod unsaved;
 mod write_health;
@@ -35,6 +36,27 @@ pub enum StoreError {
     Flush(String),
     #[error("store is being reopened after a write failure")]
     Reopening,
+    #[error(
+        "the store at {} is damaged: {why} (sled dropped what followed a corrupt part of its \
+         files). Restore that directory from a backup; or start with an empty store by setting \
+         store.on_damage = \"move_aside\" (KEYRELAY__STORE__ON_DAMAGE=move_aside), which keeps \
+         the damaged directory beside it as {}.damaged-<time>",
+        path.display(),
+        path.display()
+    )]
+    Damaged { path: PathBuf, why: String },
+    #[error("store manifest {}: {source}", path.display())]
+    Manifest {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store at {}: {source}", path.display())]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("cannot move the damaged store aside to {}: {source}", path.display())]
+    MoveAside {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 const RESULTS: &str = "results";
@@ -62,6 +84,8 @@ pub struct Store {
     write_health: Arc<write_health::WriteHealth>,
     /// Results answered while the store could not write them.
     unsaved: Arc<unsaved::Unsaved>,
+    /// The newest result on disk, for the manifest (damage detection).
+    watermark: Arc<manifest::Watermark>,
 }
 
 /// One sled `Tree` per table, and the committer of their database. sled
@@ -112,8 +136,31 @@ impl Store {
     /// Open with a page cache of `cache_bytes`. sled's own default (1 GiB)
     /// lets resident memory grow with every stored result.
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        let tables = Tables::open(path, cache_bytes)?;
+        let tables = Tables::open(path, cache_bytes).map_err(|e| match e {
+            StoreError::Sled(sled::Error::Corruption { .. }) => StoreError::Damaged {
+                path: path.to_owned(),
+                why: format!("sled reports {e}"),
+            },
+            StoreError::Sled(source) => StoreError::Open {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })?;
+        let manifest_error = |source| StoreError::Manifest {
+            path: manifest::path_in(path),
+            source,
+        };
+        let recorded = manifest::read(path).map_err(manifest_error)?;
+        let newest = tables.results_by_time.last()?.map(|(key, _)| key);
+        if let Some(why) = manifest::missing(&recorded, newest.as_deref()) {
+            return Err(StoreError::Damaged {
+                path: path.to_owned(),
+                why,
+            });
+        }
         Ok(Store {
+            watermark: Arc::new(manifest::Watermark::starting_from(recorded)),
             tables: Arc::new(RwLock::new(Some(Arc::new(tables)))),
             location: Arc::new((path.to_owned(), cache_bytes)),
             response_cache: Default::default(),
@@ -187,6 +234,19 @@ impl Store {
         }
     }
 
+    /// Record the newest durable result in the manifest, if it changed
+    /// (blocking file I/O: a small write, an fsync and a rename).
+    pub fn write_manifest(&self) -> Result<(), StoreError> {
+        let Some(manifest) = self.watermark.take_changed() else {
+            return Ok(());
+        };
+        let dir = &self.location.0;
+        manifest::write(dir, &manifest).map_err(|source| StoreError::Manifest {
+            path: manifest::path_in(dir),
+            source,
+        })
+    }
+
     /// Why the store cannot write, while its last durable write failed.
     pub fn write_error(&self) -> Option<String> {
         self.write_health.error()
@@ -216,6 +276,10 @@ impl Store {
         let flushed = tables.commit.flush().await;
         match flushed {
             Ok(()) => {
+                for (result, _) in self.unsaved.all() {
+                    self.watermark
+                        .durable(&time_key(result.completed_at, &result.id));
+                }
                 self.unsaved.clear();
                 self.note_write_ok();
                 Ok(())
@@ -272,6 +336,8 @@ impl Store {
             self.bump(key, result.outcome_label());
         }
         tables.commit.flush().await?;
+        self.watermark
+            .durable(&time_key(result.completed_at, &result.id));
         if let Some(key) = cache_key {
             self.index_answer(key, result);
         }

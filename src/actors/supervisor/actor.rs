@@ -267,6 +267,9 @@ impl Actor for Supervisor {
             if let Err(e) = act.services.store.flush_counters() {
                 warn!(error = %e, "cannot write key counters");
             }
+            if let Err(e) = act.services.store.write_manifest() {
+                warn!(error = %e, "cannot write the store manifest");
+            }
             act.publish_quota_gauges();
         });
         // Once now (a service restarted often would otherwise never prune), then hourly.
