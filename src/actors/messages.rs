@@ -101,9 +101,22 @@ pub struct CooldownOver {
     pub key: KeyId,
 }
 
+/// Why an operator's command on a key failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyCommandError {
+    #[error("no key `{key}` in pool `{pool}`")]
+    NoSuchKey { pool: String, key: String },
+    /// The command's write to the store failed; the key is unchanged.
+    #[error("{0}")]
+    Store(String),
+    /// keyrelay is shutting down: keys do not re-enter rotation.
+    #[error("keyrelay is shutting down")]
+    ShuttingDown,
+}
+
 /// Operator → supervisor: put a key back into rotation.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), KeyCommandError>")]
 pub struct EnableKey {
     pub pool: String,
     pub key: String,
@@ -111,7 +124,7 @@ pub struct EnableKey {
 
 /// Operator → supervisor: take a key out of rotation.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), KeyCommandError>")]
 pub struct DisableKey {
     pub pool: String,
     pub key: String,
@@ -154,7 +167,7 @@ pub struct StopAll;
 /// Operator → supervisor: clear a key's cooldown, exhaustion or disablement and
 /// its stored counters; the key is back in rotation.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), KeyCommandError>")]
 pub struct ResetKey {
     pub pool: String,
     pub key: String,
@@ -163,7 +176,7 @@ pub struct ResetKey {
 /// Operator → supervisor: the context of one key, to probe it with a tiny
 /// provider request outside the actor.
 #[derive(Message)]
-#[rtype(result = "Result<std::sync::Arc<crate::pipeline::KeyContext>, String>")]
+#[rtype(result = "Result<std::sync::Arc<crate::pipeline::KeyContext>, KeyCommandError>")]
 pub struct ProbeTarget {
     pub pool: String,
     pub key: String,

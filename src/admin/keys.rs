@@ -9,12 +9,15 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::errors::ApiError;
-use crate::actors::messages::{DisableKey, EnableKey, GetKeys, KeySnapshot, ProbeTarget, ResetKey};
+use crate::actors::messages::{
+    DisableKey, EnableKey, GetKeys, KeyCommandError, KeySnapshot, ProbeTarget, ResetKey,
+};
 use crate::http::HttpState;
 use crate::keys::KeyState;
 use crate::metrics as m;
 use crate::provider::classify::truncate_chars;
 use crate::provider::{ChatMessage, Outcome, ProviderRequest, Role};
+use crate::store::StoreError;
 
 /// One key as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -150,12 +153,22 @@ pub async fn act(
             )));
         }
     };
-    done.map_err(ApiError::NotFound)?;
+    done.map_err(key_command_error)?;
     let view = key_views(&state)
         .await?
         .into_iter()
         .find(|k| k.pool == pool && k.name == key);
     Ok(HttpResponse::Ok().json(serde_json::json!({ "action": action, "key": view })))
+}
+
+/// 404 for a key that does not exist, 503 while shutting down, 500 for a
+/// store that failed the command.
+fn key_command_error(e: KeyCommandError) -> ApiError {
+    match e {
+        KeyCommandError::NoSuchKey { .. } => ApiError::NotFound(e.to_string()),
+        KeyCommandError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+        KeyCommandError::Store(message) => ApiError::Store(StoreError::Flush(message)),
+    }
 }
 
 fn disable_reason(body: &[u8]) -> Result<String, ApiError> {
@@ -182,7 +195,7 @@ async fn probe(state: &HttpState, pool: String, key: String) -> Result<HttpRespo
             key: key.clone(),
         })
         .await?
-        .map_err(ApiError::NotFound)?;
+        .map_err(key_command_error)?;
     let request = ProviderRequest {
         model: ctx.pool.default_model.clone(),
         messages: vec![ChatMessage {

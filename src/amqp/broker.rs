@@ -39,6 +39,9 @@ pub struct Broker {
     generation: AtomicU64,
     /// The channels' settling tasks; `close` lets them send what they hold.
     settlers: TaskTracker,
+    /// Set by `close`: a late user (the queue poller, a worker restarting)
+    /// must not reconnect and re-declare the topology of a stopping service.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Broker {
@@ -68,6 +71,7 @@ impl Broker {
             current: std::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             settlers: TaskTracker::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         };
         let connection = Arc::new(broker.open().await?);
         broker.set_current(Some(connection.clone()));
@@ -98,6 +102,9 @@ impl Broker {
             && conn.status().connected()
         {
             return Ok((conn.clone(), self.generation()));
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(AmqpError::Closed);
         }
         warn!(connection = %self.name, "broker connection lost; reconnecting");
         let conn = Arc::new(self.open().await?);
@@ -144,6 +151,7 @@ impl Broker {
     /// the queue and is answered from the store). `Err` if the broker did not
     /// confirm the close; either way the connection is gone afterwards.
     pub async fn close(&self) -> Result<(), AmqpError> {
+        self.closed.store(true, Ordering::Release);
         self.settlers.close();
         if tokio::time::timeout(SETTLERS_GRACE, self.settlers.wait())
             .await

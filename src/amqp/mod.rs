@@ -29,6 +29,9 @@ pub enum AmqpError {
     Nacked(String),
     #[error("no confirm from the broker for a publish to `{0}` within 30 s")]
     Timeout(String),
+    /// The connection was closed for shutdown: nothing reconnects it.
+    #[error("the broker connection was closed for shutdown")]
+    Closed,
 }
 
 impl AmqpError {

@@ -9,7 +9,9 @@ pub enum LogFormat {
 }
 
 /// Default filter of the service: one line per job at info.
-pub const SERVICE_FILTER: &str = "info,lapin=warn,actix_server=warn";
+/// lapin logs every returned (unroutable) message at warn with its whole body
+/// as bytes; keyrelay logs its own short line and counts them instead.
+pub const SERVICE_FILTER: &str = "info,lapin=warn,lapin::returned_messages=error,actix_server=warn";
 /// Default filter of the demo: only what goes wrong (keys leaving rotation).
 pub const DEMO_FILTER: &str = "warn,lapin=off";
 

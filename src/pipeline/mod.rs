@@ -49,6 +49,11 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
     let claim = services.in_progress.claim(&job.id).await;
     let cache_key = (job.cache && services.jobs.cache_ttl_secs > 0).then(|| job.cache_key());
     match services.store.result(&job.id) {
+        // Ids are stored per id, not per pool: another pool's result for the
+        // same id must not answer this job.
+        Ok(Some(stored)) if stored.pool != key.pool.name => {
+            warn!(job_id = %job.id, pool = %key.pool.name, other_pool = %stored.pool, "a result with this id is stored for another pool; running the job");
+        }
         Ok(Some(stored)) if stored.is_final() => {
             return Box::pin(finish::answer_from_store(
                 &services, &key.pool, inbound, &job, stored,

@@ -178,7 +178,10 @@ impl Supervisor {
     ) {
         let slot = &mut self.keys[id.0];
         let was_available = slot.state.is_available();
-        slot.ctx.set_available(state.is_available());
+        // While stopping no key re-enters rotation (a cooldown ending, an
+        // operator's enable): job tasks must start no new call.
+        slot.ctx
+            .set_available(state.is_available() && !self.stopping);
         if let Some(timer) = slot.timer.take() {
             ctx.cancel_future(timer);
         }
@@ -195,7 +198,7 @@ impl Supervisor {
             match (was_available, state.is_available()) {
                 (true, false) => worker.do_send(crate::actors::messages::PauseConsuming),
                 // Not while the store cannot write: it resumes them all.
-                (false, true) if self.store_writable => {
+                (false, true) if self.store_writable && !self.stopping => {
                     worker.do_send(crate::actors::messages::ResumeConsuming)
                 }
                 _ => {}

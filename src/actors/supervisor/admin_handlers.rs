@@ -7,19 +7,24 @@ use actix::prelude::*;
 use tracing::{info, warn};
 
 use super::Supervisor;
-use crate::actors::messages::{ProbeTarget, ResetKey};
+use crate::actors::messages::{KeyCommandError, ProbeTarget, ResetKey};
 use crate::keys::{KeyId, KeyState};
 use crate::pipeline::KeyContext;
 
 impl Handler<ResetKey> for Supervisor {
-    type Result = Result<(), String>;
+    type Result = Result<(), KeyCommandError>;
 
     fn handle(&mut self, msg: ResetKey, ctx: &mut Self::Context) -> Self::Result {
         let id = self.lookup(&msg.pool, &msg.key)?;
         let store_key = self.keys[id.0].ctx.store_key.clone();
+        if self.stopping {
+            return Err(KeyCommandError::ShuttingDown);
+        }
         if let Err(e) = self.services.store.reset_counters(&store_key) {
             warn!(key = %store_key, error = %e, "cannot clear the key's counters");
-            return Err(format!("cannot clear the counters of `{store_key}`: {e}"));
+            return Err(KeyCommandError::Store(format!(
+                "cannot clear the counters of `{store_key}`: {e}"
+            )));
         }
         info!(pool = %msg.pool, key = %msg.key, "key reset by operator");
         // A reset forgets the key's usage too (declared limits and learned ones).
@@ -31,7 +36,7 @@ impl Handler<ResetKey> for Supervisor {
 }
 
 impl Handler<ProbeTarget> for Supervisor {
-    type Result = Result<Arc<KeyContext>, String>;
+    type Result = Result<Arc<KeyContext>, KeyCommandError>;
 
     fn handle(&mut self, msg: ProbeTarget, _ctx: &mut Self::Context) -> Self::Result {
         let id = self.lookup(&msg.pool, &msg.key)?;
@@ -40,11 +45,14 @@ impl Handler<ProbeTarget> for Supervisor {
 }
 
 impl Supervisor {
-    fn lookup(&self, pool: &str, key: &str) -> Result<KeyId, String> {
+    fn lookup(&self, pool: &str, key: &str) -> Result<KeyId, KeyCommandError> {
         self.keys
             .iter()
             .position(|s| s.ctx.pool.name == pool && s.ctx.name == key)
             .map(KeyId)
-            .ok_or_else(|| format!("no key `{key}` in pool `{pool}`"))
+            .ok_or_else(|| KeyCommandError::NoSuchKey {
+                pool: pool.to_owned(),
+                key: key.to_owned(),
+            })
     }
 }

@@ -167,10 +167,13 @@ impl Handler<WorkerStopped> for Supervisor {
 }
 
 impl Handler<EnableKey> for Supervisor {
-    type Result = Result<(), String>;
+    type Result = Result<(), KeyCommandError>;
 
     fn handle(&mut self, msg: EnableKey, ctx: &mut Self::Context) -> Self::Result {
         let id = self.find(&msg.pool, &msg.key)?;
+        if self.stopping {
+            return Err(KeyCommandError::ShuttingDown);
+        }
         info!(pool = %msg.pool, key = %msg.key, "key enabled by operator");
         self.apply(id, KeyState::Active, true, ctx);
         Ok(())
@@ -178,7 +181,7 @@ impl Handler<EnableKey> for Supervisor {
 }
 
 impl Handler<DisableKey> for Supervisor {
-    type Result = Result<(), String>;
+    type Result = Result<(), KeyCommandError>;
 
     fn handle(&mut self, msg: DisableKey, ctx: &mut Self::Context) -> Self::Result {
         let id = self.find(&msg.pool, &msg.key)?;
@@ -241,11 +244,14 @@ impl Handler<Terminate> for Supervisor {
 }
 
 impl Supervisor {
-    fn find(&self, pool: &str, key: &str) -> Result<KeyId, String> {
+    fn find(&self, pool: &str, key: &str) -> Result<KeyId, KeyCommandError> {
         self.keys
             .iter()
             .position(|s| s.ctx.pool.name == pool && s.ctx.name == key)
             .map(KeyId)
-            .ok_or_else(|| format!("no key `{key}` in pool `{pool}`"))
+            .ok_or_else(|| KeyCommandError::NoSuchKey {
+                pool: pool.to_owned(),
+                key: key.to_owned(),
+            })
     }
 }
