@@ -33,17 +33,21 @@ pub fn serve(
     listen: SocketAddr,
     state: HttpState,
 ) -> Result<(actix_web::dev::ServerHandle, SocketAddr), AppError> {
-    let monitor = crate::admin::start(&state);
+    let admin = crate::admin::start(&state);
+    // No handler blocks a worker: heavy admin reads run on threads of their
+    // own, under a cap (`admin::heavy`). What a flood of admin requests still
+    // costs a worker is parsing and refusing them; with two workers a probe
+    // waits behind half of such a burst (`tests/admin_load.rs`).
     let server = HttpServer::new(move || {
+        let admin = admin.clone();
         WebApp::new()
             .app_data(web::Data::new(state.clone()))
-            .app_data(monitor.clone())
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
-            .configure(crate::admin::routes)
+            .configure(move |cfg| admin.routes(cfg))
     })
-    .workers(1)
+    .workers(2)
     .disable_signals()
     .bind(listen)
     .map_err(|source| AppError::Listen {

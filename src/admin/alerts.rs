@@ -20,9 +20,11 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use super::errors::ApiError;
+use super::heavy::{HeavyReads, Slot};
 use super::keys::{KeyView, key_views};
 use super::monitor::{Monitor, queue_depth};
 use crate::http::HttpState;
+use crate::store::Store;
 
 const FAILURE_WINDOW: SignedDuration = SignedDuration::from_secs(600);
 const FAILURE_MIN: u64 = 3;
@@ -40,8 +42,10 @@ pub struct Alert {
 pub async fn list(
     state: web::Data<HttpState>,
     monitor: web::Data<Monitor>,
+    heavy: web::Data<HeavyReads>,
 ) -> Result<HttpResponse, ApiError> {
-    let alerts = evaluate(&state, &monitor).await?;
+    let slot = heavy.enter().await?;
+    let alerts = evaluate(&state, &monitor, &slot).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "alerts": alerts })))
 }
 
@@ -65,7 +69,11 @@ fn daily_limit_alerts(keys: &[KeyView]) -> Vec<Alert> {
         .collect()
 }
 
-pub async fn evaluate(state: &HttpState, monitor: &Monitor) -> Result<Vec<Alert>, ApiError> {
+pub async fn evaluate(
+    state: &HttpState,
+    monitor: &Monitor,
+    slot: &Slot,
+) -> Result<Vec<Alert>, ApiError> {
     let keys = key_views(state).await?;
     let mut alerts = pool_alerts(state, &keys);
     for key in keys.iter().filter(|k| k.state == "disabled") {
@@ -84,7 +92,11 @@ pub async fn evaluate(state: &HttpState, monitor: &Monitor) -> Result<Vec<Alert>
             ),
         });
     }
-    alerts.extend(failure_alerts(state)?);
+    let store = state.store.clone();
+    alerts.extend(
+        slot.run("the failure-window scan", move || failure_alerts(&store))
+            .await?,
+    );
     alerts.extend(daily_limit_alerts(&keys));
     if let Ok(depth) = queue_depth(&state.broker, &state.config.jobs.dead_letter_queue).await {
         monitor.record_dead_letters(Timestamp::now(), depth.ready);
@@ -139,18 +151,17 @@ fn pool_alerts(state: &HttpState, keys: &[KeyView]) -> Vec<Alert> {
     alerts
 }
 
-fn failure_alerts(state: &HttpState) -> Result<Vec<Alert>, ApiError> {
+/// Blocking: scans the stored results of the last 10 minutes.
+fn failure_alerts(store: &Store) -> Result<Vec<Alert>, ApiError> {
     let now = Timestamp::now();
     let mut per_key: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
-    state
-        .store
-        .scan_results(now - FAILURE_WINDOW, now, 100_000, |r| {
-            if let Some(key) = &r.key {
-                let entry = per_key.entry((r.pool.clone(), key.clone())).or_default();
-                entry.0 += 1;
-                entry.1 += u64::from(!r.is_success());
-            }
-        })?;
+    store.scan_results(now - FAILURE_WINDOW, now, 100_000, |r| {
+        if let Some(key) = &r.key {
+            let entry = per_key.entry((r.pool.clone(), key.clone())).or_default();
+            entry.0 += 1;
+            entry.1 += u64::from(!r.is_success());
+        }
+    })?;
     Ok(per_key
         .into_iter()
         .filter(|(_, (all, failed))| {

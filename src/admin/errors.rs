@@ -26,6 +26,10 @@ pub enum ApiError {
     Broker(#[from] AmqpError),
     #[error("{0}")]
     Unavailable(String),
+    /// Every heavy-read slot is taken (`[admin] max_heavy_reads`); answered
+    /// with `Retry-After`.
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The supervisor did not answer (shutting down).
@@ -41,6 +45,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
             ApiError::Broker(_) | ApiError::Unavailable(_) => "unavailable",
+            ApiError::Busy(_) => "busy",
             ApiError::Store(_) | ApiError::Supervisor(_) => "internal",
         }
     }
@@ -57,15 +62,23 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Broker(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Broker(_) | ApiError::Unavailable(_) | ApiError::Busy(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Store(_) | ApiError::Supervisor(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unauthorized(_)) {
-            response.insert_header(("WWW-Authenticate", "Bearer realm=\"keyrelay\""));
+        match self {
+            ApiError::Unauthorized(_) => {
+                response.insert_header(("WWW-Authenticate", "Bearer realm=\"keyrelay\""));
+            }
+            ApiError::Busy(_) => {
+                response.insert_header(("Retry-After", super::heavy::RETRY_AFTER_SECS));
+            }
+            _ => {}
         }
         response.json(serde_json::json!({"error": self.code(), "message": self.to_string()}))
     }

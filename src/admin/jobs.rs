@@ -8,6 +8,7 @@ use lapin::BasicProperties;
 use lapin::types::ShortString;
 
 use super::errors::ApiError;
+use super::heavy::HeavyReads;
 use super::params::Params;
 use crate::amqp::{PublishOutcome, Publisher};
 use crate::http::HttpState;
@@ -29,7 +30,13 @@ pub async fn get(
     }
 }
 
-pub async fn list(state: web::Data<HttpState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+/// A page of history: a heavy read (it may walk 50,000 index entries and
+/// serialize 1,000 results), so it takes a slot and runs off the HTTP worker.
+pub async fn list(
+    state: web::Data<HttpState>,
+    heavy: web::Data<HeavyReads>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let p = Params::parse(
         req.query_string(),
         &["user", "since", "until", "status", "limit", "cursor"],
@@ -61,14 +68,21 @@ pub async fn list(state: web::Data<HttpState>, req: HttpRequest) -> Result<HttpR
         limit: p.count("limit", DEFAULT_LIMIT, MAX_LIMIT)?,
         cursor,
     };
+    let slot = heavy.enter().await?;
     let store = state.store.clone();
-    let page = web::block(move || store.history(&query))
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("history query did not run: {e}")))??;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "jobs": page.results,
-        "next_cursor": page.next_cursor,
-    })))
+    let body = slot
+        .run("the history query", move || {
+            let page = store.history(&query)?;
+            serde_json::to_vec(&serde_json::json!({
+                "jobs": page.results,
+                "next_cursor": page.next_cursor,
+            }))
+            .map_err(|e| ApiError::Unavailable(format!("the history page did not serialize: {e}")))
+        })
+        .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
 /// `POST /v1/jobs?pool=P[&reply_to=Q]` with a job body (message contract v1).

@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod errors;
+pub mod heavy;
 pub mod jobs;
 pub mod keys;
 pub mod monitor;
@@ -20,22 +21,41 @@ use actix_web::{HttpResponse, web};
 
 use crate::http::HttpState;
 pub use errors::ApiError;
+pub use heavy::HeavyReads;
 pub use monitor::Monitor;
 
 /// Largest request body read at all; job bodies over `jobs.max_body_bytes`
 /// are refused by the job decoder with a 400 naming the limit.
 const BODY_LIMIT: usize = 16 * 1024 * 1024;
 
-/// Start the background work of the operations surface (the queue-depth
-/// poller); returns the shared monitor the handlers read.
-pub fn start(state: &HttpState) -> web::Data<Monitor> {
-    let monitor = Arc::new(Monitor::default());
-    monitor::start(&state.broker, state.config.clone(), monitor.clone());
-    web::Data::from(monitor)
+/// What the admin handlers of every HTTP worker share.
+#[derive(Clone)]
+pub struct Shared {
+    monitor: web::Data<Monitor>,
+    heavy: web::Data<HeavyReads>,
 }
 
-/// Mount the status page and the `/v1` routes.
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// Start the background work of the operations surface (the queue-depth
+/// poller) and the heavy-read cap; mount them with [`Shared::routes`].
+pub fn start(state: &HttpState) -> Shared {
+    let monitor = Arc::new(Monitor::default());
+    monitor::start(&state.broker, state.config.clone(), monitor.clone());
+    Shared {
+        monitor: web::Data::from(monitor),
+        heavy: web::Data::new(HeavyReads::new(state.config.admin.max_heavy_reads)),
+    }
+}
+
+impl Shared {
+    /// Mount the status page and the `/v1` routes, with the shared state.
+    pub fn routes(&self, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(self.monitor.clone())
+            .app_data(self.heavy.clone());
+        routes(cfg);
+    }
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::PathConfig::default().error_handler(|e, _| errors::extractor_error(e)))
         .app_data(web::QueryConfig::default().error_handler(|e, _| errors::extractor_error(e)))
         .app_data(web::PayloadConfig::new(BODY_LIMIT))

@@ -9,9 +9,11 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use super::errors::ApiError;
+use super::heavy::HeavyReads;
 use super::keys::{KeyView, key_views};
 use super::monitor::queue_depth;
 use crate::http::HttpState;
+use crate::store::Store;
 
 /// Results scanned at most for the per-minute throughput.
 const MINUTE_SCAN_CAP: usize = 100_000;
@@ -36,9 +38,16 @@ pub struct PoolView {
     pub jobs_last_minute: u64,
 }
 
-pub async fn list(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    state: web::Data<HttpState>,
+    heavy: web::Data<HeavyReads>,
+) -> Result<HttpResponse, ApiError> {
+    let slot = heavy.enter().await?;
     let keys = key_views(&state).await?;
-    let per_minute = jobs_last_minute(&state)?;
+    let store = state.store.clone();
+    let per_minute = slot
+        .run("the last-minute scan", move || jobs_last_minute(&store))
+        .await?;
     let mut pools = Vec::new();
     for pool in &state.config.pools {
         let queue = state.config.job_queue(&pool.name);
@@ -73,10 +82,11 @@ pub async fn list(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError>
     })))
 }
 
-fn jobs_last_minute(state: &HttpState) -> Result<BTreeMap<String, u64>, ApiError> {
+/// Blocking: scans the stored results of the last minute.
+fn jobs_last_minute(store: &Store) -> Result<BTreeMap<String, u64>, ApiError> {
     let now = Timestamp::now();
     let mut counts = BTreeMap::new();
-    state.store.scan_results(
+    store.scan_results(
         now - SignedDuration::from_secs(60),
         now,
         MINUTE_SCAN_CAP,

@@ -18,6 +18,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use super::errors::ApiError;
+use super::heavy::{HeavyReads, Slot};
 use super::params::Params;
 use crate::http::HttpState;
 use crate::job::JobResult;
@@ -39,11 +40,15 @@ struct Row {
 }
 
 /// Hourly provider-call statistics: hour → key → field → value.
-async fn upstream(state: &HttpState, since: Timestamp) -> Result<HttpResponse, ApiError> {
+async fn upstream(
+    state: &HttpState,
+    slot: &Slot,
+    since: Timestamp,
+) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
-    let rows = web::block(move || store.usage(Some(since)))
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("stats query did not run: {e}")))??;
+    let rows = slot
+        .run("the stats query", move || Ok(store.usage(Some(since))?))
+        .await?;
     let mut groups: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>> = BTreeMap::new();
     for row in rows {
         let hour = format!("{}:00:00Z", row.hour);
@@ -59,7 +64,13 @@ async fn upstream(state: &HttpState, since: Timestamp) -> Result<HttpResponse, A
     })))
 }
 
-pub async fn get(state: web::Data<HttpState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+/// The per-key counters are read on the spot (one prefix scan per key); the
+/// result and usage scans take a heavy-read slot and run off the HTTP worker.
+pub async fn get(
+    state: web::Data<HttpState>,
+    heavy: web::Data<HeavyReads>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let p = Params::parse(req.query_string(), &["since", "until", "by"])?;
     let by = p.choice("by", &["hour", "key", "error", "upstream"], "key")?;
     let now = Timestamp::now();
@@ -67,7 +78,8 @@ pub async fn get(state: web::Data<HttpState>, req: HttpRequest) -> Result<HttpRe
         let since = p
             .time("since", now)?
             .unwrap_or(now - SignedDuration::from_hours(24));
-        return upstream(&state, since).await;
+        let slot = heavy.enter().await?;
+        return upstream(&state, &slot, since).await;
     }
     let until = p.time("until", now)?.unwrap_or(now);
     let since = p.time("since", now)?;
@@ -78,17 +90,18 @@ pub async fn get(state: web::Data<HttpState>, req: HttpRequest) -> Result<HttpRe
     if since > until {
         return Err(ApiError::bad("`since` is after `until`"));
     }
+    let slot = heavy.enter().await?;
     let store = state.store.clone();
     let group = by.to_owned();
-    let (rows, truncated) = web::block(move || {
-        let mut rows: BTreeMap<String, Row> = BTreeMap::new();
-        let truncated = store.scan_results(since, until, SCAN_CAP, |r| {
-            add(rows.entry(group_of(&group, r)).or_default(), r)
-        })?;
-        Ok::<_, crate::store::StoreError>((rows, truncated))
-    })
-    .await
-    .map_err(|e| ApiError::Unavailable(format!("stats query did not run: {e}")))??;
+    let (rows, truncated) = slot
+        .run("the stats query", move || {
+            let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+            let truncated = store.scan_results(since, until, SCAN_CAP, |r| {
+                add(rows.entry(group_of(&group, r)).or_default(), r)
+            })?;
+            Ok((rows, truncated))
+        })
+        .await?;
     let rows: BTreeMap<String, Row> = rows
         .into_iter()
         .map(|(k, mut row)| {

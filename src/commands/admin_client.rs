@@ -31,11 +31,24 @@ pub enum ClientError {
     Refused { status: u16, message: String },
     #[error("admin API answered {status}: {message}")]
     Api { status: u16, message: String },
+    /// 503 `busy`: too many heavy reads at once; worth retrying after `retry_after`.
+    #[error("admin API is busy: {message}")]
+    Busy {
+        message: String,
+        retry_after: Duration,
+    },
     #[error("admin API at {url} sent an answer that is not JSON: {reason}")]
     BadAnswer { url: String, reason: String },
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
 }
+
+/// Times a GET answered `busy` is tried again (after the server's
+/// `Retry-After`), so a `keyrelay results` export of many pages survives a
+/// moment of admin load.
+const BUSY_RETRIES: u32 = 5;
+/// Longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 pub struct AdminClient {
     http: reqwest::Client,
@@ -61,8 +74,18 @@ impl AdminClient {
         })
     }
 
+    /// GET `path`; a `busy` answer is retried up to [`BUSY_RETRIES`] times.
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.send(self.http.get(self.url(path))).await
+        let mut retries = 0;
+        loop {
+            match self.send(self.http.get(self.url(path))).await {
+                Err(ClientError::Busy { retry_after, .. }) if retries < BUSY_RETRIES => {
+                    retries += 1;
+                    tokio::time::sleep(retry_after).await;
+                }
+                answer => return answer,
+            }
+        }
     }
 
     pub async fn post(&self, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
@@ -87,6 +110,11 @@ impl AdminClient {
                     reason: root_cause(&e),
                 })?;
         let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let text = resp.text().await.map_err(|e| ClientError::Unreachable {
             url: self.base.clone(),
             reason: root_cause(&e),
@@ -98,15 +126,29 @@ impl AdminClient {
                 reason: e.to_string(),
             });
         }
-        let message = value
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_owned))
+        let value = value.unwrap_or_default();
+        let message = value["message"]
+            .as_str()
+            .map(str::to_owned)
             .unwrap_or_else(|| text.chars().take(200).collect());
         Err(match status {
             401 | 403 => ClientError::Refused { status, message },
+            503 if value["error"] == "busy" => ClientError::Busy {
+                message,
+                retry_after: retry_delay(retry_after.as_deref()),
+            },
             _ => ClientError::Api { status, message },
         })
     }
+}
+
+/// How long to wait before retrying a `busy` answer: its `Retry-After` in
+/// seconds, at least 1 s and at most [`MAX_RETRY_AFTER`].
+fn retry_delay(header: Option<&str>) -> Duration {
+    let secs = header
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(1);
+    Duration::from_secs(secs.max(1)).min(MAX_RETRY_AFTER)
 }
 
 /// The innermost error's text (reqwest's top level only says "error sending request").
@@ -129,4 +171,23 @@ pub fn encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_honoured_within_bounds() {
+        for (header, secs) in [
+            (Some("1"), 1),
+            (Some(" 3 "), 3),
+            (Some("0"), 1),
+            (Some("3600"), 10),
+            (Some("Wed, 21 Oct 2026 07:28:00 GMT"), 1),
+            (None, 1),
+        ] {
+            assert_eq!(retry_delay(header), Duration::from_secs(secs), "{header:?}");
+        }
+    }
 }

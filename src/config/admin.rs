@@ -3,6 +3,8 @@
 //! Two tokens: a read-only one (GET only) and an admin one (everything). Each
 //! comes from an environment variable or a file, never from the TOML itself.
 //! With no token configured the admin API refuses every request (401).
+//! `max_heavy_reads` caps the admin reads that scan the store (see
+//! `admin::heavy`).
 
 use std::path::PathBuf;
 
@@ -12,7 +14,7 @@ use super::ConfigError;
 use crate::secret::ApiKey;
 
 /// `[admin]` section; every field optional.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Environment variable holding the read-only token. Env: `KEYRELAY__ADMIN__READ_TOKEN_ENV`.
@@ -23,6 +25,11 @@ pub struct AdminConfig {
     pub admin_token_env: Option<String>,
     /// File holding the admin token. Env: `KEYRELAY__ADMIN__ADMIN_TOKEN_FILE`.
     pub admin_token_file: Option<PathBuf>,
+    /// Heavy admin reads (alerts, pools, stats over results, job history
+    /// pages) running at once; more wait up to 1 s (at most 16 per slot),
+    /// then get 503 `busy`.
+    /// Env: `KEYRELAY__ADMIN__MAX_HEAVY_READS`.
+    pub max_heavy_reads: usize,
     /// The resolved read-only token (filled by validation, never deserialized).
     #[serde(skip)]
     pub read_token: Option<ApiKey>,
@@ -34,9 +41,30 @@ pub struct AdminConfig {
 /// Shortest token accepted: a guessable token is worse than none.
 const MIN_TOKEN_CHARS: usize = 16;
 
+/// Default of `max_heavy_reads`: the status page's two heavy reads (pools and
+/// alerts) for two viewers, without letting scans take every core.
+pub const DEFAULT_MAX_HEAVY_READS: usize = 4;
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            read_token_env: None,
+            read_token_file: None,
+            admin_token_env: None,
+            admin_token_file: None,
+            max_heavy_reads: DEFAULT_MAX_HEAVY_READS,
+            read_token: None,
+            admin_token: None,
+        }
+    }
+}
+
 impl AdminConfig {
-    /// Read both tokens from their variables or files.
+    /// Check the cap and read both tokens from their variables or files.
     pub(super) fn resolve(&mut self) -> Result<(), ConfigError> {
+        if self.max_heavy_reads == 0 {
+            return Err(super::validate::at_least_one("admin.max_heavy_reads"));
+        }
         self.read_token = resolve_token(
             "admin.read_token",
             self.read_token_env.as_deref(),
@@ -109,6 +137,17 @@ mod tests {
         };
         let err = missing.resolve().unwrap_err().to_string();
         assert!(err.contains("admin.read_token_env"), "{err}");
+    }
+
+    #[test]
+    fn heavy_reads_default_to_four_and_zero_is_refused() {
+        assert_eq!(AdminConfig::default().max_heavy_reads, 4);
+        let mut none = AdminConfig {
+            max_heavy_reads: 0,
+            ..AdminConfig::default()
+        };
+        let err = none.resolve().unwrap_err().to_string();
+        assert!(err.contains("admin.max_heavy_reads"), "{err}");
     }
 
     #[test]

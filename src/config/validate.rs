@@ -32,7 +32,7 @@ fn field(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 /// A count or a length that cannot be zero.
-fn at_least_one(name: impl Into<String>) -> ConfigError {
+pub(super) fn at_least_one(name: impl Into<String>) -> ConfigError {
     field(name, "must be at least 1")
 }
 
