@@ -80,7 +80,9 @@ impl App {
             AppError::Store(StoreError::Flush(format!("store open task failed: {e}")))
         })??;
         let broker = Arc::new(Broker::for_service(Arc::new(config.clone())).await?);
-        let publisher = Publisher::new(broker.clone()).await?;
+        let publisher = Publisher::new(broker.clone())
+            .await?
+            .with_confirm_timeout(crate::amqp::SERVICE_CONFIRM_TIMEOUT);
         let setup = SupervisorSetup {
             broker: broker.clone(),
             store: store.clone(),

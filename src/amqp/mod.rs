@@ -11,7 +11,7 @@ use thiserror::Error;
 
 pub use broker::Broker;
 pub use properties::{dead_letter_properties, job_properties, reply_properties};
-pub use publisher::{PublishOutcome, Publisher};
+pub use publisher::{PublishOutcome, Publisher, SERVICE_CONFIRM_TIMEOUT};
 pub use settler::{Settler, Verdict};
 
 /// What can go wrong talking to RabbitMQ.
@@ -27,8 +27,8 @@ pub enum AmqpError {
     },
     #[error("the broker refused (nacked) a publish to `{0}`")]
     Nacked(String),
-    #[error("no confirm from the broker for a publish to `{0}` within 30 s")]
-    Timeout(String),
+    #[error("no confirm from the broker for a publish to `{0}` within {1:?}")]
+    Timeout(String, std::time::Duration),
     /// The connection was closed for shutdown: nothing reconnects it.
     #[error("the broker connection was closed for shutdown")]
     Closed,

@@ -21,14 +21,23 @@ pub enum PublishOutcome {
 }
 
 /// A broker that neither confirms nor fails a publish in this time (memory
-/// alarm, half-dead connection) is treated as having failed it.
+/// alarm, half-dead connection) is treated as having failed it: what a
+/// command-line client waits at most.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The service's replies wait longer: a broker under a memory or disk alarm
+/// blocks publishers and confirms once the alarm clears, and a reply given up
+/// on at 30 s was requeued and answered again (16 duplicates after a 30+ s
+/// alarm). A dead or silent connection still fails the publish within the
+/// heartbeat (`broker.heartbeat_secs`).
+pub const SERVICE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A confirm-mode channel shared by every task; replaced when it breaks.
 pub struct Publisher {
     broker: Arc<Broker>,
     /// The channel and the connection generation it was opened on.
     channel: Mutex<(Channel, u64)>,
+    confirm_timeout: Duration,
 }
 
 impl Publisher {
@@ -37,7 +46,14 @@ impl Publisher {
         Ok(Publisher {
             broker,
             channel: Mutex::new(channel),
+            confirm_timeout: CONFIRM_TIMEOUT,
         })
+    }
+
+    /// The same publisher, waiting up to `timeout` for each confirm.
+    pub fn with_confirm_timeout(mut self, timeout: Duration) -> Publisher {
+        self.confirm_timeout = timeout;
+        self
     }
 
     /// Publish through the default exchange to queue `queue` and wait for the confirm.
@@ -61,9 +77,9 @@ impl Publisher {
                 .await
                 .map_err(AmqpError::op("publisher confirm"))
         };
-        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, publish)
+        let confirm = tokio::time::timeout(self.confirm_timeout, publish)
             .await
-            .map_err(|_| AmqpError::Timeout(queue.to_owned()))??;
+            .map_err(|_| AmqpError::Timeout(queue.to_owned(), self.confirm_timeout))??;
         if confirm.is_nack() {
             return Err(AmqpError::Nacked(queue.to_owned()));
         }
