@@ -36,7 +36,8 @@ pub(crate) enum BodyFault {
 pub(crate) struct Directives {
     /// Answer with this error status and the provider's matching body.
     pub status: Option<u16>,
-    /// Extra delay before answering.
+    /// Extra delay before answering an admitted request (refusals at the
+    /// door, rate limits included, come back at once).
     pub sleep: Option<Duration>,
     /// Success whose text is not JSON.
     pub invalid_json: bool,

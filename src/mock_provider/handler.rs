@@ -100,8 +100,14 @@ pub(crate) async fn serve(
         .and_then(|parsed| directives::parse(&parsed.last_user).map(|d| (parsed, d)));
     let directives = understood.as_ref().ok().map(|(_, d)| d);
     let forced = directives.and_then(|d| d.forced);
-    let delay = state.latency + directives.and_then(|d| d.sleep).unwrap_or_default();
     let admission = state.admit(secret.as_deref(), forced, Instant::now());
+    // A directive's sleep is the model's time on an admitted request; a
+    // refusal at the door (a 429, a bad key) comes back at once, as real
+    // providers' do.
+    let working = directives
+        .and_then(|d| d.sleep)
+        .filter(|_| matches!(admission, Admission::Admitted { .. }));
+    let delay = state.latency + working.unwrap_or_default();
     let label = admission.label().to_string();
     let (response, tally) = answer(api, state, admission, secret, understood, path_model);
     // Counted before the delay: like a real provider, a request is billed even when

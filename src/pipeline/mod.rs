@@ -155,8 +155,13 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
     let guard = key.track();
     let started = Instant::now();
     let outcome = call(&key, &inflight).await;
-    // A call the key refused (rate limit, quota, dead key) is not the job's.
-    if !outcome.is_the_keys_fault() {
+    if outcome.is_the_keys_fault() {
+        // The key said "no more": no further call starts on it from now,
+        // without waiting for the supervisor to hear it (calls already in
+        // flight finish). The supervisor sets the state and its timer.
+        key.set_available(false);
+    } else {
+        // A call the key refused (rate limit, quota, dead key) is not the job's.
         inflight.attempts += 1;
     }
     let latency = started.elapsed();
