@@ -159,6 +159,9 @@ impl App {
         }
         let terminated = self.supervisor.send(Terminate);
         let _ = steps.run("stop the key workers", terminated).await;
+        self.store
+            .save_unsaved_before_exit(Duration::from_secs(5))
+            .await;
         if let Some(Err(e)) = steps.run("flush the store", self.store.flush()).await {
             warn!(error = %e, "final store flush failed");
         }

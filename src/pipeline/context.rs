@@ -216,6 +216,12 @@ impl KeyContext {
     }
 
     /// The budget, if it changed since the last call (for persisting it).
+    /// Have the next save write the budget even if unchanged (it may not
+    /// have reached the store).
+    pub fn mark_budget_changed(&self) {
+        self.budget_dirty.store(true, Ordering::Release);
+    }
+
     pub fn budget_if_changed(&self) -> Option<Budget> {
         if !self.budget_dirty.swap(false, Ordering::AcqRel) {
             return None;

@@ -48,33 +48,22 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
     };
     let claim = services.in_progress.claim(&job.id).await;
     let cache_key = (job.cache && services.jobs.cache_ttl_secs > 0).then(|| job.cache_key());
-    match services.store.result(&job.id) {
-        // Ids are stored per id, not per pool: another pool's result for the
-        // same id must not answer this job.
-        Ok(Some(stored)) if stored.pool != key.pool.name => {
-            warn!(job_id = %job.id, pool = %key.pool.name, other_pool = %stored.pool, "a result with this id is stored for another pool; running the job");
-        }
-        Ok(Some(stored)) if stored.is_final() => {
+    let mut store_unreadable = false;
+    match prior_answer(&services, &key.pool, &job, cache_key) {
+        Prior::Stored(stored) => {
             return Box::pin(finish::answer_from_store(
                 &services, &key.pool, inbound, &job, stored,
             ))
             .await;
         }
-        // A job given up on (upstream, no key) that comes back was replayed from
-        // the dead-letter queue on purpose: it runs again.
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            if let Some(answer) = cached_answer(&services, &job, cache_key) {
-                return Box::pin(finish::answer_from_cache(
-                    &services, &key.pool, inbound, &job, answer, timing,
-                ))
-                .await;
-            }
+        Prior::Cached(answer) => {
+            return Box::pin(finish::answer_from_cache(
+                &services, &key.pool, inbound, &job, answer, timing,
+            ))
+            .await;
         }
-        // A corrupt record is overwritten by the new result; say so.
-        Err(e) => {
-            warn!(job_id = %job.id, error = %e, "stored result unreadable; running the job again")
-        }
+        Prior::Unknown => store_unreadable = true,
+        Prior::None => {}
     }
     // A job back from a delay queue carries its attempts and the key that failed.
     let headers = inbound.properties().headers().as_ref();
@@ -94,11 +83,58 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
         last_error,
         cache_key,
     };
+    // The store cannot say whether the job was answered (being reopened):
+    // running it could pay twice. Back to the queue until it can.
+    if store_unreadable {
+        return Box::pin(return_to_broker(&services, &key.pool, inflight)).await;
+    }
     if attempts > 0 && failed_here {
         // Retry on another key of the pool when one is available.
         return reroute(&services, &key, inflight, RerouteReason::Transient);
     }
     Box::pin(run_on_key(key, services, inflight)).await;
+}
+
+/// What is known of a job before it runs.
+enum Prior {
+    /// Its final result is stored (or kept while the store could not write).
+    Stored(job::JobResult),
+    /// An identical request was answered within the cache TTL.
+    Cached(job::JobResult),
+    /// The store cannot be read right now.
+    Unknown,
+    /// Nothing: run it.
+    None,
+}
+
+fn prior_answer(
+    services: &Services,
+    pool: &PoolContext,
+    job: &job::Job,
+    cache_key: Option<job::CacheKey>,
+) -> Prior {
+    match services.store.result(&job.id) {
+        // Ids are stored per id, not per pool: another pool's result for the
+        // same id must not answer this job.
+        Ok(Some(stored)) if stored.pool != pool.name => {
+            warn!(job_id = %job.id, pool = %pool.name, other_pool = %stored.pool, "a result with this id is stored for another pool; running the job");
+            Prior::None
+        }
+        Ok(Some(stored)) if stored.is_final() => Prior::Stored(stored),
+        // A job given up on (upstream, no key) that comes back was replayed from
+        // the dead-letter queue on purpose: it runs again.
+        Ok(Some(_)) => Prior::None,
+        Ok(None) => cached_answer(services, job, cache_key).map_or(Prior::None, Prior::Cached),
+        // A corrupt record is overwritten by the new result; say so.
+        Err(e @ crate::store::StoreError::Corrupt { .. }) => {
+            warn!(job_id = %job.id, error = %e, "stored result unreadable; running the job again");
+            Prior::None
+        }
+        Err(e) => {
+            warn!(job_id = %job.id, error = %e, "the store cannot be read; the job goes back to its queue");
+            Prior::Unknown
+        }
+    }
 }
 
 fn cached_answer(

@@ -149,7 +149,11 @@ impl Store {
     /// dead letter) keeps its new result. An unreadable record is removed
     /// too, so one bad record cannot stall the retention for good.
     pub fn prune_results(&self, cutoff: Timestamp) -> Result<usize, StoreError> {
+        // On disk before anything is removed: sled's own flush can make the
+        // removals durable before the next manifest tick, and a crash then
+        // must not look like damage.
         self.watermark.pruned(&nanos_key(cutoff));
+        self.write_manifest()?;
         let mut removed = 0;
         let tables = self.tables()?;
         for entry in tables.results_by_time.range(..nanos_key(cutoff)) {

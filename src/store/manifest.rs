@@ -49,11 +49,21 @@ impl Watermark {
         }
     }
 
-    /// Retention removed results older than this time key.
+    /// Retention removes results older than this time key. Only ever moves
+    /// forward: a later, longer retention (or a clock stepped back) must not
+    /// make results pruned before look lost.
     pub fn pruned(&self, before: &[u8]) {
+        let key = hex::encode(before);
         let mut state = self.lock();
-        state.0.pruned_before = Some(hex::encode(before));
-        state.1 = true;
+        if state.0.pruned_before.as_ref().is_none_or(|p| *p < key) {
+            state.0.pruned_before = Some(key);
+            state.1 = true;
+        }
+    }
+
+    /// A write of the manifest failed: write it again next time.
+    pub fn unwritten(&self) {
+        self.lock().1 = true;
     }
 
     /// The manifest to write, if it changed since the last call.
@@ -168,6 +178,18 @@ mod tests {
         assert!(
             missing(&pruned, None).is_none(),
             "pruned by retention, not lost"
+        );
+        mark.pruned(&key(120, ""));
+        assert_eq!(
+            mark.take_changed(),
+            None,
+            "a longer retention does not move it back"
+        );
+        mark.unwritten();
+        assert_eq!(
+            mark.take_changed(),
+            Some(pruned),
+            "written again after a failure"
         );
     }
 

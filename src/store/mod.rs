@@ -8,6 +8,7 @@ mod counters;
 mod group_commit;
 pub mod history;
 pub mod manifest;
+mod recovery;
 pub mod response_cache;
 mod unsaved;
 mod write_health;
@@ -38,7 +39,8 @@ pub enum StoreError {
     Reopening,
     #[error(
         "the store at {} is damaged: {why} (sled dropped what followed a corrupt part of its \
-         files). Restore that directory from a backup; or start with an empty store by setting \
+         files, and rewrote those parts while opening: the lost results are not in that \
+         directory any more). Restore it from a backup; or start with an empty store by setting \
          store.on_damage = \"move_aside\" (KEYRELAY__STORE__ON_DAMAGE=move_aside), which keeps \
          the damaged directory beside it as {}.damaged-<time>",
         path.display(),
@@ -86,6 +88,7 @@ pub struct Store {
     unsaved: Arc<unsaved::Unsaved>,
     /// The newest result on disk, for the manifest (damage detection).
     watermark: Arc<manifest::Watermark>,
+    manifest_writer: Arc<std::sync::Mutex<()>>,
 }
 
 /// One sled `Tree` per table, and the committer of their database. sled
@@ -161,6 +164,7 @@ impl Store {
         }
         Ok(Store {
             watermark: Arc::new(manifest::Watermark::starting_from(recorded)),
+            manifest_writer: Arc::default(),
             tables: Arc::new(RwLock::new(Some(Arc::new(tables)))),
             location: Arc::new((path.to_owned(), cache_bytes)),
             response_cache: Default::default(),
@@ -237,13 +241,21 @@ impl Store {
     /// Record the newest durable result in the manifest, if it changed
     /// (blocking file I/O: a small write, an fsync and a rename).
     pub fn write_manifest(&self) -> Result<(), StoreError> {
+        // One writer at a time: they share the temporary file.
+        let _one = self
+            .manifest_writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let Some(manifest) = self.watermark.take_changed() else {
             return Ok(());
         };
         let dir = &self.location.0;
-        manifest::write(dir, &manifest).map_err(|source| StoreError::Manifest {
-            path: manifest::path_in(dir),
-            source,
+        manifest::write(dir, &manifest).map_err(|source| {
+            self.watermark.unwritten();
+            StoreError::Manifest {
+                path: manifest::path_in(dir),
+                source,
+            }
         })
     }
 
@@ -255,65 +267,6 @@ impl Store {
     /// Changes of [`Store::write_error`]: `true` while the store can write.
     pub fn writable(&self) -> tokio::sync::watch::Receiver<bool> {
         self.write_health.subscribe()
-    }
-
-    /// After a failed write: reopen the database (sled refuses every write
-    /// after an I/O error until then), write the results answered meanwhile,
-    /// and check that a durable write goes through. Ok when the store writes
-    /// again. Waits for in-flight users of the old tables to let go.
-    pub async fn recover(&self) -> Result<(), StoreError> {
-        self.reopen().await?;
-        let tables = self.tables()?;
-        for (result, encoded) in self.unsaved.all() {
-            tables.results.insert(result.id.as_bytes(), encoded)?;
-            tables
-                .results_by_time
-                .insert(time_key(result.completed_at, &result.id), &[] as &[u8])?;
-        }
-        tables
-            .key_states
-            .insert(WRITE_PROBE, jiff::Timestamp::now().to_string().as_bytes())?;
-        let flushed = tables.commit.flush().await;
-        match flushed {
-            Ok(()) => {
-                for (result, _) in self.unsaved.all() {
-                    self.watermark
-                        .durable(&time_key(result.completed_at, &result.id));
-                }
-                self.unsaved.clear();
-                self.note_write_ok();
-                Ok(())
-            }
-            Err(e) => {
-                self.note_write_failed(&e);
-                Err(e)
-            }
-        }
-    }
-
-    /// Replace the tables with freshly opened ones.
-    async fn reopen(&self) -> Result<(), StoreError> {
-        let old = self
-            .tables
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(old) = old {
-            // sled holds a file lock until its last handle is gone.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            drop(old);
-        }
-        let (path, cache) = (self.location.0.clone(), self.location.1);
-        let opened = tokio::task::spawn_blocking(move || Tables::open(&path, cache))
-            .await
-            .map_err(|e| StoreError::Flush(format!("reopen task failed: {e}")))?;
-        let tables = opened?;
-        *self.tables.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(tables));
-        tracing::info!("store reopened");
-        Ok(())
     }
 
     async fn write_durably(

@@ -214,3 +214,26 @@ async fn flush_from_many_tasks_at_once() {
         }
     }
 }
+
+/// Retention that removes every result (an idle store), then a crash before
+/// the next manifest tick, then a longer retention: never taken for damage.
+#[tokio::test]
+async fn pruning_everything_is_not_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let store = Store::open(&path).unwrap();
+    let mut old = result("old");
+    old.completed_at = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 10);
+    store.persist_result(&old, None).await.unwrap();
+    store.write_manifest().unwrap();
+    let week_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 7);
+    assert_eq!(store.prune_results(week_ago).unwrap(), 1);
+    store.flush().await.unwrap();
+    drop(store); // no manifest write after the prune: as a kill -9 would leave it
+    let store = Store::open(&path).expect("an emptied store is not a damaged one");
+    let month_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 30);
+    store.prune_results(month_ago).unwrap();
+    store.write_manifest().unwrap();
+    drop(store);
+    Store::open(&path).expect("a longer retention afterwards is not damage either");
+}

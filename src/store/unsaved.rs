@@ -2,7 +2,8 @@
 //! in memory so a redelivery of the job is answered from here instead of
 //! paying the provider again, and written by `Store::recover` once the store
 //! writes again. Bounded by what was in flight when writes began to fail:
-//! keyrelay takes no new jobs while the store cannot write.
+//! keyrelay takes no new jobs while the store cannot write. Memory only: what
+//! is still here at exit is lost (logged by id at shutdown).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -31,8 +32,16 @@ impl Unsaved {
         self.lock().values().cloned().collect()
     }
 
-    pub fn clear(&self) {
-        self.lock().clear();
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (JobResult, Vec<u8>)>> {

@@ -270,9 +270,13 @@ impl Actor for Supervisor {
             if let Err(e) = act.services.store.flush_counters() {
                 warn!(error = %e, "cannot write key counters");
             }
-            if let Err(e) = act.services.store.write_manifest() {
-                warn!(error = %e, "cannot write the store manifest");
-            }
+            // A small write, an fsync and a rename: off the actor's thread.
+            let store = act.services.store.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.write_manifest() {
+                    warn!(error = %e, "cannot write the store manifest");
+                }
+            });
             act.publish_quota_gauges();
         });
         // Once now (a service restarted often would otherwise never prune), then hourly.

@@ -40,14 +40,35 @@ impl Supervisor {
         let store = self.services.store.clone();
         let recover = async move { store.recover().await };
         ctx.spawn(recover.into_actor(self).map(|result, act, ctx| {
-            if let Err(e) = result {
+            let failing_again = act.services.store.write_error().is_some();
+            if let Err(e) = &result {
                 warn!(error = %e, retry_in_s = RECOVER_EVERY.as_secs(), "the store still cannot write");
+            }
+            // A write that failed right after a recovery can reach this actor
+            // as no change at all (the watch keeps the latest value only).
+            if result.is_err() || failing_again {
                 ctx.run_later(RECOVER_EVERY, |act, ctx| act.try_recover_store(ctx));
-            } else if !act.store_writable {
-                // Recovered, but the change has not arrived yet: it will.
-                info!("store recovered");
             }
         }));
+    }
+}
+
+impl Supervisor {
+    /// Write every key's state and budget again: ones changed while the
+    /// store could not write (an operator's disable, a cooldown) would
+    /// otherwise be lost at the next restart.
+    fn persist_key_states(&mut self) {
+        for slot in &self.keys {
+            if let Err(e) = self
+                .services
+                .store
+                .save_key_state(&slot.ctx.store_key, &slot.state)
+            {
+                warn!(key = %slot.ctx.store_key, error = %e, "cannot persist key state");
+            }
+            slot.ctx.mark_budget_changed();
+        }
+        self.persist_budgets();
     }
 }
 
@@ -69,6 +90,7 @@ impl Handler<StoreWritable> for Supervisor {
         }
         if msg.0 {
             info!("the store writes again; consumers resumed");
+            self.persist_key_states();
         } else {
             warn!("the store cannot write; consumers paused until it can");
             ctx.run_later(RECOVER_EVERY, |act, ctx| act.try_recover_store(ctx));
