@@ -135,7 +135,7 @@ async fn sigkill_mid_run_loses_nothing_and_pays_once() {
     let store = keyrelay::store::Store::open(&store_path).expect("sled reopens after the kills");
     for id in &ids {
         let stored = store
-            .result(id)
+            .result_of("g", id)
             .unwrap()
             .unwrap_or_else(|| panic!("{id} has a stored result"));
         assert_eq!(stored.status, JobStatus::Succeeded);

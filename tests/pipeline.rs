@@ -62,7 +62,7 @@ async fn happy_path_through_each_provider() {
         );
     }
     // Results are in the store too.
-    let stored = env.app().store().result("g-text").unwrap().unwrap();
+    let stored = env.app().store().result_of("g", "g-text").unwrap().unwrap();
     assert_eq!(stored.text, replies["g-text"].text);
     env.finish().await;
 }
@@ -404,7 +404,7 @@ async fn reply_to_a_missing_queue_is_recorded_not_looped() {
     let (r, _) = env.next_reply().await;
     assert_eq!(r.id, "after");
     assert!(
-        env.app().store().result("lost").unwrap().is_some(),
+        env.app().store().result_of("g", "lost").unwrap().is_some(),
         "result kept in the store"
     );
     assert_eq!(env.mock.stats().key("k").requests, 2);

@@ -199,7 +199,11 @@ async fn soak_steady_load_with_faults() {
     let store = keyrelay::store::Store::open(&config.store.path).unwrap();
     let mut missing = 0;
     for n in 0..total {
-        if store.result(&format!("soak-{n:07}")).unwrap().is_none() {
+        if store
+            .result_of("s", &format!("soak-{n:07}"))
+            .unwrap()
+            .is_none()
+        {
             missing += 1;
         }
     }

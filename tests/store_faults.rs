@@ -144,7 +144,7 @@ async fn a_full_disk_pauses_jobs_and_recovers_without_paying_twice() {
     }
     // What was answered during the outage is in the store now.
     for id in &ids {
-        let stored = env.app().store().result(id).unwrap();
+        let stored = env.app().store().result_of("df", id).unwrap();
         assert!(stored.is_some_and(|r| r.is_success()), "{id} stored");
     }
     env.finish().await;

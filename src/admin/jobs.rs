@@ -18,11 +18,34 @@ use crate::store::history::{HistoryQuery, decode_cursor};
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1000;
 
+/// `GET /v1/jobs/{id}[?pool=P]`: results are kept per pool, so without
+/// `pool` every configured pool is looked in (the newest result wins).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetParams {
+    pool: Option<String>,
+}
+
 pub async fn get(
     state: web::Data<HttpState>,
     id: web::Path<String>,
+    params: web::Query<GetParams>,
 ) -> Result<HttpResponse, ApiError> {
-    match state.store.result(&id)? {
+    let pools: Vec<&str> = match &params.pool {
+        Some(pool) => vec![pool.as_str()],
+        None => state.config.pools.iter().map(|p| p.name.as_str()).collect(),
+    };
+    let mut newest: Option<crate::job::JobResult> = None;
+    for pool in pools {
+        if let Some(found) = state.store.result_of(pool, &id)?
+            && newest
+                .as_ref()
+                .is_none_or(|n| found.completed_at > n.completed_at)
+        {
+            newest = Some(found);
+        }
+    }
+    match newest {
         Some(result) => Ok(HttpResponse::Ok().json(result)),
         None => Err(ApiError::NotFound(format!(
             "no stored result for job `{id}`"

@@ -113,13 +113,7 @@ fn prior_answer(
     job: &job::Job,
     cache_key: Option<job::CacheKey>,
 ) -> Prior {
-    match services.store.result(&job.id) {
-        // Ids are stored per id, not per pool: another pool's result for the
-        // same id must not answer this job.
-        Ok(Some(stored)) if stored.pool != pool.name => {
-            warn!(job_id = %job.id, pool = %pool.name, other_pool = %stored.pool, "a result with this id is stored for another pool; running the job");
-            Prior::None
-        }
+    match services.store.result_of(&pool.name, &job.id) {
         Ok(Some(stored)) if stored.is_final() => Prior::Stored(stored),
         // A job given up on (upstream, no key) that comes back was replayed from
         // the dead-letter queue on purpose: it runs again.

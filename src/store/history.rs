@@ -133,12 +133,10 @@ impl Store {
 
     /// The result an index entry points to, unless the entry is stale.
     fn indexed(&self, key: &[u8]) -> Result<Option<JobResult>, StoreError> {
-        let Some(id) = key.get(8..).and_then(|b| std::str::from_utf8(b).ok()) else {
+        let Some(record) = key.get(8..).and_then(|b| std::str::from_utf8(b).ok()) else {
             return Ok(None);
         };
-        Ok(self
-            .result(id)?
-            .filter(|r| time_key(r.completed_at, &r.id) == key))
+        Ok(self.record(record)?.filter(|r| is_index_of(r, key)))
     }
 
     /// Remove results completed before `cutoff`, with their index entries;
@@ -189,9 +187,15 @@ impl Store {
 /// unreadable (and so past saving).
 fn is_old_record(raw: &[u8], key: &[u8]) -> bool {
     match serde_json::from_slice::<JobResult>(raw) {
-        Ok(r) => time_key(r.completed_at, &r.id) == key,
+        Ok(r) => is_index_of(&r, key),
         Err(_) => true,
     }
+}
+
+/// Whether index entry `key` points at this version of `result` (current
+/// keys name the pool; an earlier keyrelay's only the id).
+fn is_index_of(result: &JobResult, key: &[u8]) -> bool {
+    super::index_key(result) == key || time_key(result.completed_at, &result.id) == key
 }
 
 fn matches(result: &JobResult, query: &HistoryQuery) -> bool {
@@ -318,7 +322,7 @@ mod tests {
             .prune_results(Timestamp::from_second(2_000).unwrap())
             .unwrap();
         assert_eq!(removed, 2);
-        assert!(store.result("old").unwrap().is_none());
+        assert!(store.result_of("p", "old").unwrap().is_none());
         assert!(
             store
                 .tables()
@@ -329,7 +333,7 @@ mod tests {
                 .is_none()
         );
         assert_eq!(
-            store.result("twice").unwrap().unwrap().completed_at,
+            store.result_of("p", "twice").unwrap().unwrap().completed_at,
             Timestamp::from_second(6_000).unwrap()
         );
         let page = store

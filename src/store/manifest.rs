@@ -120,7 +120,10 @@ pub fn missing(manifest: &Manifest, found: Option<&[u8]>) -> Option<String> {
     let when = |hex_key: &str| {
         hex::decode(hex_key)
             .ok()
-            .and_then(|k| super::split_time_key(&k).map(|(at, id)| format!("{at} (job {id})")))
+            .and_then(|k| {
+                super::split_time_key(&k)
+                    .map(|(at, record)| format!("{at} (job {})", record.replace('\u{1f}', "/")))
+            })
             .unwrap_or_else(|| hex_key.to_owned())
     };
     Some(match found_hex {

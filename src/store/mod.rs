@@ -180,13 +180,24 @@ impl Store {
         tables.clone().ok_or(StoreError::Reopening)
     }
 
-    /// The stored result of a job, if it completed before (or was answered
-    /// while the store could not write it).
-    pub fn result(&self, id: &str) -> Result<Option<JobResult>, StoreError> {
-        if let Some(unsaved) = self.unsaved.get(id) {
+    /// The stored result of job `id` of `pool`, if it completed before (or
+    /// was answered while the store could not write it). Results are kept
+    /// per pool: the same id in two pools is two jobs. A result stored by an
+    /// earlier keyrelay under the bare id answers only for its own pool.
+    pub fn result_of(&self, pool: &str, id: &str) -> Result<Option<JobResult>, StoreError> {
+        if let Some(found) = self.record(&record_key(pool, id))? {
+            return Ok(Some(found));
+        }
+        Ok(self.record(id)?.filter(|legacy| legacy.pool == pool))
+    }
+
+    /// The result stored under `record` (a [`record_key`], or the bare id
+    /// an earlier keyrelay used).
+    pub fn record(&self, record: &str) -> Result<Option<JobResult>, StoreError> {
+        if let Some(unsaved) = self.unsaved.get(record) {
             return Ok(Some(unsaved));
         }
-        read_json(&self.tables()?.results, RESULTS, id)
+        read_json(&self.tables()?.results, RESULTS, record)
     }
 
     /// Record a result and bump its key's counters, durably: returns after the
@@ -277,20 +288,21 @@ impl Store {
         cache_key: Option<CacheKey>,
     ) -> Result<(), StoreError> {
         let tables = self.tables()?;
-        tables.results.insert(result.id.as_bytes(), encoded)?;
+        tables
+            .results
+            .insert(record_key(&result.pool, &result.id).as_bytes(), encoded)?;
         // The time index's value is the cache key, so the cache can be rebuilt.
         let cache_bytes: &[u8] = cache_key.as_ref().map_or(&[], |k| k.as_slice());
         tables
             .results_by_time
-            .insert(time_key(result.completed_at, &result.id), cache_bytes)?;
+            .insert(index_key(result), cache_bytes)?;
         // Counted even if the flush fails: the job is answered either way.
         if let Some(key) = counters_key {
             self.bump(key, "completed");
             self.bump(key, result.outcome_label());
         }
         tables.commit.flush().await?;
-        self.watermark
-            .durable(&time_key(result.completed_at, &result.id));
+        self.watermark.durable(&index_key(result));
         if let Some(key) = cache_key {
             self.index_answer(key, result);
         }
@@ -448,6 +460,18 @@ pub fn time_key(at: jiff::Timestamp, id: &str) -> Vec<u8> {
     key.extend_from_slice(&nanos.to_be_bytes());
     key.extend_from_slice(id.as_bytes());
     key
+}
+
+/// Where a job's result is stored: pool and id (ids are the producers', and
+/// two pools may use the same one). The separator cannot be in a valid pool
+/// name, and a job id holds no control character.
+pub fn record_key(pool: &str, id: &str) -> String {
+    format!("{pool}\u{1f}{id}")
+}
+
+/// A result's entry in the time index: completion time ++ its record key.
+pub fn index_key(result: &JobResult) -> Vec<u8> {
+    time_key(result.completed_at, &record_key(&result.pool, &result.id))
 }
 
 /// The completion time and job id of an index key (see [`time_key`]).

@@ -7,7 +7,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{Store, StoreError, Tables, WRITE_PROBE, time_key};
+use super::{Store, StoreError, Tables, WRITE_PROBE};
 
 /// How long a reopen waits for the old tables' users (a flush, a prune) to
 /// let go before it gives up and leaves them in place.
@@ -22,12 +22,13 @@ impl Store {
         let tables = self.tables()?;
         let unsaved = self.unsaved.all();
         for (result, encoded) in &unsaved {
+            let record = super::record_key(&result.pool, &result.id);
             tables
                 .results
-                .insert(result.id.as_bytes(), encoded.as_slice())?;
+                .insert(record.as_bytes(), encoded.as_slice())?;
             tables
                 .results_by_time
-                .insert(time_key(result.completed_at, &result.id), &[] as &[u8])?;
+                .insert(super::index_key(result), &[] as &[u8])?;
         }
         tables
             .key_states
@@ -35,10 +36,10 @@ impl Store {
         match tables.commit.flush().await {
             Ok(()) => {
                 for (result, _) in &unsaved {
-                    self.watermark
-                        .durable(&time_key(result.completed_at, &result.id));
+                    self.watermark.durable(&super::index_key(result));
                     // Only what was written: a result kept since stays.
-                    self.unsaved.remove(&result.id);
+                    self.unsaved
+                        .remove(&super::record_key(&result.pool, &result.id));
                 }
                 self.note_write_ok();
                 Ok(())

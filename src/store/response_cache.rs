@@ -132,14 +132,15 @@ impl Store {
                 _ => return Ok(None),
             }
         };
-        Ok(self.result(&result_id)?.filter(JobResult::is_success))
+        Ok(self.record(&result_id)?.filter(JobResult::is_success))
     }
 
     /// Index a result that was just made durable as the answer to `key`.
     pub(super) fn index_answer(&self, key: CacheKey, result: &JobResult) {
+        let record = super::record_key(&result.pool, &result.id);
         self.response_cache
             .lock()
-            .insert(key, &result.id, result.completed_at);
+            .insert(key, &record, result.completed_at);
     }
 
     /// Drop cached answers past the TTL; returns how many.

@@ -31,7 +31,7 @@ async fn results_and_counters_survive_reopen() {
     let path = dir.path().join("db");
     {
         let store = Store::open(&path).unwrap();
-        assert!(store.result("a").unwrap().is_none());
+        assert!(store.result_of("p", "a").unwrap().is_none());
         store
             .persist_result(&result("a"), Some("p/k"))
             .await
@@ -41,7 +41,7 @@ async fn results_and_counters_survive_reopen() {
             .await
             .unwrap();
         assert_eq!(
-            store.result("a").unwrap(),
+            store.result_of("p", "a").unwrap(),
             Some(result_with_time("a", &store))
         );
         // Results are durable on return; counters are written each second
@@ -49,7 +49,7 @@ async fn results_and_counters_survive_reopen() {
         store.flush().await.unwrap();
     }
     let store = Store::open(&path).unwrap();
-    assert_eq!(store.result("b").unwrap().unwrap().id, "b");
+    assert_eq!(store.result_of("p", "b").unwrap().unwrap().id, "b");
     let counters = store.counters("p/k").unwrap();
     assert!(counters.contains(&("completed".into(), 2)));
     assert!(counters.contains(&("succeeded".into(), 2)));
@@ -57,7 +57,7 @@ async fn results_and_counters_survive_reopen() {
 
 fn result_with_time(id: &str, store: &Store) -> JobResult {
     // The stored timestamp is whatever was written; compare everything else.
-    let stored = store.result(id).unwrap().unwrap();
+    let stored = store.result_of("p", id).unwrap().unwrap();
     JobResult {
         completed_at: stored.completed_at,
         ..result(id)
@@ -78,7 +78,7 @@ async fn concurrent_persists_share_flushes() {
         t.await.unwrap().unwrap();
     }
     for i in 0..64 {
-        assert!(store.result(&format!("j{i}")).unwrap().is_some());
+        assert!(store.result_of("p", &format!("j{i}")).unwrap().is_some());
     }
 }
 
@@ -93,7 +93,7 @@ async fn corrupt_record_is_an_error_not_a_panic() {
         .insert(b"bad", b"{not json".to_vec())
         .unwrap();
     assert!(matches!(
-        store.result("bad"),
+        store.record("bad"),
         Err(StoreError::Corrupt { .. })
     ));
 }
@@ -236,4 +236,34 @@ async fn pruning_everything_is_not_damage() {
     store.write_manifest().unwrap();
     drop(store);
     Store::open(&path).expect("a longer retention afterwards is not damage either");
+}
+
+/// The same job id in two pools is two jobs; a result stored under the bare
+/// id by an earlier keyrelay answers only for its own pool.
+#[tokio::test]
+async fn results_are_kept_per_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    let mut a = result("42");
+    a.pool = "a".into();
+    a.text = Some("from a".into());
+    let mut b = result("42");
+    b.pool = "b".into();
+    b.text = Some("from b".into());
+    store.persist_result(&a, None).await.unwrap();
+    store.persist_result(&b, None).await.unwrap();
+    let text = |pool| store.result_of(pool, "42").unwrap().and_then(|r| r.text);
+    assert_eq!(text("a").as_deref(), Some("from a"));
+    assert_eq!(text("b").as_deref(), Some("from b"));
+    assert_eq!(text("c"), None);
+    // Written by an earlier keyrelay: under the bare id.
+    let mut legacy = result("7");
+    legacy.pool = "a".into();
+    let raw = serde_json::to_vec(&legacy).unwrap();
+    store.tables().unwrap().results.insert(b"7", raw).unwrap();
+    assert!(store.result_of("a", "7").unwrap().is_some());
+    assert!(
+        store.result_of("b", "7").unwrap().is_none(),
+        "not another pool's"
+    );
 }

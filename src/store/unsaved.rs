@@ -18,14 +18,16 @@ pub struct Unsaved {
 impl Unsaved {
     /// Keep `result` (serialized as `encoded`) until the store recovers.
     pub fn keep(&self, result: &JobResult, encoded: &[u8]) {
+        let record = super::record_key(&result.pool, &result.id);
         self.lock()
-            .insert(result.id.clone(), (result.clone(), encoded.to_vec()));
+            .insert(record, (result.clone(), encoded.to_vec()));
     }
 
-    pub fn get(&self, id: &str) -> Option<JobResult> {
-        let by_id = self.lock();
+    /// The result kept under `record` (a record key).
+    pub fn get(&self, record: &str) -> Option<JobResult> {
+        let by_record = self.lock();
         // The common case, nothing unsaved, costs one uncontended lock.
-        by_id.get(id).map(|(result, _)| result.clone())
+        by_record.get(record).map(|(result, _)| result.clone())
     }
 
     pub fn all(&self) -> Vec<(JobResult, Vec<u8>)> {
@@ -40,8 +42,9 @@ impl Unsaved {
         self.lock().is_empty()
     }
 
+    /// The job ids kept (for the log line at exit).
     pub fn ids(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
+        self.lock().values().map(|(r, _)| r.id.clone()).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (JobResult, Vec<u8>)>> {
