@@ -70,6 +70,8 @@ const OLD_RESPONSE_CACHE: &str = "response_cache";
 const USAGE_HOURLY: &str = "usage_hourly";
 /// Written by [`Store::recover`] to check that writes go through again.
 const WRITE_PROBE: &str = "_write_probe";
+/// Marks a store whose results were all written keyed by pool and id.
+const KEYED_BY_POOL: &str = "_results_keyed_by_pool";
 
 /// Page cache when none is configured: 16 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
@@ -89,6 +91,10 @@ pub struct Store {
     /// The newest result on disk, for the manifest (damage detection).
     watermark: Arc<manifest::Watermark>,
     manifest_writer: Arc<std::sync::Mutex<()>>,
+    /// Whether results may be stored under the bare job id (written by a
+    /// keyrelay before results were kept per pool): only then is a second
+    /// lookup worth its cost.
+    legacy_ids: bool,
 }
 
 /// One sled `Tree` per table, and the committer of their database. sled
@@ -162,7 +168,9 @@ impl Store {
                 why,
             });
         }
+        let legacy_ids = may_hold_legacy_ids(&tables)?;
         Ok(Store {
+            legacy_ids,
             watermark: Arc::new(manifest::Watermark::starting_from(recorded)),
             manifest_writer: Arc::default(),
             tables: Arc::new(RwLock::new(Some(Arc::new(tables)))),
@@ -187,6 +195,9 @@ impl Store {
     pub fn result_of(&self, pool: &str, id: &str) -> Result<Option<JobResult>, StoreError> {
         if let Some(found) = self.record(&record_key(pool, id))? {
             return Ok(Some(found));
+        }
+        if !self.legacy_ids {
+            return Ok(None);
         }
         Ok(self.record(id)?.filter(|legacy| legacy.pool == pool))
     }
@@ -460,6 +471,20 @@ pub fn time_key(at: jiff::Timestamp, id: &str) -> Vec<u8> {
     key.extend_from_slice(&nanos.to_be_bytes());
     key.extend_from_slice(id.as_bytes());
     key
+}
+
+/// Whether `tables` may hold results under bare job ids. A store that had no
+/// result when this keyrelay first opened it is marked as keyed by pool from
+/// the start, and never needs the second lookup.
+fn may_hold_legacy_ids(tables: &Tables) -> Result<bool, StoreError> {
+    if tables.key_states.contains_key(KEYED_BY_POOL)? {
+        return Ok(false);
+    }
+    if tables.results.first()?.is_none() {
+        tables.key_states.insert(KEYED_BY_POOL, b"1".as_slice())?;
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Where a job's result is stored: pool and id (ids are the producers', and

@@ -256,11 +256,23 @@ async fn results_are_kept_per_pool() {
     assert_eq!(text("a").as_deref(), Some("from a"));
     assert_eq!(text("b").as_deref(), Some("from b"));
     assert_eq!(text("c"), None);
-    // Written by an earlier keyrelay: under the bare id.
-    let mut legacy = result("7");
-    legacy.pool = "a".into();
-    let raw = serde_json::to_vec(&legacy).unwrap();
-    store.tables().unwrap().results.insert(b"7", raw).unwrap();
+}
+
+/// A store written by an earlier keyrelay, under bare job ids: its results
+/// answer only for their own pool.
+#[tokio::test]
+async fn results_under_bare_ids_answer_for_their_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let db = sled::open(&path).unwrap();
+        let mut legacy = result("7");
+        legacy.pool = "a".into();
+        let raw = serde_json::to_vec(&legacy).unwrap();
+        db.open_tree(RESULTS).unwrap().insert(b"7", raw).unwrap();
+        db.flush().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
     assert!(store.result_of("a", "7").unwrap().is_some());
     assert!(
         store.result_of("b", "7").unwrap().is_none(),
