@@ -18,21 +18,27 @@ struct SmallDisk {
 }
 
 impl SmallDisk {
-    fn mount(at: &Path, size: &str) -> SmallDisk {
+    /// None when this machine does not let the test mount (not root), unless
+    /// `KEYRELAY_REQUIRE_TMPFS` is set (CI sets it: there the test must run).
+    fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
         std::fs::create_dir_all(at).unwrap();
         let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(at)
             .output()
             .expect("mount runs");
-        assert!(
-            out.status.success(),
-            "this test mounts a small tmpfs (it needs root, as on the CI machine): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallDisk {
-            mount: at.to_owned(),
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                std::env::var_os("KEYRELAY_REQUIRE_TMPFS").is_none(),
+                "this test mounts a small tmpfs (it needs root): {why}"
+            );
+            eprintln!("SKIPPED: the disk-full test needs root to mount a tmpfs ({why})");
+            return None;
         }
+        Some(SmallDisk {
+            mount: at.to_owned(),
+        })
     }
 
     /// Write a file until the disk is full.
@@ -84,7 +90,9 @@ async fn wait_ready(env: &TestEnv, want: u16, within: Duration) -> Value {
 #[actix::test]
 async fn a_full_disk_pauses_jobs_and_recovers_without_paying_twice() {
     let scratch = tempfile::tempdir().unwrap();
-    let disk = SmallDisk::mount(&scratch.path().join("disk"), "12m");
+    let Some(disk) = SmallDisk::mount(&scratch.path().join("disk"), "12m") else {
+        return;
+    };
     let store = disk.mount.join("store");
     let pools = vec![TestPool {
         name: "df",
