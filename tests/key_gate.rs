@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{TestEnv, TestKey, TestPool};
 use keyrelay::job::JobStatus;
 use serde_json::json;
@@ -32,8 +30,13 @@ async fn a_quota_answer_closes_the_key_before_the_supervisor_hears_it() {
     }
     let replies = env.replies(DAILY as usize).await;
     assert!(replies.values().all(|r| r.status == JobStatus::Succeeded));
-    // Let the calls in flight at the first refusal come back.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The calls in flight at the first refusal come back; the jobs the key
+    // could not take go back to the queue: nothing is left in flight.
+    let mut in_flight = env.app().in_flight_watch();
+    tokio::time::timeout(common::WAIT, in_flight.wait_for(|n| *n == 0))
+        .await
+        .expect("every job settled")
+        .unwrap();
     let stats = env.mock.stats().key("gate");
     println!("{stats:?}");
     assert_eq!(stats.successes, DAILY);

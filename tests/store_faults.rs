@@ -115,9 +115,15 @@ async fn a_full_disk_pauses_jobs_and_recovers_without_paying_twice() {
     }
     let body = wait_ready(&env, 503, Duration::from_secs(30)).await;
     assert_eq!(body["reasons"][0]["component"], "store", "{body}");
-    // Jobs answered before the consumers paused came back without the store.
+    // Jobs answered before the consumers paused came back without the store;
+    // once nothing is in flight, every such reply is in the reply queue.
+    let mut in_flight = env.app().in_flight_watch();
+    tokio::time::timeout(common::WAIT, in_flight.wait_for(|n| *n == 0))
+        .await
+        .expect("the jobs in flight settle")
+        .unwrap();
     let mut answered = std::collections::HashMap::new();
-    while let Ok((r, _)) = tokio::time::timeout(Duration::from_secs(3), env.next_reply()).await {
+    while let Ok((r, _)) = tokio::time::timeout(Duration::from_secs(1), env.next_reply()).await {
         answered.insert(r.id.clone(), r);
     }
     let paid_during = env.mock.stats().key("df-k").successes - 1;
