@@ -144,3 +144,31 @@ async fn a_deleted_job_queue_is_declared_and_consumed_again() {
     assert_eq!((r.id.as_str(), r.status), ("after", JobStatus::Succeeded));
     env.finish().await;
 }
+
+/// A minute of broker silence (long enough for the workers' restart backoff
+/// to reach its cap): consuming resumes within 5 s of the broker being back.
+/// `#[ignore]`: it takes over a minute; `cargo test --test readiness -- --ignored --nocapture`.
+#[actix::test]
+#[ignore = "takes over a minute"]
+async fn a_minute_of_silence_resumes_within_5_s() {
+    let proxy = FreezeProxy::start(broker_addr()).await;
+    let mut env =
+        TestEnv::start_through(&proxy.url(), pool("fm"), Default::default(), "", "").await;
+    proxy.freeze();
+    probe_until(&env, 503, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    env.publish("fm", &json!({"id": "after-a-minute", "prompt": "hello"}))
+        .await;
+    proxy.thaw();
+    let thawed = Instant::now();
+    let (_, back, _) = probe_until(&env, 200, Duration::from_secs(30)).await;
+    let (r, _) = env.next_reply().await;
+    let answered = thawed.elapsed();
+    println!("after 60 s of silence: ready {back:?}, job answered {answered:?} after the thaw");
+    assert_eq!(r.status, JobStatus::Succeeded);
+    assert!(
+        back <= Duration::from_secs(5),
+        "ready {back:?} after the thaw"
+    );
+    env.finish().await;
+}
