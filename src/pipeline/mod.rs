@@ -10,16 +10,16 @@ mod finish;
 mod hand_back;
 mod in_progress;
 mod inbound;
+mod prior;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tracing::warn;
 
 pub use context::{InFlight, KeyContext, PoolContext, Services, Timing};
 pub use hand_back::return_to_broker;
 pub use in_progress::{Claim, InProgress};
 pub use inbound::Inbound;
+use prior::{Prior, prior_answer};
 
 use crate::actors::messages::{BudgetSpent, KeyOutcome, Reroute, RerouteReason};
 use crate::job::{self, ErrorKind, retry};
@@ -95,56 +95,6 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
     Box::pin(run_on_key(key, services, inflight)).await;
 }
 
-/// What is known of a job before it runs.
-enum Prior {
-    /// Its final result is stored (or kept while the store could not write).
-    Stored(job::JobResult),
-    /// An identical request was answered within the cache TTL.
-    Cached(job::JobResult),
-    /// The store cannot be read right now.
-    Unknown,
-    /// Nothing: run it.
-    None,
-}
-
-fn prior_answer(
-    services: &Services,
-    pool: &PoolContext,
-    job: &job::Job,
-    cache_key: Option<job::CacheKey>,
-) -> Prior {
-    match services.store.result_of(&pool.name, &job.id) {
-        Ok(Some(stored)) if stored.is_final() => Prior::Stored(stored),
-        // A job given up on (upstream, no key) that comes back was replayed from
-        // the dead-letter queue on purpose: it runs again.
-        Ok(Some(_)) => Prior::None,
-        Ok(None) => cached_answer(services, job, cache_key).map_or(Prior::None, Prior::Cached),
-        // A corrupt record is overwritten by the new result; say so.
-        Err(e @ crate::store::StoreError::Corrupt { .. }) => {
-            warn!(job_id = %job.id, error = %e, "stored result unreadable; running the job again");
-            Prior::None
-        }
-        Err(e) => {
-            warn!(job_id = %job.id, error = %e, "the store cannot be read; the job goes back to its queue");
-            Prior::Unknown
-        }
-    }
-}
-
-fn cached_answer(
-    services: &Services,
-    job: &job::Job,
-    key: Option<job::CacheKey>,
-) -> Option<job::JobResult> {
-    match services.store.cached_result(&key?) {
-        Ok(answer) => answer,
-        Err(e) => {
-            warn!(job_id = %job.id, error = %e, "response cache unreadable; calling the provider");
-            None
-        }
-    }
-}
-
 /// The id of a job that names none (neither `id` nor AMQP `message_id`): derived
 /// from its content, so a redelivery is recognised and answered from the store.
 fn content_id(pool: &str, body: &[u8]) -> String {
@@ -185,6 +135,19 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
     let guard = key.track();
     let started = Instant::now();
     let outcome = call(&key, &inflight).await;
+    let latency = started.elapsed();
+    inflight.timing.provider += latency;
+    note_call(&key, &mut inflight, &outcome, admission.ticket);
+    drop(guard);
+    drop(admission);
+    report(&services, &key, &outcome, latency);
+    settle(services, key, inflight, outcome).await;
+}
+
+/// What a call's answer means for its key at once, on the call path: the
+/// key's gate, its budget, a limit its headers taught; and whether the job is
+/// charged the call.
+fn note_call(key: &KeyContext, inflight: &mut InFlight, outcome: &Outcome, ticket: Option<Ticket>) {
     if outcome.is_the_keys_fault() {
         // The key said "no more": no further call starts on it from now,
         // without waiting for the supervisor to hear it (calls already in
@@ -194,19 +157,23 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
         // A call the key refused (rate limit, quota, dead key) is not the job's.
         inflight.attempts += 1;
     }
-    let latency = started.elapsed();
-    inflight.timing.provider += latency;
-    if let (Some(ticket), Outcome::Success(c)) = (admission.ticket, &outcome) {
-        key.settle_budget(ticket, c.usage.input_tokens + c.usage.output_tokens);
+    if let Outcome::Success(c) = outcome {
+        if let Some(ticket) = ticket {
+            key.settle_budget(ticket, c.usage.input_tokens + c.usage.output_tokens);
+        }
+        if let Some(until) = c.limit_until {
+            key.learn_limit(until);
+        }
     }
-    if let Outcome::Success(c) = &outcome
-        && let Some(until) = c.limit_until
-    {
-        key.learn_limit(until);
-    }
-    drop(guard);
-    drop(admission);
-    report(&services, &key, &outcome, latency);
+}
+
+/// The job's ending after its call: finished, failed, retried or rerouted.
+async fn settle(
+    services: Arc<Services>,
+    key: Arc<KeyContext>,
+    inflight: InFlight,
+    outcome: Outcome,
+) {
     // Each ending is boxed: inline, the largest of them would make every job's
     // spawned future ~18 KiB, copied on each spawn.
     match outcome {
