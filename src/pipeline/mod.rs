@@ -394,13 +394,18 @@ fn report(services: &Services, key: &KeyContext, outcome: &Outcome, latency: Dur
     });
 }
 
-/// The outcome as the supervisor needs it: a success's text is left behind.
+/// The outcome as the supervisor needs it: answer text (a success's, a
+/// failure's partial one) is left behind.
 fn summary(outcome: &Outcome) -> Outcome {
     match outcome {
         Outcome::Success(c) => Outcome::Success(crate::provider::Completion {
             text: String::new(),
             usage: c.usage,
             limit_until: c.limit_until,
+        }),
+        Outcome::JobFailed(f) => Outcome::JobFailed(JobFailure {
+            partial_text: None,
+            ..f.clone()
         }),
         other => other.clone(),
     }

@@ -9,7 +9,6 @@
 use jiff::Timestamp;
 use reqwest::Url;
 use reqwest::header::HeaderMap;
-use serde_json::Value;
 
 use super::api::{ProviderApi, join_path, secret_header};
 use super::classify::{self, by_status, message_or_body};
@@ -94,19 +93,15 @@ impl ProviderApi for AzureOpenAi {
 /// Azure's rules for a non-2xx answer; what Azure shares with OpenAI
 /// (context length, quota codes) falls through to OpenAI's rules.
 pub fn classify_error(status: u16, headers: &HeaderMap, body: &[u8], now: Timestamp) -> Outcome {
-    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let error = v.get("error").unwrap_or(&v);
-    let code = text(error.get("code"));
-    let raw_message = error.get("message").and_then(Value::as_str);
-    let message = message_or_body(raw_message, status, body);
-    let inner_code = text(error.pointer("/innererror/code"));
-    if code == "content_filter" || inner_code == "ResponsibleAIPolicyViolation" {
+    let fields = openai::error_fields(body);
+    let message = message_or_body(fields.message.as_deref(), status, body);
+    if fields.code == "content_filter" || fields.inner_code == "ResponsibleAIPolicyViolation" {
         return Outcome::JobFailed(JobFailure {
             reason: Some("content_filter".to_owned()),
             ..JobFailure::new(FailureKind::Blocked, message)
         });
     }
-    if status == 429 && !is_quota(&code, &message) {
+    if status == 429 && !is_quota(&fields.code, &message) {
         let retry_after = classify::retry_after_from_headers(headers, now)
             .or_else(|| classify::retry_hint_in(&message));
         return Outcome::RateLimited {
@@ -126,14 +121,6 @@ pub fn classify_error(status: u16, headers: &HeaderMap, body: &[u8], now: Timest
 /// An Azure 429 that is about money or a subscription's quota, not a rate.
 fn is_quota(code: &str, message: &str) -> bool {
     code == "insufficient_quota" || message.contains("exceeded your current quota")
-}
-
-fn text(v: Option<&Value>) -> String {
-    match v {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => String::new(),
-    }
 }
 
 #[cfg(test)]

@@ -284,6 +284,8 @@ pub struct ErrorFields {
     pub kind: String,
     pub code: String,
     pub param: String,
+    /// Azure's `innererror.code` (`ResponsibleAIPolicyViolation`).
+    pub inner_code: String,
 }
 
 pub fn error_fields(body: &[u8]) -> ErrorFields {
@@ -313,6 +315,11 @@ pub fn error_fields(body: &[u8]) -> ErrorFields {
         kind: text("type"),
         code: text("code"),
         param: text("param"),
+        inner_code: obj
+            .pointer("/innererror/code")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
     }
 }
 

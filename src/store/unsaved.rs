@@ -7,26 +7,32 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::job::JobResult;
 
 #[derive(Debug, Default)]
 pub struct Unsaved {
     by_id: Mutex<HashMap<String, (JobResult, Vec<u8>)>>,
+    /// Whether anything is kept: every job's lookup checks this, not the lock.
+    any: AtomicBool,
 }
 
 impl Unsaved {
     /// Keep `result` (serialized as `encoded`) until the store recovers.
     pub fn keep(&self, result: &JobResult, encoded: &[u8]) {
         let record = super::record_key(&result.pool, &result.id);
-        self.lock()
-            .insert(record, (result.clone(), encoded.to_vec()));
+        let mut by_record = self.lock();
+        by_record.insert(record, (result.clone(), encoded.to_vec()));
+        self.any.store(true, Ordering::Release);
     }
 
     /// The result kept under `record` (a record key).
     pub fn get(&self, record: &str) -> Option<JobResult> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
         let by_record = self.lock();
-        // The common case, nothing unsaved, costs one uncontended lock.
         by_record.get(record).map(|(result, _)| result.clone())
     }
 
@@ -34,12 +40,14 @@ impl Unsaved {
         self.lock().values().cloned().collect()
     }
 
-    pub fn remove(&self, id: &str) {
-        self.lock().remove(id);
+    pub fn remove(&self, record: &str) {
+        let mut by_record = self.lock();
+        by_record.remove(record);
+        self.any.store(!by_record.is_empty(), Ordering::Release);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        !self.any.load(Ordering::Acquire)
     }
 
     /// The job ids kept (for the log line at exit).
