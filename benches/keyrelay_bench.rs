@@ -265,7 +265,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// candidate list and calls `choose_key`. (A delivery needs no routing: the
 /// broker hands it to a key's consumer, by consumer priority.)
 fn routing() -> Report {
-    use keyrelay::keys::{Candidate, KeyId, choose_key};
+    use keyrelay_core::keys::{Candidate, KeyId, choose_key};
     let mut report = Report::new("routing");
     for keys in [4usize, 100, 1000] {
         let pool: Vec<(u8, usize, bool)> = (0..keys)

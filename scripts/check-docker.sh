@@ -6,7 +6,7 @@
 #   - docker/prometheus/alerts.test.yml   promtool test rules (unit tests of the alerts)
 #   - docker/grafana/**                   JSON/YAML syntax, dashboard structure
 #   - metric names                        every keyrelay_* name used by the dashboard and the
-#                                         alerts exists in src/metrics.rs (except the planned
+#                                         alerts exists in src/core/metrics.rs (except the planned
 #                                         queue-depth metrics)
 #   - docker/Dockerfile                   instructions known, required ones present, COPY
 #                                         sources present in the build context
@@ -161,15 +161,15 @@ run "grafana provisioning and dashboard structure" check_grafana
 FUTURE_METRICS=""
 check_metric_names() {
     local known used missing=0 name
-    known=$(grep -oE '"keyrelay_[a-z_]+"' src/metrics.rs | tr -d '"' | sort -u)
-    [ -n "$known" ] || { echo "no metric names found in src/metrics.rs"; return 1; }
+    known=$(grep -oE '"keyrelay_[a-z_]+"' src/core/metrics.rs | tr -d '"' | sort -u)
+    [ -n "$known" ] || { echo "no metric names found in src/core/metrics.rs"; return 1; }
     used=$(grep -ohE 'keyrelay_[a-z_]+' docker/grafana/dashboards/keyrelay.json \
                docker/prometheus/alerts.yml docker/prometheus/alerts.test.yml \
            | sed -E 's/_(bucket|sum|count)$//' | sort -u)
     for name in $used; do
         if grep -qxF "$name" <<<"$known"; then continue; fi
         if grep -qwF "$name" <<<"$FUTURE_METRICS"; then
-            echo "  (planned, not in src/metrics.rs yet: $name)"; continue
+            echo "  (planned, not in src/core/metrics.rs yet: $name)"; continue
         fi
         echo "unknown metric: $name"; missing=1
     done
@@ -177,10 +177,10 @@ check_metric_names() {
     return $missing
 }
 if out=$(check_metric_names 2>&1); then
-    pass "metric names used in dashboard/alerts exist in src/metrics.rs"
+    pass "metric names used in dashboard/alerts exist in src/core/metrics.rs"
     printf '%s\n' "$out" | grep -F '(planned' | sed 's/^/    /'
 else
-    fail "metric names used in dashboard/alerts exist in src/metrics.rs"
+    fail "metric names used in dashboard/alerts exist in src/core/metrics.rs"
     printf '%s\n' "$out" | grep -vF '(planned' | sed 's/^/      /'
 fi
 
@@ -234,7 +234,9 @@ for w, l in instrs:
     for src in parts[:-1]:
         if not os.path.exists(src):
             bad.append(f"COPY source missing from the build context: {src}")
-        if allow[:1] == ["*"] and f"!{src.rstrip('/')}" not in allow:
+        allowed = any(src.rstrip('/') == a[1:] or src.startswith(a[1:] + "/")
+                      for a in allow if a.startswith("!"))
+        if allow[:1] == ["*"] and not allowed:
             bad.append(f"COPY source excluded by Dockerfile.dockerignore: {src}")
 print(f"{len(instrs)} instructions, stages: {words.count('FROM')}")
 if bad:
@@ -247,7 +249,7 @@ run "Dockerfile structure (hadolint not available: skipped)" check_dockerfile
 KEYRELAY_BIN=${KEYRELAY_BIN:-}
 if [ -z "$KEYRELAY_BIN" ]; then
     for b in target/release/keyrelay target/debug/keyrelay; do
-        if [ -x "$b" ]; then KEYRELAY_BIN=$b; break; fi
+        if [ -x "$b" ] && [ -x "$b-mock" ]; then KEYRELAY_BIN=$b; break; fi
     done
 fi
 check_keyrelay_config() {
@@ -270,10 +272,10 @@ for k, v in (env.items() if isinstance(env, dict) else (e.split("=", 1) for e in
 check_mock_config() {
     local log pid i
     log=$(mktemp)
-    "$KEYRELAY_BIN" mock-provider --listen 127.0.0.1:0 --config docker/mock-provider.compose.toml >"$log" 2>&1 &
+    "$(dirname "$KEYRELAY_BIN")/keyrelay-mock" --listen 127.0.0.1:0 --config docker/mock-provider.compose.toml >"$log" 2>&1 &
     pid=$!
     for i in $(seq 1 50); do
-        if grep -q '^mock provider on' "$log"; then kill -INT "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -f "$log"; return 0; fi
+        if grep -q '^listening on' "$log"; then kill -INT "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -f "$log"; return 0; fi
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done

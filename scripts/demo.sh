@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-rabbitmq.sh
-cargo run --quiet --locked -- demo "$@"
+# The mock provider is its own binary (never linked into keyrelay): build it first.
+cargo build --quiet --locked -p keyrelay-mock
+cargo run --quiet --locked -p keyrelay -- demo "$@"

@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-rabbitmq.sh
 scripts/ensure-chromium.sh
-cargo test --all-targets --locked "$@"
+cargo test --workspace --all-targets --locked "$@"
 # Deployment files: compose, Prometheus config and rules, dashboard (no Docker engine needed).
 scripts/check-docker.sh

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use common::{READ_TOKEN, TestEnv, TestKey, TestPool};
 use futures_util::StreamExt;
 use jiff::{SignedDuration, Timestamp};
-use keyrelay::job::{ErrorKind, JobError, JobResult, JobStatus};
-use keyrelay::provider::Usage;
-use keyrelay::store::Store;
+use keyrelay_core::job::{ErrorKind, JobError, JobResult, JobStatus};
+use keyrelay_core::provider::Usage;
+use keyrelay_core::store::Store;
 use reqwest::StatusCode;
 use serde_json::Value;
 

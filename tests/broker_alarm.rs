@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{TestEnv, TestKey, TestPool};
-use keyrelay::mock_provider::MockSettings;
+use keyrelay_mock::MockSettings;
 use serde_json::json;
 
 fn rabbitmqctl(args: &[&str]) {

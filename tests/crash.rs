@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::{OutputLog, Relay, ReplyQueue, TestKey, TestPool};
 use keyrelay::amqp::{Broker, PublishOutcome, Publisher};
-use keyrelay::job::JobStatus;
-use keyrelay::mock_provider::MockSettings;
+use keyrelay_core::job::JobStatus;
+use keyrelay_mock::MockSettings;
 use lapin::BasicProperties;
 
 /// Kill after every 15% of the jobs have a reply: five kills.
@@ -59,7 +59,7 @@ async fn sigkill_mid_run_loses_nothing_and_pays_once() {
         "",
         "shutdown_grace_secs = 10",
     );
-    let config = keyrelay::config::Config::load(&config_path).unwrap();
+    let config = keyrelay_core::config::Config::load(&config_path).unwrap();
     let log: OutputLog = Arc::default();
     let filter = "info,lapin=warn";
 
@@ -100,7 +100,7 @@ async fn sigkill_mid_run_loses_nothing_and_pays_once() {
     while seen.len() < jobs {
         let d = replies.next_raw().await;
         total_replies += 1;
-        let r: keyrelay::job::JobResult = serde_json::from_slice(&d.data).unwrap();
+        let r: keyrelay_core::job::JobResult = serde_json::from_slice(&d.data).unwrap();
         assert_eq!(r.status, JobStatus::Succeeded, "{r:?}");
         let expected = format!("mock answer: {}", prompt(&r.id));
         assert_eq!(
@@ -132,7 +132,8 @@ async fn sigkill_mid_run_loses_nothing_and_pays_once() {
 
     // Every job: exactly one stored result, correct for it.
     let store_path = config.store.path.clone();
-    let store = keyrelay::store::Store::open(&store_path).expect("sled reopens after the kills");
+    let store =
+        keyrelay_core::store::Store::open(&store_path).expect("sled reopens after the kills");
     for id in &ids {
         let stored = store
             .result_of("g", id)
@@ -233,7 +234,7 @@ async fn sigterm_right_after_start_is_graceful() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("kr-term.{}", uuid::Uuid::now_v7().simple());
     let config_path = common::write_config_file(&pools, &mock, dir.path(), &prefix, "", "");
-    let config = keyrelay::config::Config::load(&config_path).unwrap();
+    let config = keyrelay_core::config::Config::load(&config_path).unwrap();
     let log: OutputLog = Arc::default();
     for round in 0..5 {
         let relay = Relay::spawn(&config_path, "info,lapin=warn", &log).await;

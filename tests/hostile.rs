@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::{ReplyQueue, TestEnv, TestKey, TestPool};
 use futures_util::StreamExt;
 use keyrelay::app::App;
-use keyrelay::job::{ErrorKind, JobResult, JobStatus};
-use keyrelay::mock_provider::MockSettings;
+use keyrelay_core::job::{ErrorKind, JobResult, JobStatus};
+use keyrelay_mock::MockSettings;
 use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -227,10 +227,9 @@ fn restarts(metrics: &str, pool: &str) -> f64 {
 async fn poison_job_is_dead_lettered_after_the_delivery_limit() {
     common::init_logs();
     let settings = MockSettings::default();
-    let mock =
-        keyrelay::mock_provider::MockProvider::start(settings, "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+    let mock = keyrelay_mock::MockProvider::start(settings, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("kr-poison.{}", uuid::Uuid::now_v7().simple());
     let path = common::write_config_file(
@@ -245,7 +244,7 @@ async fn poison_job_is_dead_lettered_after_the_delivery_limit() {
         "delivery_limit = 3",
         "",
     );
-    let config = keyrelay::config::Config::load(&path).unwrap();
+    let config = keyrelay_core::config::Config::load(&path).unwrap();
     assert_eq!(config.broker.delivery_limit, 3);
     // keyrelay declares its topology, then stops: the test is the only consumer.
     let app = App::start(config.clone()).await.unwrap();

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{TestEnv, TestKey, TestPool};
-use keyrelay::job::JobStatus;
+use keyrelay_core::job::JobStatus;
 use serde_json::json;
 
 #[actix::test]

@@ -39,7 +39,7 @@ const LEFT_AFTER_UPKEEP: usize = 1024 * 1024;
 #[test]
 fn histogram_samples_are_folded_without_a_scrape() {
     let _handle = keyrelay::app::metrics_handle().expect("install the recorder");
-    let histogram = metrics::histogram!(keyrelay::metrics::JOB_STAGE, "stage" => "keyrelay");
+    let histogram = metrics::histogram!(keyrelay_core::metrics::JOB_STAGE, "stage" => "keyrelay");
     // Registering the series allocates once; count from after it.
     histogram.record(0.0);
     let before = LIVE_BYTES.load(Ordering::Relaxed);
@@ -49,13 +49,13 @@ fn histogram_samples_are_folded_without_a_scrape() {
     }
 
     // Upkeep runs every UPKEEP_PERIOD; give it several chances, then fail.
-    let deadline = Instant::now() + keyrelay::metrics::UPKEEP_PERIOD * 10;
+    let deadline = Instant::now() + keyrelay_core::metrics::UPKEEP_PERIOD * 10;
     let mut held = LIVE_BYTES.load(Ordering::Relaxed).saturating_sub(before);
     while held > LEFT_AFTER_UPKEEP {
         assert!(
             Instant::now() < deadline,
             "{held} bytes still buffered for {SAMPLES} histogram samples after {:?} without a scrape",
-            keyrelay::metrics::UPKEEP_PERIOD * 10
+            keyrelay_core::metrics::UPKEEP_PERIOD * 10
         );
         // A live service keeps recording; the blocks upkeep drained are freed
         // once later records and drains move crossbeam's epoch on.

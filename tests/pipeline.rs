@@ -5,8 +5,8 @@ mod common;
 
 use common::{TestEnv, TestKey, TestPool};
 use keyrelay::actors::messages::GetKeys;
-use keyrelay::job::{ErrorKind, JobStatus};
-use keyrelay::mock_provider::MockSettings;
+use keyrelay_core::job::{ErrorKind, JobStatus};
+use keyrelay_mock::MockSettings;
 use lapin::BasicProperties;
 use serde_json::json;
 
@@ -345,7 +345,7 @@ async fn transient_failures_are_retried_then_fail_with_upstream() {
     let dead = env.dead_letters(1).await;
     let headers = dead[0].properties.headers().as_ref();
     let reason =
-        keyrelay::job::retry::header_text(headers, "x-keyrelay-reason").unwrap_or_default();
+        keyrelay::amqp::retry::header_text(headers, "x-keyrelay-reason").unwrap_or_default();
     assert!(reason.contains("gave up after 3 attempts"), "{reason}");
     // Replayed from the dead-letter queue (as `keyrelay dead-letters replay`
     // does), the job runs again instead of being answered with the old failure.

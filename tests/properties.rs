@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
-use keyrelay::keys::{
+use keyrelay_core::keys::{
     Candidate, KeyId, KeyState, ResetPolicy, after_outcome, choose_key, next_daily_reset,
 };
-use keyrelay::provider::Outcome;
+use keyrelay_core::provider::Outcome;
 use proptest::prelude::*;
 
 /// 2,000 cases per property unless `PROPTEST_CASES` says otherwise.
@@ -93,7 +93,7 @@ proptest! {
             1 => Outcome::QuotaExhausted { until, message },
             2 => Outcome::Unauthorized { message },
             3 => Outcome::Transient { message },
-            4 => Outcome::job_failed(keyrelay::provider::FailureKind::BadRequest, message),
+            4 => Outcome::job_failed(keyrelay_core::provider::FailureKind::BadRequest, message),
             _ => Outcome::InvalidResponse { message },
         };
         let next = after_outcome(&outcome, now, &policy);

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use keyrelay::provider::classify::classify;
-use keyrelay::provider::{FailureKind, Outcome, ProviderKind, ProviderOptions, registry};
+use keyrelay_core::provider::classify::classify;
+use keyrelay_core::provider::{FailureKind, Outcome, ProviderKind, ProviderOptions, registry};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::Value;

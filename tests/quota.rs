@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{TestEnv, TestKey, TestPool};
 use keyrelay::actors::messages::GetKeys;
-use keyrelay::job::{ErrorKind, JobStatus};
-use keyrelay::mock_provider::MockSettings;
+use keyrelay_core::job::{ErrorKind, JobStatus};
+use keyrelay_mock::MockSettings;
 use serde_json::json;
 
 fn pool(name: &'static str, provider: &'static str, keys: Vec<TestKey>) -> TestPool {

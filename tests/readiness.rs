@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::FreezeProxy;
 use common::{TestEnv, TestKey, TestPool};
-use keyrelay::job::JobStatus;
+use keyrelay_core::job::JobStatus;
 use serde_json::{Value, json};
 
 fn pool(name: &'static str) -> Vec<TestPool> {

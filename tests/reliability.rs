@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{TestEnv, TestKey, TestPool, close_service_connection};
-use keyrelay::job::JobStatus;
-use keyrelay::mock_provider::MockSettings;
+use keyrelay_core::job::JobStatus;
+use keyrelay_mock::MockSettings;
 use serde_json::json;
 
 #[actix::test]

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::{OutputLog, Relay, ReplyQueue, TestKey, TestPool};
 use keyrelay::amqp::{Broker, PublishOutcome, Publisher};
-use keyrelay::job::{ErrorKind, JobResult, JobStatus};
-use keyrelay::mock_provider::MockSettings;
+use keyrelay_core::job::{ErrorKind, JobResult, JobStatus};
+use keyrelay_mock::MockSettings;
 use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
@@ -181,7 +181,7 @@ async fn api_keys_never_appear_in_any_output() {
         echo_key_file.display()
     );
     std::fs::write(&config_path, text).unwrap();
-    let config = keyrelay::config::Config::load(&config_path).unwrap();
+    let config = keyrelay_core::config::Config::load(&config_path).unwrap();
 
     let log: OutputLog = Arc::default();
     let relay = Relay::spawn(&config_path, "debug", &log).await;

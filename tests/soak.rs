@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::{OutputLog, Relay, ReplyQueue, TestKey, TestPool};
 use keyrelay::amqp::{Broker, PublishOutcome, Publisher};
-use keyrelay::job::JobStatus;
-use keyrelay::mock_provider::MockSettings;
+use keyrelay_core::job::JobStatus;
+use keyrelay_mock::MockSettings;
 use lapin::BasicProperties;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -81,7 +81,7 @@ async fn soak_steady_load_with_faults() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("kr-soak.{}", uuid::Uuid::now_v7().simple());
     let config_path = common::write_config_file(&pools, &mock, dir.path(), &prefix, "", "");
-    let config = keyrelay::config::Config::load(&config_path).unwrap();
+    let config = keyrelay_core::config::Config::load(&config_path).unwrap();
     let log: OutputLog = Arc::default();
     let relay = Relay::spawn(&config_path, "warn,lapin=error,keyrelay::app=info", &log).await;
     let pid = relay.pid;
@@ -196,7 +196,7 @@ async fn soak_steady_load_with_faults() {
     let status = relay.terminate().await;
     assert!(status.success(), "{status}");
 
-    let store = keyrelay::store::Store::open(&config.store.path).unwrap();
+    let store = keyrelay_core::store::Store::open(&config.store.path).unwrap();
     let mut missing = 0;
     for n in 0..total {
         if store

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{TestEnv, TestKey, TestPool};
-use keyrelay::job::JobStatus;
+use keyrelay_core::job::JobStatus;
 use serde_json::{Value, json};
 
 /// A tmpfs of `size` mounted for the test, unmounted when dropped.
@@ -209,7 +209,7 @@ async fn a_damaged_store_is_refused_at_start_unless_moved_aside() {
     assert!(message.contains("move_aside"), "says what to do: {message}");
 
     let mut config = env.config.clone();
-    config.store.on_damage = keyrelay::config::OnDamage::MoveAside;
+    config.store.on_damage = keyrelay_core::config::OnDamage::MoveAside;
     let app = keyrelay::app::App::start(config)
         .await
         .expect("starts empty");

@@ -12,7 +12,7 @@
 //! metrics, retries or error handling.
 
 use anyhow::Context as _;
-use keyrelay::store::GroupCommit;
+use keyrelay_core::store::GroupCommit;
 use serde_json::{Value, json};
 
 /// Which steps to add to the broker loop.
@@ -69,7 +69,7 @@ impl BareWork {
                 let dir = tempfile::tempdir()?;
                 let db = sled::Config::new()
                     .path(dir.path())
-                    .cache_capacity(keyrelay::store::DEFAULT_CACHE_BYTES)
+                    .cache_capacity(keyrelay_core::store::DEFAULT_CACHE_BYTES)
                     .flush_every_ms(Some(1000))
                     .open()?;
                 Some(Durable {

@@ -258,7 +258,7 @@ async fn publish_and_drain(
     watch: &lapin::Channel,
     report: &mut Report,
     mut alive: impl FnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<keyrelay::mock_provider::KeyStats> {
+) -> anyhow::Result<keyrelay_mock::KeyStats> {
     let (n, replies) = (plan.jobs, env.reply_queue());
     let first_publish = Instant::now();
     let publisher = {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use keyrelay::config::Config;
-use keyrelay::mock_provider::{MockKey, MockProvider, MockSettings};
+use keyrelay_core::config::Config;
+use keyrelay_mock::{MockKey, MockProvider, MockSettings};
 
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -154,7 +154,7 @@ impl Env {
 
     /// Every queue this run created, the retry delay queues of each job queue included.
     pub fn all_queues(&self) -> Vec<String> {
-        self.config.declared_queues()
+        keyrelay::amqp::topology::declared_queues(&self.config)
     }
 
     pub fn log_path(&self, name: &str) -> PathBuf {

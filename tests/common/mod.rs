@@ -13,9 +13,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use keyrelay::amqp::{Broker, PublishOutcome, Publisher};
 use keyrelay::app::App;
-use keyrelay::config::Config;
-use keyrelay::job::JobResult;
-use keyrelay::mock_provider::{MockKey, MockProvider, MockSettings};
+use keyrelay_core::config::Config;
+use keyrelay_core::job::JobResult;
+use keyrelay_mock::{MockKey, MockProvider, MockSettings};
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -286,7 +286,7 @@ impl TestEnv {
 
 /// Every queue keyrelay declares for `config`.
 pub fn keyrelay_queues(config: &Config) -> Vec<String> {
-    config.declared_queues()
+    keyrelay::amqp::topology::declared_queues(config)
 }
 
 fn config_for(
@@ -442,10 +442,10 @@ pub fn write_config_file(
             "[[pools]]\nname = \"{}\"\nprovider = \"{}\"\nbase_url = \"{}\"\ndefault_model = \"{}\"\n",
             pool.name,
             match pool.provider {
-                keyrelay::provider::ProviderKind::Gemini => "gemini",
-                keyrelay::provider::ProviderKind::Openai => "openai",
-                keyrelay::provider::ProviderKind::Anthropic => "anthropic",
-                keyrelay::provider::ProviderKind::Azure => "azure",
+                keyrelay_core::provider::ProviderKind::Gemini => "gemini",
+                keyrelay_core::provider::ProviderKind::Openai => "openai",
+                keyrelay_core::provider::ProviderKind::Anthropic => "anthropic",
+                keyrelay_core::provider::ProviderKind::Azure => "azure",
             },
             pool.base_url,
             pool.default_model

@@ -1,0 +1,147 @@
+//! Queue depths from the broker: a passive `queue.declare` per queue (ready
+//! messages and consumers; RabbitMQ's AMQP interface does not report unacked
+//! messages — that needs the management API, which keyrelay does not use), a
+//! poller that exports them as gauges every 15 s, and the dead-letter depth
+//! history behind the `KeyrelayDeadLettersGrowing` alert.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use tracing::debug;
+
+use crate::amqp::{AmqpError, Broker};
+use keyrelay_core::config::Config;
+use keyrelay_core::metrics as m;
+
+/// How often the poller asks the broker.
+pub const POLL_EVERY: Duration = Duration::from_secs(15);
+/// How far back dead-letter growth is judged.
+pub const GROWTH_WINDOW: SignedDuration = SignedDuration::from_secs(600);
+
+/// What the broker says about one queue.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct QueueDepth {
+    pub ready: u64,
+    pub consumers: u64,
+}
+
+/// Ready messages and consumers of `queue` (passive declare: never creates it).
+pub async fn queue_depth(broker: &Broker, queue: &str) -> Result<QueueDepth, AmqpError> {
+    let channel = broker.channel().await?;
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .map_err(AmqpError::op("queue.declare (passive)"))?;
+    let _ = channel.close(200, "depth read".into()).await;
+    Ok(QueueDepth {
+        ready: u64::from(declared.message_count()),
+        consumers: u64::from(declared.consumer_count()),
+    })
+}
+
+/// Dead-letter depth samples, shared by the poller and `/v1/alerts`.
+#[derive(Default)]
+pub struct Monitor {
+    dead_letters: Mutex<VecDeque<(Timestamp, u64)>>,
+}
+
+impl Monitor {
+    /// Record a dead-letter depth sample; drop those older than the window.
+    pub fn record_dead_letters(&self, at: Timestamp, depth: u64) {
+        let Ok(mut samples) = self.dead_letters.lock() else {
+            return;
+        };
+        samples.push_back((at, depth));
+        while samples
+            .front()
+            .is_some_and(|(t, _)| at.duration_since(*t) > GROWTH_WINDOW)
+        {
+            samples.pop_front();
+        }
+    }
+
+    /// How much the dead-letter queue grew over the window: now minus the
+    /// lowest sample seen in it (0 when it did not grow).
+    pub fn dead_letter_growth(&self) -> u64 {
+        let Ok(samples) = self.dead_letters.lock() else {
+            return 0;
+        };
+        let (Some(low), Some((_, now))) = (samples.iter().map(|(_, d)| *d).min(), samples.back())
+        else {
+            return 0;
+        };
+        now.saturating_sub(low)
+    }
+}
+
+/// Start the poller. It stops by itself once the broker is dropped (the app
+/// shut down) and never reconnects a closed connection.
+pub fn start(broker: &Arc<Broker>, config: Arc<Config>, monitor: Arc<Monitor>) {
+    let broker = Arc::downgrade(broker);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(POLL_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if !poll_once(&broker, &config, &monitor).await {
+                return;
+            }
+        }
+    });
+}
+
+/// One round; `false` when the app is gone.
+async fn poll_once(broker: &Weak<Broker>, config: &Config, monitor: &Monitor) -> bool {
+    let Some(broker) = broker.upgrade() else {
+        return false;
+    };
+    if !broker.is_connected() {
+        return true;
+    }
+    for pool in &config.pools {
+        match queue_depth(&broker, &config.job_queue(&pool.name)).await {
+            Ok(depth) => {
+                metrics::gauge!(m::QUEUE_MESSAGES, "pool" => pool.name.clone())
+                    .set(depth.ready as f64);
+                metrics::gauge!(m::QUEUE_CONSUMERS, "pool" => pool.name.clone())
+                    .set(depth.consumers as f64);
+            }
+            Err(e) => debug!(pool = %pool.name, error = %e, "queue depth poll failed"),
+        }
+    }
+    match queue_depth(&broker, &config.jobs.dead_letter_queue).await {
+        Ok(depth) => {
+            metrics::gauge!(m::DEAD_LETTER_MESSAGES).set(depth.ready as f64);
+            monitor.record_dead_letters(Timestamp::now(), depth.ready);
+        }
+        Err(e) => debug!(error = %e, "dead-letter depth poll failed"),
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_is_measured_against_the_window_low() {
+        let monitor = Monitor::default();
+        let t0 = Timestamp::from_second(1_000_000).unwrap();
+        assert_eq!(monitor.dead_letter_growth(), 0);
+        monitor.record_dead_letters(t0, 5);
+        monitor.record_dead_letters(t0 + SignedDuration::from_secs(60), 3);
+        monitor.record_dead_letters(t0 + SignedDuration::from_secs(120), 7);
+        assert_eq!(monitor.dead_letter_growth(), 4);
+        // 20 minutes later only the new sample is in the window.
+        monitor.record_dead_letters(t0 + SignedDuration::from_secs(1320), 7);
+        assert_eq!(monitor.dead_letter_growth(), 0);
+    }
+}

@@ -1,0 +1,96 @@
+//! `GET /v1/pools`: per pool, its queue depth (ready messages and consumers,
+//! from the broker), this instance's jobs in flight, keys by state, and jobs
+//! completed in the last minute (from the store).
+
+use std::collections::BTreeMap;
+
+use actix_web::{HttpResponse, web};
+use jiff::{SignedDuration, Timestamp};
+use serde::Serialize;
+
+use super::errors::ApiError;
+use super::heavy::HeavyReads;
+use super::keys::{KeyView, key_views};
+use super::monitor::queue_depth;
+use crate::http::HttpState;
+use keyrelay_core::store::Store;
+
+/// Results scanned at most for the per-minute throughput.
+const MINUTE_SCAN_CAP: usize = 100_000;
+
+#[derive(Debug, Serialize)]
+pub struct PoolView {
+    pub name: String,
+    pub provider: &'static str,
+    pub queue: String,
+    /// Messages ready in the queue; `None` when the broker could not be asked.
+    pub ready: Option<u64>,
+    /// Consumers on the queue (every instance's keys that are consuming).
+    pub consumers: Option<u64>,
+    /// Jobs this instance is running a provider call for. RabbitMQ's unacked
+    /// count is only available through the management API, not used here.
+    pub in_flight: usize,
+    pub queue_error: Option<String>,
+    pub keys_total: usize,
+    pub keys_usable: usize,
+    pub keys_by_state: BTreeMap<&'static str, usize>,
+    /// Results stored in the last 60 s for this pool.
+    pub jobs_last_minute: u64,
+}
+
+pub async fn list(
+    state: web::Data<HttpState>,
+    heavy: web::Data<HeavyReads>,
+) -> Result<HttpResponse, ApiError> {
+    let slot = heavy.enter().await?;
+    let keys = key_views(&state).await?;
+    let store = state.store.clone();
+    let per_minute = slot
+        .run("the last-minute scan", move || jobs_last_minute(&store))
+        .await?;
+    let mut pools = Vec::new();
+    for pool in &state.config.pools {
+        let queue = state.config.job_queue(&pool.name);
+        let depth = queue_depth(&state.broker, &queue).await;
+        let mine: Vec<&KeyView> = keys.iter().filter(|k| k.pool == pool.name).collect();
+        let mut by_state = BTreeMap::new();
+        for label in keyrelay_core::keys::KeyState::LABELS {
+            by_state.insert(label, mine.iter().filter(|k| k.state == label).count());
+        }
+        pools.push(PoolView {
+            provider: pool.provider.as_str(),
+            ready: depth.as_ref().ok().map(|d| d.ready),
+            consumers: depth.as_ref().ok().map(|d| d.consumers),
+            queue_error: depth.err().map(|e| e.to_string()),
+            in_flight: mine.iter().map(|k| k.in_flight).sum(),
+            keys_total: mine.len(),
+            keys_usable: mine.iter().filter(|k| k.usable()).count(),
+            keys_by_state: by_state,
+            jobs_last_minute: per_minute.get(&pool.name).copied().unwrap_or(0),
+            name: pool.name.clone(),
+            queue,
+        });
+    }
+    let dead = queue_depth(&state.broker, &state.config.jobs.dead_letter_queue).await;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "pools": pools,
+        "dead_letters": {
+            "queue": state.config.jobs.dead_letter_queue,
+            "ready": dead.as_ref().ok().map(|d| d.ready),
+            "error": dead.err().map(|e| e.to_string()),
+        },
+    })))
+}
+
+/// Blocking: scans the stored results of the last minute.
+fn jobs_last_minute(store: &Store) -> Result<BTreeMap<String, u64>, ApiError> {
+    let now = Timestamp::now();
+    let mut counts = BTreeMap::new();
+    store.scan_results(
+        now - SignedDuration::from_secs(60),
+        now,
+        MINUTE_SCAN_CAP,
+        |r| *counts.entry(r.pool.clone()).or_insert(0) += 1,
+    )?;
+    Ok(counts)
+}

@@ -1,0 +1,13 @@
+//! The CLI's commands; `main.rs` parses arguments and calls one of these.
+
+pub mod admin_client;
+pub mod dead_letters;
+pub mod demo;
+pub mod enqueue;
+pub mod keys;
+pub mod mock_process;
+pub mod results;
+pub mod run;
+pub mod status;
+pub mod table;
+pub mod telemetry;
