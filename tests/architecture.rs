@@ -62,7 +62,10 @@ fn crate_modules(root: &Path) -> CrateModules {
 fn path_attr(attrs: &[syn::Attribute]) -> Option<String> {
     attrs.iter().find_map(|a| match &a.meta {
         syn::Meta::NameValue(nv) if nv.path.is_ident("path") => match &nv.value {
-            syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => Some(s.value()),
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
+                ..
+            }) => Some(s.value()),
             _ => None,
         },
         _ => None,
@@ -75,14 +78,21 @@ fn child_file(parent: &Path, name: &str, path: Option<String>) -> PathBuf {
     if let Some(path) = path {
         return dir.join(path);
     }
-    let stem = parent.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    let stem = parent
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
     let base = if ["lib", "main", "mod"].contains(&stem) {
         dir.to_path_buf()
     } else {
         dir.join(stem)
     };
     let flat = base.join(format!("{name}.rs"));
-    if flat.exists() { flat } else { base.join(name).join("mod.rs") }
+    if flat.exists() {
+        flat
+    } else {
+        base.join(name).join("mod.rs")
+    }
 }
 
 /// A dependency found in a file, with the path that made it (for the report).
@@ -106,7 +116,10 @@ impl PathCollector<'_> {
             self.roots.insert(first.clone());
         }
         if let Some(to) = self.resolve(segments) {
-            self.edges.push(Edge { to, via: segments.join("::") });
+            self.edges.push(Edge {
+                to,
+                via: segments.join("::"),
+            });
         }
     }
 
@@ -143,7 +156,11 @@ impl PathCollector<'_> {
     }
 
     fn children_of(&self, at: &ModPath) -> BTreeSet<String> {
-        self.krate.modules.get(at).map(|m| m.children.clone()).unwrap_or_default()
+        self.krate
+            .modules
+            .get(at)
+            .map(|m| m.children.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -194,7 +211,11 @@ fn crate_graph(krate: &CrateModules) -> BTreeMap<ModPath, (Vec<Edge>, BTreeSet<S
             roots: BTreeSet::new(),
         };
         collector.visit_file(&parse(&module.file));
-        let edges = collector.edges.into_iter().filter(|e| &e.to != path).collect();
+        let edges = collector
+            .edges
+            .into_iter()
+            .filter(|e| &e.to != path)
+            .collect();
         graph.insert(path.clone(), (edges, collector.roots));
     }
     graph
@@ -216,7 +237,11 @@ fn cycles(graph: &BTreeMap<ModPath, (Vec<Edge>, BTreeSet<String>)>) -> Vec<Vec<M
             self.stack.push(v);
             self.on_stack.insert(v);
             for e in &self.graph[v].0 {
-                let w = self.graph.get_key_value(&e.to).expect("edges point at modules").0;
+                let w = self
+                    .graph
+                    .get_key_value(&e.to)
+                    .expect("edges point at modules")
+                    .0;
                 if !self.index.contains_key(w) {
                     self.visit(w);
                     let low = self.index[w].1.min(self.index[v].1);
@@ -241,7 +266,13 @@ fn cycles(graph: &BTreeMap<ModPath, (Vec<Edge>, BTreeSet<String>)>) -> Vec<Vec<M
             }
         }
     }
-    let mut t = Tarjan { graph, index: BTreeMap::new(), stack: Vec::new(), on_stack: BTreeSet::new(), out: Vec::new() };
+    let mut t = Tarjan {
+        graph,
+        index: BTreeMap::new(),
+        stack: Vec::new(),
+        on_stack: BTreeSet::new(),
+        out: Vec::new(),
+    };
     for v in graph.keys() {
         if !t.index.contains_key(v) {
             t.visit(v);
@@ -251,7 +282,11 @@ fn cycles(graph: &BTreeMap<ModPath, (Vec<Edge>, BTreeSet<String>)>) -> Vec<Vec<M
 }
 
 fn show(path: &ModPath) -> String {
-    if path.is_empty() { "(root)".into() } else { path.join("::") }
+    if path.is_empty() {
+        "(root)".into()
+    } else {
+        path.join("::")
+    }
 }
 
 /// The cycles of one crate, each with the edges that close it.
@@ -261,7 +296,10 @@ fn cycle_report(root: &str) -> String {
     let mut report = String::new();
     for component in cycles(&graph) {
         let members: BTreeSet<&ModPath> = component.iter().collect();
-        report += &format!("cycle in {root}: {}\n", component.iter().map(show).collect::<Vec<_>>().join(", "));
+        report += &format!(
+            "cycle in {root}: {}\n",
+            component.iter().map(show).collect::<Vec<_>>().join(", ")
+        );
         for from in &component {
             let mut seen = BTreeSet::new();
             for e in graph[from].0.iter().filter(|e| members.contains(&e.to)) {
@@ -276,9 +314,14 @@ fn cycle_report(root: &str) -> String {
 
 #[test]
 fn no_module_imports_another_that_imports_it_back() {
-    let report: String =
-        ["src/core/lib.rs", "src/service/lib.rs", "src/mock/lib.rs"].iter().map(|r| cycle_report(r)).collect();
-    assert!(report.is_empty(), "import cycles between modules:\n{report}");
+    let report: String = ["src/core/lib.rs", "src/service/lib.rs", "src/mock/lib.rs"]
+        .iter()
+        .map(|r| cycle_report(r))
+        .collect();
+    assert!(
+        report.is_empty(),
+        "import cycles between modules:\n{report}"
+    );
 }
 
 #[test]
@@ -288,7 +331,10 @@ fn the_core_knows_no_actors_amqp_http_server_or_service() {
     let mut found = Vec::new();
     for (path, (_, roots)) in crate_graph(&krate) {
         for root in roots.iter().filter(|r| forbidden.contains(&r.as_str())) {
-            found.push(format!("{} names `{root}`", krate.modules[&path].file.display()));
+            found.push(format!(
+                "{} names `{root}`",
+                krate.modules[&path].file.display()
+            ));
         }
     }
     // Test modules may use the mock (a dev-dependency); production code may not.
@@ -301,10 +347,22 @@ fn the_mock_provider_is_a_dev_dependency_only() {
     for manifest in ["Cargo.toml", "src/core/Cargo.toml"] {
         let text = std::fs::read_to_string(repo().join(manifest)).expect("manifest");
         let value: toml::Table = toml::from_str(&text).expect("manifest is TOML");
-        let deps = value.get("dependencies").and_then(|d| d.as_table()).expect("[dependencies]");
-        assert!(!deps.contains_key("keyrelay-mock"), "{manifest} links the mock provider");
-        for banned in ["actix", "actix-web", "lapin"].iter().filter(|_| manifest.starts_with("src/core")) {
-            assert!(!deps.contains_key(*banned), "keyrelay-core depends on {banned}");
+        let deps = value
+            .get("dependencies")
+            .and_then(|d| d.as_table())
+            .expect("[dependencies]");
+        assert!(
+            !deps.contains_key("keyrelay-mock"),
+            "{manifest} links the mock provider"
+        );
+        for banned in ["actix", "actix-web", "lapin"]
+            .iter()
+            .filter(|_| manifest.starts_with("src/core"))
+        {
+            assert!(
+                !deps.contains_key(*banned),
+                "keyrelay-core depends on {banned}"
+            );
         }
     }
 }
@@ -314,6 +372,12 @@ fn the_keyrelay_binary_contains_no_mock_provider_code() {
     let binary = std::fs::read(env!("CARGO_BIN_EXE_keyrelay")).expect("the keyrelay binary");
     let contains = |needle: &[u8]| binary.windows(needle.len()).any(|w| w == needle);
     // Symbol names carry the crate name: the core's are there, the mock's are not.
-    assert!(contains(b"keyrelay_core"), "the scan sees crate names in symbols");
-    assert!(!contains(b"keyrelay_mock"), "the keyrelay binary links keyrelay_mock");
+    assert!(
+        contains(b"keyrelay_core"),
+        "the scan sees crate names in symbols"
+    );
+    assert!(
+        !contains(b"keyrelay_mock"),
+        "the keyrelay binary links keyrelay_mock"
+    );
 }

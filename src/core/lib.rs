@@ -5,6 +5,7 @@
 //! - [`provider`]: one file per provider behind one trait, and the classification
 //!   of every answer into an [`provider::Outcome`].
 //! - [`store`]: the sled facade (results, response cache, usage, history).
+//! - [`route`]: where a job goes next, as one pure decision.
 //! - [`config`], [`secret`], [`metrics`], [`readiness`].
 //!
 //! The service crate (`keyrelay`, in `src/service`) drives these from its actors.
@@ -15,5 +16,6 @@ pub mod keys;
 pub mod metrics;
 pub mod provider;
 pub mod readiness;
+pub mod route;
 pub mod secret;
 pub mod store;

@@ -14,7 +14,7 @@ use crate::actors::messages::{StopAll, Terminate};
 use crate::actors::supervisor::{KeySetup, PoolSetup, Watches};
 use crate::actors::supervisor::{Supervisor, SupervisorSetup};
 use crate::amqp::{AmqpError, Broker, Publisher};
-use crate::http::HttpState;
+use crate::http::{HttpState, ListenError};
 use crate::pipeline::PoolContext;
 use keyrelay_core::config::Config;
 use keyrelay_core::keys::ResetPolicy;
@@ -32,11 +32,8 @@ pub enum AppError {
     Provider { pool: String, source: ProviderError },
     #[error("metrics recorder: {0}")]
     Metrics(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
 }
 
 /// A running keyrelay.

@@ -2,11 +2,10 @@
 
 use actix::Message;
 
-use crate::pipeline::InFlight;
 use keyrelay_core::keys::{KeyId, KeyState};
 use keyrelay_core::provider::Outcome;
 
-/// Job task → supervisor: what a provider call on `key` returned (a success's
+/// Job task → supervisor (through the key-events port): what a provider call on `key` returned (a success's
 /// text is dropped).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -17,49 +16,13 @@ pub struct KeyOutcome {
     pub latency: std::time::Duration,
 }
 
-/// Job task → supervisor: `key` has no budget left under its declared limits
+/// Job task → supervisor (through the key-events port): `key` has no budget left under its declared limits
 /// until `blocked.until`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct BudgetSpent {
     pub key: KeyId,
     pub blocked: keyrelay_core::keys::Blocked,
-}
-
-/// Why a job leaves the key it was on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RerouteReason {
-    RateLimited,
-    QuotaExhausted,
-    Unauthorized,
-    Transient,
-    /// The key left rotation before the job's call started.
-    KeyUnavailable,
-    /// The key's declared limits allow no call now.
-    BudgetSpent,
-}
-
-impl RerouteReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RerouteReason::RateLimited => "rate_limited",
-            RerouteReason::QuotaExhausted => "quota_exhausted",
-            RerouteReason::Unauthorized => "unauthorized",
-            RerouteReason::Transient => "transient",
-            RerouteReason::KeyUnavailable => "key_unavailable",
-            RerouteReason::BudgetSpent => "budget_spent",
-        }
-    }
-}
-
-/// Job task → supervisor: run this job on another key of its pool, or hand it
-/// back to the broker when none can take it.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Reroute {
-    pub from: KeyId,
-    pub reason: RerouteReason,
-    pub inflight: InFlight,
 }
 
 /// Worker → supervisor: the worker stopped (channel lost, consumer cancelled by
@@ -150,7 +113,7 @@ pub struct KeySnapshot {
     pub limits: keyrelay_core::keys::Limits,
     pub usage: keyrelay_core::keys::Usage,
     /// Last provider call and last failure class.
-    pub last: crate::pipeline::context::LastUse,
+    pub last: crate::pipeline::LastUse,
 }
 
 /// Shutdown → supervisor: stop for good (after `StopAll` and the drain).

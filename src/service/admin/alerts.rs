@@ -23,7 +23,7 @@ use super::errors::ApiError;
 use super::heavy::{HeavyReads, Slot};
 use super::keys::{KeyView, key_views};
 use super::monitor::{Monitor, queue_depth};
-use crate::http::HttpState;
+use crate::http::state::HttpState;
 use keyrelay_core::store::Store;
 
 const FAILURE_WINDOW: SignedDuration = SignedDuration::from_secs(600);

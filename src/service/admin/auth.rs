@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::errors::ApiError;
-use crate::http::HttpState;
+use crate::http::state::HttpState;
 use keyrelay_core::config::AdminConfig;
 use keyrelay_core::metrics as m;
 

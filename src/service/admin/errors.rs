@@ -76,13 +76,16 @@ impl ResponseError for ApiError {
                 response.insert_header(("WWW-Authenticate", "Bearer realm=\"keyrelay\""));
             }
             ApiError::Busy(_) => {
-                response.insert_header(("Retry-After", super::heavy::RETRY_AFTER_SECS));
+                response.insert_header(("Retry-After", RETRY_AFTER_SECS));
             }
             _ => {}
         }
         response.json(serde_json::json!({"error": self.code(), "message": self.to_string()}))
     }
 }
+
+/// What a `busy` answer tells the client to wait (`Retry-After`, seconds).
+pub const RETRY_AFTER_SECS: u64 = 1;
 
 /// Turn actix's own extractor failures (bad query string, bad path, body too
 /// large) into the same JSON shape.

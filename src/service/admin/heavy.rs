@@ -19,14 +19,12 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::errors::ApiError;
+use super::errors::{ApiError, RETRY_AFTER_SECS};
 
 /// How long a heavy read waits for a slot before it is answered `busy`.
 pub const SLOT_WAIT: Duration = Duration::from_secs(1);
 /// Requests that may wait for a slot, per slot; more are `busy` at once.
 pub const QUEUE_PER_SLOT: usize = 16;
-/// What a `busy` answer tells the client to wait (`Retry-After`, seconds).
-pub const RETRY_AFTER_SECS: u64 = 1;
 
 /// The slots of heavy reads, shared by every HTTP worker.
 pub struct HeavyReads {

@@ -11,7 +11,7 @@ use super::errors::ApiError;
 use super::heavy::HeavyReads;
 use super::params::Params;
 use crate::amqp::{PublishOutcome, Publisher};
-use crate::http::HttpState;
+use crate::http::state::HttpState;
 use keyrelay_core::job::{DecodeContext, JobProperties, JobStatus};
 use keyrelay_core::store::history::{HistoryQuery, decode_cursor};
 

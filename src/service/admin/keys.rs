@@ -12,7 +12,7 @@ use super::errors::ApiError;
 use crate::actors::messages::{
     DisableKey, EnableKey, GetKeys, KeyCommandError, KeySnapshot, ProbeTarget, ResetKey,
 };
-use crate::http::HttpState;
+use crate::http::state::HttpState;
 use keyrelay_core::keys::KeyState;
 use keyrelay_core::metrics as m;
 use keyrelay_core::provider::classify::truncate_chars;

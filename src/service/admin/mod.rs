@@ -19,7 +19,7 @@ use std::sync::Arc;
 use actix_web::middleware::from_fn;
 use actix_web::{HttpResponse, web};
 
-use crate::http::HttpState;
+use crate::http::state::HttpState;
 pub use errors::ApiError;
 pub use heavy::HeavyReads;
 pub use monitor::Monitor;

@@ -12,7 +12,7 @@ use super::errors::ApiError;
 use super::heavy::HeavyReads;
 use super::keys::{KeyView, key_views};
 use super::monitor::queue_depth;
-use crate::http::HttpState;
+use crate::http::state::HttpState;
 use keyrelay_core::store::Store;
 
 /// Results scanned at most for the per-minute throughput.

@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::errors::ApiError;
 use super::heavy::{HeavyReads, Slot};
 use super::params::Params;
-use crate::http::HttpState;
+use crate::http::state::HttpState;
 use keyrelay_core::job::JobResult;
 
 const SCAN_CAP: usize = 200_000;

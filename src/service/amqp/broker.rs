@@ -10,7 +10,9 @@ use tokio::sync::Mutex;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::{AmqpError, Settler, topology};
+use super::error::AmqpError;
+use super::settler::Settler;
+use super::topology;
 use keyrelay_core::config::Config;
 
 /// How long `close` waits for settlers to send their last acks. Jobs still

@@ -9,7 +9,8 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel};
 use tokio::sync::Mutex;
 
-use super::{AmqpError, Broker};
+use super::broker::Broker;
+use super::error::AmqpError;
 
 /// How a confirmed publish ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use lapin::Channel;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 
-use super::AmqpError;
+use super::error::AmqpError;
 use super::retry;
 use keyrelay_core::config::{Config, QueueType};
 

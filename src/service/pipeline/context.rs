@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use actix::Recipient;
 use tokio::sync::{Semaphore, watch};
 
-use crate::actors::messages::{BudgetSpent, KeyOutcome, Reroute};
+use super::in_progress::InProgress;
+use super::inbound::Inbound;
+use super::key_events::KeyEvents;
 use crate::amqp::Publisher;
 use keyrelay_core::config::{JobsConfig, TemplateConfig};
 use keyrelay_core::job::{DecodeContext, Job};
@@ -23,15 +24,23 @@ pub struct Services {
     pub publisher: Publisher,
     pub jobs: JobsConfig,
     pub templates: BTreeMap<String, TemplateConfig>,
-    pub outcomes: Recipient<KeyOutcome>,
-    pub reroutes: Recipient<Reroute>,
-    pub budget: Recipient<BudgetSpent>,
+    /// Where job tasks report what happened on a key (the supervisor).
+    pub events: Arc<dyn KeyEvents>,
+    /// Every key of each pool, by pool name: where a job that must leave its
+    /// key can go.
+    pub pool_keys: BTreeMap<String, Vec<Arc<KeyContext>>>,
     /// Jobs between delivery and ack, process-wide (shutdown waits for 0).
     pub jobs_in_progress: Arc<watch::Sender<usize>>,
-    pub in_progress: Arc<super::InProgress>,
+    pub in_progress: Arc<InProgress>,
 }
 
 impl Services {
+    /// The key `id` of `pool`.
+    pub fn key(&self, pool: &str, id: KeyId) -> Option<Arc<KeyContext>> {
+        let keys = self.pool_keys.get(pool)?;
+        keys.iter().find(|k| k.id == id).cloned()
+    }
+
     /// Count a job as in progress until the guard drops (after its ack).
     pub fn job_started(&self) -> JobGuard {
         self.jobs_in_progress.send_modify(|n| *n += 1);
@@ -328,10 +337,10 @@ impl Timing {
 /// the original message, kept for dead-lettering or handing back).
 pub struct InFlight {
     pub job: Job,
-    pub inbound: super::Inbound,
+    pub inbound: Inbound,
     pub guard: JobGuard,
     /// This process is working on the job's id (see `in_progress`).
-    pub claim: super::Claim,
+    pub claim: super::in_progress::Claim,
     /// Provider calls made so far.
     pub attempts: u32,
     pub timing: Timing,

@@ -7,7 +7,8 @@ use std::time::Instant;
 use serde_json::Value;
 use tracing::{debug, error, info, warn};
 
-use super::{InFlight, Inbound, KeyContext, PoolContext, Services, Timing};
+use super::context::{InFlight, KeyContext, PoolContext, Services, Timing};
+use super::inbound::Inbound;
 use crate::amqp::{PublishOutcome, dead_letter_properties, reply_properties};
 use keyrelay_core::job::{
     CacheKey, ErrorKind, InvalidJob, Job, JobError, JobResult, JobStatus, ReplyAddress,

@@ -5,8 +5,8 @@
 use lapin::types::{AMQPValue, FieldTable};
 use tracing::warn;
 
+use super::context::{InFlight, KeyContext, PoolContext, Services};
 use super::finish::{dead_letter, fail};
-use super::{InFlight, KeyContext, PoolContext, Services};
 use crate::amqp::PublishOutcome;
 use crate::amqp::retry;
 use keyrelay_core::job::ErrorKind;
@@ -78,10 +78,16 @@ fn returns_of(properties: &lapin::BasicProperties) -> u32 {
     }
 }
 
-/// Transient failures outlasted `jobs.max_attempts`: a failed result with the
-/// last error, and the job dead-lettered so it can be replayed after a fix.
-pub async fn give_up(services: &Services, key: &KeyContext, inflight: InFlight, message: String) {
-    let kind = ErrorKind::Upstream;
+/// Stop trying (transient failures outlasted `jobs.max_attempts`): a failed
+/// result of `kind` with the last error, and the job dead-lettered so it can be
+/// replayed after a fix.
+pub async fn give_up(
+    services: &Services,
+    key: &KeyContext,
+    inflight: InFlight,
+    kind: ErrorKind,
+    message: String,
+) {
     if !dead_letter(services, &key.pool, &inflight.inbound, kind, &message).await {
         return inflight.inbound.nack(true);
     }

@@ -4,7 +4,7 @@
 
 use tracing::warn;
 
-use super::{PoolContext, Services};
+use super::context::{PoolContext, Services};
 use keyrelay_core::job;
 
 /// What is known of a job before it runs.

@@ -60,14 +60,16 @@ impl Actor for KeyWorker {
             self.report_consuming(false);
         }
         if !self.retiring {
-            self.supervisor.do_send(WorkerStopped { key: self.key.id });
+            self.events
+                .stopped
+                .do_send(WorkerStopped { key: self.key.id });
         }
     }
 }
 
 impl KeyWorker {
     pub(super) fn report_consuming(&self, consuming: bool) {
-        self.supervisor.do_send(ConsumerState {
+        self.events.consuming.do_send(ConsumerState {
             key: self.key.id,
             consuming,
         });

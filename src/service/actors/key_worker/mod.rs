@@ -9,10 +9,10 @@ mod handlers;
 
 use std::sync::Arc;
 
-use actix::Addr;
+use actix::Recipient;
 use lapin::Channel;
 
-use super::supervisor::Supervisor;
+use super::messages::{ConsumerState, WorkerStopped};
 use crate::amqp::{Broker, Settler};
 use crate::pipeline::{KeyContext, Services};
 
@@ -20,7 +20,8 @@ pub struct KeyWorker {
     key: Arc<KeyContext>,
     services: Arc<Services>,
     broker: Arc<Broker>,
-    supervisor: Addr<Supervisor>,
+    /// Where the worker reports to (the supervisor).
+    events: WorkerEvents,
     channel: Option<Channel>,
     /// Settles the channel's deliveries (one per channel: delivery tags count
     /// up per channel, across consumer generations).
@@ -39,19 +40,27 @@ pub struct KeyWorker {
     redeclare: bool,
 }
 
+/// What a worker tells its owner: that it stopped (restart it), and when its
+/// consumer starts or stops.
+#[derive(Clone)]
+pub struct WorkerEvents {
+    pub stopped: Recipient<WorkerStopped>,
+    pub consuming: Recipient<ConsumerState>,
+}
+
 impl KeyWorker {
     pub fn new(
         key: Arc<KeyContext>,
         services: Arc<Services>,
         broker: Arc<Broker>,
-        supervisor: Addr<Supervisor>,
+        events: WorkerEvents,
         redeclare: bool,
     ) -> KeyWorker {
         KeyWorker {
             key,
             services,
             broker,
-            supervisor,
+            events,
             channel: None,
             settler: None,
             consumer: None,

@@ -1,5 +1,6 @@
 //! Supervisor construction, start-up and the state transitions every handler uses.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,8 +8,9 @@ use actix::prelude::*;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{KeySlot, PoolSlot, Supervisor};
-use crate::actors::key_worker::KeyWorker;
+use super::port::SupervisorPort;
+use super::state::{KeySlot, PoolSlot, Supervisor};
+use crate::actors::key_worker::{KeyWorker, WorkerEvents};
 use crate::actors::messages::CooldownOver;
 use crate::amqp::{Broker, Publisher};
 use crate::pipeline::{KeyContext, PoolContext, Services};
@@ -66,45 +68,34 @@ impl Supervisor {
         pool_consumers: watch::Sender<Vec<keyrelay_core::readiness::PoolConsumers>>,
         in_flight: Arc<watch::Sender<usize>>,
     ) -> Addr<Supervisor> {
+        // Key contexts first: the job tasks' services list every pool's keys.
+        let mut pools = Vec::new();
+        let mut keys = Vec::new();
+        let mut pool_keys = BTreeMap::new();
+        for (p, pool) in setup.pools.into_iter().enumerate() {
+            let mut ids = Vec::new();
+            let mut contexts = Vec::new();
+            for key in pool.keys {
+                let id = KeyId(keys.len());
+                let ctx = Arc::new(KeyContext::new(id, key, pool.ctx.clone()));
+                contexts.push(ctx.clone());
+                keys.push(KeySlot::new(ctx, p));
+                ids.push(id);
+            }
+            pool_keys.insert(pool.ctx.name.clone(), contexts);
+            pools.push(PoolSlot::new(pool.ctx, ids));
+        }
         Supervisor::create(move |ctx| {
             let services = Arc::new(Services {
                 store: setup.store,
                 publisher: setup.publisher,
                 jobs: setup.jobs,
                 templates: setup.templates,
-                outcomes: ctx.address().recipient(),
-                reroutes: ctx.address().recipient(),
-                budget: ctx.address().recipient(),
+                events: Arc::new(SupervisorPort(ctx.address())),
+                pool_keys,
                 jobs_in_progress: in_flight,
                 in_progress: Default::default(),
             });
-            let mut pools = Vec::new();
-            let mut keys = Vec::new();
-            for (p, pool) in setup.pools.into_iter().enumerate() {
-                let mut ids = Vec::new();
-                for key in pool.keys {
-                    let id = KeyId(keys.len());
-                    let ctx = Arc::new(KeyContext::new(id, key, pool.ctx.clone()));
-                    keys.push(KeySlot {
-                        ctx,
-                        pool: p,
-                        state: KeyState::Active,
-                        worker: None,
-                        timer: None,
-                        restarts: 0,
-                        consuming: false,
-                        transient: Default::default(),
-                    });
-                    ids.push(id);
-                }
-                pools.push(PoolSlot {
-                    ctx: pool.ctx,
-                    keys: ids,
-                    outage_logged: false,
-                    starved_logged: false,
-                    had_consumer: false,
-                });
-            }
             Supervisor {
                 keys,
                 pools,
@@ -162,7 +153,10 @@ impl Supervisor {
             slot.ctx.clone(),
             self.services.clone(),
             self.broker.clone(),
-            ctx.address(),
+            WorkerEvents {
+                stopped: ctx.address().recipient(),
+                consuming: ctx.address().recipient(),
+            },
             redeclare,
         );
         slot.worker = Some(worker.start());

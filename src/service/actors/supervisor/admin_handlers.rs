@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tracing::{info, warn};
 
-use super::Supervisor;
+use super::state::Supervisor;
 use crate::actors::messages::{KeyCommandError, ProbeTarget, ResetKey};
 use crate::pipeline::KeyContext;
 use keyrelay_core::keys::{KeyId, KeyState};

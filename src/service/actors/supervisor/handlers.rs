@@ -5,10 +5,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{info, warn};
 
-use super::Supervisor;
+use super::state::Supervisor;
 use crate::actors::messages::*;
-use crate::pipeline::{self, return_to_broker};
-use keyrelay_core::keys::{Candidate, KeyId, KeyState, after_outcome, choose_key};
+use keyrelay_core::keys::{KeyId, KeyState, after_outcome};
 use keyrelay_core::metrics as m;
 use keyrelay_core::provider::Outcome;
 
@@ -51,49 +50,6 @@ impl Handler<KeyOutcome> for Supervisor {
             self.park_quota_group(msg.key, &next, ctx);
         }
         self.apply(msg.key, next, true, ctx);
-    }
-}
-
-impl Handler<Reroute> for Supervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Reroute, _ctx: &mut Self::Context) {
-        let from = &self.keys[msg.from.0];
-        let pool = &self.pools[from.pool];
-        metrics::counter!(m::REROUTES_TOTAL, "pool" => pool.ctx.name.clone(), "reason" => msg.reason.as_str())
-            .increment(1);
-        let candidates: Vec<Candidate> = pool
-            .keys
-            .iter()
-            .map(|id| {
-                let slot = &self.keys[id.0];
-                Candidate {
-                    id: *id,
-                    priority: slot.ctx.priority,
-                    in_flight: slot.ctx.in_flight(),
-                    concurrency: slot.ctx.concurrency,
-                    available: slot.state.is_available(),
-                }
-            })
-            .collect();
-        let avoid = (msg.reason == RerouteReason::Transient).then_some(msg.from);
-        let services = self.services.clone();
-        // Shutting down: no new provider calls; the job waits in its queue.
-        let target = if self.stopping {
-            None
-        } else {
-            choose_key(&candidates, avoid)
-        };
-        match target {
-            Some(target) => {
-                let key = self.keys[target.0].ctx.clone();
-                tokio::spawn(pipeline::run_on_key(key, services, msg.inflight));
-            }
-            None => {
-                let pool = pool.ctx.clone();
-                tokio::spawn(async move { return_to_broker(&services, &pool, msg.inflight).await });
-            }
-        }
     }
 }
 

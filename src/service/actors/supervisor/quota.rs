@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{info, warn};
 
-use super::Supervisor;
+use super::state::Supervisor;
 use crate::actors::messages::BudgetSpent;
 use keyrelay_core::keys::{KeyId, KeyState, Spent};
 use keyrelay_core::metrics as m;

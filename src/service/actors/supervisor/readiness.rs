@@ -4,7 +4,7 @@
 
 use tracing::{info, warn};
 
-use super::Supervisor;
+use super::state::Supervisor;
 use keyrelay_core::readiness::PoolConsumers;
 
 impl Supervisor {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{info, warn};
 
-use super::Supervisor;
+use super::state::Supervisor;
 use crate::actors::messages::{PauseConsuming, ResumeConsuming};
 
 /// How often a store that cannot write is reopened and tried.

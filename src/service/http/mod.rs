@@ -1,0 +1,9 @@
+//! The HTTP surface on `metrics.listen`: `/metrics`, `/healthz`, `/readyz`, and
+//! the admin API under `/v1` (see [`crate::admin`]).
+
+mod probes;
+mod server;
+pub mod state;
+
+pub use server::{ListenError, serve};
+pub use state::HttpState;

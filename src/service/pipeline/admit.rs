@@ -1,0 +1,120 @@
+//! Admission: whether a call may go on a key now — a concurrency permit, the
+//! probe slot while the key is probed, and its share of the declared limits —
+//! and the token estimate that share is taken for.
+
+use tokio::sync::{MutexGuard, SemaphorePermit};
+
+use super::context::{InFlight, KeyContext, PoolContext, Services};
+use keyrelay_core::keys::Ticket;
+use keyrelay_core::provider::{FailureKind, JobFailure, ProviderRequest};
+use keyrelay_core::route::Refusal;
+
+/// What lets one call go on a key; dropping it frees the slot.
+pub(super) struct Admission<'a> {
+    _permit: SemaphorePermit<'a>,
+    _probe: Option<MutexGuard<'a, ()>>,
+    /// The key's budget taken for the call, to correct with the real count.
+    pub ticket: Option<Ticket>,
+}
+
+/// Admit a call on `key`, or say why the job must go elsewhere. A key whose
+/// budget is spent tells the supervisor, which parks it until the budget
+/// returns: no call ever goes out that would break a declared limit.
+pub(super) async fn admit<'a>(
+    key: &'a KeyContext,
+    services: &Services,
+    inflight: &InFlight,
+) -> Result<Admission<'a>, Refusal> {
+    if !key.is_available() {
+        return Err(Refusal::KeyUnavailable);
+    }
+    let permit = key
+        .permits
+        .acquire()
+        .await
+        .map_err(|_| Refusal::KeyUnavailable)?;
+    let probe = match key.is_probing() {
+        true => Some(key.probe.lock().await),
+        false => None,
+    };
+    // The key may have left rotation while this job waited.
+    if !key.is_available() {
+        return Err(Refusal::KeyUnavailable);
+    }
+    let ticket = key
+        .take_budget(estimate_tokens(&inflight.job.request))
+        .map_err(|blocked| {
+            services.events.budget_spent(key.id, blocked);
+            Refusal::BudgetSpent
+        })?;
+    Ok(Admission {
+        _permit: permit,
+        _probe: probe,
+        ticket,
+    })
+}
+
+/// A job whose estimated tokens exceed every key's declared `tpm` can never
+/// be admitted, and a provider would refuse it as too large anyway.
+pub(super) fn larger_than_any_key(
+    pool: &PoolContext,
+    request: &ProviderRequest,
+) -> Option<JobFailure> {
+    let limit = pool.max_tpm?;
+    let with_allowance = pool.client.tpm_counts_output_allowance();
+    let requested = if with_allowance {
+        estimate_tokens(request)
+    } else {
+        prompt_tokens(request)
+    };
+    let counted = if with_allowance {
+        "prompt plus max_output_tokens, as the provider counts them"
+    } else {
+        "prompt"
+    };
+    (requested > limit).then(|| JobFailure {
+        limit: Some(limit),
+        requested: Some(requested),
+        ..JobFailure::new(
+            FailureKind::TooLarge,
+            format!(
+                "the job needs about {requested} tokens ({counted}), more than the {limit} \
+                 tokens per minute of the pool's largest key; not sent"
+            ),
+        )
+    })
+}
+
+/// Tokens a call may use, before it is made: ~4 characters a token for the
+/// prompt, plus the output allowance (providers count it against tpm).
+pub fn estimate_tokens(request: &ProviderRequest) -> u64 {
+    prompt_tokens(request) + u64::from(request.max_output_tokens.unwrap_or(0))
+}
+
+/// The prompt's tokens, estimated at ~4 characters a token.
+fn prompt_tokens(request: &ProviderRequest) -> u64 {
+    let chars: usize = request.messages.iter().map(|m| m.content.len()).sum();
+    (chars as u64).div_ceil(4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyrelay_core::provider::{ChatMessage, Role};
+
+    #[test]
+    fn token_estimate_counts_prompt_and_output_allowance() {
+        let request = ProviderRequest {
+            model: "m".into(),
+            messages: vec![ChatMessage {
+                role: Role::User,
+                content: "x".repeat(10),
+            }],
+            json_output: false,
+            max_output_tokens: Some(100),
+            temperature: None,
+            user: None,
+        };
+        assert_eq!(estimate_tokens(&request), 3 + 100);
+    }
+}
