@@ -65,13 +65,18 @@ pub struct CooldownOver {
 }
 
 /// Why an operator's command on a key failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum KeyCommandError {
     #[error("no key `{key}` in pool `{pool}`")]
     NoSuchKey { pool: String, key: String },
     /// The command's write to the store failed; the key is unchanged.
-    #[error("{0}")]
-    Store(String),
+    #[error("cannot clear the counters of `{key}`: {source}")]
+    Store {
+        /// `pool/key`.
+        key: String,
+        #[source]
+        source: keyrelay_core::store::StoreError,
+    },
     /// keyrelay is shutting down: keys do not re-enter rotation.
     #[error("keyrelay is shutting down")]
     ShuttingDown,

@@ -17,7 +17,6 @@ use keyrelay_core::keys::KeyState;
 use keyrelay_core::metrics as m;
 use keyrelay_core::provider::classify::truncate_chars;
 use keyrelay_core::provider::{ChatMessage, Outcome, ProviderRequest, Role};
-use keyrelay_core::store::StoreError;
 
 /// One key as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -167,7 +166,7 @@ fn key_command_error(e: KeyCommandError) -> ApiError {
     match e {
         KeyCommandError::NoSuchKey { .. } => ApiError::NotFound(e.to_string()),
         KeyCommandError::ShuttingDown => ApiError::Unavailable(e.to_string()),
-        KeyCommandError::Store(message) => ApiError::Store(StoreError::Flush(message)),
+        KeyCommandError::Store { source, .. } => ApiError::Store(source),
     }
 }
 

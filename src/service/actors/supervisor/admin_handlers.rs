@@ -9,22 +9,23 @@ use tracing::{info, warn};
 use super::state::Supervisor;
 use crate::actors::messages::{KeyCommandError, ProbeTarget, ResetKey};
 use crate::pipeline::KeyContext;
-use keyrelay_core::keys::{KeyId, KeyState};
+use keyrelay_core::keys::KeyState;
 
 impl Handler<ResetKey> for Supervisor {
     type Result = Result<(), KeyCommandError>;
 
     fn handle(&mut self, msg: ResetKey, ctx: &mut Self::Context) -> Self::Result {
-        let id = self.lookup(&msg.pool, &msg.key)?;
+        let id = self.find(&msg.pool, &msg.key)?;
         let store_key = self.keys[id.0].ctx.store_key.clone();
         if self.stopping {
             return Err(KeyCommandError::ShuttingDown);
         }
         if let Err(e) = self.services.store.reset_counters(&store_key) {
             warn!(key = %store_key, error = %e, "cannot clear the key's counters");
-            return Err(KeyCommandError::Store(format!(
-                "cannot clear the counters of `{store_key}`: {e}"
-            )));
+            return Err(KeyCommandError::Store {
+                key: store_key,
+                source: e,
+            });
         }
         info!(pool = %msg.pool, key = %msg.key, "key reset by operator");
         // A reset forgets the key's usage too (declared limits and learned ones).
@@ -39,20 +40,7 @@ impl Handler<ProbeTarget> for Supervisor {
     type Result = Result<Arc<KeyContext>, KeyCommandError>;
 
     fn handle(&mut self, msg: ProbeTarget, _ctx: &mut Self::Context) -> Self::Result {
-        let id = self.lookup(&msg.pool, &msg.key)?;
+        let id = self.find(&msg.pool, &msg.key)?;
         Ok(self.keys[id.0].ctx.clone())
-    }
-}
-
-impl Supervisor {
-    fn lookup(&self, pool: &str, key: &str) -> Result<KeyId, KeyCommandError> {
-        self.keys
-            .iter()
-            .position(|s| s.ctx.pool.name == pool && s.ctx.name == key)
-            .map(KeyId)
-            .ok_or_else(|| KeyCommandError::NoSuchKey {
-                pool: pool.to_owned(),
-                key: key.to_owned(),
-            })
     }
 }

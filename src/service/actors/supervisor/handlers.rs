@@ -200,7 +200,8 @@ impl Handler<Terminate> for Supervisor {
 }
 
 impl Supervisor {
-    fn find(&self, pool: &str, key: &str) -> Result<KeyId, KeyCommandError> {
+    /// The key `key` of pool `pool`, for an operator's command.
+    pub(super) fn find(&self, pool: &str, key: &str) -> Result<KeyId, KeyCommandError> {
         self.keys
             .iter()
             .position(|s| s.ctx.pool.name == pool && s.ctx.name == key)
