@@ -6,6 +6,7 @@ use std::time::Instant;
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 use serde_json::Value;
 
+use super::api::Api;
 use super::bodies;
 use super::common::{self, Failure, Parsed, Usage};
 use super::directives::{self, BodyFault, Directives};
@@ -13,15 +14,8 @@ use super::state::{Admission, MockState, Window};
 use super::stats::Tally;
 use super::{anthropic, azure, gemini, openai, replay};
 
-/// Which wire format a request speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Api {
-    Gemini,
-    Openai,
-    Anthropic,
-    Azure,
-}
-
+/// Each provider's specifics, dispatched here: the providers' modules sit below
+/// [`Api`], which knows none of them.
 impl Api {
     fn key(self, req: &HttpRequest) -> Option<String> {
         match self {
@@ -71,14 +65,6 @@ impl Api {
             Api::Openai => openai::failure(failure),
             Api::Anthropic => anthropic::failure(failure),
             Api::Azure => azure::failure(failure),
-        }
-    }
-
-    /// The transient error statuses this provider really sends (a reset is added to them).
-    fn transient_statuses(self) -> [u16; 2] {
-        match self {
-            Api::Gemini | Api::Openai | Api::Azure => [500, 503],
-            Api::Anthropic => [500, 529],
         }
     }
 }

@@ -6,6 +6,7 @@
 //! [`MockProvider`], [`MockSettings`], [`MockKey`], [`MockStats`].
 
 mod anthropic;
+mod api;
 mod azure;
 mod bodies;
 mod common;

@@ -3,6 +3,9 @@
 //! headers included. A request asks for one with `[[mock:replay=NAME]]`; a key
 //! configured with `replay = "NAME"` gets it for every request (a disabled
 //! organisation, a billing problem) or for its first `replay_times` requests.
+//!
+//! It depends on no mock module but `api`, so settings validation can ask
+//! [`exists`] without reaching the request handling above it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
@@ -12,7 +15,7 @@ use actix_web::http::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::handler::Api;
+use super::api::Api;
 
 const GEMINI: &str = include_str!("../../tests/fixtures/providers/gemini.json");
 const OPENAI: &str = include_str!("../../tests/fixtures/providers/openai.json");
@@ -71,7 +74,7 @@ fn index(api: Api) -> &'static Index {
 
 /// Whether any provider's corpus has an answer called `name`.
 pub(crate) fn exists(name: &str) -> bool {
-    [Api::Gemini, Api::Openai, Api::Anthropic, Api::Azure]
+    Api::ALL
         .into_iter()
         .any(|api| index(api).contains_key(name))
 }
@@ -103,7 +106,7 @@ mod tests {
 
     #[test]
     fn every_corpus_loads_and_serves() {
-        for api in [Api::Gemini, Api::Openai, Api::Anthropic, Api::Azure] {
+        for api in Api::ALL {
             assert!(index(api).len() >= 15, "{api:?}");
             for name in index(api).keys() {
                 assert!(respond(api, name).is_some(), "{api:?} {name}");

@@ -3,8 +3,9 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
+use super::api::Api;
 use super::common::Failure;
-use super::handler::{self, Api};
+use super::handler;
 use super::state::MockState;
 
 type State = web::Data<MockState>;
