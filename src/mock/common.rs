@@ -1,4 +1,4 @@
-//! Provider-neutral pieces the three wire formats share: the parsed request, the
+//! Provider-neutral pieces the wire formats share (Azure speaks OpenAI's): the parsed request, the
 //! failures each provider renders in its own shape, answer text and token counts.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! A faithful mock of the Gemini, OpenAI and Anthropic APIs, for tests and the demo.
+//! A faithful mock of the Gemini, OpenAI, Azure OpenAI and Anthropic APIs, for tests, benches and the demo.
 //!
 //! It answers with the providers' real success and error bodies and headers, enforces
 //! per-key rpm/rpd sliding windows, and injects faults on request (`[[mock:...]]`
