@@ -261,11 +261,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Routing a rerouted job to a key: the supervisor builds the pool's
-/// candidate list and calls `choose_key`. (A delivery needs no routing: the
-/// broker hands it to a key's consumer, by consumer priority.)
+/// Routing a job that must leave its key: `route::decide` over the pool's
+/// key states (read from each key's gate as the job task does). (A delivery
+/// needs no routing: the broker hands it to a key's consumer, by consumer
+/// priority.)
 fn routing() -> Report {
-    use keyrelay_core::keys::{Candidate, KeyId, choose_key};
+    use keyrelay_core::keys::KeyId;
+    use keyrelay_core::route::{Candidate, Event, Progress, decide};
     let mut report = Report::new("routing");
     for keys in [4usize, 100, 1000] {
         let pool: Vec<(u8, usize, bool)> = (0..keys)
@@ -274,27 +276,32 @@ fn routing() -> Report {
         let rounds = 2_000_000 / keys;
         let started = std::time::Instant::now();
         for round in 0..rounds {
-            let candidates: Vec<Candidate> = pool
-                .iter()
-                .enumerate()
-                .map(|(i, &(priority, in_flight, available))| Candidate {
-                    id: KeyId(i),
-                    priority,
-                    in_flight: in_flight + round % 3,
-                    concurrency: 32,
-                    available,
-                })
-                .collect();
-            std::hint::black_box(choose_key(
-                std::hint::black_box(&candidates),
-                Some(KeyId(round % keys)),
+            let candidates =
+                pool.iter()
+                    .enumerate()
+                    .map(|(i, &(priority, in_flight, available))| Candidate {
+                        id: KeyId(i),
+                        priority,
+                        in_flight: in_flight + round % 3,
+                        concurrency: 32,
+                        available,
+                    });
+            let job = Progress {
+                on: KeyId(round % keys),
+                attempts: 1,
+                max_attempts: 3,
+            };
+            std::hint::black_box(decide(
+                Event::RetryDue,
+                std::hint::black_box(job),
+                candidates,
             ));
         }
         let per = started.elapsed().as_secs_f64() * 1e6 / rounds as f64;
         report.put(
             &format!("choose_key_{keys}_keys_us"),
             per,
-            "µs per reroute (candidate list built + choice)",
+            "µs per reroute (key states read + decision)",
         );
     }
     report

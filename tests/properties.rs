@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
-use keyrelay_core::keys::{
-    Candidate, KeyId, KeyState, ResetPolicy, after_outcome, choose_key, next_daily_reset,
-};
+use keyrelay_core::keys::{KeyId, KeyState, ResetPolicy, after_outcome, next_daily_reset};
 use keyrelay_core::provider::Outcome;
+use keyrelay_core::route::{Candidate, Decision, Event, Progress, Refusal, decide};
 use proptest::prelude::*;
 
 /// 2,000 cases per property unless `PROPTEST_CASES` says otherwise.
@@ -131,32 +130,39 @@ proptest! {
         }
     }
 
-    /// `choose_key` returns an available key whenever one exists, never an
-    /// unavailable one, prefers the lowest priority number, and takes the
-    /// avoided key only when it is the sole available one.
+    /// A job that must move goes to an available key whenever one may take it,
+    /// never to an unavailable one, to the lowest priority number, never back
+    /// to a key that refused it, and back to the key that failed transiently
+    /// only when that key is the sole available one.
     #[test]
-    fn choose_key_only_picks_available_keys(
-        keys in proptest::collection::vec((0u8..4, 0usize..10, 0u16..6, any::<bool>()), 0..12),
-        avoid in proptest::option::of(0usize..12),
+    fn rerouting_only_picks_available_keys(
+        keys in proptest::collection::vec((0u8..4, 0usize..10, 0u16..6, any::<bool>()), 1..12),
+        on in 0usize..12,
+        refused in any::<bool>(),
     ) {
         let candidates: Vec<Candidate> = keys.iter().enumerate().map(|(i, (priority, in_flight, concurrency, available))| Candidate {
             id: KeyId(i), priority: *priority, in_flight: *in_flight, concurrency: *concurrency, available: *available,
         }).collect();
-        let avoid = avoid.map(KeyId);
-        let chosen = choose_key(&candidates, avoid);
-        let available: Vec<&Candidate> = candidates.iter().filter(|c| c.available).collect();
-        prop_assert_eq!(chosen.is_some(), !available.is_empty());
-        if let Some(id) = chosen {
-            let c = candidates.iter().find(|c| c.id == id).unwrap();
-            prop_assert!(c.available, "chose unavailable {c:?}");
-            let others: Vec<&&Candidate> = available.iter().filter(|c| Some(c.id) != avoid).collect();
-            if others.is_empty() {
-                prop_assert_eq!(Some(id), avoid);
-            } else {
-                prop_assert!(Some(id) != avoid, "chose the avoided key though others were available");
-                let best = others.iter().map(|c| c.priority).min().unwrap();
-                prop_assert_eq!(c.priority, best);
+        let on = KeyId(on % candidates.len());
+        let event = if refused { Event::NotAdmitted(Refusal::KeyUnavailable) } else { Event::RetryDue };
+        let job = Progress { on, attempts: 1, max_attempts: 3 };
+        let decision = decide(event, job, candidates.iter().copied());
+        let others: Vec<&Candidate> = candidates.iter().filter(|c| c.available && c.id != on).collect();
+        let on_available = candidates.iter().any(|c| c.available && c.id == on);
+        match decision {
+            Decision::RunOn(id) => {
+                let c = candidates.iter().find(|c| c.id == id).unwrap();
+                prop_assert!(c.available, "chose unavailable {c:?}");
+                if others.is_empty() {
+                    prop_assert!(!refused && id == on, "{decision:?}");
+                } else {
+                    prop_assert!(id != on, "went back to its key though others were available");
+                    let best = others.iter().map(|c| c.priority).min().unwrap();
+                    prop_assert_eq!(c.priority, best);
+                }
             }
+            Decision::HandBack => prop_assert!(others.is_empty() && (refused || !on_available)),
+            other => prop_assert!(false, "a move decided {other:?}"),
         }
     }
 }

@@ -5,7 +5,8 @@
 //! here does I/O.
 
 use crate::job::ErrorKind;
-use crate::keys::{Candidate, KeyId};
+pub use crate::keys::Candidate;
+use crate::keys::KeyId;
 use crate::provider::OutcomeClass;
 
 /// What just happened to a job on key `on`.
