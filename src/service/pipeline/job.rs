@@ -142,7 +142,7 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
     drop(guard);
     drop(admission);
     report(&services, &key, &outcome, latency);
-    settle(services, key, inflight, outcome).await;
+    Box::pin(settle(services, key, inflight, outcome)).await;
 }
 
 /// What a call's answer means for its key at once, on the call path: the
