@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::error::{ConfigError, at_least_one};
 use crate::secret::ApiKey;
 
 /// `[admin]` section; every field optional.
@@ -63,7 +63,7 @@ impl AdminConfig {
     /// Check the cap and read both tokens from their variables or files.
     pub(super) fn resolve(&mut self) -> Result<(), ConfigError> {
         if self.max_heavy_reads == 0 {
-            return Err(super::validate::at_least_one("admin.max_heavy_reads"));
+            return Err(at_least_one("admin.max_heavy_reads"));
         }
         self.read_token = resolve_token(
             "admin.read_token",

@@ -7,7 +7,7 @@
 
 use toml::{Table, Value};
 
-use super::ConfigError;
+use super::error::ConfigError;
 
 const PREFIX: &str = "KEYRELAY__";
 

@@ -1,4 +1,7 @@
+use std::time::Duration;
+
 use super::*;
+use crate::provider::client::{HttpTimeouts, HttpVersion};
 
 const BASE: &str = r#"
 [broker]

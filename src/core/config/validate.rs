@@ -3,38 +3,10 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use thiserror::Error;
-
-use super::{Config, KeyConfig};
+use super::error::{ConfigError, at_least_one, field};
+use super::pool::{KeyConfig, PoolConfig};
+use super::schema::{BrokerConfig, Config};
 use crate::secret::ApiKey;
-
-/// Why a configuration cannot be used.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config is not valid TOML: {0}")]
-    Syntax(String),
-    #[error("config field `{field}`: {message}")]
-    Field { field: String, message: String },
-    #[error("environment variable {variable}: {message}")]
-    Env { variable: String, message: String },
-}
-
-fn field(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Field {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
-/// A count or a length that cannot be zero.
-pub(super) fn at_least_one(name: impl Into<String>) -> ConfigError {
-    field(name, "must be at least 1")
-}
 
 pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     check_url(&config.broker.url)?;
@@ -117,7 +89,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
 
 /// Each lane is a client of its own (~2 ms and ~30 KiB to build): a pool
 /// needing thousands is a configuration mistake, not a plan.
-fn check_lanes(at: &str, pool: &super::PoolConfig) -> Result<(), ConfigError> {
+fn check_lanes(at: &str, pool: &PoolConfig) -> Result<(), ConfigError> {
     use crate::provider::connections::MAX_LANES;
     let (calls, lanes) = (pool.calls_at_once(), pool.http_lanes());
     if lanes > MAX_LANES {
@@ -132,7 +104,7 @@ fn check_lanes(at: &str, pool: &super::PoolConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_tls(broker: &super::BrokerConfig) -> Result<(), ConfigError> {
+fn check_tls(broker: &BrokerConfig) -> Result<(), ConfigError> {
     let files = [
         ("broker.tls_ca_file", &broker.tls_ca_file),
         ("broker.tls_client_cert_file", &broker.tls_client_cert_file),

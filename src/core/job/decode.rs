@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Job, ReplyAddress, ResponseFormat, template};
-use crate::config::TemplateConfig;
+use super::template::{self, TemplateConfig};
+use super::validated::{Job, ReplyAddress, ResponseFormat};
 use crate::provider::{ChatMessage, ProviderRequest, Role};
 
 /// The AMQP properties a job's decoding looks at.

@@ -1,6 +1,24 @@
-//! Renders a named prompt template with a job's `input` JSON.
+//! Named prompt templates: their definition (`[templates.NAME]` in the
+//! config) and their rendering with a job's `input` JSON.
 
+use serde::Deserialize;
 use serde_json::Value;
+
+use super::validated::ResponseFormat;
+
+/// `[templates.NAME]`: a named prompt; `{{input}}` is replaced by the job's input JSON,
+/// `{{input.FIELD}}` by one top-level field of it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateConfig {
+    /// Optional system prompt.
+    pub system: Option<String>,
+    /// The user prompt text with placeholders.
+    pub text: String,
+    /// Default `response_format` of jobs using this template (`text` or `json`).
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
+}
 
 /// Replace `{{input}}` with the whole input as JSON and `{{input.FIELD}}` with one
 /// top-level field (strings raw, anything else as JSON). Unknown placeholders and

@@ -1,6 +1,6 @@
 //! Choosing the key a rerouted job goes to.
 
-use super::KeyId;
+use super::id::KeyId;
 
 /// What routing needs to know about one key of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

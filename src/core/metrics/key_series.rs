@@ -15,7 +15,9 @@ use std::fmt::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use super::{JOBS_IN_FLIGHT, KEY_QUOTA_USED, KEY_STATE, TOKENS_TOTAL, UPSTREAM_REQUESTS_TOTAL};
+use super::names::{
+    JOBS_IN_FLIGHT, KEY_QUOTA_USED, KEY_STATE, TOKENS_TOTAL, UPSTREAM_REQUESTS_TOTAL,
+};
 use crate::keys::KeyState;
 use crate::provider::OutcomeClass;
 

@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use super::api::{ProviderApi, join_path, secret_header};
 use super::classify::{self, by_status, header_str, message_or_body, number_after};
-use super::{Completion, FailureKind, JobFailure, Outcome, ProviderRequest, Role, Usage};
+use super::outcome::{Completion, FailureKind, JobFailure, Outcome, Usage};
+use super::request::{ProviderRequest, Role};
 use crate::secret::ApiKey;
 
 /// Anthropic's Messages API (`x-api-key` + `anthropic-version`).

@@ -6,7 +6,8 @@ use jiff::Timestamp;
 use reqwest::Url;
 use reqwest::header::HeaderMap;
 
-use super::{Outcome, ProviderRequest};
+use super::outcome::Outcome;
+use super::request::ProviderRequest;
 use crate::secret::ApiKey;
 
 /// A provider's wire format and error rules.

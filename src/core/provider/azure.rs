@@ -13,7 +13,9 @@ use reqwest::header::HeaderMap;
 use super::api::{ProviderApi, join_path, secret_header};
 use super::classify::{self, by_status, message_or_body};
 use super::openai::{self, OpenAi};
-use super::{FailureKind, JobFailure, Outcome, ProviderOptions, ProviderRequest};
+use super::options::ProviderOptions;
+use super::outcome::{FailureKind, JobFailure, Outcome};
+use super::request::ProviderRequest;
 use crate::secret::ApiKey;
 
 /// The GA data-plane API version used when a pool names none.

@@ -10,7 +10,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use reqwest::header::HeaderMap;
 
-use super::{FailureKind, Outcome, ProviderApi};
+use super::api::ProviderApi;
+use super::outcome::{FailureKind, Outcome};
 
 /// Longest provider message kept in an [`Outcome`], in chars.
 pub const MAX_MESSAGE_CHARS: usize = 500;

@@ -11,9 +11,13 @@ use jiff::Timestamp;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Response, Url};
 
+use super::api::ProviderApi;
 use super::classify::{MAX_MESSAGE_CHARS, classify, truncate_chars};
 use super::connections::Lanes;
-use super::{Outcome, ProviderApi, ProviderKind, ProviderOptions, ProviderRequest, registry};
+use super::options::ProviderOptions;
+use super::outcome::{FailureKind, Outcome};
+use super::registry::{self, ProviderKind};
+use super::request::ProviderRequest;
 use crate::secret::ApiKey;
 
 /// Largest response body read; more is treated as a broken answer.
@@ -175,7 +179,7 @@ impl ProviderClient {
             Ok(body) => body,
             Err(e) => {
                 return Answer::Failed(Outcome::job_failed(
-                    super::FailureKind::BadRequest,
+                    FailureKind::BadRequest,
                     format!("cannot encode the request: {e}"),
                 ));
             }

@@ -10,9 +10,8 @@ use serde_json::Value;
 
 use super::api::{ProviderApi, join_path, secret_header};
 use super::classify::{self, by_status, message_or_body, number_after, parse_go_duration};
-use super::{
-    ChatMessage, Completion, FailureKind, JobFailure, Outcome, ProviderRequest, Role, Usage,
-};
+use super::outcome::{Completion, FailureKind, JobFailure, Outcome, Usage};
+use super::request::{ChatMessage, ProviderRequest, Role};
 use crate::secret::ApiKey;
 
 /// Google's Gemini API (`x-goog-api-key`).

@@ -14,8 +14,9 @@ use super::api::{ProviderApi, join_path, secret_header};
 use super::classify::{
     self, by_status, header_str, message_or_body, number_after, parse_go_duration,
 };
+use super::outcome::{Completion, FailureKind, JobFailure, Outcome, Usage};
+use super::request::{ProviderRequest, Role};
 use super::token_field::{TokenField, TokenFields};
-use super::{Completion, FailureKind, JobFailure, Outcome, ProviderRequest, Role, Usage};
 use crate::secret::ApiKey;
 
 /// OpenAI and every compatible server (`Authorization: Bearer`).

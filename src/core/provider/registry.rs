@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::token_field::TokenFields;
-use super::{ProviderApi, anthropic, azure, gemini, openai};
+use super::api::ProviderApi;
+pub use super::options::ProviderOptions;
+use super::{anthropic, azure, gemini, openai};
 
 /// Which wire protocol a pool speaks (`provider = "..."` in a pool's config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -43,15 +44,6 @@ impl ProviderKind {
             ProviderKind::Azure => None,
         }
     }
-}
-
-/// Per-pool settings some providers read.
-#[derive(Debug, Clone, Default)]
-pub struct ProviderOptions {
-    /// OpenAI and Azure: which field carries the output allowance.
-    pub token_fields: TokenFields,
-    /// Azure: the `api-version` query parameter (None: [`azure::DEFAULT_API_VERSION`]).
-    pub api_version: Option<String>,
 }
 
 /// The provider implementation for `kind`.

@@ -11,7 +11,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
+use super::error::StoreError;
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 

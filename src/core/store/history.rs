@@ -7,7 +7,9 @@
 
 use jiff::Timestamp;
 
-use super::{Store, StoreError, time_key};
+use super::db::Store;
+use super::error::StoreError;
+use super::layout::{index_key, time_key};
 use crate::job::{JobResult, JobStatus};
 
 /// Index entries one page may walk past before it returns (a filter matching
@@ -195,7 +197,7 @@ fn is_old_record(raw: &[u8], key: &[u8]) -> bool {
 /// Whether index entry `key` points at this version of `result` (current
 /// keys name the pool; an earlier keyrelay's only the id).
 fn is_index_of(result: &JobResult, key: &[u8]) -> bool {
-    super::index_key(result) == key || time_key(result.completed_at, &result.id) == key
+    index_key(result) == key || time_key(result.completed_at, &result.id) == key
 }
 
 fn matches(result: &JobResult, query: &HistoryQuery) -> bool {

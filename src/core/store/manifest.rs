@@ -13,6 +13,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use super::layout::split_time_key;
+
 /// File name inside the store's directory.
 pub const FILE: &str = "keyrelay-manifest.json";
 
@@ -121,7 +123,7 @@ pub fn missing(manifest: &Manifest, found: Option<&[u8]>) -> Option<String> {
         hex::decode(hex_key)
             .ok()
             .and_then(|k| {
-                super::split_time_key(&k)
+                split_time_key(&k)
                     .map(|(at, record)| format!("{at} (job {})", record.replace('\u{1f}', "/")))
             })
             .unwrap_or_else(|| hex_key.to_owned())
@@ -142,7 +144,7 @@ pub fn missing(manifest: &Manifest, found: Option<&[u8]>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::time_key;
+    use crate::store::layout::time_key;
 
     fn key(secs: i64, id: &str) -> Vec<u8> {
         time_key(jiff::Timestamp::from_second(secs).unwrap(), id)

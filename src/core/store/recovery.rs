@@ -7,7 +7,10 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{Store, StoreError, Tables, WRITE_PROBE};
+use super::db::Store;
+use super::error::StoreError;
+use super::layout::{index_key, record_key};
+use super::tables::{Tables, WRITE_PROBE};
 
 /// How long a reopen waits for the old tables' users (a flush, a prune) to
 /// let go before it gives up and leaves them in place.
@@ -22,13 +25,13 @@ impl Store {
         let tables = self.tables()?;
         let unsaved = self.unsaved.all();
         for (result, encoded) in &unsaved {
-            let record = super::record_key(&result.pool, &result.id);
+            let record = record_key(&result.pool, &result.id);
             tables
                 .results
                 .insert(record.as_bytes(), encoded.as_slice())?;
             tables
                 .results_by_time
-                .insert(super::index_key(result), &[] as &[u8])?;
+                .insert(index_key(result), &[] as &[u8])?;
         }
         tables
             .key_states
@@ -36,10 +39,9 @@ impl Store {
         match tables.commit.flush().await {
             Ok(()) => {
                 for (result, _) in &unsaved {
-                    self.watermark.durable(&super::index_key(result));
+                    self.watermark.durable(&index_key(result));
                     // Only what was written: a result kept since stays.
-                    self.unsaved
-                        .remove(&super::record_key(&result.pool, &result.id));
+                    self.unsaved.remove(&record_key(&result.pool, &result.id));
                 }
                 self.note_write_ok();
                 Ok(())

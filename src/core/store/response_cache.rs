@@ -6,7 +6,7 @@
 //! job (a lookup that misses and an insert), about 6 % of keyrelay's CPU when
 //! prompts are unique. The key is stored instead as the value of the result's
 //! `results_by_time` entry, written anyway, so the index is rebuilt from sled
-//! at start-up ([`Store::load_response_cache`]) and survives restarts.
+//! at start-up ([`Store::load_response_cache`](super::Store::load_response_cache)) and survives restarts.
 //!
 //! The index holds at most `max_entries` answers (oldest dropped first) and
 //! none older than the TTL.
@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::{Store, StoreError};
+use super::error::StoreError;
+use super::layout::{record_key, split_time_key, time_key};
 use crate::job::{CacheKey, JobResult};
 
 /// Cached answers by request, oldest first in `order`.
@@ -36,12 +37,6 @@ struct Entries {
 struct Entry {
     stored_at: Timestamp,
     result_id: String,
-}
-
-impl CacheIndex {
-    fn lock(&self) -> MutexGuard<'_, Entries> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 impl Entries {
@@ -86,15 +81,21 @@ impl Entries {
     }
 }
 
-impl Store {
+impl CacheIndex {
+    fn lock(&self) -> MutexGuard<'_, Entries> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Turn the cache on: answers younger than `ttl`, at most `max_entries`,
-    /// rebuilt from the results already stored. Returns how many were loaded.
-    pub fn load_response_cache(
+    /// rebuilt from the `results_by_time` index (whose values are the cache
+    /// keys). Returns how many were loaded.
+    pub(super) fn load(
         &self,
+        results_by_time: &sled::Tree,
         ttl: Duration,
         max_entries: usize,
     ) -> Result<usize, StoreError> {
-        let mut entries = self.response_cache.lock();
+        let mut entries = self.lock();
         *entries = Entries {
             max_entries,
             ttl,
@@ -106,15 +107,11 @@ impl Store {
         let since = Timestamp::now()
             .checked_sub(jiff::SignedDuration::try_from(ttl).unwrap_or(jiff::SignedDuration::MAX))
             .unwrap_or(Timestamp::UNIX_EPOCH);
-        for item in self
-            .tables()?
-            .results_by_time
-            .range(super::time_key(since, "")..)
-        {
-            let (time_key, value) = item?;
+        for item in results_by_time.range(time_key(since, "")..) {
+            let (index_entry, value) = item?;
             if let (Ok(key), Some((at, id))) = (
                 CacheKey::try_from(value.as_ref()),
-                super::split_time_key(&time_key),
+                split_time_key(&index_entry),
             ) {
                 entries.insert(key, id, at);
             }
@@ -122,30 +119,25 @@ impl Store {
         Ok(entries.by_key.len())
     }
 
-    /// The stored successful result answering request `key`, if it is still
-    /// cached (not past the TTL, not dropped for newer answers).
-    pub fn cached_result(&self, key: &CacheKey) -> Result<Option<JobResult>, StoreError> {
-        let result_id = {
-            let entries = self.response_cache.lock();
-            match entries.by_key.get(key) {
-                Some(e) if !entries.expired(e.stored_at, Timestamp::now()) => e.result_id.clone(),
-                _ => return Ok(None),
-            }
-        };
-        Ok(self.record(&result_id)?.filter(JobResult::is_success))
+    /// The record key of the stored result answering request `key`, if it is
+    /// still cached (not past the TTL, not dropped for newer answers).
+    pub(super) fn answer(&self, key: &CacheKey) -> Option<String> {
+        let entries = self.lock();
+        match entries.by_key.get(key) {
+            Some(e) if !entries.expired(e.stored_at, Timestamp::now()) => Some(e.result_id.clone()),
+            _ => None,
+        }
     }
 
     /// Index a result that was just made durable as the answer to `key`.
-    pub(super) fn index_answer(&self, key: CacheKey, result: &JobResult) {
-        let record = super::record_key(&result.pool, &result.id);
-        self.response_cache
-            .lock()
-            .insert(key, &record, result.completed_at);
+    pub(super) fn index(&self, key: CacheKey, result: &JobResult) {
+        let record = record_key(&result.pool, &result.id);
+        self.lock().insert(key, &record, result.completed_at);
     }
 
     /// Drop cached answers past the TTL; returns how many.
-    pub fn prune_cache(&self) -> usize {
-        self.response_cache.lock().prune(Timestamp::now())
+    pub(super) fn prune(&self) -> usize {
+        self.lock().prune(Timestamp::now())
     }
 }
 

@@ -1,3 +1,4 @@
+use super::tables::RESULTS;
 use super::*;
 use crate::job::{JobResult, JobStatus};
 use crate::provider::Usage;
@@ -278,4 +279,63 @@ async fn results_under_bare_ids_answer_for_their_pool() {
         store.result_of("b", "7").unwrap().is_none(),
         "not another pool's"
     );
+}
+
+// Per-key lifetime counters (`counters.rs`), through the store.
+
+fn sorted(mut counts: Vec<(String, u64)>) -> Vec<(String, u64)> {
+    counts.sort();
+    counts
+}
+
+#[tokio::test]
+async fn counts_read_the_same_before_and_after_a_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s")).unwrap();
+    store.bump("p/a", "completed");
+    store.bump("p/a", "completed");
+    store.bump("p/a", "succeeded");
+    let expected = vec![("completed".to_owned(), 2), ("succeeded".to_owned(), 1)];
+    assert_eq!(sorted(store.counters("p/a").unwrap()), expected);
+    store.flush_counters().unwrap();
+    assert_eq!(sorted(store.counters("p/a").unwrap()), expected);
+    store.bump("p/a", "completed");
+    assert_eq!(
+        sorted(store.counters("p/a").unwrap())[0],
+        ("completed".to_owned(), 3)
+    );
+    store.flush_counters().unwrap();
+    assert_eq!(
+        sorted(store.counters("p/a").unwrap())[0],
+        ("completed".to_owned(), 3)
+    );
+}
+
+#[tokio::test]
+async fn counters_survive_a_reopen_once_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    {
+        let store = Store::open(&path).unwrap();
+        store.bump("p/a", "completed");
+        store.flush().await.unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(
+        store.counters("p/a").unwrap(),
+        vec![("completed".to_owned(), 1)]
+    );
+}
+
+#[tokio::test]
+async fn reset_counters_clears_only_that_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s")).unwrap();
+    store.bump("p/a", "completed");
+    store.bump("p/ab", "completed");
+    store.flush_counters().unwrap();
+    store.bump("p/a", "completed");
+    store.reset_counters("p/a").unwrap();
+    assert!(store.counters("p/a").unwrap().is_empty());
+    assert_eq!(store.counters("p/ab").unwrap().len(), 1);
 }

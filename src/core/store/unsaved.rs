@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::layout::record_key;
 use crate::job::JobResult;
 
 #[derive(Debug, Default)]
@@ -21,7 +22,7 @@ pub struct Unsaved {
 impl Unsaved {
     /// Keep `result` (serialized as `encoded`) until the store recovers.
     pub fn keep(&self, result: &JobResult, encoded: &[u8]) {
-        let record = super::record_key(&result.pool, &result.id);
+        let record = record_key(&result.pool, &result.id);
         let mut by_record = self.lock();
         by_record.insert(record, (result.clone(), encoded.to_vec()));
         self.any.store(true, Ordering::Release);

@@ -2,7 +2,9 @@
 //! tree under `pool/key/YYYY-MM-DDTHH/field`, written by the supervisor each
 //! second and read by the stats API.
 
-use super::{Store, StoreError, decode_u64};
+use super::db::Store;
+use super::error::StoreError;
+use super::layout::decode_u64;
 
 impl Store {
     /// Add to the usage statistics of `key` (`pool/key`) for the hour of `at`.

@@ -1,0 +1,75 @@
+//! A validated job: what decoding produces and every later stage reads (the
+//! provider request, the answer's format, where to reply) and its identity in
+//! the response cache.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::provider::ProviderRequest;
+
+/// `response_format` of a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A validated job, ready to be sent to any key of its pool.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    pub pool: String,
+    pub request: ProviderRequest,
+    pub response_format: ResponseFormat,
+    pub user: Option<String>,
+    /// Echoed back verbatim in the result.
+    pub metadata: Value,
+    /// Past this instant the job is failed with `deadline_exceeded`, not run.
+    pub deadline: Option<jiff::Timestamp>,
+    /// Whether an identical earlier request's answer may be reused.
+    pub cache: bool,
+    pub reply: ReplyAddress,
+}
+
+/// Key of a request in the response cache.
+pub type CacheKey = [u8; 16];
+
+impl Job {
+    /// Identity of the request for the response cache: pool, model, rendered
+    /// messages and every parameter that changes the answer (the first 128
+    /// bits of a SHA-256: collisions are out of reach at any realistic size).
+    pub fn cache_key(&self) -> CacheKey {
+        use sha2::{Digest, Sha256};
+        let r = &self.request;
+        let mut h = Sha256::new();
+        h.update(self.pool.as_bytes());
+        h.update([0]);
+        h.update(r.model.as_bytes());
+        for m in &r.messages {
+            h.update([0, m.role as u8]);
+            h.update(m.content.as_bytes());
+        }
+        h.update([0, r.json_output as u8]);
+        h.update(r.max_output_tokens.unwrap_or(0).to_be_bytes());
+        h.update(
+            r.temperature
+                .map(f32::to_bits)
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        let digest = h.finalize();
+        let mut key = [0; 16];
+        key.copy_from_slice(&digest[..16]);
+        key
+    }
+}
+
+/// Where and how the result of a job is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyAddress {
+    /// Queue name (published through the default exchange).
+    pub queue: String,
+    pub correlation_id: String,
+}
