@@ -10,6 +10,8 @@
 //!
 //! The service crate (`keyrelay`, in `src/service`) drives these from its actors.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod config;
 pub mod job;
 pub mod keys;

@@ -1,4 +1,5 @@
-//! Metric names (one constant each, in `metrics/names.rs`), their descriptions, and the Prometheus recorder.
+//! Metric names (one constant each, in `metrics/names.rs`), their descriptions,
+//! and the Prometheus recorder.
 //! The per-key families are kept and rendered apart, in `metrics/key_series.rs`, for a
 //! fast 1,000-key scrape.
 //!
@@ -22,8 +23,10 @@ pub const UPKEEP_PERIOD: Duration = Duration::from_secs(1);
 /// Why the recorder could not be installed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
+    /// The exporter refused its configuration, or a recorder is already installed.
     #[error(transparent)]
     Build(#[from] metrics_exporter_prometheus::BuildError),
+    /// The upkeep thread could not be spawned.
     #[error("cannot start the metrics upkeep thread: {0}")]
     Upkeep(#[from] std::io::Error),
 }
@@ -208,10 +211,13 @@ fn describe_ops() {
 /// then records without building label sets or looking series up.
 pub struct PoolMetrics {
     jobs: Vec<(&'static str, metrics::Counter)>,
+    /// `keyrelay_job_duration_seconds` of the pool: delivery to result.
     pub job_duration: metrics::Histogram,
+    /// `keyrelay_job_overhead_seconds` of the pool: delivery to ack minus provider time.
     pub job_overhead: metrics::Histogram,
     /// `keyrelay_job_stage_seconds` by stage: store, reply, keyrelay.
     pub job_stages: [metrics::Histogram; 3],
+    /// `keyrelay_upstream_duration_seconds` of the pool: one provider call.
     pub upstream_duration: metrics::Histogram,
 }
 
@@ -221,6 +227,7 @@ fn job_outcomes() -> impl Iterator<Item = &'static str> {
 }
 
 impl PoolMetrics {
+    /// Register the handles of `pool` (one `keyrelay_jobs_total` series per outcome).
     pub fn new(pool: &str) -> PoolMetrics {
         let pool = pool.to_owned();
         PoolMetrics {
@@ -251,6 +258,8 @@ impl PoolMetrics {
         }
     }
 
+    /// Count one finished job under `outcome` (`succeeded` or an error kind);
+    /// an unknown outcome is not counted.
     pub fn job(&self, outcome: &str) {
         if let Some((_, counter)) = self.jobs.iter().find(|(o, _)| *o == outcome) {
             counter.increment(1);

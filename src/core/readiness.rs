@@ -8,7 +8,9 @@ use serde::Serialize;
 /// A pool's consumers as the supervisor last saw them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PoolConsumers {
+    /// The pool's name.
     pub pool: String,
+    /// The job queue its keys consume from.
     pub queue: String,
     /// Keys in rotation: each should have a consumer on the queue.
     pub in_rotation: usize,
@@ -26,9 +28,11 @@ impl PoolConsumers {
 /// Everything readiness depends on, read at one moment.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
+    /// Whether the broker connection is up.
     pub broker_connected: bool,
     /// Why the store cannot write, while it cannot.
     pub store_error: Option<&'a str>,
+    /// Every pool's consumers.
     pub pools: &'a [PoolConsumers],
 }
 
@@ -36,15 +40,23 @@ pub struct Facts<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "component", rename_all = "snake_case")]
 pub enum NotReady {
+    /// The broker connection is down.
     Broker {
+        /// What is wrong, for people.
         reason: String,
     },
+    /// The store cannot write, so no new jobs are taken.
     Store {
+        /// What is wrong, with the store's error.
         reason: String,
     },
+    /// A pool has keys in rotation but no consumer on its queue.
     Pool {
+        /// The pool's name.
         pool: String,
+        /// The queue that has no consumer.
         queue: String,
+        /// What is wrong, for people.
         reason: String,
     },
 }

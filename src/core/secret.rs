@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 pub struct ApiKey(Arc<str>);
 
 impl ApiKey {
+    /// Wrap a key's value (as read from its variable or file).
     pub fn new(value: impl Into<Arc<str>>) -> Self {
         ApiKey(value.into())
     }

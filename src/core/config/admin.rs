@@ -43,7 +43,7 @@ const MIN_TOKEN_CHARS: usize = 16;
 
 /// Default of `max_heavy_reads`: the status page's two heavy reads (pools and
 /// alerts) for two viewers, without letting scans take every core.
-pub const DEFAULT_MAX_HEAVY_READS: usize = 4;
+pub(crate) const DEFAULT_MAX_HEAVY_READS: usize = 4;
 
 impl Default for AdminConfig {
     fn default() -> Self {

@@ -1,7 +1,7 @@
 //! keyrelay's configuration: the TOML schema, defaults, and loading.
 //!
 //! Layers: built-in defaults < TOML file < environment (`KEYRELAY__SECTION__FIELD`,
-//! see [`env_overlay`]). Loading validates everything and resolves key secrets, so a
+//! see `env_overlay.rs`). Loading validates everything and resolves key secrets, so a
 //! config that loads is a config that runs.
 
 mod admin;

@@ -18,6 +18,7 @@ use crate::secret::ApiKey;
 pub struct PoolConfig {
     /// Pool name; jobs are consumed from `<queue_prefix>.jobs.<name>`.
     pub name: String,
+    /// Which wire protocol the pool speaks (`gemini`, `openai`, `anthropic`, `azure`).
     pub provider: ProviderKind,
     /// API base URL (mock provider, vLLM, Ollama ... for `openai`; the
     /// resource's endpoint for `azure`). Optional for the built-in public
@@ -66,6 +67,7 @@ pub struct PoolConfig {
     /// `azure`: the `api-version` query parameter (default 2024-10-21).
     #[serde(default)]
     pub api_version: Option<String>,
+    /// The pool's keys (at least one).
     pub keys: Vec<KeyConfig>,
 }
 
@@ -109,6 +111,7 @@ pub struct KeyConfig {
 }
 
 impl KeyConfig {
+    /// The limits this key declares (`rpm`, `tpm`, `rpd`, `tpd`), for its budget.
     pub fn limits(&self) -> crate::keys::Limits {
         crate::keys::Limits {
             rpm: self.rpm,

@@ -20,16 +20,21 @@ use crate::provider::client::HttpTimeouts;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[broker]`: the RabbitMQ connection and queue layout (required).
     pub broker: BrokerConfig,
+    /// `[store]`: where results and key state live.
     #[serde(default)]
     pub store: StoreConfig,
+    /// `[metrics]`: the Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[jobs]`: limits and retry policy of every pool.
     #[serde(default)]
     pub jobs: JobsConfig,
     /// Named prompt templates, used by jobs with `template` + `input`.
     #[serde(default)]
     pub templates: BTreeMap<String, TemplateConfig>,
+    /// `[[pools]]`: at least one.
     pub pools: Vec<PoolConfig>,
     /// Admin API tokens (`[admin]`); absent: the admin API refuses every request.
     #[serde(default)]
@@ -81,8 +86,11 @@ pub struct BrokerConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
+    /// A quorum queue: the broker dead-letters a job delivered more than
+    /// `delivery_limit` times.
     #[default]
     Quorum,
+    /// A classic queue: declared without a delivery limit.
     Classic,
 }
 
@@ -173,6 +181,7 @@ pub struct JobsConfig {
 }
 
 impl JobsConfig {
+    /// The provider-call timeouts (`connect_timeout_secs`, `request_timeout_secs`).
     pub fn timeouts(&self) -> HttpTimeouts {
         HttpTimeouts {
             connect: Duration::from_secs(self.connect_timeout_secs),

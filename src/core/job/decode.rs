@@ -13,20 +13,30 @@ use crate::provider::{ChatMessage, ProviderRequest, Role};
 /// The AMQP properties a job's decoding looks at.
 #[derive(Debug, Clone, Default)]
 pub struct JobProperties {
+    /// The job's id when its body carries none (and it is a valid id).
     pub message_id: Option<String>,
+    /// Echoed on the result; the job id when absent.
     pub correlation_id: Option<String>,
+    /// Queue the result goes to; the pool's results queue when absent or empty.
     pub reply_to: Option<String>,
+    /// Must be JSON (`application/json`, `text/json`) when present.
     pub content_type: Option<String>,
 }
 
 /// What decoding needs to know about the pool the job arrived on.
 #[derive(Debug, Clone)]
 pub struct DecodeContext<'a> {
+    /// The pool's name.
     pub pool: &'a str,
+    /// Model of jobs that name none (`default_model`).
     pub default_model: &'a str,
+    /// The only models jobs may name, when the pool restricts them (`models`).
     pub models: Option<&'a [String]>,
+    /// The config's named templates, by name.
     pub templates: &'a BTreeMap<String, TemplateConfig>,
+    /// Largest accepted body, in bytes (`jobs.max_body_bytes`).
     pub max_body_bytes: usize,
+    /// Reply queue of jobs that carry no `reply_to` (`jobs.results_queue`).
     pub results_queue: &'a str,
     /// Whether jobs that do not say may use the response cache.
     pub cache_by_default: bool,
@@ -35,8 +45,11 @@ pub struct DecodeContext<'a> {
 /// A job that breaks the contract, with what is known of where to reply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InvalidJob {
+    /// The job's id: from the body, else the AMQP `message_id`, else generated.
     pub id: String,
+    /// Where the `invalid_job` result goes.
     pub reply: ReplyAddress,
+    /// What is wrong with the job, for the result's error message.
     pub reason: String,
 }
 

@@ -6,10 +6,13 @@ use serde_json::Value;
 
 use crate::provider::Usage;
 
+/// Whether a job produced an answer (`status` of a result).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
+    /// The provider answered: `text` (and `json`) hold it.
     Succeeded,
+    /// No usable answer: `error` says why.
     Failed,
 }
 
@@ -58,6 +61,7 @@ impl ErrorKind {
         ErrorKind::DeadlineExceeded,
     ];
 
+    /// The kind as it appears in results and metric labels (`invalid_job`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::InvalidJob => "invalid_job",
@@ -74,9 +78,12 @@ impl ErrorKind {
     }
 }
 
+/// Why a job failed, as `error` of its result.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct JobError {
+    /// The bounded category (`error.kind`).
     pub kind: ErrorKind,
+    /// What happened, for people: keyrelay's words or the provider's message (redacted).
     pub message: String,
     /// The provider's own reason code (`SAFETY`, `content_filter`, `refusal`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,6 +97,7 @@ pub struct JobError {
 }
 
 impl JobError {
+    /// An error of `kind` with no provider code or sizes.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> JobError {
         JobError {
             kind,
@@ -115,28 +123,43 @@ impl From<crate::provider::FailureKind> for ErrorKind {
 /// One job's outcome, exactly as producers receive it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
+    /// The job's id.
     pub id: String,
+    /// Whether the job produced an answer.
     pub status: JobStatus,
+    /// The model's text; also on `invalid_output` and on a `blocked` answer cut short.
     pub text: Option<String>,
+    /// The text parsed as JSON, for `response_format: json` jobs that succeeded.
     pub json: Option<Value>,
+    /// Why the job failed; `None` on success.
     pub error: Option<JobError>,
+    /// The pool the job was consumed from.
     pub pool: String,
+    /// The model the job asked for (or the pool's default); `None` for an invalid job.
     pub model: Option<String>,
     /// Configured name of the key that produced the answer (never the key).
     pub key: Option<String>,
+    /// Tokens the provider billed for the job (zero when answered from the cache).
     pub usage: Usage,
+    /// Provider calls charged to the job: transient failures and the final call
+    /// (calls refused because of the key do not count).
     pub attempts: u32,
+    /// Milliseconds from the delivery's arrival to the result.
     pub latency_ms: u64,
+    /// The job's `metadata`, echoed verbatim.
     pub metadata: Value,
+    /// The job's `user`, when it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// True when the answer came from the response cache (no provider call).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cached: bool,
+    /// When the result was made.
     pub completed_at: Timestamp,
 }
 
 impl JobResult {
+    /// Whether the job succeeded.
     pub fn is_success(&self) -> bool {
         self.status == JobStatus::Succeeded
     }

@@ -23,7 +23,7 @@ pub struct TemplateConfig {
 /// Replace `{{input}}` with the whole input as JSON and `{{input.FIELD}}` with one
 /// top-level field (strings raw, anything else as JSON). Unknown placeholders and
 /// missing fields are errors, so a typo never reaches the provider.
-pub fn render(text: &str, input: &Value) -> Result<String, String> {
+pub(crate) fn render(text: &str, input: &Value) -> Result<String, String> {
     let mut out = String::with_capacity(text.len() + 64);
     let mut rest = text;
     while let Some(start) = rest.find("{{") {

@@ -11,18 +11,26 @@ use crate::provider::ProviderRequest;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ResponseFormat {
+    /// The model's text as it is (`text` of the result).
     #[default]
     Text,
+    /// JSON output is asked of the provider and parsed into the result's `json`;
+    /// text that is not JSON fails the job with `invalid_output`.
     Json,
 }
 
 /// A validated job, ready to be sent to any key of its pool.
 #[derive(Debug, Clone)]
 pub struct Job {
+    /// The producer's id (or the AMQP `message_id`, or a generated one).
     pub id: String,
+    /// The pool whose queue the job came from.
     pub pool: String,
+    /// What is sent to the provider: model, rendered messages, parameters.
     pub request: ProviderRequest,
+    /// The job's, else its template's, else `text`.
     pub response_format: ResponseFormat,
+    /// End-user id: forwarded to the provider and echoed in the result.
     pub user: Option<String>,
     /// Echoed back verbatim in the result.
     pub metadata: Value,
@@ -30,6 +38,7 @@ pub struct Job {
     pub deadline: Option<jiff::Timestamp>,
     /// Whether an identical earlier request's answer may be reused.
     pub cache: bool,
+    /// Where the result goes.
     pub reply: ReplyAddress,
 }
 
@@ -71,5 +80,6 @@ impl Job {
 pub struct ReplyAddress {
     /// Queue name (published through the default exchange).
     pub queue: String,
+    /// The delivery's `correlation_id`, else the job id.
     pub correlation_id: String,
 }

@@ -16,13 +16,18 @@ use serde::{Deserialize, Serialize};
 /// Declared limits of one key (all optional).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
+    /// Requests in any window (`rate_window_secs`, 60 s for real providers).
     pub rpm: Option<u32>,
+    /// Tokens in any window (estimated before a call, corrected after).
     pub tpm: Option<u64>,
+    /// Requests per provider day.
     pub rpd: Option<u32>,
+    /// Tokens per provider day.
     pub tpd: Option<u64>,
 }
 
 impl Limits {
+    /// Whether no limit is declared at all.
     pub fn is_unlimited(&self) -> bool {
         *self == Limits::default()
     }
@@ -41,17 +46,24 @@ pub enum Spent {
 /// Why a call may not go now, and when it may.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocked {
+    /// When the spent budget returns (the window slides past, or the day resets).
     pub until: Timestamp,
+    /// Whether a window limit or a daily one stopped the call.
     pub spent: Spent,
+    /// Which limit: `rpm`, `tpm`, `rpd`, `tpd` or `provider headers`.
     pub limit: &'static str,
 }
 
 /// What a key has used of its limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
+    /// Requests in the current window.
     pub window_requests: u64,
+    /// Tokens in the current window.
     pub window_tokens: u64,
+    /// Requests since the quota day began.
     pub day_requests: u64,
+    /// Tokens since the quota day began.
     pub day_tokens: u64,
     /// When the current quota day ends.
     pub day_ends: Timestamp,

@@ -5,10 +5,16 @@ use super::id::KeyId;
 /// What routing needs to know about one key of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
+    /// The key.
     pub id: KeyId,
+    /// Its configured priority: lower is preferred.
     pub priority: u8,
+    /// Jobs it is running now.
     pub in_flight: usize,
+    /// Jobs it may run at once (its configured `concurrency`).
     pub concurrency: u16,
+    /// Whether its state lets it take a job
+    /// ([`KeyState::is_available`](super::KeyState::is_available)).
     pub available: bool,
 }
 

@@ -12,24 +12,32 @@ use crate::provider::Outcome;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum KeyState {
+    /// In rotation.
     Active,
     /// Rate limited: usable again at `until`.
     CoolingDown {
+        /// When the key is usable again.
         until: Timestamp,
+        /// The provider's message (or keyrelay's) that put it here.
         reason: String,
     },
     /// Daily quota or spend limit reached: usable again at `until`.
     Exhausted {
+        /// When the key is usable again: the provider's date, else the next
+        /// quota reset.
         until: Timestamp,
+        /// The provider's message (or keyrelay's) that put it here.
         reason: String,
     },
     /// Invalid or revoked: unusable until an operator enables it.
     Disabled {
+        /// The provider's message (or the operator's) that put it here.
         reason: String,
     },
 }
 
 impl KeyState {
+    /// Whether the key may take jobs now (only while active).
     pub fn is_available(&self) -> bool {
         matches!(self, KeyState::Active)
     }
@@ -52,6 +60,7 @@ impl KeyState {
         }
     }
 
+    /// Every [`KeyState::label`], for series registered up front.
     pub const LABELS: [&'static str; 4] = ["active", "cooling_down", "exhausted", "disabled"];
 
     /// How far out of rotation the state puts a key.

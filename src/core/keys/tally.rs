@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::provider::{OutcomeClass, Usage};
 
+/// One key's calls, tokens and provider time since the last drain.
 #[derive(Debug, Default)]
 pub struct CallTally {
     /// Calls by outcome class, in `OutcomeClass::ALL` order.
@@ -17,6 +18,7 @@ pub struct CallTally {
 }
 
 impl CallTally {
+    /// Add one provider call: its outcome class, the tokens it used and how long it took.
     pub fn record(&self, class: OutcomeClass, usage: Usage, latency: Duration) {
         self.calls[class as usize].fetch_add(1, Ordering::Relaxed);
         self.tokens_in

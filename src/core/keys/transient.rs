@@ -13,6 +13,7 @@ const THRESHOLD: usize = 3;
 const FIRST_COOLDOWN: Duration = Duration::from_secs(5);
 const MAX_COOLDOWN: Duration = Duration::from_secs(300);
 
+/// One key's recent transient failures and how long its next rest is.
 #[derive(Debug, Default, Clone)]
 pub struct TransientTracker {
     recent: VecDeque<Timestamp>,

@@ -278,10 +278,10 @@ impl Family {
 
 /// Every key's series, by pool and key name.
 #[derive(Default)]
-pub struct KeySeriesTable(Mutex<BTreeMap<(String, String), Arc<KeySeries>>>);
+pub(crate) struct KeySeriesTable(Mutex<BTreeMap<(String, String), Arc<KeySeries>>>);
 
 /// The process-wide table `/metrics` renders (like the recorder, shared by every App).
-pub fn key_series_table() -> &'static KeySeriesTable {
+pub(crate) fn key_series_table() -> &'static KeySeriesTable {
     static TABLE: OnceLock<KeySeriesTable> = OnceLock::new();
     TABLE.get_or_init(KeySeriesTable::default)
 }
@@ -295,7 +295,7 @@ impl KeySeriesTable {
     /// The series of `pool`/`key`, created on first use. Two Apps of one
     /// process with the same key share its series, as they would share a
     /// recorder's.
-    pub fn key(&self, pool: &str, key: &str) -> Arc<KeySeries> {
+    pub(crate) fn key(&self, pool: &str, key: &str) -> Arc<KeySeries> {
         let mut keys = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         keys.entry((pool.to_owned(), key.to_owned()))
             .or_insert_with(|| Arc::new(KeySeries::new(pool, key)))
@@ -304,7 +304,7 @@ impl KeySeriesTable {
 
     /// Append the per-key families in the Prometheus text format. A family
     /// with no series present is left out, header included.
-    pub fn render_into(&self, out: &mut String) {
+    pub(crate) fn render_into(&self, out: &mut String) {
         // Registration waits for the copy only, not for the rendering.
         let keys: Vec<Arc<KeySeries>> = {
             let keys = self.0.lock().unwrap_or_else(PoisonError::into_inner);

@@ -80,6 +80,7 @@ pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 pub const JSON_INSTRUCTION: &str =
     "Answer with a single JSON value only: no prose, no code fences.";
 
+/// The JSON body of a `v1/messages` call.
 #[derive(Debug, Serialize)]
 pub struct Body<'a> {
     model: &'a str,

@@ -29,6 +29,8 @@ pub struct AzureOpenAi {
 }
 
 impl AzureOpenAi {
+    /// The api for a pool's options: its `api-version` (else
+    /// [`DEFAULT_API_VERSION`]) and its token fields.
     pub fn new(options: &ProviderOptions) -> AzureOpenAi {
         AzureOpenAi {
             api_version: options

@@ -35,7 +35,9 @@ pub struct HttpTimeouts {
 /// How a client connects to its provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpSettings {
+    /// Connect and whole-call timeouts.
     pub timeouts: HttpTimeouts,
+    /// Which HTTP version to speak.
     pub version: HttpVersion,
     /// Independent connection pools the calls are spread over; with HTTP/2,
     /// one connection each (see [`super::connections`]).
@@ -66,10 +68,19 @@ pub enum HttpVersion {
 /// Why a [`ProviderClient`] could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
+    /// The base URL cannot be used: not http(s), no host, or credentials, a
+    /// query or a fragment in it.
     #[error("invalid provider base URL {url:?}: {reason}")]
-    BadBaseUrl { url: String, reason: String },
+    BadBaseUrl {
+        /// The URL as configured.
+        url: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// reqwest could not build a client (TLS backend, settings).
     #[error("cannot build HTTP client: {0}")]
     ClientBuild(#[source] reqwest::Error),
+    /// No base URL was given and the provider (named here) has no public one.
     #[error("provider {0} has no public endpoint: set the pool's base_url")]
     NoBaseUrl(&'static str),
 }
@@ -123,6 +134,7 @@ impl ProviderClient {
         self.lanes.count()
     }
 
+    /// Which provider this client speaks to.
     pub fn kind(&self) -> ProviderKind {
         self.kind
     }

@@ -89,6 +89,7 @@ pub struct LaneGuard<'a> {
 }
 
 impl LaneGuard<'_> {
+    /// The lane's client, to send the call on.
     pub fn http(&self) -> &reqwest::Client {
         &self.lane.http
     }

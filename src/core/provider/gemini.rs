@@ -53,6 +53,7 @@ pub fn method_segment(model: &str) -> String {
     format!("{model}:generateContent")
 }
 
+/// The JSON body of a `generateContent` call.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Body<'a> {

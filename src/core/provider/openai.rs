@@ -26,6 +26,7 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
+    /// An OpenAI-compatible api that puts a job's `max_tokens` where `tokens` says.
     pub fn new(tokens: TokenFields) -> OpenAi {
         OpenAi { tokens }
     }
@@ -115,6 +116,7 @@ pub fn adjust_token_field(
     }
 }
 
+/// The JSON body of a `chat/completions` call.
 #[derive(Debug, Serialize)]
 pub struct Body<'a> {
     model: &'a str,
@@ -281,14 +283,20 @@ fn or_none(s: &str) -> &str {
 /// servers vary: `{"error": {...}}`, `{"error": "text"}`, or top-level fields.
 #[derive(Debug, Default)]
 pub struct ErrorFields {
+    /// The human-readable `message`.
     pub message: Option<String>,
+    /// The error's `type` (`insufficient_quota`, `tokens`, ...); empty when absent.
     pub kind: String,
+    /// The error's `code` (a number is kept as text); empty when absent.
     pub code: String,
+    /// The request parameter the error is about (`max_tokens`); empty when absent.
     pub param: String,
     /// Azure's `innererror.code` (`ResponsibleAIPolicyViolation`).
     pub inner_code: String,
 }
 
+/// The [`ErrorFields`] of an error body, whichever shape it has; all empty when
+/// the body is not JSON.
 pub fn error_fields(body: &[u8]) -> ErrorFields {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return ErrorFields::default();

@@ -9,14 +9,18 @@ use serde::{Deserialize, Serialize};
 /// Token usage as reported by the provider.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Usage {
+    /// Tokens of the prompt.
     pub input_tokens: u64,
+    /// Tokens of the answer.
     pub output_tokens: u64,
 }
 
 /// A successful completion.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
+    /// The model's answer.
     pub text: String,
+    /// Tokens the call used.
     pub usage: Usage,
     /// The provider's rate-limit headers say the key has nothing left until
     /// then (OpenAI `x-ratelimit-remaining-*: 0`, Anthropic
@@ -43,6 +47,7 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// The kind as a label value (`bad_request`, ...), as job results name it.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureKind::BadRequest => "bad_request",
@@ -57,7 +62,9 @@ impl FailureKind {
 /// A job-caused failure, with what the provider said about it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct JobFailure {
+    /// Why the job cannot succeed.
     pub kind: FailureKind,
+    /// The provider's message, or keyrelay's when the answer itself was the problem.
     pub message: String,
     /// The provider's own reason code (`SAFETY`, `content_filter`, `refusal`, ...).
     pub reason: Option<String>,
@@ -65,8 +72,10 @@ pub struct JobFailure {
     pub partial_text: Option<String>,
     /// Tokens the call was billed for (a blocked answer still costs its prompt).
     pub usage: Usage,
-    /// For `too_large`: the limit the provider named and what the job needed.
+    /// For `too_large`: the limit the provider named (tokens, or bytes for a
+    /// payload limit).
     pub limit: Option<u64>,
+    /// For `too_large`: what the job needed, in the same unit.
     pub requested: Option<u64>,
 }
 
@@ -92,26 +101,33 @@ impl JobFailure {
 /// is dead, or the job is retried elsewhere.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
+    /// The provider answered.
     Success(Completion),
     /// Per-minute style limit: the key may be used again after `retry_after`
     /// (None: the provider did not say).
     RateLimited {
+        /// How long the provider asked to wait, if it said.
         retry_after: Option<Duration>,
+        /// The provider's message.
         message: String,
     },
     /// Per-day quota, spend limit or empty balance: the key is out until
     /// `until` (None: until the pool's next daily reset).
     QuotaExhausted {
+        /// When the provider said the quota returns, if it did.
         until: Option<Timestamp>,
+        /// The provider's message.
         message: String,
     },
     /// 5xx, 529, timeouts, connection errors: retry, preferably elsewhere.
     Transient {
+        /// The provider's message, or what went wrong with the call.
         message: String,
     },
     /// The key or its account is unusable until a human acts: invalid, revoked
     /// or leaked key, disabled organisation, billing not active, region refused.
     Unauthorized {
+        /// The provider's message.
         message: String,
     },
     /// The job itself cannot succeed: the job fails, the key is fine.
@@ -119,6 +135,7 @@ pub enum Outcome {
     /// A success status with a body that cannot be used (malformed, truncated,
     /// too large). The call was probably billed, so it is not retried.
     InvalidResponse {
+        /// What is wrong with the body.
         message: String,
     },
 }
@@ -218,20 +235,32 @@ impl Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeClass {
+    /// [`Outcome::Success`].
     Success,
+    /// [`Outcome::RateLimited`].
     RateLimited,
+    /// [`Outcome::QuotaExhausted`].
     QuotaExhausted,
+    /// [`Outcome::Transient`].
     Transient,
+    /// [`Outcome::Unauthorized`].
     Unauthorized,
+    /// [`Outcome::JobFailed`] with [`FailureKind::BadRequest`].
     BadRequest,
+    /// [`Outcome::InvalidResponse`].
     InvalidResponse,
+    /// [`Outcome::JobFailed`] with [`FailureKind::TooLarge`].
     TooLarge,
+    /// [`Outcome::JobFailed`] with [`FailureKind::Blocked`].
     Blocked,
+    /// [`Outcome::JobFailed`] with [`FailureKind::EmptyOutput`].
     EmptyOutput,
+    /// [`Outcome::JobFailed`] with [`FailureKind::Truncated`].
     Truncated,
 }
 
 impl OutcomeClass {
+    /// Every class, in declaration order (tallies index by `class as usize`).
     pub const ALL: [OutcomeClass; 11] = [
         OutcomeClass::Success,
         OutcomeClass::RateLimited,
@@ -246,6 +275,7 @@ impl OutcomeClass {
         OutcomeClass::Truncated,
     ];
 
+    /// The class as a label value (`rate_limited`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             OutcomeClass::Success => "success",

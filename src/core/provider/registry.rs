@@ -25,6 +25,7 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// The name as the config writes it (`gemini`, `openai`, `anthropic`, `azure`).
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Gemini => "gemini",

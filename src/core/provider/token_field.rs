@@ -19,7 +19,9 @@ pub enum TokenField {
     /// `max_tokens` for every other.
     #[default]
     Auto,
+    /// Always `max_tokens`.
     MaxTokens,
+    /// Always `max_completion_tokens`.
     MaxCompletionTokens,
 }
 
@@ -59,6 +61,7 @@ pub struct TokenFields {
 }
 
 impl TokenFields {
+    /// The pool's `max_tokens_field` and its per-model overrides, nothing learned yet.
     pub fn new(pool: TokenField, by_model: BTreeMap<String, TokenField>) -> TokenFields {
         TokenFields {
             pool,

@@ -1,9 +1,10 @@
 //! Per-key lifetime counters (`completed`, `succeeded`, one per error kind).
 //!
 //! Every job bumps two of them, so they are summed in memory and merged into
-//! sled once a second ([`Store::flush_counters`], also run at shutdown) rather
-//! than written per job: two sled merges cost more than the job's result
-//! write. Reads add what is not written yet. A crash loses at most the last
+//! sled once a second
+//! ([`Store::flush_counters`](super::Store::flush_counters), also run at
+//! shutdown) rather than written per job: two sled merges cost more than the
+//! job's result write. Reads add what is not written yet. A crash loses at most the last
 //! second of counts; they are statistics, the stored results are the record.
 
 use std::collections::HashMap;

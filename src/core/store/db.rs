@@ -244,6 +244,7 @@ impl Store {
         read_json(&self.tables()?.key_budgets, KEY_BUDGETS, key)
     }
 
+    /// Record a key's budget usage; durable like [`Store::save_key_state`].
     pub fn save_budget(&self, key: &str, budget: &crate::keys::Budget) -> Result<(), StoreError> {
         write_json(&self.tables()?.key_budgets, key, budget)
     }

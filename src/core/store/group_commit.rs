@@ -24,6 +24,7 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
+    /// Start the committer task for `db` (needs a tokio runtime).
     pub fn spawn(db: sled::Db) -> GroupCommit {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(rx));

@@ -19,12 +19,15 @@ const SCAN_BUDGET: usize = 50_000;
 /// Which results a history page holds.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryQuery {
+    /// Only results of this end user.
     pub user: Option<String>,
+    /// Only results with this status.
     pub status: Option<JobStatus>,
     /// Completed at or after.
     pub since: Option<Timestamp>,
     /// Completed at or before.
     pub until: Option<Timestamp>,
+    /// Most results on the page.
     pub limit: usize,
     /// Continue after this position (from a previous page's `next_cursor`).
     pub cursor: Option<Vec<u8>>,
@@ -33,6 +36,7 @@ pub struct HistoryQuery {
 /// One page of history, newest first.
 #[derive(Debug, Clone)]
 pub struct HistoryPage {
+    /// At most `limit` results, newest first.
     pub results: Vec<JobResult>,
     /// Where the next page starts; `None` when there is nothing older.
     pub next_cursor: Option<String>,

@@ -18,6 +18,7 @@ use super::layout::split_time_key;
 /// File name inside the store's directory.
 pub const FILE: &str = "keyrelay-manifest.json";
 
+/// The manifest file's content.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Hex of the newest durable `results_by_time` key (time ++ id).
@@ -35,6 +36,7 @@ pub struct Watermark {
 }
 
 impl Watermark {
+    /// Starting from `manifest` as read at open: nothing to write yet.
     pub fn starting_from(manifest: Manifest) -> Watermark {
         Watermark {
             state: Mutex::new((manifest, false)),
@@ -79,6 +81,7 @@ impl Watermark {
     }
 }
 
+/// The manifest file of the store in `dir`.
 pub fn path_in(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }

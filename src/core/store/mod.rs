@@ -2,7 +2,7 @@
 //!
 //! One sled `Tree` per logical table. Writes that must survive a crash go through
 //! [`Store::persist_result`], which returns only after the data is flushed to disk;
-//! concurrent callers share one flush ([`group_commit`]).
+//! concurrent callers share one flush ([`GroupCommit`]).
 
 mod counters;
 mod db;

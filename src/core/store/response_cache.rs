@@ -6,7 +6,9 @@
 //! job (a lookup that misses and an insert), about 6 % of keyrelay's CPU when
 //! prompts are unique. The key is stored instead as the value of the result's
 //! `results_by_time` entry, written anyway, so the index is rebuilt from sled
-//! at start-up ([`Store::load_response_cache`](super::Store::load_response_cache)) and survives restarts.
+//! at start-up
+//! ([`Store::load_response_cache`](super::Store::load_response_cache)) and
+//! survives restarts.
 //!
 //! The index holds at most `max_entries` answers (oldest dropped first) and
 //! none older than the TTL.

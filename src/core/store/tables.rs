@@ -15,7 +15,8 @@ const RESULTS_BY_TIME: &str = "results_by_time";
 pub(super) const KEY_BUDGETS: &str = "key_budgets";
 const OLD_RESPONSE_CACHE: &str = "response_cache";
 const USAGE_HOURLY: &str = "usage_hourly";
-/// Written by [`Store::recover`](super::Store::recover) to check that writes go through again.
+/// Written by [`Store::recover`](super::Store::recover) to check that writes
+/// go through again.
 pub(super) const WRITE_PROBE: &str = "_write_probe";
 /// Marks a store whose results were all written keyed by pool and id.
 const KEYED_BY_POOL: &str = "_results_keyed_by_pool";

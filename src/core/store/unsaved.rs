@@ -13,7 +13,7 @@ use super::layout::record_key;
 use crate::job::JobResult;
 
 #[derive(Debug, Default)]
-pub struct Unsaved {
+pub(crate) struct Unsaved {
     by_id: Mutex<HashMap<String, (JobResult, Vec<u8>)>>,
     /// Whether anything is kept: every job's lookup checks this, not the lock.
     any: AtomicBool,
@@ -21,7 +21,7 @@ pub struct Unsaved {
 
 impl Unsaved {
     /// Keep `result` (serialized as `encoded`) until the store recovers.
-    pub fn keep(&self, result: &JobResult, encoded: &[u8]) {
+    pub(crate) fn keep(&self, result: &JobResult, encoded: &[u8]) {
         let record = record_key(&result.pool, &result.id);
         let mut by_record = self.lock();
         by_record.insert(record, (result.clone(), encoded.to_vec()));
@@ -29,7 +29,7 @@ impl Unsaved {
     }
 
     /// The result kept under `record` (a record key).
-    pub fn get(&self, record: &str) -> Option<JobResult> {
+    pub(crate) fn get(&self, record: &str) -> Option<JobResult> {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
@@ -37,22 +37,22 @@ impl Unsaved {
         by_record.get(record).map(|(result, _)| result.clone())
     }
 
-    pub fn all(&self) -> Vec<(JobResult, Vec<u8>)> {
+    pub(crate) fn all(&self) -> Vec<(JobResult, Vec<u8>)> {
         self.lock().values().cloned().collect()
     }
 
-    pub fn remove(&self, record: &str) {
+    pub(crate) fn remove(&self, record: &str) {
         let mut by_record = self.lock();
         by_record.remove(record);
         self.any.store(!by_record.is_empty(), Ordering::Release);
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         !self.any.load(Ordering::Acquire)
     }
 
     /// The job ids kept (for the log line at exit).
-    pub fn ids(&self) -> Vec<String> {
+    pub(crate) fn ids(&self) -> Vec<String> {
         self.lock().values().map(|(r, _)| r.id.clone()).collect()
     }
 

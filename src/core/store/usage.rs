@@ -76,7 +76,10 @@ pub struct UsageRow {
     pub key: String,
     /// `YYYY-MM-DDTHH` (UTC)
     pub hour: String,
+    /// What is counted: `requests`, one outcome class (`success`, `rate_limited`,
+    /// ...), `tokens_in`, `tokens_out` or `latency_ms` (summed).
     pub field: String,
+    /// The count (or sum) for that hour.
     pub value: u64,
 }
 

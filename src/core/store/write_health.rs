@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Debug)]
-pub struct WriteHealth {
+pub(crate) struct WriteHealth {
     /// Fast path for the common case: a successful write checks one atomic.
     failing: AtomicBool,
     error: Mutex<Option<String>>,
@@ -27,7 +27,7 @@ impl Default for WriteHealth {
 impl WriteHealth {
     /// A durable write failed with `error`. True when the store was healthy
     /// until now (the caller logs the change once).
-    pub fn failed(&self, error: &str) -> bool {
+    pub(crate) fn failed(&self, error: &str) -> bool {
         *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_owned());
         let changed = !self.failing.swap(true, Ordering::AcqRel);
         if changed {
@@ -37,7 +37,7 @@ impl WriteHealth {
     }
 
     /// A durable write succeeded. True when the store was failing until now.
-    pub fn succeeded(&self) -> bool {
+    pub(crate) fn succeeded(&self) -> bool {
         if !self.failing.load(Ordering::Acquire) {
             return false;
         }
@@ -50,12 +50,12 @@ impl WriteHealth {
     }
 
     /// `true` while writable, `false` while failing.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
         self.writable.subscribe()
     }
 
     /// Why the store cannot write, while it cannot.
-    pub fn error(&self) -> Option<String> {
+    pub(crate) fn error(&self) -> Option<String> {
         if !self.failing.load(Ordering::Acquire) {
             return None;
         }
