@@ -299,7 +299,7 @@ fn routing() -> Report {
         }
         let per = started.elapsed().as_secs_f64() * 1e6 / rounds as f64;
         report.put(
-            &format!("choose_key_{keys}_keys_us"),
+            &format!("route_{keys}_keys_us"),
             per,
             "µs per reroute (key states read + decision)",
         );

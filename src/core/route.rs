@@ -5,9 +5,23 @@
 //! here does I/O.
 
 use crate::job::ErrorKind;
-pub use crate::keys::Candidate;
 use crate::keys::KeyId;
 use crate::provider::OutcomeClass;
+
+/// What routing needs to know about one key of a pool, as of now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// Which key.
+    pub id: KeyId,
+    /// Its configured priority: 1 is preferred over 2.
+    pub priority: u8,
+    /// Calls running on it now.
+    pub in_flight: usize,
+    /// Its configured concurrency (calls at once).
+    pub concurrency: u16,
+    /// Whether it is in rotation (its gate is open).
+    pub available: bool,
+}
 
 /// What just happened to a job on key `on`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 //! [`keyrelay_core::route::decide`]; the job task applies it.
 
 use super::context::{InFlight, KeyContext, Services};
-use keyrelay_core::keys::Candidate;
 use keyrelay_core::metrics as m;
+use keyrelay_core::route::Candidate;
 use keyrelay_core::route::{self, Decision, Event, Progress};
 
 /// Where the job on `key` goes after `event`.
