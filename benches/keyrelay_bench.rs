@@ -285,6 +285,7 @@ fn routing() -> Report {
                         in_flight: in_flight + round % 3,
                         concurrency: 32,
                         available,
+                        shares_quota: false,
                     });
             let job = Progress {
                 on: KeyId(round % keys),

@@ -161,8 +161,8 @@ run "grafana provisioning and dashboard structure" check_grafana
 FUTURE_METRICS=""
 check_metric_names() {
     local known used missing=0 name
-    known=$(grep -oE '"keyrelay_[a-z_]+"' src/core/metrics.rs | tr -d '"' | sort -u)
-    [ -n "$known" ] || { echo "no metric names found in src/core/metrics.rs"; return 1; }
+    known=$(grep -rhoE '"keyrelay_[a-z_]+"' src/core/metrics.rs src/core/metrics/ | tr -d '"' | sort -u)
+    [ -n "$known" ] || { echo "no metric names found in src/core/metrics.rs or src/core/metrics/"; return 1; }
     used=$(grep -ohE 'keyrelay_[a-z_]+' docker/grafana/dashboards/keyrelay.json \
                docker/prometheus/alerts.yml docker/prometheus/alerts.test.yml \
            | sed -E 's/_(bucket|sum|count)$//' | sort -u)

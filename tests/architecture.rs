@@ -191,6 +191,29 @@ impl<'ast> Visit<'ast> for PathCollector<'_> {
         paths.iter().for_each(|p| self.record(p));
     }
 
+    /// Macro bodies are tokens, not syntax: paths in them (`metrics::counter!(
+    /// crate::metrics::X)`, `tokio::select!`) are read as `a :: b :: c` runs.
+    fn visit_macro(&mut self, m: &'ast syn::Macro) {
+        let text = m
+            .tokens
+            .to_string()
+            .replace(['(', ')', '[', ']', '{', '}', ',', ';'], " ");
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let mut i = 0;
+        while i < words.len() {
+            let mut path = vec![words[i].to_owned()];
+            while words.get(i + 1) == Some(&"::") && i + 2 < words.len() {
+                path.push(words[i + 2].to_owned());
+                i += 2;
+            }
+            if path.len() > 1 && ["crate", "super", "self"].contains(&path[0].as_str()) {
+                self.record(&path);
+            }
+            i += 1;
+        }
+        syn::visit::visit_macro(self, m);
+    }
+
     fn visit_path(&mut self, p: &'ast syn::Path) {
         let segments: Vec<String> = p.segments.iter().map(|s| s.ident.to_string()).collect();
         if segments.len() > 1 {

@@ -3,14 +3,22 @@
 //! `docs/configuration.md` and the example config, every error kind in
 //! `docs/messages.md` and the result schema.
 
-const METRICS_RS: &str = include_str!("../src/core/metrics.rs");
+const METRICS_RS: &str = concat!(
+    include_str!("../src/core/metrics.rs"),
+    include_str!("../src/core/metrics/names.rs")
+);
 const OPERATIONS: &str = include_str!("../docs/operations.md");
 const OPENAPI: &str = include_str!("../docs/openapi.yaml");
 const CONFIGURATION: &str = include_str!("../docs/configuration.md");
 const EXAMPLE: &str = include_str!("../config/keyrelay.example.toml");
 const ALERTS_RS: &str = include_str!("../src/service/admin/alerts.rs");
 const ALERT_RULES: &str = include_str!("../docker/prometheus/alerts.yml");
-const CONFIG_RS: &str = include_str!("../src/core/config/mod.rs");
+/// The config's structs, wherever in the config and job modules they live.
+const CONFIG_RS: &str = concat!(
+    include_str!("../src/core/config/schema.rs"),
+    include_str!("../src/core/config/pool.rs"),
+    include_str!("../src/core/job/template.rs")
+);
 const CONFIG_ADMIN_RS: &str = include_str!("../src/core/config/admin.rs");
 const RESULT_RS: &str = include_str!("../src/core/job/result.rs");
 const MESSAGES: &str = include_str!("../docs/messages.md");

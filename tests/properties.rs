@@ -141,7 +141,7 @@ proptest! {
         refused in any::<bool>(),
     ) {
         let candidates: Vec<Candidate> = keys.iter().enumerate().map(|(i, (priority, in_flight, concurrency, available))| Candidate {
-            id: KeyId(i), priority: *priority, in_flight: *in_flight, concurrency: *concurrency, available: *available,
+            id: KeyId(i), priority: *priority, in_flight: *in_flight, concurrency: *concurrency, available: *available, shares_quota: false,
         }).collect();
         let on = KeyId(on % candidates.len());
         let event = if refused { Event::NotAdmitted(Refusal::KeyUnavailable) } else { Event::RetryDue };

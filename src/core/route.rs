@@ -21,6 +21,10 @@ pub struct Candidate {
     pub concurrency: u16,
     /// Whether it is in rotation (its gate is open).
     pub available: bool,
+    /// Whether it shares a `quota_group` with the key the job is on: when
+    /// that key's quota is exhausted, so is this one's (the supervisor parks
+    /// them together a moment later).
+    pub shares_quota: bool,
 }
 
 /// What just happened to a job on key `on`.
@@ -108,9 +112,14 @@ pub fn decide(event: Event, job: Progress, keys: impl IntoIterator<Item = Candid
             }
             OutcomeClass::Transient => Decision::RetryLater,
             // The key said "no more": never back to it, whatever else is free.
-            OutcomeClass::RateLimited
-            | OutcomeClass::QuotaExhausted
-            | OutcomeClass::Unauthorized => place(keys, Avoid::Never(job.on)),
+            OutcomeClass::RateLimited | OutcomeClass::Unauthorized => {
+                place(keys, Avoid::Never(job.on))
+            }
+            // Nor to a key whose quota it shares.
+            OutcomeClass::QuotaExhausted => place(
+                keys.into_iter().filter(|c| !c.shares_quota),
+                Avoid::Never(job.on),
+            ),
         },
         Event::NotAdmitted(_) => place(keys, Avoid::Never(job.on)),
         // The key only failed transiently: another is better, it will do.

@@ -11,7 +11,14 @@ fn key(id: usize, priority: u8, in_flight: usize, available: bool) -> Candidate 
         in_flight,
         concurrency: 4,
         available,
+        shares_quota: false,
     }
+}
+
+/// `key` that shares the quota of the key the job is on.
+fn sharing(mut c: Candidate) -> Candidate {
+    c.shares_quota = true;
+    c
 }
 
 /// Job on key 0 after `attempts` of 3 calls.
@@ -44,6 +51,12 @@ fn routing_table() {
         ("rate limited moves to the other key", Event::Answered(C::RateLimited), on_0(0), two_free(), Decision::RunOn(KeyId(1))),
         ("quota exhausted moves to the other key", Event::Answered(C::QuotaExhausted), on_0(0), two_free(), Decision::RunOn(KeyId(1))),
         ("unauthorized moves to the other key", Event::Answered(C::Unauthorized), on_0(0), two_free(), Decision::RunOn(KeyId(1))),
+        ("exhausted quota skips keys of its quota group",
+            Event::Answered(C::QuotaExhausted), on_0(0), vec![key(0, 1, 0, true), sharing(key(1, 1, 0, true)), key(2, 2, 0, true)], Decision::RunOn(KeyId(2))),
+        ("exhausted quota with only its group left waits",
+            Event::Answered(C::QuotaExhausted), on_0(0), vec![key(0, 1, 0, true), sharing(key(1, 1, 0, true))], Decision::HandBack),
+        ("a rate limit is the key's own: its quota group may take the job",
+            Event::Answered(C::RateLimited), on_0(0), vec![key(0, 1, 0, true), sharing(key(1, 1, 0, true))], Decision::RunOn(KeyId(1))),
         ("rate limited never goes back to its key", Event::Answered(C::RateLimited), on_0(0), only_0(), Decision::HandBack),
         ("refused never goes back to its key", refused, on_0(0), only_0(), Decision::HandBack),
         ("budget spent moves on", spent, on_0(0), two_free(), Decision::RunOn(KeyId(1))),

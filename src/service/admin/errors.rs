@@ -5,6 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use thiserror::Error;
 
+use crate::actors::messages::KeyCommandError;
 use crate::amqp::AmqpError;
 use keyrelay_core::store::StoreError;
 
@@ -32,6 +33,9 @@ pub enum ApiError {
     Busy(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An operator's command on a key failed in the store; names the key.
+    #[error(transparent)]
+    KeyStore(KeyCommandError),
     /// The supervisor did not answer (shutting down).
     #[error("the supervisor is not running: {0}")]
     Supervisor(#[from] actix::MailboxError),
@@ -46,7 +50,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Broker(_) | ApiError::Unavailable(_) => "unavailable",
             ApiError::Busy(_) => "busy",
-            ApiError::Store(_) | ApiError::Supervisor(_) => "internal",
+            ApiError::Store(_) | ApiError::KeyStore(_) | ApiError::Supervisor(_) => "internal",
         }
     }
 
@@ -65,7 +69,9 @@ impl ResponseError for ApiError {
             ApiError::Broker(_) | ApiError::Unavailable(_) | ApiError::Busy(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Store(_) | ApiError::Supervisor(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Store(_) | ApiError::KeyStore(_) | ApiError::Supervisor(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 

@@ -166,7 +166,7 @@ fn key_command_error(e: KeyCommandError) -> ApiError {
     match e {
         KeyCommandError::NoSuchKey { .. } => ApiError::NotFound(e.to_string()),
         KeyCommandError::ShuttingDown => ApiError::Unavailable(e.to_string()),
-        KeyCommandError::Store { source, .. } => ApiError::Store(source),
+        KeyCommandError::Store { .. } => ApiError::KeyStore(e),
     }
 }
 

@@ -13,6 +13,25 @@ use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
+/// The mock gets SIGTERM when the demo's process dies, however it dies
+/// (`kill_on_drop` covers only a demo that unwinds).
+#[cfg(target_os = "linux")]
+fn stop_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches only the child's own
+    // state, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn stop_with_parent(_command: &mut Command) {}
+
 /// Name of the mock provider's binary, built next to `keyrelay` by cargo.
 const MOCK_BIN: &str = "keyrelay-mock";
 /// How long the mock may take to print its address.
@@ -42,13 +61,16 @@ struct MockStats {
 impl MockProcess {
     /// Starts the mock with the settings in `settings_file` on a free local port.
     pub async fn start(binary: &Path, settings_file: &Path) -> anyhow::Result<MockProcess> {
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--config")
             .arg(settings_file)
             .stdout(Stdio::piped())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        stop_with_parent(&mut command);
+        let mut child = command
             .spawn()
             .with_context(|| {
                 format!(

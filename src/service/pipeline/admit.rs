@@ -44,6 +44,10 @@ pub(super) async fn admit<'a>(
     let ticket = key
         .take_budget(estimate_tokens(&inflight.job.request))
         .map_err(|blocked| {
+            // Closed at once, as for a provider's "no more": a job refused here
+            // must not find this key open again while the supervisor, which
+            // parks it and reopens it when the budget returns, has yet to hear.
+            key.set_available(false);
             services.events.budget_spent(key.id, blocked);
             Refusal::BudgetSpent
         })?;

@@ -21,7 +21,7 @@ pub(super) fn decide(
         max_attempts: services.jobs.max_attempts,
     };
     let pool_keys = services.pool_keys.get(&key.pool.name);
-    let keys = pool_keys.into_iter().flatten().map(|k| candidate(k));
+    let keys = pool_keys.into_iter().flatten().map(|k| candidate(k, key));
     let decision = route::decide(event, job, keys);
     if let Some(reason) = event.reroute_reason() {
         metrics::counter!(m::REROUTES_TOTAL, "pool" => key.pool.name.clone(), "reason" => reason)
@@ -30,12 +30,14 @@ pub(super) fn decide(
     decision
 }
 
-fn candidate(key: &KeyContext) -> Candidate {
+/// `key` as routing sees it, for a job on `on`.
+fn candidate(key: &KeyContext, on: &KeyContext) -> Candidate {
     Candidate {
         id: key.id,
         priority: key.priority,
         in_flight: key.in_flight(),
         concurrency: key.concurrency,
         available: key.is_available(),
+        shares_quota: key.quota_group.is_some() && key.quota_group == on.quota_group,
     }
 }
