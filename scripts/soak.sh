@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Soak run: the release binary at steady load with random provider faults for a
-# bounded time; RSS and open file descriptors are printed every 10 s, and the run
-# fails if a job is lost or descriptors/memory grow. Not part of scripts/test.sh.
+# Soak run: the release binary at steady mixed load for a bounded time — random
+# provider faults, a key with a per-minute limit, a key whose quota runs out every
+# minute (its jobs reroute), one RabbitMQ restart half-way (rabbitmqctl stop_app /
+# start_app: run it alone). RSS, open file descriptors, the store's size and the
+# job queue's depth are printed every 10 s; the run fails if a job is lost, or
+# descriptors, memory or the queue grow. Not part of scripts/test.sh.
 #
 #   scripts/soak.sh [--minutes N] [--rate JOBS_PER_S] [--fault-rate F]
 #
@@ -14,7 +17,7 @@ while [ $# -gt 0 ]; do
     --minutes) minutes="$2"; shift 2 ;;
     --rate) rate="$2"; shift 2 ;;
     --fault-rate) fault_rate="$2"; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
