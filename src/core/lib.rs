@@ -6,6 +6,7 @@
 //!   of every answer into an [`provider::Outcome`].
 //! - [`store`]: the sled facade (results, response cache, usage, history).
 //! - [`route`]: where a job goes next, as one pure decision.
+//! - [`lease`]: several instances on one broker (key hand-over, balance).
 //! - [`config`], [`secret`], [`metrics`], [`readiness`].
 //!
 //! The service crate (`keyrelay`, in `src/service`) drives these from its actors.
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod job;
 pub mod keys;
+pub mod lease;
 pub mod metrics;
 pub mod provider;
 pub mod readiness;

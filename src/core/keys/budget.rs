@@ -102,6 +102,14 @@ pub struct Budget {
     day_tokens: u64,
     /// Learned from response headers: no calls before this instant.
     learned_until: Option<Timestamp>,
+    /// In a fleet: what this owner may still admit beyond its last published
+    /// snapshot (see [`Allowance`]); `None` outside a fleet or without limits.
+    #[serde(skip)]
+    allowance: Option<Allowance>,
+    /// Calls and tokens admitted since this budget was created (never reset):
+    /// how far past a snapshot the owner has gone.
+    #[serde(default)]
+    admitted: Admitted,
 }
 
 impl Default for Budget {
@@ -113,6 +121,8 @@ impl Default for Budget {
             day_requests: 0,
             day_tokens: 0,
             learned_until: None,
+            allowance: None,
+            admitted: Admitted::default(),
         }
     }
 }
@@ -138,6 +148,7 @@ impl Budget {
         }
         self.check_day(limits, tokens)?;
         self.check_window(limits, window, tokens)?;
+        self.take_allowance(now, tokens)?;
         let seq = self.next_seq;
         self.next_seq += 1;
         self.recent.push_back((seq, now, tokens));
@@ -166,10 +177,13 @@ impl Budget {
     }
 
     /// Forget all usage (operator reset). Ticket numbers keep counting, so a
-    /// call still in flight cannot correct another call's entry.
+    /// call still in flight cannot correct another call's entry; the fleet
+    /// allowance and the admitted counts stay (they describe what was published).
     pub fn reset(&mut self) {
         *self = Budget {
             next_seq: self.next_seq,
+            allowance: self.allowance,
+            admitted: self.admitted,
             ..Budget::default()
         };
     }
@@ -292,6 +306,10 @@ impl Budget {
 fn signed(d: Duration) -> jiff::SignedDuration {
     jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX)
 }
+
+#[path = "budget_handover.rs"]
+mod handover;
+pub use handover::{Admitted, Allowance, Headroom};
 
 #[cfg(test)]
 #[path = "budget_tests.rs"]

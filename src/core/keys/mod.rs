@@ -8,7 +8,7 @@ pub mod state;
 pub mod tally;
 pub mod transient;
 
-pub use budget::{Blocked, Budget, Limits, Spent, Ticket, Usage};
+pub use budget::{Admitted, Allowance, Blocked, Budget, Headroom, Limits, Spent, Ticket, Usage};
 pub use id::KeyId;
 pub use state::{KeyState, ResetPolicy, after_outcome, next_daily_reset, next_period_boundary};
 pub use tally::CallTally;

@@ -1,0 +1,153 @@
+//! A budget that changes hands between instances of a fleet.
+//!
+//! The owner of a key publishes snapshots of its budget; the next owner starts
+//! from the last one. Calls made after a snapshot are invisible to it, so the
+//! owner may only make calls an [`Allowance`] in a published (confirmed)
+//! snapshot covers. An owner that dies without handing over leaves its
+//! allowance behind, and the next owner counts all of it as spent: the fleet
+//! never exceeds a key's limits, and a crash costs at most one allowance.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::{Blocked, Budget, Limits, Spent};
+
+/// Calls and tokens an owner may admit beyond the snapshot that grants them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allowance {
+    /// Calls.
+    pub calls: u64,
+    /// Estimated tokens.
+    pub tokens: u64,
+}
+
+/// Calls and tokens admitted since a budget was created (monotonic).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admitted {
+    /// Calls.
+    pub calls: u64,
+    /// Estimated tokens.
+    pub tokens: u64,
+}
+
+/// What a key's declared limits still allow right now; `None` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headroom {
+    /// Calls before the tightest request limit (rpm, rpd).
+    pub calls: Option<u64>,
+    /// Tokens before the tightest token limit (tpm, tpd).
+    pub tokens: Option<u64>,
+}
+
+impl Budget {
+    /// What the limits still allow at `now`.
+    pub fn headroom(
+        &mut self,
+        limits: &Limits,
+        window: std::time::Duration,
+        now: Timestamp,
+        next_reset: impl Fn(Timestamp) -> Timestamp,
+    ) -> Headroom {
+        self.roll(window, now, &next_reset);
+        let in_window = self.recent.len() as u64;
+        let window_tokens: u64 = self.recent.iter().map(|e| e.2).sum();
+        let calls = [
+            limits
+                .rpm
+                .map(|l| u64::from(l.max(1)).saturating_sub(in_window)),
+            limits
+                .rpd
+                .map(|l| u64::from(l).saturating_sub(u64::from(self.day_requests))),
+        ];
+        let tokens = [
+            limits.tpm.map(|l| l.saturating_sub(window_tokens)),
+            limits.tpd.map(|l| l.saturating_sub(self.day_tokens)),
+        ];
+        Headroom {
+            calls: calls.into_iter().flatten().min(),
+            tokens: tokens.into_iter().flatten().min(),
+        }
+    }
+
+    /// Calls and tokens admitted so far (to size and date an allowance).
+    pub fn admitted(&self) -> Admitted {
+        self.admitted
+    }
+
+    /// Start enforcing an allowance granted by a snapshot taken when
+    /// `admitted_then` had been admitted: what was admitted since counts
+    /// against it already.
+    pub fn grant(&mut self, allowance: Allowance, admitted_then: Admitted) {
+        let since_calls = self.admitted.calls.saturating_sub(admitted_then.calls);
+        let since_tokens = self.admitted.tokens.saturating_sub(admitted_then.tokens);
+        self.allowance = Some(Allowance {
+            calls: allowance.calls.saturating_sub(since_calls),
+            tokens: allowance.tokens.saturating_sub(since_tokens),
+        });
+    }
+
+    /// Stop enforcing an allowance (the key left the fleet's rules: the
+    /// process drives it alone, or no longer at all).
+    pub fn revoke_allowance(&mut self) {
+        self.allowance = None;
+    }
+
+    /// What is left of the current allowance (`None`: not enforced).
+    pub fn allowance_left(&self) -> Option<Allowance> {
+        self.allowance
+    }
+
+    /// Count calls someone else may have made (a previous owner that did not
+    /// hand over) as made at `at`, in the window and in the day.
+    pub fn assume_spent(&mut self, spent: Allowance, at: Timestamp) {
+        let per_call = spent.tokens.checked_div(spent.calls).unwrap_or(0);
+        let mut tokens_left = spent.tokens;
+        for i in 0..spent.calls {
+            let tokens = if i + 1 == spent.calls {
+                tokens_left
+            } else {
+                per_call
+            };
+            tokens_left -= tokens;
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.recent.push_back((seq, at, tokens));
+        }
+        if spent.calls == 0 && spent.tokens > 0 {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.recent.push_back((seq, at, spent.tokens));
+        }
+        // Keep the window ordered by time: phantom calls sit at `at`.
+        self.recent
+            .make_contiguous()
+            .sort_by_key(|(seq, time, _)| (*time, *seq));
+        self.day_requests = self
+            .day_requests
+            .saturating_add(u32::try_from(spent.calls).unwrap_or(u32::MAX));
+        self.day_tokens = self.day_tokens.saturating_add(spent.tokens);
+    }
+
+    /// Take one call of `tokens` from the allowance, if one is enforced.
+    pub(super) fn take_allowance(&mut self, now: Timestamp, tokens: u64) -> Result<(), Blocked> {
+        if let Some(allowance) = &mut self.allowance {
+            // Tokens are estimates: a call may overdraw the last of them (a
+            // call larger than the whole allowance must still go some time).
+            if allowance.calls == 0 || allowance.tokens == 0 {
+                return Err(Blocked {
+                    // A new snapshot is normally confirmed within milliseconds.
+                    until: now
+                        .checked_add(jiff::SignedDuration::from_millis(100))
+                        .unwrap_or(Timestamp::MAX),
+                    spent: Spent::Window,
+                    limit: "fleet allowance",
+                });
+            }
+            allowance.calls -= 1;
+            allowance.tokens = allowance.tokens.saturating_sub(tokens);
+        }
+        self.admitted.calls += 1;
+        self.admitted.tokens = self.admitted.tokens.saturating_add(tokens);
+        Ok(())
+    }
+}
