@@ -51,6 +51,9 @@ pub fn install() -> Result<PrometheusHandle, InstallError> {
     spawn_upkeep(handle.clone(), UPKEEP_PERIOD)?;
     describe();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Exported from the first scrape, before the first lease is taken.
+    metrics::gauge!(KEYS_DRIVEN).set(0.0);
+    metrics::gauge!(FLEET_INSTANCES).set(1.0);
     Ok(handle)
 }
 
@@ -109,6 +112,14 @@ fn describe() {
         "Provider call latency, by pool."
     );
     describe_gauge!(KEYS_AVAILABLE, "Keys of the pool currently in rotation.");
+    describe_gauge!(
+        KEYS_DRIVEN,
+        "Keys whose lease this instance holds: the keys it drives. Summed over every instance, the number of keys driven at all."
+    );
+    describe_gauge!(
+        FLEET_INSTANCES,
+        "keyrelay instances on the broker this instance hears from, itself included."
+    );
     describe_gauge!(
         BROKER_CONNECTED,
         "1 while the broker connection is up, 0 while it is down or reconnecting."

@@ -80,6 +80,7 @@ pub(crate) async fn serve(
     path_model: &str,
     body: &[u8],
 ) -> HttpResponse {
+    let arrived = Instant::now();
     let secret = api.key(req);
     let understood: Understood = api
         .parse(req, path_model, body)
@@ -102,6 +103,12 @@ pub(crate) async fn serve(
     if !delay.is_zero() {
         actix_web::rt::time::sleep(delay).await;
     }
+    let caller = req
+        .headers()
+        .get(actix_web::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    state.calls.record(&label, caller, arrived);
     response
 }
 

@@ -9,6 +9,7 @@ mod anthropic;
 mod api;
 mod azure;
 mod bodies;
+mod call_log;
 mod common;
 mod directives;
 mod gemini;
@@ -33,6 +34,7 @@ use std::net::SocketAddr;
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 
+pub use call_log::CallRecord;
 pub use settings::{MockKey, MockSettings, UNKNOWN_LABEL};
 pub use stats::{KeyStats, MockStats};
 
@@ -119,6 +121,11 @@ impl MockProvider {
     /// Snapshot of the counters.
     pub fn stats(&self) -> MockStats {
         self.state.stats()
+    }
+
+    /// Every request so far, when `record_calls` is on.
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.state.calls.calls()
     }
 
     /// Spends the key's daily quota for one `day` window from now (unknown labels: no-op).

@@ -23,6 +23,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
             web::post().to(azure),
         )
         .route("/_mock/stats", web::get().to(stats))
+        .route("/_mock/calls", web::get().to(calls))
         .route("/_mock/reset", web::post().to(reset))
         .route("/_mock/keys/{label}/{action}", web::post().to(key_action));
 }
@@ -60,6 +61,10 @@ async fn azure(
 
 async fn stats(state: State) -> HttpResponse {
     HttpResponse::Ok().json(state.stats())
+}
+
+async fn calls(state: State) -> HttpResponse {
+    HttpResponse::Ok().json(state.calls.calls())
 }
 
 async fn reset(state: State) -> HttpResponse {

@@ -93,6 +93,9 @@ pub struct MockSettings {
     /// Share (0.0..=1.0) of requests answered with a random transient fault.
     #[serde(default)]
     pub fault_rate: f64,
+    /// Keep every request's key, caller and time span (`/_mock/calls`).
+    #[serde(default)]
+    pub record_calls: bool,
 }
 
 fn default_minute() -> Duration {
@@ -111,6 +114,7 @@ impl Default for MockSettings {
             minute: default_minute(),
             day: default_day(),
             fault_rate: 0.0,
+            record_calls: false,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::call_log::CallLog;
 use super::settings::{MockKey, MockSettings, UNKNOWN_LABEL};
 use super::stats::{MockStats, Tally};
 
@@ -113,6 +114,7 @@ pub(crate) struct MockState {
     day: Duration,
     configured: Vec<MockKey>,
     inner: Mutex<Inner>,
+    pub calls: CallLog,
 }
 
 impl MockState {
@@ -123,6 +125,7 @@ impl MockState {
             minute: settings.minute,
             day: settings.day,
             configured: settings.keys.clone(),
+            calls: CallLog::new(settings.record_calls),
             inner: Mutex::new(Inner {
                 keys: settings.keys.iter().cloned().map(KeyState::new).collect(),
                 stats: MockStats::default(),
@@ -192,6 +195,7 @@ impl MockState {
         let mut inner = self.lock();
         inner.keys = self.configured.iter().cloned().map(KeyState::new).collect();
         inner.stats = MockStats::default();
+        self.calls.clear();
     }
 }
 

@@ -14,8 +14,9 @@ use crate::actors::messages::{StopAll, Terminate};
 use crate::actors::supervisor::{KeySetup, PoolSetup, Watches};
 use crate::actors::supervisor::{Supervisor, SupervisorSetup};
 use crate::amqp::{AmqpError, Broker, Publisher};
+use crate::fleet::{Fleet, FleetPicture, FleetSetup};
 use crate::http::{HttpState, ListenError};
-use crate::pipeline::PoolContext;
+use crate::pipeline::{LeaseGate, PoolContext};
 use keyrelay_core::config::Config;
 use keyrelay_core::keys::ResetPolicy;
 use keyrelay_core::provider::ProviderClient;
@@ -44,6 +45,7 @@ pub struct App {
     store: Store,
     http: actix_web::dev::ServerHandle,
     http_addr: SocketAddr,
+    fleet: Fleet,
 }
 
 /// The process-wide Prometheus recorder (installed once, shared by every App).
@@ -76,29 +78,52 @@ impl App {
         .map_err(|e| {
             AppError::Store(StoreError::Flush(format!("store open task failed: {e}")))
         })??;
-        let broker = Arc::new(Broker::for_service(Arc::new(config.clone())).await?);
+        let instance = config.instance.resolved_name();
+        let broker = Arc::new(Broker::for_service(Arc::new(config.clone()), &instance).await?);
         let publisher = Publisher::new(broker.clone())
             .await?
             .with_confirm_timeout(crate::amqp::SERVICE_CONFIRM_TIMEOUT);
+        let gate = Arc::new(LeaseGate::default());
+        let (state_changes, state_changes_rx) = tokio::sync::mpsc::unbounded_channel();
         let setup = SupervisorSetup {
             broker: broker.clone(),
             store: store.clone(),
             publisher,
-            pools: pool_setups(&config)?,
+            pools: pool_setups(&config, &instance)?,
             jobs: config.jobs.clone(),
             templates: config.templates.clone(),
+            lease: gate.clone(),
+            state_changes,
         };
         let (supervisor, watches) = Supervisor::launch(setup);
+        let config = Arc::new(config);
+        // The HTTP endpoint starts before the lease keeper (which announces
+        // its address): it sees the fleet through this forwarded watch.
+        let (fleet_picture_tx, fleet_picture_rx) =
+            tokio::sync::watch::channel(FleetPicture::default());
         let state = HttpState {
             prometheus,
             broker: broker.clone(),
             supervisor: supervisor.clone(),
             store: store.clone(),
-            config: Arc::new(config.clone()),
+            config: config.clone(),
             pool_consumers: watches.pools.clone(),
+            fleet: fleet_picture_rx,
         };
         let (http, http_addr) = crate::http::serve(config.metrics.listen, state)?;
-        info!(pools = config.pools.len(), http = %http_addr, "keyrelay running");
+        // Keys are driven from here on, as their leases are taken.
+        let fleet = Fleet::launch(FleetSetup {
+            broker: broker.clone(),
+            config: config.clone(),
+            instance: instance.clone(),
+            http: http_addr.to_string(),
+            keys: watches.keys.clone(),
+            supervisor: supervisor.clone(),
+            gate,
+            state_changes: state_changes_rx,
+        });
+        forward_picture(fleet.picture(), fleet_picture_tx);
+        info!(pools = config.pools.len(), http = %http_addr, %instance, "keyrelay running");
         Ok(App {
             supervisor,
             watches,
@@ -106,6 +131,7 @@ impl App {
             store,
             http,
             http_addr,
+            fleet,
         })
     }
 
@@ -154,6 +180,11 @@ impl App {
                 "shutdown deadline reached; unfinished jobs return to the queue"
             );
         }
+        // Keys take no calls now: hand them over with their budgets, so
+        // another instance drives them at once (a rolling restart).
+        steps
+            .run("hand the keys over", self.fleet.leave(SHUTDOWN_STEP_LIMIT))
+            .await;
         let terminated = self.supervisor.send(Terminate);
         let _ = steps.run("stop the key workers", terminated).await;
         self.store
@@ -260,12 +291,28 @@ fn open_store(
     }
 }
 
-fn pool_setups(config: &Config) -> Result<Vec<PoolSetup>, AppError> {
+/// Copy the lease keeper's picture of the fleet into the HTTP endpoint's.
+fn forward_picture(
+    mut from: tokio::sync::watch::Receiver<FleetPicture>,
+    to: tokio::sync::watch::Sender<FleetPicture>,
+) {
+    tokio::spawn(async move {
+        loop {
+            to.send_replace(from.borrow_and_update().clone());
+            if from.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn pool_setups(config: &Config, instance: &str) -> Result<Vec<PoolSetup>, AppError> {
     config
         .pools
         .iter()
         .map(|pool| {
-            let settings = pool.http_settings(config.jobs.timeouts());
+            let mut settings = pool.http_settings(config.jobs.timeouts());
+            settings.instance = Some(instance.to_owned());
             let client = ProviderClient::with_options(
                 pool.provider,
                 Some(&pool.base_url),

@@ -11,5 +11,6 @@ pub mod admin;
 pub mod amqp;
 pub mod app;
 pub mod commands;
+pub mod fleet;
 pub mod http;
 pub mod pipeline;

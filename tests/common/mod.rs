@@ -425,7 +425,21 @@ pub fn write_config_file(
     broker_extra: &str,
     jobs_extra: &str,
 ) -> std::path::PathBuf {
-    let config = config_for(pools, mock, dir, prefix, jobs_extra, "");
+    write_config_file_with(pools, mock, dir, prefix, broker_extra, jobs_extra, "")
+}
+
+/// [`write_config_file`] with `pool_toml` lines in every pool (and each
+/// key's own extra lines, such as its limits).
+pub fn write_config_file_with(
+    pools: &[TestPool],
+    mock: &MockProvider,
+    dir: &Path,
+    prefix: &str,
+    broker_extra: &str,
+    jobs_extra: &str,
+    pool_toml: &str,
+) -> std::path::PathBuf {
+    let config = config_for(pools, mock, dir, prefix, jobs_extra, pool_toml);
     for pool in pools {
         for key in &pool.keys {
             let path = dir.join(format!("{}-{}.key", pool.name, key.name));
@@ -437,9 +451,9 @@ pub fn write_config_file(
         amqp_url(),
         config.store.path.display()
     );
-    for pool in &config.pools {
+    for (pool, test_pool) in config.pools.iter().zip(pools) {
         text += &format!(
-            "[[pools]]\nname = \"{}\"\nprovider = \"{}\"\nbase_url = \"{}\"\ndefault_model = \"{}\"\n",
+            "[[pools]]\nname = \"{}\"\nprovider = \"{}\"\nbase_url = \"{}\"\ndefault_model = \"{}\"\n{pool_toml}",
             pool.name,
             match pool.provider {
                 keyrelay_core::provider::ProviderKind::Gemini => "gemini",
@@ -450,13 +464,14 @@ pub fn write_config_file(
             pool.base_url,
             pool.default_model
         );
-        for key in &pool.keys {
+        for (key, test_key) in pool.keys.iter().zip(&test_pool.keys) {
             text += &format!(
-                "  [[pools.keys]]\n  name = \"{}\"\n  api_key_file = \"{}\"\n  priority = {}\n  concurrency = {}\n",
+                "  [[pools.keys]]\n  name = \"{}\"\n  api_key_file = \"{}\"\n  priority = {}\n  concurrency = {}\n{}",
                 key.name,
                 key.api_key_file.as_ref().unwrap().display(),
                 key.priority,
-                key.concurrency
+                key.concurrency,
+                test_key.extra
             );
         }
     }

@@ -17,7 +17,8 @@ pub use admin::AdminConfig;
 pub use error::ConfigError;
 pub use pool::{KeyConfig, PoolConfig};
 pub use schema::{
-    BrokerConfig, Config, JobsConfig, MetricsConfig, OnDamage, QueueType, StoreConfig,
+    BrokerConfig, Config, InstanceConfig, JobsConfig, MetricsConfig, OnDamage, QueueType,
+    StoreConfig,
 };
 // `[templates.NAME]` is defined with the job contract, which renders it.
 pub use crate::job::TemplateConfig;

@@ -190,6 +190,7 @@ impl PoolConfig {
                 HttpVersion::Negotiated
             },
             lanes: self.http_lanes(),
+            instance: None,
         }
     }
 }

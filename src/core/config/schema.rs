@@ -39,12 +39,31 @@ pub struct Config {
     /// Admin API tokens (`[admin]`); absent: the admin API refuses every request.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// `[instance]`: this process among several on one broker.
+    #[serde(default)]
+    pub instance: InstanceConfig,
 }
 
 impl Config {
     /// Name of the queue a pool consumes from.
     pub fn job_queue(&self, pool: &str) -> String {
         format!("{}.jobs.{}", self.broker.queue_prefix, pool)
+    }
+
+    /// The exclusive queue whose holder drives a key (its lease).
+    pub fn lease_queue(&self, pool: &str, key: &str) -> String {
+        format!("{}.lease.{}.{}", self.broker.queue_prefix, pool, key)
+    }
+
+    /// The queue that keeps the last snapshot of a key's state and budget,
+    /// for whoever drives the key next.
+    pub fn key_state_queue(&self, pool: &str, key: &str) -> String {
+        format!("{}.keystate.{}.{}", self.broker.queue_prefix, pool, key)
+    }
+
+    /// The fanout exchange the instances announce themselves on.
+    pub fn fleet_exchange(&self) -> String {
+        format!("{}.fleet", self.broker.queue_prefix)
     }
 }
 
@@ -92,6 +111,32 @@ pub enum QueueType {
     Quorum,
     /// A classic queue: declared without a delivery limit.
     Classic,
+}
+
+/// `[instance]`: how this process is known to the other instances on the
+/// broker (several processes may run the same file; see docs/scaling.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// The instance's name in the fleet, in logs and in `/v1/keys`; unique
+    /// per running process. Default: hostname and pid (`host-1234`).
+    /// Env: `KEYRELAY__INSTANCE__NAME`.
+    pub name: Option<String>,
+}
+
+impl InstanceConfig {
+    /// The configured name, else hostname and pid.
+    pub fn resolved_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "keyrelay".to_owned());
+            format!("{host}-{}", std::process::id())
+        })
+    }
 }
 
 /// `[store]`: where results and key state live.

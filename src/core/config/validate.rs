@@ -14,6 +14,9 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     check_name("broker.queue_prefix", &config.broker.queue_prefix)?;
     check_name("jobs.results_queue", &config.jobs.results_queue)?;
     check_name("jobs.dead_letter_queue", &config.jobs.dead_letter_queue)?;
+    if let Some(name) = &config.instance.name {
+        check_name("instance.name", name)?;
+    }
     if config.pools.is_empty() {
         return Err(field("pools", "at least one [[pools]] entry is required"));
     }

@@ -12,6 +12,18 @@ use serde::{Deserialize, Serialize};
 
 use super::{Blocked, Budget, Limits, Spent};
 
+/// The `limit` of a [`Blocked`] that only waits for the next snapshot: the
+/// key's own limits still have room.
+pub(super) const FLEET_ALLOWANCE: &str = "fleet allowance";
+
+impl Blocked {
+    /// Whether only the fleet allowance stopped the call (a new one is
+    /// normally granted within milliseconds; the key needs no parking).
+    pub fn is_fleet_allowance(&self) -> bool {
+        self.limit == FLEET_ALLOWANCE
+    }
+}
+
 /// Calls and tokens an owner may admit beyond the snapshot that grants them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allowance {
@@ -140,7 +152,7 @@ impl Budget {
                         .checked_add(jiff::SignedDuration::from_millis(100))
                         .unwrap_or(Timestamp::MAX),
                     spent: Spent::Window,
-                    limit: "fleet allowance",
+                    limit: FLEET_ALLOWANCE,
                 });
             }
             allowance.calls -= 1;

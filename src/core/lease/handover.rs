@@ -3,12 +3,12 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{Allowance, Budget, Headroom, KeyState};
+use crate::keys::{Allowance, Budget, Headroom, KeyState, Limits};
 
 /// What the owner of a key publishes: its state, its usage, and the calls it
 /// may still make before publishing again. The broker keeps the last one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KeySnapshot {
+pub struct HandoverSnapshot {
     /// Format version, for owners of different releases in one fleet.
     pub version: u32,
     /// The instance that published it.
@@ -26,7 +26,7 @@ pub struct KeySnapshot {
     pub released: bool,
 }
 
-impl KeySnapshot {
+impl HandoverSnapshot {
     /// The snapshot format this build writes.
     pub const VERSION: u32 = 1;
 }
@@ -34,11 +34,23 @@ impl KeySnapshot {
 /// The state and budget the next owner starts from at `now`. Unless the
 /// previous owner released the key, all of its allowance counts as spent at
 /// `now`: it may have made those calls up to the moment it lost the lease,
-/// which was before this owner got it.
-pub fn take_over(snapshot: KeySnapshot, now: Timestamp) -> (KeyState, Budget) {
+/// which was before this owner got it. Phantom calls beyond the largest
+/// declared limit change nothing (the key is blocked either way), so no more
+/// are counted: an unlimited allowance costs no memory and no overflow.
+pub fn take_over(
+    snapshot: HandoverSnapshot,
+    limits: &Limits,
+    now: Timestamp,
+) -> (KeyState, Budget) {
     let mut budget = snapshot.budget;
     if !snapshot.released {
-        budget.assume_spent(snapshot.allowance, now);
+        let call_limit = limits.rpm.max(limits.rpd).map_or(0, u64::from);
+        let token_limit = limits.tpm.max(limits.tpd).unwrap_or(0);
+        let spent = Allowance {
+            calls: snapshot.allowance.calls.min(call_limit),
+            tokens: snapshot.allowance.tokens.min(token_limit),
+        };
+        budget.assume_spent(spent, now);
     }
     (snapshot.state.as_of(now), budget)
 }
@@ -94,9 +106,9 @@ mod tests {
         }
     }
 
-    fn snapshot(budget: Budget, allowance: Allowance, released: bool) -> KeySnapshot {
-        KeySnapshot {
-            version: KeySnapshot::VERSION,
+    fn snapshot(budget: Budget, allowance: Allowance, released: bool) -> HandoverSnapshot {
+        HandoverSnapshot {
+            version: HandoverSnapshot::VERSION,
             owner: "a".into(),
             taken_at: t(0),
             state: KeyState::Active,
@@ -117,7 +129,7 @@ mod tests {
             calls: 4,
             tokens: 40,
         };
-        let (_, mut next) = take_over(snapshot(budget.clone(), allowance, false), t(5));
+        let (_, mut next) = take_over(snapshot(budget.clone(), allowance, false), &limits, t(5));
         // 3 recorded + 4 assumed: 3 left now.
         for _ in 0..3 {
             next.try_take(&limits, MIN, t(5), 1, day).unwrap();
@@ -130,11 +142,32 @@ mod tests {
             "the recorded calls of t=0 leave first"
         );
         // A released key's allowance was not used.
-        let (_, mut released) = take_over(snapshot(budget, allowance, true), t(5));
+        let (_, mut released) = take_over(snapshot(budget, allowance, true), &limits, t(5));
         for _ in 0..7 {
             released.try_take(&limits, MIN, t(5), 1, day).unwrap();
         }
         assert!(released.try_take(&limits, MIN, t(5), 1, day).is_err());
+    }
+
+    #[test]
+    fn an_unlimited_allowance_is_counted_up_to_the_limits_only() {
+        let limits = rpm(10);
+        let unlimited = Allowance {
+            calls: u64::MAX,
+            tokens: u64::MAX,
+        };
+        let (_, mut next) = take_over(snapshot(Budget::default(), unlimited, false), &limits, t(1));
+        assert_eq!(
+            next.try_take(&limits, MIN, t(1), 1, day).unwrap_err().limit,
+            "rpm"
+        );
+        let (_, mut free) = take_over(
+            snapshot(Budget::default(), unlimited, false),
+            &Limits::default(),
+            t(1),
+        );
+        free.try_take(&Limits::default(), MIN, t(1), 1, day)
+            .unwrap();
     }
 
     #[test]
@@ -154,6 +187,7 @@ mod tests {
                 },
                 false,
             ),
+            &limits,
             t(1),
         );
         next.try_take(&limits, MIN, t(1), 1, day).unwrap();

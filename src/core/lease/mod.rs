@@ -9,4 +9,4 @@ pub mod balance;
 pub mod handover;
 
 pub use balance::{Plan, plan};
-pub use handover::{KeySnapshot, size_allowance, take_over};
+pub use handover::{HandoverSnapshot, size_allowance, take_over};

@@ -19,6 +19,10 @@ pub const UPSTREAM_DURATION: &str = "keyrelay_upstream_duration_seconds";
 pub const KEY_STATE: &str = "keyrelay_key_state";
 /// Gauge: keys of the pool in rotation.
 pub const KEYS_AVAILABLE: &str = "keyrelay_pool_keys_available";
+/// Gauge: keys whose lease this instance holds (the keys it drives).
+pub const KEYS_DRIVEN: &str = "keyrelay_keys_driven";
+/// Gauge: instances on the broker this instance hears from, itself included.
+pub const FLEET_INSTANCES: &str = "keyrelay_fleet_instances";
 /// Counter: jobs moved to another key in-process, by pool and reason.
 pub const REROUTES_TOTAL: &str = "keyrelay_reroutes_total";
 /// Per-key gauge: jobs being processed, by pool and key.

@@ -33,7 +33,7 @@ pub struct HttpTimeouts {
 }
 
 /// How a client connects to its provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSettings {
     /// Connect and whole-call timeouts.
     pub timeouts: HttpTimeouts,
@@ -42,6 +42,9 @@ pub struct HttpSettings {
     /// Independent connection pools the calls are spread over; with HTTP/2,
     /// one connection each (see [`super::connections`]).
     pub lanes: usize,
+    /// Sent in the User-Agent (`keyrelay/VERSION (instance NAME)`), so a
+    /// provider's logs tell the instances of a fleet apart.
+    pub instance: Option<String>,
 }
 
 impl HttpSettings {
@@ -51,6 +54,7 @@ impl HttpSettings {
             timeouts,
             version: HttpVersion::Negotiated,
             lanes: 1,
+            instance: None,
         }
     }
 }
@@ -240,11 +244,20 @@ fn http_client(settings: &HttpSettings) -> reqwest::Result<reqwest::Client> {
         .timeout(settings.timeouts.total)
         // Redirects would carry the key headers to wherever they point.
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("keyrelay/", env!("CARGO_PKG_VERSION")));
+        .user_agent(user_agent(settings.instance.as_deref()));
     if settings.version == HttpVersion::Http2PriorKnowledge {
         builder = builder.http2_prior_knowledge();
     }
     builder.build()
+}
+
+/// `keyrelay/VERSION`, with the instance's name when it has one.
+fn user_agent(instance: Option<&str>) -> String {
+    let product = concat!("keyrelay/", env!("CARGO_PKG_VERSION"));
+    match instance {
+        Some(name) => format!("{product} (instance {name})"),
+        None => product.to_owned(),
+    }
 }
 
 async fn send(

@@ -25,6 +25,31 @@ pub struct BudgetSpent {
     pub blocked: keyrelay_core::keys::Blocked,
 }
 
+/// Lease keeper → supervisor: this process now holds `key`'s lease; drive
+/// it, from `state` when another instance handed it over (else from the
+/// state this process has). Its budget is in place already.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TakeKey {
+    pub key: KeyId,
+    pub state: Option<KeyState>,
+}
+
+/// Lease keeper → supervisor: stop driving `key` (its lease is being handed
+/// over, or was lost with the connection). In-flight calls finish.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LetKeyGo {
+    pub key: KeyId,
+}
+
+/// Lease keeper → supervisor: `key`'s state, for a snapshot.
+#[derive(Message)]
+#[rtype(result = "KeyState")]
+pub struct KeyStateOf {
+    pub key: KeyId,
+}
+
 /// Worker → supervisor: the worker stopped (channel lost, consumer cancelled by
 /// the broker); restart it.
 #[derive(Message)]

@@ -54,8 +54,8 @@ impl Broker {
 
     /// The service's connection: declares every queue of `config` now and after
     /// each reconnect (a broker that lost its definitions gets them back).
-    pub async fn for_service(config: Arc<Config>) -> Result<Broker, AmqpError> {
-        let name = format!("keyrelay {}", config.broker.queue_prefix);
+    pub async fn for_service(config: Arc<Config>, instance: &str) -> Result<Broker, AmqpError> {
+        let name = format!("keyrelay {} {instance}", config.broker.queue_prefix);
         let url = with_heartbeat(&config.broker.url, config.broker.heartbeat_secs);
         Self::open_with(&name, &url, Some(config)).await
     }

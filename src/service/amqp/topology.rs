@@ -9,8 +9,9 @@ use super::error::AmqpError;
 use super::retry;
 use keyrelay_core::config::{Config, QueueType};
 
-/// Every queue [`declare`] declares for this config: the results and
-/// dead-letter queues, and per pool its job queue and delay queues.
+/// Every durable queue this config makes: the results and dead-letter
+/// queues, per pool its job queue and delay queues, and per key its state
+/// queue (declared by the fleet, not by [`declare`]).
 pub fn declared_queues(config: &Config) -> Vec<String> {
     let mut queues = vec![
         config.jobs.results_queue.clone(),
@@ -22,6 +23,10 @@ pub fn declared_queues(config: &Config) -> Vec<String> {
             queues.push(retry::delay_queue(&queue, attempt));
         }
         queues.push(queue);
+        // Durable, declared when a key is first driven (the fleet's).
+        for key in &pool.keys {
+            queues.push(config.key_state_queue(&pool.name, &key.name));
+        }
     }
     queues
 }

@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::actors::supervisor::Supervisor;
 use crate::amqp::Broker;
+use crate::fleet::FleetPicture;
 use keyrelay_core::config::Config;
 use keyrelay_core::readiness::PoolConsumers;
 use keyrelay_core::store::Store;
@@ -22,4 +23,6 @@ pub struct HttpState {
     pub config: Arc<Config>,
     /// Per pool: keys in rotation and keys consuming (from the supervisor).
     pub pool_consumers: tokio::sync::watch::Receiver<Vec<PoolConsumers>>,
+    /// The other instances and who drives each key (from the lease keeper).
+    pub fleet: tokio::sync::watch::Receiver<FleetPicture>,
 }

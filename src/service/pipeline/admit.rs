@@ -2,6 +2,8 @@
 //! probe slot while the key is probed, and its share of the declared limits —
 //! and the token estimate that share is taken for.
 
+use std::time::Duration;
+
 use tokio::sync::{MutexGuard, SemaphorePermit};
 
 use super::context::{InFlight, KeyContext, PoolContext, Services};
@@ -25,7 +27,8 @@ pub(super) async fn admit<'a>(
     services: &Services,
     inflight: &InFlight,
 ) -> Result<Admission<'a>, Refusal> {
-    if !key.is_available() {
+    // Not while this process may have lost its leases (see `lease_gate`).
+    if !key.is_available() || !services.lease.is_open() {
         return Err(Refusal::KeyUnavailable);
     }
     let permit = key
@@ -37,25 +40,55 @@ pub(super) async fn admit<'a>(
         true => Some(key.probe.lock().await),
         false => None,
     };
-    // The key may have left rotation while this job waited.
-    if !key.is_available() {
+    // The key may have left rotation (or this process its lease) meanwhile.
+    if !key.is_available() || !services.lease.is_open() {
         return Err(Refusal::KeyUnavailable);
     }
-    let ticket = key
-        .take_budget(estimate_tokens(&inflight.job.request))
-        .map_err(|blocked| {
-            // Closed at once, as for a provider's "no more": a job refused here
-            // must not find this key open again while the supervisor, which
-            // parks it and reopens it when the budget returns, has yet to hear.
-            key.set_available(false);
-            services.events.budget_spent(key.id, blocked);
-            Refusal::BudgetSpent
-        })?;
+    let ticket = take_budget(key, services, estimate_tokens(&inflight.job.request)).await?;
     Ok(Admission {
         _permit: permit,
         _probe: probe,
         ticket,
     })
+}
+
+/// How long a call waits for its key's next fleet allowance before the job
+/// goes back to the queue. A grant normally takes one publish confirm.
+const ALLOWANCE_WAIT: Duration = Duration::from_secs(2);
+
+/// Take the call's share of the key's limits. A spent fleet allowance is
+/// waited out (the lease keeper grants the next one at once); a spent
+/// declared limit parks the key.
+async fn take_budget(
+    key: &KeyContext,
+    services: &Services,
+    tokens: u64,
+) -> Result<Option<Ticket>, Refusal> {
+    loop {
+        // Registered before the check: a grant in between is not missed.
+        let granted = key.allowance_granted.notified();
+        tokio::pin!(granted);
+        granted.as_mut().enable();
+        match key.take_budget(tokens) {
+            Ok(ticket) => return Ok(ticket),
+            Err(blocked) if blocked.is_fleet_allowance() => {
+                services.lease.want_allowance();
+                let waited = tokio::time::timeout(ALLOWANCE_WAIT, granted).await;
+                if waited.is_err() || !key.is_available() || !services.lease.is_open() {
+                    return Err(Refusal::KeyUnavailable);
+                }
+            }
+            Err(blocked) => {
+                // Closed at once, as for a provider's "no more": a job refused
+                // here must not find this key open again while the supervisor,
+                // which parks it and reopens it when the budget returns, has yet
+                // to hear.
+                key.set_available(false);
+                services.events.budget_spent(key.id, blocked);
+                return Err(Refusal::BudgetSpent);
+            }
+        }
+    }
 }
 
 /// A job whose estimated tokens exceed every key's declared `tpm` can never

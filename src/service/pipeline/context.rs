@@ -10,10 +10,13 @@ use tokio::sync::{Semaphore, watch};
 use super::in_progress::InProgress;
 use super::inbound::Inbound;
 use super::key_events::KeyEvents;
+use super::lease_gate::LeaseGate;
 use crate::amqp::Publisher;
 use keyrelay_core::config::{JobsConfig, TemplateConfig};
 use keyrelay_core::job::{DecodeContext, Job};
-use keyrelay_core::keys::{Blocked, Budget, CallTally, KeyId, Limits, Ticket, Usage};
+use keyrelay_core::keys::{
+    Admitted, Allowance, Blocked, Budget, CallTally, Headroom, KeyId, Limits, Ticket, Usage,
+};
 use keyrelay_core::provider::ProviderClient;
 use keyrelay_core::secret::ApiKey;
 use keyrelay_core::store::Store;
@@ -32,6 +35,8 @@ pub struct Services {
     /// Jobs between delivery and ack, process-wide (shutdown waits for 0).
     pub jobs_in_progress: Arc<watch::Sender<usize>>,
     pub in_progress: Arc<InProgress>,
+    /// Whether this process's key leases are fresh (see `lease_gate`).
+    pub lease: Arc<LeaseGate>,
 }
 
 impl Services {
@@ -117,6 +122,19 @@ pub struct KeyContext {
     pub metrics: Arc<keyrelay_core::metrics::KeySeries>,
     /// When the key last answered, and its last failure class (for operators).
     last: Mutex<LastUse>,
+    /// Rung when the key gets a new fleet allowance.
+    pub allowance_granted: tokio::sync::Notify,
+}
+
+/// A key's budget as its owner publishes it to the fleet.
+pub struct BudgetSnapshot {
+    pub budget: Budget,
+    /// Admitted so far, to date the allowance granted with this snapshot.
+    pub admitted: Admitted,
+    /// What the declared limits allow now.
+    pub headroom: Headroom,
+    /// What is left of the allowance in force.
+    pub allowance_left: Option<Allowance>,
 }
 
 /// A key's most recent provider call.
@@ -161,6 +179,7 @@ impl KeyContext {
             available: AtomicBool::new(true),
             metrics,
             last: Mutex::new(LastUse::default()),
+            allowance_granted: tokio::sync::Notify::new(),
         }
     }
 
@@ -255,6 +274,53 @@ impl KeyContext {
     /// Restore a persisted budget (start-up).
     pub fn restore_budget(&self, budget: Budget) {
         *self.budget.lock().unwrap_or_else(PoisonError::into_inner) = budget;
+    }
+
+    /// This process starts to drive the key, from `budget` (another
+    /// instance's snapshot) or from what it has: no call may go until the
+    /// first allowance is granted.
+    pub fn begin_lease(&self, budget: Option<Budget>) {
+        let mut held = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(budget) = budget {
+            *held = budget;
+        }
+        let admitted = held.admitted();
+        held.grant(Allowance::default(), admitted);
+        self.budget_dirty.store(true, Ordering::Release);
+    }
+
+    /// The budget as of now, for a snapshot.
+    pub fn budget_snapshot(&self) -> BudgetSnapshot {
+        let policy = &self.pool.policy;
+        let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
+        let headroom = budget.headroom(
+            &self.limits,
+            policy.budget_window(),
+            jiff::Timestamp::now(),
+            |t| policy.next_reset(t),
+        );
+        BudgetSnapshot {
+            budget: budget.clone(),
+            admitted: budget.admitted(),
+            headroom,
+            allowance_left: budget.allowance_left(),
+        }
+    }
+
+    /// What is left of the fleet allowance, and what was admitted so far.
+    pub fn allowance_status(&self) -> (Option<Allowance>, Admitted) {
+        let budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
+        (budget.allowance_left(), budget.admitted())
+    }
+
+    /// A snapshot taken when `admitted_then` had been admitted is confirmed:
+    /// `allowance` beyond it may go.
+    pub fn grant_allowance(&self, allowance: Allowance, admitted_then: Admitted) {
+        self.budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .grant(allowance, admitted_then);
+        self.allowance_granted.notify_waiters();
     }
 
     /// After a reset the key is probed: one call at a time until one succeeds.

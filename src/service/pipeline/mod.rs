@@ -14,13 +14,17 @@ mod in_progress;
 mod inbound;
 mod job;
 mod key_events;
+pub mod lease_gate;
 mod prior;
 mod route;
 
 pub use admit::estimate_tokens;
-pub use context::{InFlight, KeyContext, KeySpec, LastUse, PoolContext, Services, Timing};
+pub use context::{
+    BudgetSnapshot, InFlight, KeyContext, KeySpec, LastUse, PoolContext, Services, Timing,
+};
 pub use hand_back::return_to_broker;
 pub use in_progress::{Claim, InProgress};
 pub use inbound::Inbound;
 pub use job::{on_delivery, run_on_key};
 pub use key_events::KeyEvents;
+pub use lease_gate::LeaseGate;

@@ -13,7 +13,7 @@ use super::state::{KeySlot, PoolSlot, Supervisor};
 use crate::actors::key_worker::{KeyWorker, WorkerEvents};
 use crate::actors::messages::CooldownOver;
 use crate::amqp::{Broker, Publisher};
-use crate::pipeline::{KeyContext, PoolContext, Services};
+use crate::pipeline::{KeyContext, LeaseGate, PoolContext, Services};
 use keyrelay_core::config::{JobsConfig, TemplateConfig};
 use keyrelay_core::keys::{KeyId, KeyState};
 use keyrelay_core::metrics as m;
@@ -28,6 +28,8 @@ pub struct Watches {
     pub in_flight: watch::Receiver<usize>,
     /// Per pool: keys in rotation and keys consuming.
     pub pools: watch::Receiver<Vec<keyrelay_core::readiness::PoolConsumers>>,
+    /// Every key, indexed by `KeyId` (for the lease keeper).
+    pub keys: Vec<Arc<KeyContext>>,
 }
 
 /// Everything the supervisor is built from.
@@ -38,6 +40,10 @@ pub struct SupervisorSetup {
     pub jobs: JobsConfig,
     pub templates: std::collections::BTreeMap<String, TemplateConfig>,
     pub pools: Vec<PoolSetup>,
+    /// The freshness of this process's key leases.
+    pub lease: Arc<LeaseGate>,
+    /// Where the supervisor reports leased keys' state changes.
+    pub state_changes: tokio::sync::mpsc::UnboundedSender<KeyId>,
 }
 
 pub struct PoolSetup {
@@ -48,16 +54,18 @@ pub struct PoolSetup {
 pub use crate::pipeline::context::KeySpec as KeySetup;
 
 impl Supervisor {
-    /// Start the supervisor; it starts one worker per key.
+    /// Start the supervisor; it starts a key's worker once the key's lease
+    /// is taken (`TakeKey`).
     pub fn launch(setup: SupervisorSetup) -> (Addr<Supervisor>, Watches) {
         let (consumers, consumers_rx) = watch::channel(0);
         let (in_flight, in_flight_rx) = watch::channel(0);
         let (pools, pools_rx) = watch::channel(Vec::new());
-        let addr = Self::launch_with(setup, consumers, pools, Arc::new(in_flight));
+        let (addr, keys) = Self::launch_with(setup, consumers, pools, Arc::new(in_flight));
         let watches = Watches {
             consumers: consumers_rx,
             in_flight: in_flight_rx,
             pools: pools_rx,
+            keys,
         };
         (addr, watches)
     }
@@ -67,7 +75,7 @@ impl Supervisor {
         consumers: watch::Sender<usize>,
         pool_consumers: watch::Sender<Vec<keyrelay_core::readiness::PoolConsumers>>,
         in_flight: Arc<watch::Sender<usize>>,
-    ) -> Addr<Supervisor> {
+    ) -> (Addr<Supervisor>, Vec<Arc<KeyContext>>) {
         // Key contexts first: the job tasks' services list every pool's keys.
         let mut pools = Vec::new();
         let mut keys = Vec::new();
@@ -85,7 +93,8 @@ impl Supervisor {
             pool_keys.insert(pool.ctx.name.clone(), contexts);
             pools.push(PoolSlot::new(pool.ctx, ids));
         }
-        Supervisor::create(move |ctx| {
+        let contexts = keys.iter().map(|k: &KeySlot| k.ctx.clone()).collect();
+        let addr = Supervisor::create(move |ctx| {
             let services = Arc::new(Services {
                 store: setup.store,
                 publisher: setup.publisher,
@@ -95,6 +104,7 @@ impl Supervisor {
                 pool_keys,
                 jobs_in_progress: in_flight,
                 in_progress: Default::default(),
+                lease: setup.lease,
             });
             Supervisor {
                 keys,
@@ -105,11 +115,13 @@ impl Supervisor {
                 store_writable: true,
                 consumers,
                 pool_consumers,
+                state_changes: setup.state_changes,
             }
-        })
+        });
+        (addr, contexts)
     }
 
-    /// Restore persisted key states, then start every worker.
+    /// Restore persisted key states. Workers start as leases are taken.
     fn boot(&mut self, ctx: &mut Context<Self>) {
         let now = jiff::Timestamp::now();
         for i in 0..self.keys.len() {
@@ -137,7 +149,6 @@ impl Supervisor {
                 info!(pool = %self.keys[i].ctx.pool.name, key = %self.keys[i].ctx.name, state = state.label(), "key restored out of rotation");
             }
             self.apply(id, state, false, ctx);
-            self.start_worker(id, ctx);
         }
         for p in 0..self.pools.len() {
             self.check_pool(p);
@@ -175,7 +186,7 @@ impl Supervisor {
         // While stopping no key re-enters rotation (a cooldown ending, an
         // operator's enable): job tasks must start no new call.
         slot.ctx
-            .set_available(state.is_available() && !self.stopping);
+            .set_available(state.is_available() && slot.leased && !self.stopping);
         if let Some(timer) = slot.timer.take() {
             ctx.cancel_future(timer);
         }
@@ -199,6 +210,10 @@ impl Supervisor {
             }
         }
         slot.ctx.metrics.state(state.label());
+        if persist && slot.leased {
+            // The fleet hears of it at once (a dead or disabled key above all).
+            let _ = self.state_changes.send(id);
+        }
         if persist {
             // Written here, in order; only the flush to disk happens later.
             if let Err(e) = self
@@ -216,7 +231,7 @@ impl Supervisor {
     }
 
     /// Update the pool's available-keys gauge; warn once when none is left.
-    fn check_pool(&mut self, p: usize) {
+    pub(super) fn check_pool(&mut self, p: usize) {
         let pool = &self.pools[p];
         let available = pool
             .keys

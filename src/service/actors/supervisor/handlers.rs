@@ -104,7 +104,7 @@ impl Handler<WorkerStopped> for Supervisor {
     fn handle(&mut self, msg: WorkerStopped, ctx: &mut Self::Context) {
         let slot = &mut self.keys[msg.key.0];
         slot.worker = None;
-        if self.stopping {
+        if self.stopping || !slot.leased {
             return;
         }
         slot.restarts += 1;
@@ -115,7 +115,8 @@ impl Handler<WorkerStopped> for Supervisor {
         warn!(pool = %slot.ctx.pool.name, key = %slot.ctx.name, delay_ms = delay.as_millis() as u64, "restarting key worker");
         let id = msg.key;
         ctx.run_later(delay, move |act, ctx| {
-            if !act.stopping && act.keys[id.0].worker.is_none() {
+            let slot = &act.keys[id.0];
+            if !act.stopping && slot.leased && slot.worker.is_none() {
                 act.start_worker(id, ctx);
             }
         });

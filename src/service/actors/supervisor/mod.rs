@@ -7,6 +7,7 @@
 mod actor;
 mod admin_handlers;
 mod handlers;
+mod lease_handlers;
 mod port;
 mod quota;
 mod readiness;

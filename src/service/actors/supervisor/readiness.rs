@@ -40,7 +40,10 @@ impl Supervisor {
         PoolConsumers {
             pool: pool.ctx.name.clone(),
             queue: pool.ctx.queue.clone(),
-            in_rotation: slots().filter(|s| s.state.is_available()).count(),
+            // Keys another instance drives are its to consume with.
+            in_rotation: slots()
+                .filter(|s| s.leased && s.state.is_available())
+                .count(),
             consuming: slots().filter(|s| s.consuming).count(),
         }
     }

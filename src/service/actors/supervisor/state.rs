@@ -24,6 +24,9 @@ pub struct Supervisor {
     /// Per pool: keys in rotation and keys consuming (`/readyz`).
     pub(super) pool_consumers:
         tokio::sync::watch::Sender<Vec<keyrelay_core::readiness::PoolConsumers>>,
+    /// Told of every state change of a leased key, so the lease keeper
+    /// publishes it to the fleet at once.
+    pub(super) state_changes: tokio::sync::mpsc::UnboundedSender<KeyId>,
 }
 
 /// The supervisor's view of one key.
@@ -37,6 +40,8 @@ pub(super) struct KeySlot {
     /// Consecutive restarts, for the restart backoff; cleared by a success.
     pub(super) restarts: u32,
     pub(super) consuming: bool,
+    /// Whether this process holds the key's lease (drives it).
+    pub(super) leased: bool,
     /// Recent transient failures, for the growing cooldown.
     pub(super) transient: keyrelay_core::keys::TransientTracker,
 }
@@ -55,7 +60,8 @@ pub(super) struct PoolSlot {
 }
 
 impl KeySlot {
-    /// A key as it starts: active until its stored state says otherwise.
+    /// A key as it starts: active until its stored state says otherwise, not
+    /// driven until its lease is taken.
     pub(super) fn new(ctx: Arc<KeyContext>, pool: usize) -> KeySlot {
         KeySlot {
             ctx,
@@ -65,6 +71,7 @@ impl KeySlot {
             timer: None,
             restarts: 0,
             consuming: false,
+            leased: false,
             transient: Default::default(),
         }
     }

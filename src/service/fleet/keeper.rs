@@ -1,0 +1,549 @@
+//! The lease keeper: one task per process that takes, keeps and hands over
+//! the leases of the keys this instance drives, and publishes each key's
+//! state and budget so whoever drives it next starts where it left off.
+//!
+//! Every tick it announces itself (a beacon), forgets silent instances,
+//! finishes hand-overs whose calls are done, renews allowances, and moves
+//! towards its share of the keys (`lease::plan`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use lapin::Channel;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use super::view::{Beacon, FleetView};
+use super::wire::{self, Attempt};
+use super::{FleetPicture, FleetSetup, KeyOwner};
+use crate::actors::messages::{KeyStateOf, LetKeyGo, TakeKey};
+use crate::actors::supervisor::Supervisor;
+use crate::amqp::{AmqpError, Broker};
+use crate::pipeline::{KeyContext, LeaseGate};
+use keyrelay_core::config::Config;
+use keyrelay_core::keys::{Admitted, Allowance, KeyId, KeyState};
+use keyrelay_core::lease::{HandoverSnapshot, plan, size_allowance, take_over};
+use keyrelay_core::metrics as m;
+
+/// How often the keeper looks around.
+const TICK: Duration = Duration::from_millis(500);
+/// A key's snapshot is republished at least this often while it is used.
+const REPUBLISH_EVERY: Duration = Duration::from_secs(5);
+/// A key this instance let go is not taken back for this long (no ping-pong).
+const RETAKE_AFTER: Duration = Duration::from_secs(5);
+/// A key nobody holds for this long is taken whatever the balance says.
+const ORPHAN_AFTER: Duration = Duration::from_secs(2);
+/// A hand-over waits this long for the key's calls to finish; after it the
+/// last snapshot says "not released" and the next owner assumes the worst.
+const HAND_OVER_LIMIT: Duration = Duration::from_secs(120);
+
+/// Asks of the keeper from the rest of the process.
+pub(super) enum Command {
+    /// Hand every key over and announce the departure (shutdown).
+    Leave(oneshot::Sender<()>),
+}
+
+/// One key this instance holds the lease of.
+struct Held {
+    /// Set when the hand-over began: the key takes no new calls.
+    releasing: Option<Instant>,
+    last_publish: Instant,
+    /// Admitted as of the last published snapshot.
+    admitted: Admitted,
+    /// The allowance that snapshot granted.
+    granted: Allowance,
+    /// The supervisor changed the key's state since the last snapshot.
+    dirty: bool,
+}
+
+impl Held {
+    /// Whether a new snapshot is due: the key's state changed, half of its
+    /// allowance is used (or all of it, which a waiting call reports), or,
+    /// at a `periodic` check, it was used since the last one a while ago.
+    fn due(
+        &self,
+        left: Option<Allowance>,
+        admitted: Admitted,
+        now: Instant,
+        periodic: bool,
+    ) -> bool {
+        if self.releasing.is_some() {
+            return false;
+        }
+        let left = left.unwrap_or_default();
+        // Unlimited allowances (no declared limit) never run low.
+        let low = |left: u64, granted: u64| granted != u64::MAX && left < granted.div_ceil(2);
+        let spent = left.calls == 0 || left.tokens == 0;
+        let stale = periodic
+            && now.saturating_duration_since(self.last_publish) >= REPUBLISH_EVERY
+            && admitted != self.admitted;
+        self.dirty
+            || low(left.calls, self.granted.calls)
+            || low(left.tokens, self.granted.tokens)
+            || (spent && !periodic)
+            || stale
+    }
+}
+
+pub(super) struct LeaseKeeper {
+    broker: Arc<Broker>,
+    config: Arc<Config>,
+    me: String,
+    http: String,
+    keys: Vec<Arc<KeyContext>>,
+    supervisor: Addr<Supervisor>,
+    gate: Arc<LeaseGate>,
+    /// The connection generation the leases live on (0: none).
+    generation: Arc<AtomicU64>,
+    state_changes: mpsc::UnboundedReceiver<KeyId>,
+    picture: watch::Sender<FleetPicture>,
+    /// The channel beacons, snapshots and lease deletions go on, and its
+    /// connection generation.
+    fleet: Option<(Channel, u64)>,
+    beacons: Option<lapin::Consumer>,
+    view: FleetView,
+    held: BTreeMap<KeyId, Held>,
+    let_go_at: HashMap<KeyId, Instant>,
+    orphaned_since: HashMap<KeyId, Instant>,
+    broker_trouble_logged: bool,
+}
+
+impl LeaseKeeper {
+    pub(super) fn new(
+        setup: FleetSetup,
+        generation: Arc<AtomicU64>,
+        picture: watch::Sender<FleetPicture>,
+    ) -> LeaseKeeper {
+        LeaseKeeper {
+            view: FleetView::new(&setup.instance),
+            broker: setup.broker,
+            config: setup.config,
+            me: setup.instance,
+            http: setup.http,
+            keys: setup.keys,
+            supervisor: setup.supervisor,
+            gate: setup.gate,
+            generation,
+            state_changes: setup.state_changes,
+            picture,
+            fleet: None,
+            beacons: None,
+            held: BTreeMap::new(),
+            let_go_at: HashMap::new(),
+            orphaned_since: HashMap::new(),
+            broker_trouble_logged: false,
+        }
+    }
+
+    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.tick().await,
+                _ = self.gate.allowance_wanted() => self.renew_allowances(false).await,
+                Some(key) = self.state_changes.recv() => {
+                    if let Some(held) = self.held.get_mut(&key) {
+                        held.dirty = true;
+                    }
+                    self.renew_allowances(false).await;
+                }
+                beacon = wire::next_beacon(&mut self.beacons) => {
+                    if let Some(beacon) = beacon {
+                        self.view.heard(beacon, Instant::now());
+                    }
+                }
+                command = commands.recv() => match command {
+                    Some(Command::Leave(done)) => {
+                        self.leave().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+
+    async fn tick(&mut self) {
+        let Some(channel) = self.fleet_channel().await else {
+            return;
+        };
+        let beacon = self.beacon(false);
+        let exchange = self.config.fleet_exchange();
+        if let Err(e) = wire::publish_beacon(&channel, &exchange, &beacon).await {
+            warn!(error = %e, "cannot publish the fleet beacon");
+        }
+        let now = Instant::now();
+        for gone in self.view.forget_silent(now) {
+            info!(instance = %gone, "instance silent; its keys are free to take");
+        }
+        self.finish_hand_overs(&channel).await;
+        self.renew_allowances(true).await;
+        self.balance(&channel).await;
+        self.publish_picture();
+    }
+
+    /// The channel of the connection the leases live on. A new connection
+    /// means the broker dropped every lease with the old one: the keys stop
+    /// at once, and are taken again on the new connection.
+    async fn fleet_channel(&mut self) -> Option<Channel> {
+        let current = self.broker.generation();
+        let lost = match &self.fleet {
+            Some((channel, generation)) => *generation != current || !channel.status().connected(),
+            None => false,
+        };
+        if lost {
+            self.lose_all();
+        }
+        if self.fleet.is_none() {
+            match self.open_fleet_channel().await {
+                Ok(()) => self.broker_trouble_logged = false,
+                Err(e) => {
+                    if !self.broker_trouble_logged {
+                        warn!(error = %e, "lease keeper cannot reach the broker; no key is driven until it can");
+                        self.broker_trouble_logged = true;
+                    }
+                    return None;
+                }
+            }
+        }
+        self.fleet.as_ref().map(|(c, _)| c.clone())
+    }
+
+    async fn open_fleet_channel(&mut self) -> Result<(), AmqpError> {
+        let (channel, generation) = self.broker.channel_with_generation().await?;
+        let consumer = wire::open_fleet_channel(&channel, &self.config.fleet_exchange()).await?;
+        self.beacons = Some(consumer);
+        self.fleet = Some((channel, generation));
+        self.generation.store(generation, Ordering::Release);
+        Ok(())
+    }
+
+    /// The connection is gone, and every lease with it.
+    fn lose_all(&mut self) {
+        self.gate.close();
+        self.generation.store(0, Ordering::Release);
+        self.fleet = None;
+        self.beacons = None;
+        if !self.held.is_empty() {
+            warn!(
+                keys = self.held.len(),
+                "broker connection lost: every key lease with it; keys stop until taken again"
+            );
+        }
+        for key in std::mem::take(&mut self.held).into_keys() {
+            self.supervisor.do_send(LetKeyGo { key });
+        }
+    }
+
+    fn beacon(&self, leaving: bool) -> Beacon {
+        Beacon {
+            instance: self.me.clone(),
+            http: self.http.clone(),
+            keys: self
+                .held
+                .iter()
+                .filter(|(_, h)| h.releasing.is_none() && !leaving)
+                .map(|(id, _)| self.keys[id.0].store_key.clone())
+                .collect(),
+            leaving,
+        }
+    }
+
+    /// Move towards this instance's share: let keys go above it, take free
+    /// keys below it, and take any key nobody has held for a while.
+    async fn balance(&mut self, channel: &Channel) {
+        let mine = self.held.values().filter(|h| h.releasing.is_none()).count();
+        let share = plan(self.keys.len(), &self.me, &self.view.holdings(mine));
+        for key in self.to_release(share.release) {
+            self.begin_hand_over(key);
+        }
+        let now = Instant::now();
+        let mut wanted = share.acquire;
+        for (key, orphan) in self.candidates(now) {
+            if wanted == 0 && !orphan {
+                continue;
+            }
+            match self.acquire(key, channel).await {
+                Ok(true) => wanted = wanted.saturating_sub(1),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(error = %e, "cannot take key leases now");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The most recently numbered keys first: any choice balances.
+    fn to_release(&self, n: usize) -> Vec<KeyId> {
+        self.held
+            .iter()
+            .rev()
+            .filter(|(_, h)| h.releasing.is_none())
+            .map(|(id, _)| *id)
+            .take(n)
+            .collect()
+    }
+
+    /// Keys this instance could take, free ones first; `true` marks a key
+    /// nobody has held for [`ORPHAN_AFTER`].
+    fn candidates(&mut self, now: Instant) -> Vec<(KeyId, bool)> {
+        let mut free = Vec::new();
+        for (i, key) in self.keys.iter().enumerate() {
+            let id = KeyId(i);
+            if self.held.contains_key(&id) {
+                self.orphaned_since.remove(&id);
+                continue;
+            }
+            if self.view.owner_of(&key.store_key).is_some() {
+                self.orphaned_since.remove(&id);
+                continue;
+            }
+            let since = *self.orphaned_since.entry(id).or_insert(now);
+            let recently_let_go = self
+                .let_go_at
+                .get(&id)
+                .is_some_and(|at| now.saturating_duration_since(*at) < RETAKE_AFTER);
+            if !recently_let_go {
+                free.push((id, now.saturating_duration_since(since) >= ORPHAN_AFTER));
+            }
+        }
+        free
+    }
+
+    /// Try to take `key`'s lease; `Ok(false)` when another instance has it.
+    async fn acquire(&mut self, key: KeyId, fleet: &Channel) -> Result<bool, AmqpError> {
+        let ctx = self.keys[key.0].clone();
+        let lease_queue = self.config.lease_queue(&ctx.pool.name, &ctx.name);
+        let state_queue = self.config.key_state_queue(&ctx.pool.name, &ctx.name);
+        let (attempt_channel, generation) = self.broker.channel_with_generation().await?;
+        if Some(generation) != self.fleet.as_ref().map(|(_, g)| *g) {
+            // The connection changed under us: the next tick starts over.
+            return Ok(false);
+        }
+        let sent = Instant::now();
+        let attempt = wire::take_lease(&attempt_channel, &lease_queue, &state_queue).await;
+        let _ = attempt_channel
+            .close(200, "lease attempt done".into())
+            .await;
+        let snapshot = match attempt? {
+            Attempt::Held => return Ok(false),
+            Attempt::Taken(snapshot) => snapshot,
+        };
+        // The declaration was a round trip on the lease connection.
+        let (_, validity) = super::freshness::timing(self.config.broker.heartbeat_secs);
+        self.gate.extend(sent, validity);
+        let now = jiff::Timestamp::now();
+        let handed_over = snapshot.map(|s| {
+            let from = s.owner.clone();
+            let released = s.released;
+            let (state, budget) = take_over(*s, &ctx.limits, now);
+            (state, budget, from, released)
+        });
+        let state = match handed_over {
+            Some((state, budget, from, released)) => {
+                info!(pool = %ctx.pool.name, key = %ctx.name, from = %from, released, "key taken over with its state and budget");
+                ctx.begin_lease(Some(budget));
+                Some(state)
+            }
+            None => {
+                ctx.begin_lease(None);
+                None
+            }
+        };
+        self.held.insert(
+            key,
+            Held {
+                releasing: None,
+                last_publish: Instant::now(),
+                admitted: Admitted::default(),
+                granted: Allowance::default(),
+                dirty: false,
+            },
+        );
+        // The first snapshot grants the first allowance; until then the key
+        // is driven but admits nothing.
+        if let Err(e) = self.publish(key, fleet, state.clone(), false).await {
+            warn!(pool = %ctx.pool.name, key = %ctx.name, error = %e, "cannot publish the key's first snapshot; letting the lease go");
+            self.held.remove(&key);
+            let _ = wire::drop_lease(fleet, &lease_queue).await;
+            return Err(e);
+        }
+        self.supervisor.do_send(TakeKey { key, state });
+        Ok(true)
+    }
+
+    /// Publish `key`'s snapshot (its state from the supervisor unless given)
+    /// and, once confirmed, grant the allowance it carries.
+    async fn publish(
+        &mut self,
+        key: KeyId,
+        channel: &Channel,
+        state: Option<KeyState>,
+        released: bool,
+    ) -> Result<(), AmqpError> {
+        let ctx = self.keys[key.0].clone();
+        let state = match state {
+            Some(state) => state,
+            None => match self.supervisor.send(KeyStateOf { key }).await {
+                Ok(state) => state,
+                // The supervisor is gone: the process is stopping.
+                Err(_) => return Err(AmqpError::Closed),
+            },
+        };
+        let Some(held) = self.held.get(&key) else {
+            return Ok(());
+        };
+        let snap = ctx.budget_snapshot();
+        let allowance = if released {
+            Allowance::default()
+        } else {
+            let used = Allowance {
+                calls: snap.admitted.calls.saturating_sub(held.admitted.calls),
+                tokens: snap.admitted.tokens.saturating_sub(held.admitted.tokens),
+            };
+            let fresh = size_allowance(snap.headroom, used, ctx.concurrency);
+            // Never less than what is left: calls the old allowance lets
+            // through before the confirm must be covered by this snapshot.
+            let left = snap.allowance_left.unwrap_or_default();
+            Allowance {
+                calls: fresh.calls.max(left.calls),
+                tokens: fresh.tokens.max(left.tokens),
+            }
+        };
+        let snapshot = HandoverSnapshot {
+            version: HandoverSnapshot::VERSION,
+            owner: self.me.clone(),
+            taken_at: jiff::Timestamp::now(),
+            state,
+            budget: snap.budget,
+            allowance,
+            released,
+        };
+        let state_queue = self.config.key_state_queue(&ctx.pool.name, &ctx.name);
+        wire::publish_snapshot(channel, &state_queue, &snapshot).await?;
+        if !released {
+            ctx.grant_allowance(allowance, snap.admitted);
+        }
+        if let Some(held) = self.held.get_mut(&key) {
+            held.last_publish = Instant::now();
+            held.admitted = snap.admitted;
+            held.granted = allowance;
+            held.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Publish the snapshots that are due (see [`Held::due`]).
+    async fn renew_allowances(&mut self, periodic: bool) {
+        let Some((channel, _)) = self.fleet.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        let due: Vec<KeyId> = self
+            .held
+            .iter()
+            .filter(|(id, held)| {
+                let (left, admitted) = self.keys[id.0].allowance_status();
+                held.due(left, admitted, now, periodic)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for key in due {
+            if let Err(e) = self.publish(key, &channel, None, false).await {
+                let ctx = &self.keys[key.0];
+                warn!(pool = %ctx.pool.name, key = %ctx.name, error = %e, "cannot publish the key's snapshot; it admits no more calls until one is confirmed");
+                return;
+            }
+        }
+    }
+
+    /// Stop driving `key`; the hand-over ends once its calls are done.
+    fn begin_hand_over(&mut self, key: KeyId) {
+        let Some(held) = self.held.get_mut(&key) else {
+            return;
+        };
+        let ctx = &self.keys[key.0];
+        info!(pool = %ctx.pool.name, key = %ctx.name, "handing the key over to balance the fleet");
+        held.releasing = Some(Instant::now());
+        self.supervisor.do_send(LetKeyGo { key });
+    }
+
+    /// Hand-overs whose calls are done: last snapshot, then the lease goes.
+    async fn finish_hand_overs(&mut self, channel: &Channel) {
+        let now = Instant::now();
+        let ready: Vec<(KeyId, bool)> = self
+            .held
+            .iter()
+            .filter_map(|(id, h)| {
+                let since = h.releasing?;
+                let quiet = self.keys[id.0].in_flight() == 0;
+                let overdue = now.saturating_duration_since(since) >= HAND_OVER_LIMIT;
+                (quiet || overdue).then_some((*id, quiet))
+            })
+            .collect();
+        for (key, quiet) in ready {
+            self.hand_over(key, channel, quiet).await;
+        }
+    }
+
+    async fn hand_over(&mut self, key: KeyId, channel: &Channel, released: bool) {
+        let ctx = self.keys[key.0].clone();
+        if let Err(e) = self.publish(key, channel, None, released).await {
+            // The last confirmed snapshot still covers every call (its
+            // allowance counts as spent): the lease can go all the same.
+            warn!(pool = %ctx.pool.name, key = %ctx.name, error = %e, "cannot publish the key's last snapshot");
+        }
+        let lease_queue = self.config.lease_queue(&ctx.pool.name, &ctx.name);
+        if let Err(e) = wire::drop_lease(channel, &lease_queue).await {
+            warn!(pool = %ctx.pool.name, key = %ctx.name, error = %e, "cannot drop the key's lease; it goes with the connection");
+        }
+        self.held.remove(&key);
+        self.let_go_at.insert(key, Instant::now());
+    }
+
+    /// Shutdown: every key is stopped already; hand each over and say so.
+    async fn leave(&mut self) {
+        let Some((channel, _)) = self.fleet.clone() else {
+            return;
+        };
+        let keys: Vec<KeyId> = self.held.keys().copied().collect();
+        for key in keys {
+            let quiet = self.keys[key.0].in_flight() == 0;
+            self.hand_over(key, &channel, quiet).await;
+        }
+        let beacon = self.beacon(true);
+        let _ = wire::publish_beacon(&channel, &self.config.fleet_exchange(), &beacon).await;
+        self.gate.close();
+    }
+
+    fn publish_picture(&self) {
+        let now = Instant::now();
+        let driven = self.held.values().filter(|h| h.releasing.is_none()).count();
+        metrics::gauge!(m::KEYS_DRIVEN).set(driven as f64);
+        let members = self.view.members(now);
+        metrics::gauge!(m::FLEET_INSTANCES).set((members.len() + 1) as f64);
+        let mut owners = BTreeMap::new();
+        for (i, key) in self.keys.iter().enumerate() {
+            let owner = if self.held.contains_key(&KeyId(i)) {
+                KeyOwner::Me
+            } else {
+                match self.view.owner_of(&key.store_key) {
+                    Some(other) => KeyOwner::Other(other.to_owned()),
+                    None => KeyOwner::Nobody,
+                }
+            };
+            owners.insert(key.store_key.clone(), owner);
+        }
+        self.picture.send_replace(FleetPicture {
+            me: self.me.clone(),
+            members,
+            owners,
+        });
+    }
+}

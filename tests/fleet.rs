@@ -1,0 +1,263 @@
+//! Several keyrelay processes on one broker (issue 21): each key driven by
+//! exactly one of them, the keys shared out as instances come, and taken
+//! over within seconds when one is SIGKILLed, without a job lost, a declared
+//! limit broken, or a key used by two instances at once.
+//!
+//! Real processes (`keyrelay run`), the real RabbitMQ, the mock provider over
+//! HTTP recording which instance (User-Agent) made each call and when.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{OutputLog, Relay, ReplyQueue, TestKey, TestPool};
+use keyrelay::amqp::{Broker, PublishOutcome, Publisher};
+use keyrelay_core::job::JobStatus;
+use keyrelay_mock::{CallRecord, MockSettings};
+use lapin::BasicProperties;
+
+const KEYS: [&str; 6] = ["k1", "k2", "k3", "k4", "k5", "k6"];
+/// Declared and enforced per key: this many calls in any window.
+const RPM: u32 = 20;
+const WINDOW: Duration = Duration::from_secs(2);
+const CONCURRENCY: u16 = 4;
+const JOBS: usize = 1_200;
+const FAILOVER_LIMIT: Duration = Duration::from_secs(5);
+const BALANCE_LIMIT: Duration = Duration::from_secs(30);
+
+/// One child keyrelay with its own name, store and log.
+struct Member {
+    name: &'static str,
+    relay: Relay,
+}
+
+async fn spawn(name: &'static str, config: &Path, dir: &Path) -> Member {
+    let log: OutputLog = Arc::default();
+    let store = dir.join(format!("store-{name}"));
+    let store = store.to_str().unwrap().to_owned();
+    let envs = [
+        ("KEYRELAY__INSTANCE__NAME", name),
+        ("KEYRELAY__STORE__PATH", store.as_str()),
+    ];
+    let relay = Relay::spawn_with(config, "info,lapin=warn", &log, &envs).await;
+    Member { name, relay }
+}
+
+/// Keys each live member drives, from its `/metrics`.
+async fn driven(members: &[Member]) -> BTreeMap<&'static str, usize> {
+    let mut out = BTreeMap::new();
+    for m in members {
+        let body = m.relay.metrics().await;
+        out.insert(
+            m.name,
+            common::metric_sum(&body, "keyrelay_keys_driven") as usize,
+        );
+    }
+    out
+}
+
+/// Poll the members' metrics (every 50 ms) until `done` holds; how long it took.
+async fn until_driven(
+    members: &[Member],
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&BTreeMap<&'static str, usize>) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let now = driven(members).await;
+        if done(&now) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what} within {limit:?}; keys driven: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix::test]
+async fn three_instances_share_the_keys_and_survive_a_sigkill() {
+    common::init_logs();
+    let keys = KEYS
+        .iter()
+        .map(|k| {
+            TestKey::new(k, 1)
+                .concurrency(CONCURRENCY)
+                .limits(&format!("  rpm = {RPM}"))
+                .mock(|m| m.with_rpm(RPM))
+        })
+        .collect();
+    let pools = vec![TestPool {
+        name: "g",
+        provider: "gemini",
+        keys,
+    }];
+    let settings = MockSettings {
+        latency: Duration::from_millis(20),
+        minute: WINDOW,
+        record_calls: true,
+        ..MockSettings::default()
+    };
+    let mock = common::start_mock(&pools, settings).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("kr-fleet.{}", uuid::Uuid::now_v7().simple());
+    let config_path = common::write_config_file_with(
+        &pools,
+        &mock,
+        dir.path(),
+        &prefix,
+        "",
+        "shutdown_grace_secs = 10",
+        &format!("rate_window_secs = {}\n", WINDOW.as_secs()),
+    );
+    let config = keyrelay_core::config::Config::load(&config_path).unwrap();
+
+    // One instance alone drives every key.
+    let mut members = vec![spawn("a", &config_path, dir.path()).await];
+    until_driven(&members, common::WAIT, "a alone drives every key", |d| {
+        d["a"] == KEYS.len()
+    })
+    .await;
+
+    // A backlog, then two more instances join while it drains.
+    let broker = Arc::new(Broker::connect(&common::amqp_url()).await.unwrap());
+    let publisher = Publisher::new(broker.clone()).await.unwrap();
+    let replies_name = format!("{prefix}.replies");
+    let mut replies = ReplyQueue::open(&broker, &replies_name).await;
+    let queue = config.job_queue("g");
+    for i in 0..JOBS {
+        let id = format!("fleet-{i:05}");
+        let body = serde_json::json!({"id": id, "prompt": format!("fleet job {id}")});
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_reply_to(replies_name.as_str().into());
+        let outcome = publisher
+            .publish(&queue, body.to_string().as_bytes(), props, true)
+            .await
+            .unwrap();
+        assert_eq!(outcome, PublishOutcome::Delivered);
+    }
+    members.push(spawn("b", &config_path, dir.path()).await);
+    members.push(spawn("c", &config_path, dir.path()).await);
+    let balanced = until_driven(&members, BALANCE_LIMIT, "the three share the keys", |d| {
+        d.values().all(|n| *n == KEYS.len() / 3)
+    })
+    .await;
+    eprintln!("balanced 2/2/2 {balanced:?} after b and c started");
+
+    // Half-way through, SIGKILL b: a and c take its keys.
+    let mut answers: HashMap<String, usize> = HashMap::new();
+    let mut succeeded = 0usize;
+    while answers.len() < JOBS / 2 {
+        let reply = replies.next().await;
+        succeeded += usize::from(reply.status == JobStatus::Succeeded);
+        *answers.entry(reply.id.clone()).or_default() += 1;
+    }
+    let b = members.remove(1);
+    assert_eq!(b.name, "b");
+    b.relay.kill9().await;
+    let failover = until_driven(&members, FAILOVER_LIMIT, "survivors drive b's keys", |d| {
+        d.values().sum::<usize>() == KEYS.len()
+    })
+    .await;
+    eprintln!("failover: survivors drive every key {failover:?} after the SIGKILL");
+
+    // Every job answered; duplicates only for what b had in flight.
+    while answers.len() < JOBS {
+        let reply = replies.next().await;
+        succeeded += usize::from(reply.status == JobStatus::Succeeded);
+        *answers.entry(reply.id.clone()).or_default() += 1;
+    }
+    let duplicates: usize = answers.values().map(|n| n - 1).sum();
+    let b_in_flight_bound = 2 * usize::from(CONCURRENCY) * 2;
+    assert!(
+        duplicates <= b_in_flight_bound,
+        "{duplicates} duplicate answers; at most what b could have in flight ({b_in_flight_bound})"
+    );
+    assert_eq!(succeeded, JOBS + duplicates, "every answer a success");
+
+    // The provider's view: no 429, no key used by two instances at once,
+    // never more than RPM calls of a key in any window.
+    let stats = mock.stats();
+    assert_eq!(stats.total().rate_limited, 0, "no upstream 429: {stats:?}");
+    assert!(
+        stats.total().successes as usize <= JOBS + b_in_flight_bound,
+        "paid at most once per job plus b's calls in flight: {stats:?}"
+    );
+    let calls = mock.calls();
+    let callers = check_calls(&calls);
+    for name in ["a", "b", "c"] {
+        assert!(
+            callers
+                .iter()
+                .any(|c| c.contains(&format!("(instance {name})"))),
+            "instance {name} made calls: {callers:?}"
+        );
+    }
+
+    for m in members {
+        let status = m.relay.terminate().await;
+        assert!(
+            status.success(),
+            "{} exits 0 after SIGTERM: {status}",
+            m.name
+        );
+    }
+    let mut queues = common::keyrelay_queues(&config);
+    queues.push(replies_name);
+    common::delete_queues(&broker, &queues).await;
+}
+
+/// Per key: calls of different instances never overlap, no window of
+/// `WINDOW` holds more than `RPM` calls, and the key never sat idle for 5 s
+/// while the backlog drained (hand-overs and the failover included).
+/// Returns the callers seen.
+fn check_calls(calls: &[CallRecord]) -> Vec<String> {
+    let mut by_key: BTreeMap<&str, Vec<&CallRecord>> = BTreeMap::new();
+    for call in calls {
+        by_key.entry(call.key.as_str()).or_default().push(call);
+    }
+    let mut callers: Vec<String> = calls.iter().map(|c| c.caller.clone()).collect();
+    callers.sort();
+    callers.dedup();
+    let window_us = WINDOW.as_micros() as u64;
+    for (key, mut calls) in by_key {
+        calls.sort_by_key(|c| c.start_us);
+        let idle = calls
+            .windows(2)
+            .map(|w| w[1].start_us.saturating_sub(w[0].end_us))
+            .max()
+            .unwrap_or(0);
+        assert!(
+            idle < 5_000_000,
+            "key {key} idle for {} ms while jobs waited",
+            idle / 1000
+        );
+        for (i, a) in calls.iter().enumerate() {
+            for b in &calls[i + 1..] {
+                if b.start_us >= a.end_us {
+                    break;
+                }
+                assert_eq!(
+                    a.caller, b.caller,
+                    "key {key} used by two instances at once: {a:?} and {b:?}"
+                );
+            }
+            let in_window = calls[i..]
+                .iter()
+                .take_while(|c| c.start_us < a.start_us + window_us)
+                .count();
+            assert!(
+                in_window <= RPM as usize,
+                "key {key}: {in_window} calls within {WINDOW:?} from {a:?}"
+            );
+        }
+    }
+    callers
+}
