@@ -307,9 +307,37 @@ fn signed(d: Duration) -> jiff::SignedDuration {
     jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX)
 }
 
+// The fleet's part of a budget (allowances, hand-over); the types are here,
+// so the child only looks up to this module.
 #[path = "budget_handover.rs"]
 mod handover;
-pub use handover::{Admitted, Allowance, Headroom};
+
+/// Calls and tokens an owner may admit beyond the snapshot that grants them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allowance {
+    /// Calls.
+    pub calls: u64,
+    /// Estimated tokens.
+    pub tokens: u64,
+}
+
+/// Calls and tokens admitted since a budget was created (monotonic).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admitted {
+    /// Calls.
+    pub calls: u64,
+    /// Estimated tokens.
+    pub tokens: u64,
+}
+
+/// What a key's declared limits still allow right now; `None` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headroom {
+    /// Calls before the tightest request limit (rpm, rpd).
+    pub calls: Option<u64>,
+    /// Tokens before the tightest token limit (tpm, tpd).
+    pub tokens: Option<u64>,
+}
 
 #[cfg(test)]
 #[path = "budget_tests.rs"]

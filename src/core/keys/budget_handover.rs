@@ -8,9 +8,8 @@
 //! never exceeds a key's limits, and a crash costs at most one allowance.
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
 
-use super::{Blocked, Budget, Limits, Spent};
+use super::{Admitted, Allowance, Blocked, Budget, Headroom, Limits, Spent};
 
 /// The `limit` of a [`Blocked`] that only waits for the next snapshot: the
 /// key's own limits still have room.
@@ -22,33 +21,6 @@ impl Blocked {
     pub fn is_fleet_allowance(&self) -> bool {
         self.limit == FLEET_ALLOWANCE
     }
-}
-
-/// Calls and tokens an owner may admit beyond the snapshot that grants them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Allowance {
-    /// Calls.
-    pub calls: u64,
-    /// Estimated tokens.
-    pub tokens: u64,
-}
-
-/// Calls and tokens admitted since a budget was created (monotonic).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Admitted {
-    /// Calls.
-    pub calls: u64,
-    /// Estimated tokens.
-    pub tokens: u64,
-}
-
-/// What a key's declared limits still allow right now; `None` is unlimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Headroom {
-    /// Calls before the tightest request limit (rpm, rpd).
-    pub calls: Option<u64>,
-    /// Tokens before the tightest token limit (tpm, tpd).
-    pub tokens: Option<u64>,
 }
 
 impl Budget {

@@ -16,9 +16,8 @@ use lapin::Channel;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
-use super::view::{Beacon, FleetView};
+use super::view::{Beacon, FleetPicture, FleetView, KeyOwner};
 use super::wire::{self, Attempt};
-use super::{FleetPicture, FleetSetup, KeyOwner};
 use crate::actors::messages::{KeyStateOf, LetKeyGo, TakeKey};
 use crate::actors::supervisor::Supervisor;
 use crate::amqp::{AmqpError, Broker};
@@ -39,6 +38,21 @@ const ORPHAN_AFTER: Duration = Duration::from_secs(2);
 /// A hand-over waits this long for the key's calls to finish; after it the
 /// last snapshot says "not released" and the next owner assumes the worst.
 const HAND_OVER_LIMIT: Duration = Duration::from_secs(120);
+
+/// What the lease keeper is started with.
+pub struct FleetSetup {
+    pub broker: Arc<Broker>,
+    pub config: Arc<Config>,
+    /// This instance's name in the fleet.
+    pub instance: String,
+    /// Its HTTP endpoint, announced to the others.
+    pub http: String,
+    /// Every key, indexed by `KeyId`.
+    pub keys: Vec<Arc<KeyContext>>,
+    pub supervisor: Addr<Supervisor>,
+    pub gate: Arc<LeaseGate>,
+    pub state_changes: mpsc::UnboundedReceiver<KeyId>,
+}
 
 /// Asks of the keeper from the rest of the process.
 pub(super) enum Command {

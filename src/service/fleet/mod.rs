@@ -11,60 +11,15 @@ mod keeper;
 mod view;
 mod wire;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use actix::Addr;
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::actors::supervisor::Supervisor;
-use crate::amqp::Broker;
-use crate::pipeline::{KeyContext, LeaseGate};
+pub use keeper::FleetSetup;
 use keeper::{Command, LeaseKeeper};
-use keyrelay_core::config::Config;
-use keyrelay_core::keys::KeyId;
-pub use view::Member;
-
-/// Who drives a key, as this instance sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "instance")]
-pub enum KeyOwner {
-    /// This instance.
-    Me,
-    /// Another live instance.
-    Other(String),
-    /// Nobody right now (being handed over, or every instance is full).
-    Nobody,
-}
-
-/// The fleet as this instance last saw it (for `/v1/keys` and `/v1/fleet`).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct FleetPicture {
-    /// This instance's name.
-    pub me: String,
-    /// The other live instances.
-    pub members: Vec<Member>,
-    /// Every key (`pool/key`) and who drives it.
-    pub owners: BTreeMap<String, KeyOwner>,
-}
-
-/// What the lease keeper is started with.
-pub struct FleetSetup {
-    pub broker: Arc<Broker>,
-    pub config: Arc<Config>,
-    /// This instance's name in the fleet.
-    pub instance: String,
-    /// Its HTTP endpoint, announced to the others.
-    pub http: String,
-    /// Every key, indexed by `KeyId`.
-    pub keys: Vec<Arc<KeyContext>>,
-    pub supervisor: Addr<Supervisor>,
-    pub gate: Arc<LeaseGate>,
-    pub state_changes: mpsc::UnboundedReceiver<KeyId>,
-}
+pub use view::{FleetPicture, KeyOwner, Member};
 
 /// The running lease keeper.
 pub struct Fleet {

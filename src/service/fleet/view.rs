@@ -6,6 +6,29 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+/// Who drives a key, as this instance sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "instance")]
+pub enum KeyOwner {
+    /// This instance.
+    Me,
+    /// Another live instance.
+    Other(String),
+    /// Nobody right now (being handed over, or every instance is full).
+    Nobody,
+}
+
+/// The fleet as this instance last saw it (for `/v1/keys` and `/v1/fleet`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetPicture {
+    /// This instance's name.
+    pub me: String,
+    /// The other live instances.
+    pub members: Vec<Member>,
+    /// Every key (`pool/key`) and who drives it.
+    pub owners: BTreeMap<String, KeyOwner>,
+}
+
 /// An instance counts as gone when no beacon came for this long (five
 /// beacons missed): its keys are anybody's to take.
 pub const ALIVE_FOR: Duration = Duration::from_millis(2_500);
