@@ -26,6 +26,7 @@ const WINDOW: Duration = Duration::from_secs(2);
 const CONCURRENCY: u16 = 4;
 const JOBS: usize = 1_200;
 const FAILOVER_LIMIT: Duration = Duration::from_secs(5);
+const TOKEN: &str = "fleet-test-admin-token-0123456789";
 const BALANCE_LIMIT: Duration = Duration::from_secs(30);
 
 /// One child keyrelay with its own name, store and log.
@@ -106,13 +107,23 @@ async fn three_instances_share_the_keys_and_survive_a_sigkill() {
     let mock = common::start_mock(&pools, settings).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("kr-fleet.{}", uuid::Uuid::now_v7().simple());
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let config_path = common::write_config_file_with(
         &pools,
         &mock,
         dir.path(),
         &prefix,
         "",
-        "shutdown_grace_secs = 10",
+        &format!(
+            "shutdown_grace_secs = 10\n\n[admin]\nadmin_token_file = \"{}\"\n",
+            token_file.display()
+        ),
         &format!("rate_window_secs = {}\n", WINDOW.as_secs()),
     );
     let config = keyrelay_core::config::Config::load(&config_path).unwrap();
@@ -151,6 +162,52 @@ async fn three_instances_share_the_keys_and_survive_a_sigkill() {
     .await;
     eprintln!("balanced 2/2/2 {balanced:?} after b and c started");
 
+    // Any instance shows every key with its driver, and acts on a key where
+    // it is driven: disable one of b's keys through a. (a hears of b's and
+    // c's keys by their beacons, moments after their metrics say so.)
+    let a_http = members[0].relay.http;
+    let start = Instant::now();
+    loop {
+        let fleet = admin(a_http, reqwest::Method::GET, "/v1/fleet").await;
+        let owners = fleet["owners"].as_object().unwrap();
+        if owners.values().all(|o| o["kind"] != "nobody") {
+            break;
+        }
+        assert!(
+            start.elapsed() < common::WAIT,
+            "a sees every key driven: {fleet}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let keys = admin(a_http, reqwest::Method::GET, "/v1/keys").await;
+    let drivers: BTreeMap<String, String> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["name"].as_str().unwrap().to_owned(),
+                k["driven_by"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect();
+    for name in ["a", "b", "c"] {
+        let n = drivers.values().filter(|d| *d == name).count();
+        assert_eq!(n, 2, "{name} drives 2 keys in a's /v1/keys: {drivers:?}");
+    }
+    let b_key = drivers.iter().find(|(_, d)| *d == "b").unwrap().0.clone();
+    let disabled = admin(
+        a_http,
+        reqwest::Method::POST,
+        &format!("/v1/keys/g/{b_key}/disable"),
+    )
+    .await;
+    assert_eq!(
+        disabled["answered_by"], "b",
+        "done where the key is driven: {disabled}"
+    );
+    assert_eq!(disabled["key"]["state"], "disabled", "{disabled}");
+
     // Half-way through, SIGKILL b: a and c take its keys.
     let mut answers: HashMap<String, usize> = HashMap::new();
     let mut succeeded = 0usize;
@@ -167,6 +224,23 @@ async fn three_instances_share_the_keys_and_survive_a_sigkill() {
     })
     .await;
     eprintln!("failover: survivors drive every key {failover:?} after the SIGKILL");
+    // b's disabled key stays disabled with its new driver.
+    let keys = admin(a_http, reqwest::Method::GET, "/v1/keys").await;
+    let taken = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == b_key.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        taken["state"], "disabled",
+        "the state followed the key: {taken}"
+    );
+    assert!(
+        taken["driven_by"] == "a" || taken["driven_by"] == "c",
+        "a survivor drives it: {taken}"
+    );
 
     // Every job answered; duplicates only for what b had in flight.
     while answers.len() < JOBS {
@@ -201,6 +275,34 @@ async fn three_instances_share_the_keys_and_survive_a_sigkill() {
         );
     }
 
+    // A result is found from any instance, or the 404 says who was asked.
+    // (The last jobs ran on a and c, after b was gone.)
+    let (mut here, mut there) = (0, 0);
+    for i in JOBS - 60..JOBS {
+        let url = format!("http://{a_http}/v1/jobs/fleet-{i:05}");
+        let response = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap();
+        match (status, body["answered_by"].as_str()) {
+            (200, None) => here += 1,
+            (200, Some("c")) => there += 1,
+            (404, _) => assert!(
+                body["message"].as_str().unwrap().contains("nor on c"),
+                "{body}"
+            ),
+            other => panic!("unexpected answer {other:?}: {body}"),
+        }
+    }
+    assert!(
+        here > 0 && there > 0,
+        "results found on a ({here}) and through c ({there})"
+    );
+
     for m in members {
         let status = m.relay.terminate().await;
         assert!(
@@ -212,6 +314,24 @@ async fn three_instances_share_the_keys_and_survive_a_sigkill() {
     let mut queues = common::keyrelay_queues(&config);
     queues.push(replies_name);
     common::delete_queues(&broker, &queues).await;
+}
+
+/// `method path` on an instance's admin API; its JSON (200 expected).
+async fn admin(
+    http: std::net::SocketAddr,
+    method: reqwest::Method,
+    path: &str,
+) -> serde_json::Value {
+    let response = reqwest::Client::new()
+        .request(method, format!("http://{http}{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    body
 }
 
 /// Per key: calls of different instances never overlap, no window of

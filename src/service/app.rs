@@ -183,7 +183,7 @@ impl App {
         // Keys take no calls now: hand them over with their budgets, so
         // another instance drives them at once (a rolling restart).
         steps
-            .run("hand the keys over", self.fleet.leave(SHUTDOWN_STEP_LIMIT))
+            .run("hand the keys over", self.fleet.leave(HAND_OVER_LIMIT))
             .await;
         let terminated = self.supervisor.send(Terminate);
         let _ = steps.run("stop the key workers", terminated).await;
@@ -222,6 +222,9 @@ impl App {
 
 /// How long one shutdown step may take before it is given up on.
 const SHUTDOWN_STEP_LIMIT: Duration = Duration::from_secs(10);
+/// Handing the keys over at shutdown: what is not handed over by then goes
+/// with the connection (the next owner assumes its allowance spent).
+const HAND_OVER_LIMIT: Duration = Duration::from_secs(8);
 
 /// A shutdown step that did not finish within [`SHUTDOWN_STEP_LIMIT`].
 #[derive(Debug, Error)]

@@ -83,7 +83,15 @@ impl Budget {
 
     /// Count calls someone else may have made (a previous owner that did not
     /// hand over) as made at `at`, in the window and in the day.
-    pub fn assume_spent(&mut self, spent: Allowance, at: Timestamp) {
+    pub fn assume_spent(
+        &mut self,
+        spent: Allowance,
+        window: std::time::Duration,
+        at: Timestamp,
+        next_reset: impl Fn(Timestamp) -> Timestamp,
+    ) {
+        // The snapshot may be from an earlier day: start from today's counts.
+        self.roll(window, at, &next_reset);
         let per_call = spent.tokens.checked_div(spent.calls).unwrap_or(0);
         let mut tokens_left = spent.tokens;
         for i in 0..spent.calls {
@@ -115,9 +123,10 @@ impl Budget {
     /// Take one call of `tokens` from the allowance, if one is enforced.
     pub(super) fn take_allowance(&mut self, now: Timestamp, tokens: u64) -> Result<(), Blocked> {
         if let Some(allowance) = &mut self.allowance {
-            // Tokens are estimates: a call may overdraw the last of them (a
-            // call larger than the whole allowance must still go some time).
-            if allowance.calls == 0 || allowance.tokens == 0 {
+            // The whole estimate must be covered: a crash leaves the next
+            // owner only the allowance to count. (The lease keeper grants at
+            // least what a waiting call needs.)
+            if allowance.calls == 0 || allowance.tokens < tokens {
                 return Err(Blocked {
                     // A new snapshot is normally confirmed within milliseconds.
                     until: now
@@ -128,7 +137,7 @@ impl Budget {
                 });
             }
             allowance.calls -= 1;
-            allowance.tokens = allowance.tokens.saturating_sub(tokens);
+            allowance.tokens -= tokens;
         }
         self.admitted.calls += 1;
         self.admitted.tokens = self.admitted.tokens.saturating_add(tokens);

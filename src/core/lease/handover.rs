@@ -40,7 +40,9 @@ impl HandoverSnapshot {
 pub fn take_over(
     snapshot: HandoverSnapshot,
     limits: &Limits,
+    window: std::time::Duration,
     now: Timestamp,
+    next_reset: impl Fn(Timestamp) -> Timestamp,
 ) -> (KeyState, Budget) {
     let mut budget = snapshot.budget;
     if !snapshot.released {
@@ -50,7 +52,7 @@ pub fn take_over(
             calls: snapshot.allowance.calls.min(call_limit),
             tokens: snapshot.allowance.tokens.min(token_limit),
         };
-        budget.assume_spent(spent, now);
+        budget.assume_spent(spent, window, now, next_reset);
     }
     (snapshot.state.as_of(now), budget)
 }
@@ -129,7 +131,13 @@ mod tests {
             calls: 4,
             tokens: 40,
         };
-        let (_, mut next) = take_over(snapshot(budget.clone(), allowance, false), &limits, t(5));
+        let (_, mut next) = take_over(
+            snapshot(budget.clone(), allowance, false),
+            &limits,
+            MIN,
+            t(5),
+            day,
+        );
         // 3 recorded + 4 assumed: 3 left now.
         for _ in 0..3 {
             next.try_take(&limits, MIN, t(5), 1, day).unwrap();
@@ -142,7 +150,8 @@ mod tests {
             "the recorded calls of t=0 leave first"
         );
         // A released key's allowance was not used.
-        let (_, mut released) = take_over(snapshot(budget, allowance, true), &limits, t(5));
+        let (_, mut released) =
+            take_over(snapshot(budget, allowance, true), &limits, MIN, t(5), day);
         for _ in 0..7 {
             released.try_take(&limits, MIN, t(5), 1, day).unwrap();
         }
@@ -156,7 +165,13 @@ mod tests {
             calls: u64::MAX,
             tokens: u64::MAX,
         };
-        let (_, mut next) = take_over(snapshot(Budget::default(), unlimited, false), &limits, t(1));
+        let (_, mut next) = take_over(
+            snapshot(Budget::default(), unlimited, false),
+            &limits,
+            MIN,
+            t(1),
+            day,
+        );
         assert_eq!(
             next.try_take(&limits, MIN, t(1), 1, day).unwrap_err().limit,
             "rpm"
@@ -164,10 +179,41 @@ mod tests {
         let (_, mut free) = take_over(
             snapshot(Budget::default(), unlimited, false),
             &Limits::default(),
+            MIN,
             t(1),
+            day,
         );
         free.try_take(&Limits::default(), MIN, t(1), 1, day)
             .unwrap();
+    }
+
+    #[test]
+    fn assumed_calls_of_a_snapshot_from_yesterday_count_today() {
+        let limits = Limits {
+            rpd: Some(5),
+            ..Limits::default()
+        };
+        // Yesterday: the day's 5 calls spent; the day ended at t(100).
+        let yesterday = |_: Timestamp| t(100);
+        let mut budget = Budget::default();
+        for _ in 0..5 {
+            budget.try_take(&limits, MIN, t(0), 1, yesterday).unwrap();
+        }
+        let two = Allowance {
+            calls: 2,
+            tokens: 2,
+        };
+        let (_, mut next) = take_over(snapshot(budget, two, false), &limits, MIN, t(200), day);
+        // A new day: 5 - 2 assumed = 3 left, not 5 (the roll kept the phantoms).
+        for _ in 0..3 {
+            next.try_take(&limits, MIN, t(200), 1, day).unwrap();
+        }
+        assert_eq!(
+            next.try_take(&limits, MIN, t(200), 1, day)
+                .unwrap_err()
+                .limit,
+            "rpd"
+        );
     }
 
     #[test]
@@ -188,7 +234,9 @@ mod tests {
                 false,
             ),
             &limits,
+            MIN,
             t(1),
+            day,
         );
         next.try_take(&limits, MIN, t(1), 1, day).unwrap();
         assert_eq!(
@@ -217,6 +265,19 @@ mod tests {
         assert_eq!(blocked.limit, "fleet allowance");
         budget.revoke_allowance();
         assert!(budget.try_take(&limits, MIN, t(0), 5, day).is_ok());
+        // A call must fit the tokens left whole: a crash leaves the next
+        // owner only the allowance to count.
+        let now = budget.admitted();
+        budget.grant(
+            Allowance {
+                calls: 3,
+                tokens: 10,
+            },
+            now,
+        );
+        let blocked = budget.try_take(&limits, MIN, t(0), 11, day).unwrap_err();
+        assert!(blocked.is_fleet_allowance());
+        budget.try_take(&limits, MIN, t(0), 10, day).unwrap();
     }
 
     #[test]

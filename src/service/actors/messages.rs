@@ -43,6 +43,12 @@ pub struct LetKeyGo {
     pub key: KeyId,
 }
 
+/// Lease keeper → supervisor: answered once the supervisor has started
+/// (stored states and budgets restored).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Booted;
+
 /// Lease keeper → supervisor: `key`'s state, for a snapshot.
 #[derive(Message)]
 #[rtype(result = "KeyState")]

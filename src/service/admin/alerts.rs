@@ -15,13 +15,13 @@
 
 use std::collections::BTreeMap;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use super::errors::ApiError;
 use super::heavy::{HeavyReads, Slot};
-use super::keys::{KeyView, key_views};
+use super::keys::{KeyView, fleet_key_views};
 use super::monitor::{Monitor, queue_depth};
 use crate::http::state::HttpState;
 use keyrelay_core::store::Store;
@@ -43,9 +43,10 @@ pub async fn list(
     state: web::Data<HttpState>,
     monitor: web::Data<Monitor>,
     heavy: web::Data<HeavyReads>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let slot = heavy.enter().await?;
-    let alerts = evaluate(&state, &monitor, &slot).await?;
+    let alerts = evaluate(&state, &monitor, &slot, &req).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "alerts": alerts })))
 }
 
@@ -73,8 +74,10 @@ pub async fn evaluate(
     state: &HttpState,
     monitor: &Monitor,
     slot: &Slot,
+    req: &HttpRequest,
 ) -> Result<Vec<Alert>, ApiError> {
-    let keys = key_views(state).await?;
+    // Each key as the instance driving it sees it.
+    let keys = fleet_key_views(state, req).await?;
     let mut alerts = pool_alerts(state, &keys);
     for key in keys.iter().filter(|k| k.state == "disabled") {
         alerts.push(Alert {

@@ -10,6 +10,7 @@ use lapin::types::ShortString;
 use super::errors::ApiError;
 use super::heavy::HeavyReads;
 use super::params::Params;
+use super::peers;
 use crate::amqp::{PublishOutcome, Publisher};
 use crate::http::state::HttpState;
 use keyrelay_core::job::{DecodeContext, JobProperties, JobStatus};
@@ -24,12 +25,16 @@ const MAX_LIMIT: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct GetParams {
     pool: Option<String>,
+    /// `1`: look in this instance's store only (see `peers`).
+    #[allow(dead_code)]
+    local: Option<String>,
 }
 
 pub async fn get(
     state: web::Data<HttpState>,
     id: web::Path<String>,
     params: web::Query<GetParams>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let pools: Vec<&str> = match &params.pool {
         Some(pool) => vec![pool.as_str()],
@@ -45,12 +50,49 @@ pub async fn get(
             newest = Some(found);
         }
     }
-    match newest {
-        Some(result) => Ok(HttpResponse::Ok().json(result)),
-        None => Err(ApiError::NotFound(format!(
-            "no stored result for job `{id}`"
-        ))),
+    if let Some(result) = newest {
+        return Ok(HttpResponse::Ok().json(result));
     }
+    if peers::local_only(&req) {
+        return Err(ApiError::NotFound(format!(
+            "no stored result for job `{id}`"
+        )));
+    }
+    ask_the_fleet(&state, &req, &id).await
+}
+
+/// Results stay in the store of the instance that ran the job: ask the
+/// others. Not found anywhere reachable is a 404 that names who was asked.
+async fn ask_the_fleet(
+    state: &HttpState,
+    req: &HttpRequest,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let path = match req.uri().query() {
+        Some(query) => format!("{}?{query}", req.uri().path()),
+        None => req.uri().path().to_owned(),
+    };
+    let mut asked = Vec::new();
+    let mut silent = Vec::new();
+    for peer in peers::others(state) {
+        match peers::ask(&peer, req, reqwest::Method::GET, &path, None).await {
+            Ok((200, body)) => return Ok(peers::relay(&peer, 200, body)),
+            Ok((404, _)) => asked.push(peer.beacon.instance.clone()),
+            Ok((status, body)) => silent.push(format!(
+                "{} ({}) answered {status} {}",
+                peer.beacon.instance, peer.beacon.http, body["message"]
+            )),
+            Err(_) => silent.push(format!("{} ({})", peer.beacon.instance, peer.beacon.http)),
+        }
+    }
+    let mut message = format!("no stored result for job `{id}` on this instance");
+    if !asked.is_empty() {
+        message += &format!(" nor on {}", asked.join(", "));
+    }
+    if !silent.is_empty() {
+        message += &format!("; could not ask, try them directly: {}", silent.join(", "));
+    }
+    Err(ApiError::NotFound(message))
 }
 
 /// A page of history: a heavy read (it may walk 50,000 index entries and

@@ -4,14 +4,16 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::errors::ApiError;
+use super::peers;
 use crate::actors::messages::{
     DisableKey, EnableKey, GetKeys, KeyCommandError, KeySnapshot, ProbeTarget, ResetKey,
 };
+use crate::fleet::KeyOwner;
 use crate::http::state::HttpState;
 use keyrelay_core::keys::KeyState;
 use keyrelay_core::metrics as m;
@@ -19,7 +21,7 @@ use keyrelay_core::provider::classify::truncate_chars;
 use keyrelay_core::provider::{ChatMessage, Outcome, ProviderRequest, Role};
 
 /// One key as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyView {
     pub pool: String,
     pub name: String,
@@ -28,7 +30,7 @@ pub struct KeyView {
     pub concurrency: u16,
     pub in_flight: usize,
     /// `active`, `cooling_down`, `exhausted` or `disabled`.
-    pub state: &'static str,
+    pub state: String,
     pub reason: Option<String>,
     /// When a cooling-down or exhausted key comes back by itself.
     pub until: Option<Timestamp>,
@@ -45,8 +47,10 @@ pub struct KeyView {
     pub daily_share: Option<f64>,
     /// Last provider call, last failure class and when (this process).
     pub last_used: Option<Timestamp>,
-    pub last_error_class: Option<&'static str>,
+    pub last_error_class: Option<String>,
     pub last_error_at: Option<Timestamp>,
+    /// The instance driving the key (null while it changes hands).
+    pub driven_by: Option<String>,
 }
 
 impl KeyView {
@@ -55,11 +59,57 @@ impl KeyView {
     }
 }
 
-/// Every key, with its stored counters.
+/// Every key as this instance knows it, with its stored counters.
 pub async fn key_views(state: &HttpState) -> Result<Vec<KeyView>, ApiError> {
     let snapshots = state.supervisor.send(GetKeys).await?;
     let now = Timestamp::now();
     snapshots.into_iter().map(|s| view(state, s, now)).collect()
+}
+
+/// Every key, each as the instance driving it knows it: that instance's
+/// state, usage and counters are the current ones. A peer that does not
+/// answer leaves this instance's (older) view of its keys.
+pub async fn fleet_key_views(
+    state: &HttpState,
+    req: &HttpRequest,
+) -> Result<Vec<KeyView>, ApiError> {
+    let mut views = key_views(state).await?;
+    if peers::local_only(req) {
+        return Ok(views);
+    }
+    for peer in peers::others(state) {
+        let Ok((200, body)) = peers::ask(&peer, req, reqwest::Method::GET, "/v1/keys", None).await
+        else {
+            continue;
+        };
+        let theirs: Vec<KeyView> = body
+            .get("keys")
+            .cloned()
+            .and_then(|k| serde_json::from_value(k).ok())
+            .unwrap_or_default();
+        for key in theirs {
+            if key.driven_by.as_deref() != Some(peer.beacon.instance.as_str()) {
+                continue;
+            }
+            if let Some(mine) = views
+                .iter_mut()
+                .find(|v| v.pool == key.pool && v.name == key.name)
+            {
+                *mine = key;
+            }
+        }
+    }
+    Ok(views)
+}
+
+/// The instance driving `pool/key`, by name, as this instance sees it.
+fn driver(state: &HttpState, pool: &str, key: &str) -> Option<String> {
+    let picture = state.fleet.borrow();
+    match picture.owners.get(&format!("{pool}/{key}"))? {
+        KeyOwner::Me => Some(picture.me.clone()),
+        KeyOwner::Other(name) => Some(name.clone()),
+        KeyOwner::Nobody => None,
+    }
 }
 
 fn view(state: &HttpState, s: KeySnapshot, now: Timestamp) -> Result<KeyView, ApiError> {
@@ -78,7 +128,8 @@ fn view(state: &HttpState, s: KeySnapshot, now: Timestamp) -> Result<KeyView, Ap
     };
     let until = s.state.until();
     Ok(KeyView {
-        state: s.state.label(),
+        driven_by: driver(state, &s.pool, &s.name),
+        state: s.state.label().to_owned(),
         reason,
         until,
         seconds_until: until.map(|u| u.duration_since(now).as_secs().max(0)),
@@ -92,15 +143,15 @@ fn view(state: &HttpState, s: KeySnapshot, now: Timestamp) -> Result<KeyView, Ap
         in_flight: s.in_flight,
         daily_share: s.usage.daily_share(&s.limits),
         last_used: s.last.used_at,
-        last_error_class: s.last.error_class,
+        last_error_class: s.last.error_class.map(str::to_owned),
         last_error_at: s.last.error_at,
         limits: s.limits,
         usage: s.usage,
     })
 }
 
-pub async fn list(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
-    let keys = key_views(&state).await?;
+pub async fn list(state: web::Data<HttpState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let keys = fleet_key_views(&state, &req).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "keys": keys })))
 }
 
@@ -110,13 +161,35 @@ struct DisableBody {
     reason: Option<String>,
 }
 
-/// `POST /v1/keys/{pool}/{name}/{action}`.
+/// `POST /v1/keys/{pool}/{name}/{action}`. A key another instance drives
+/// is acted on there (its state follows the key when it changes hands); a
+/// probe too, so the key is never called by two instances at once.
 pub async fn act(
     state: web::Data<HttpState>,
     path: web::Path<(String, String, String)>,
     body: web::Bytes,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (pool, key, action) = path.into_inner();
+    if !peers::local_only(&req)
+        && let Some(owner) = peers::driven_elsewhere(&state, &pool, &key)
+    {
+        let path = format!("/v1/keys/{pool}/{key}/{action}");
+        let (status, answer) = peers::ask(
+            &owner,
+            &req,
+            reqwest::Method::POST,
+            &path,
+            Some(body.to_vec()),
+        )
+        .await?;
+        return Ok(peers::relay(&owner, status, answer));
+    }
+    if driver(&state, &pool, &key).is_none() && state.config.pools.iter().any(|p| p.name == pool) {
+        return Err(ApiError::Unavailable(format!(
+            "key `{pool}/{key}` is changing hands between instances; try again in a few seconds"
+        )));
+    }
     let supervisor = &state.supervisor;
     let done = match action.as_str() {
         "disable" => {

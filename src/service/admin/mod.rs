@@ -1,5 +1,5 @@
 //! The admin API under `/v1` (JSON, bearer-token auth): pools, keys, jobs,
-//! stats, alerts; the status page at `/`; and the queue-depth poller.
+//! stats, alerts, the fleet; the status page at `/`; and the queue-depth poller.
 //! Documented in `docs/api.md` and `docs/openapi.yaml`.
 
 pub mod alerts;
@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod keys;
 pub mod monitor;
 pub mod params;
+pub mod peers;
 pub mod pools;
 pub mod stats;
 pub mod status;
@@ -71,6 +72,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/jobs/{id}", web::get().to(jobs::get))
                 .route("/stats", web::get().to(stats::get))
                 .route("/alerts", web::get().to(alerts::list))
+                .route("/fleet", web::get().to(peers::fleet))
                 .default_service(web::to(not_found)),
         );
 }

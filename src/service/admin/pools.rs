@@ -4,13 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use super::errors::ApiError;
 use super::heavy::HeavyReads;
-use super::keys::{KeyView, key_views};
+use super::keys::{KeyView, fleet_key_views};
 use super::monitor::queue_depth;
 use crate::http::state::HttpState;
 use keyrelay_core::store::Store;
@@ -41,9 +41,11 @@ pub struct PoolView {
 pub async fn list(
     state: web::Data<HttpState>,
     heavy: web::Data<HeavyReads>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let slot = heavy.enter().await?;
-    let keys = key_views(&state).await?;
+    // Each key as the instance driving it sees it.
+    let keys = fleet_key_views(&state, &req).await?;
     let store = state.store.clone();
     let per_minute = slot
         .run("the last-minute scan", move || jobs_last_minute(&store))

@@ -41,6 +41,8 @@ pub struct Broker {
     generation: AtomicU64,
     /// The channels' settling tasks; `close` lets them send what they hold.
     settlers: TaskTracker,
+    /// The heartbeat asked for (the broker may agree to less).
+    heartbeat: u16,
     /// Set by `close`: a late user (the queue poller, a worker restarting)
     /// must not reconnect and re-declare the topology of a stopping service.
     closed: std::sync::atomic::AtomicBool,
@@ -57,7 +59,9 @@ impl Broker {
     pub async fn for_service(config: Arc<Config>, instance: &str) -> Result<Broker, AmqpError> {
         let name = format!("keyrelay {} {instance}", config.broker.queue_prefix);
         let url = with_heartbeat(&config.broker.url, config.broker.heartbeat_secs);
-        Self::open_with(&name, &url, Some(config)).await
+        let mut broker = Self::open_with(&name, &url, Some(config.clone())).await?;
+        broker.heartbeat = config.broker.heartbeat_secs;
+        Ok(broker)
     }
 
     async fn open_with(
@@ -72,6 +76,7 @@ impl Broker {
             connection: Mutex::new(None),
             current: std::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
+            heartbeat: 0,
             settlers: TaskTracker::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
         };
@@ -115,6 +120,15 @@ impl Broker {
         *guard = Some(conn.clone());
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         Ok((conn, generation))
+    }
+
+    /// The heartbeat interval the broker agreed to, in seconds (0: none);
+    /// the configured one until connected.
+    pub fn heartbeat_secs(&self) -> u16 {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current
+            .as_ref()
+            .map_or(self.heartbeat, |c| c.configuration().heartbeat())
     }
 
     /// The current connection generation.

@@ -29,11 +29,12 @@ async fn snapshot(client: &AdminClient) -> anyhow::Result<String> {
     let pools = client.get("/v1/pools").await?;
     let keys = client.get("/v1/keys").await?;
     let alerts = client.get("/v1/alerts").await?;
-    Ok(render(&pools, &keys, &alerts))
+    let fleet = client.get("/v1/fleet").await?;
+    Ok(render(&pools, &keys, &alerts, &fleet))
 }
 
 /// The whole status text (pure, for tests).
-pub fn render(pools: &Value, keys: &Value, alerts: &Value) -> String {
+pub fn render(pools: &Value, keys: &Value, alerts: &Value, fleet: &Value) -> String {
     let text = |v: &Value| match v {
         Value::Null => "-".to_string(),
         Value::String(s) => s.clone(),
@@ -72,6 +73,7 @@ pub fn render(pools: &Value, keys: &Value, alerts: &Value) -> String {
                 format!("{}/{}", text(&k["in_flight"]), text(&k["concurrency"])),
                 text(&k["counters"]["completed"]),
                 rate,
+                text(&k["driven_by"]),
             ]
         })
         .collect();
@@ -101,9 +103,11 @@ pub fn render(pools: &Value, keys: &Value, alerts: &Value) -> String {
             "IN-FLIGHT",
             "COMPLETED",
             "SUCCESS",
+            "DRIVEN BY",
         ],
         &key_rows,
     ));
+    out.push_str(&fleet_line(fleet));
     let alert_lines: Vec<String> = list(&alerts["alerts"])
         .map(|a| {
             format!(
@@ -120,6 +124,25 @@ pub fn render(pools: &Value, keys: &Value, alerts: &Value) -> String {
         out.push_str(&format!("\nalerts:\n{}\n", alert_lines.join("\n")));
     }
     out
+}
+
+/// `fleet: a (this one, 2 keys), b (2 keys, seen 120 ms ago)`.
+fn fleet_line(fleet: &Value) -> String {
+    let me = fleet["me"].as_str().unwrap_or("?");
+    let mine = fleet["owners"]
+        .as_object()
+        .map_or(0, |o| o.values().filter(|v| v["kind"] == "me").count());
+    let mut members = vec![format!("{me} (this one, {mine} keys)")];
+    for m in list(&fleet["members"]) {
+        members.push(format!(
+            "{} ({} keys, {}, seen {} ms ago)",
+            m["instance"].as_str().unwrap_or("?"),
+            list(&m["keys"]).count(),
+            m["http"].as_str().unwrap_or("?"),
+            m["last_seen_ms"]
+        ));
+    }
+    format!("\nfleet: {}\n", members.join(", "))
 }
 
 fn list(v: &Value) -> impl Iterator<Item = &Value> {
@@ -147,7 +170,15 @@ mod tests {
             "state": "cooling_down", "seconds_until": 90, "reason": "429", "in_flight": 0,
             "concurrency": 4, "counters": {"completed": 5}, "success_rate": 1.0}]});
         let alerts = json!({"alerts": [{"severity": "warning", "name": "KeyrelayPoolDegraded", "message": "m"}]});
-        let out = super::render(&pools, &keys, &alerts);
+        let fleet = json!({"me": "a", "owners": {"g/k1": {"kind": "me"}},
+            "members": [{"instance": "b", "http": "127.0.0.1:9465", "keys": ["g/k2"], "last_seen_ms": 120}]});
+        let out = super::render(&pools, &keys, &alerts, &fleet);
+        assert!(
+            out.contains(
+                "fleet: a (this one, 1 keys), b (1 keys, 127.0.0.1:9465, seen 120 ms ago)"
+            ),
+            "{out}"
+        );
         assert!(out.contains("cooling_down"), "{out}");
         assert!(out.contains("90s left"));
         assert!(out.contains("1/2"));

@@ -27,18 +27,12 @@ pub fn timing(heartbeat_secs: u16) -> (Duration, Duration) {
 /// Runs until the process ends. `generation` is the broker connection
 /// generation that holds the leases (0: none): round trips on any other
 /// connection prove nothing about them.
-pub async fn keep_fresh(
-    broker: Arc<Broker>,
-    gate: Arc<LeaseGate>,
-    generation: Arc<AtomicU64>,
-    heartbeat_secs: u16,
-) {
-    let (period, validity) = timing(heartbeat_secs);
+pub async fn keep_fresh(broker: Arc<Broker>, gate: Arc<LeaseGate>, generation: Arc<AtomicU64>) {
     let mut channel: Option<(Channel, u64)> = None;
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        tick.tick().await;
+        // The heartbeat the broker agreed to (a URL may set its own).
+        let (period, validity) = timing(broker.heartbeat_secs());
+        tokio::time::sleep(period).await;
         let leased_on = generation.load(Ordering::Acquire);
         if leased_on == 0 {
             continue;

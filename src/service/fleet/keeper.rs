@@ -12,13 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::Addr;
+use futures_util::StreamExt;
 use lapin::Channel;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use super::view::{Beacon, FleetPicture, FleetView, KeyOwner};
 use super::wire::{self, Attempt};
-use crate::actors::messages::{KeyStateOf, LetKeyGo, TakeKey};
+use crate::actors::messages::{Booted, KeyStateOf, LetKeyGo, TakeKey};
 use crate::actors::supervisor::Supervisor;
 use crate::amqp::{AmqpError, Broker};
 use crate::pipeline::{KeyContext, LeaseGate};
@@ -54,6 +55,13 @@ pub struct FleetSetup {
     pub state_changes: mpsc::UnboundedReceiver<KeyId>,
 }
 
+/// Lease attempts in flight at once.
+const PARALLEL_ATTEMPTS: usize = 16;
+/// The supervisor answers within this long, or the keeper goes on without.
+const SUPERVISOR_TIMEOUT: Duration = Duration::from_secs(5);
+/// A hand-over waits at least this long after the key stopped admitting.
+const SETTLE: Duration = Duration::from_millis(300);
+
 /// Asks of the keeper from the rest of the process.
 pub(super) enum Command {
     /// Hand every key over and announce the departure (shutdown).
@@ -74,13 +82,14 @@ struct Held {
 }
 
 impl Held {
-    /// Whether a new snapshot is due: the key's state changed, half of its
-    /// allowance is used (or all of it, which a waiting call reports), or,
-    /// at a `periodic` check, it was used since the last one a while ago.
+    /// Whether a new snapshot is due: the key's state changed, a call waits
+    /// for an allowance, half of it is used, or, at a `periodic` check, the
+    /// key was used since the last one a while ago.
     fn due(
         &self,
         left: Option<Allowance>,
         admitted: Admitted,
+        call_waits: bool,
         now: Instant,
         periodic: bool,
     ) -> bool {
@@ -90,14 +99,13 @@ impl Held {
         let left = left.unwrap_or_default();
         // Unlimited allowances (no declared limit) never run low.
         let low = |left: u64, granted: u64| granted != u64::MAX && left < granted.div_ceil(2);
-        let spent = left.calls == 0 || left.tokens == 0;
         let stale = periodic
             && now.saturating_duration_since(self.last_publish) >= REPUBLISH_EVERY
             && admitted != self.admitted;
         self.dirty
+            || call_waits
             || low(left.calls, self.granted.calls)
             || low(left.tokens, self.granted.tokens)
-            || (spent && !periodic)
             || stale
     }
 }
@@ -153,6 +161,11 @@ impl LeaseKeeper {
     }
 
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        // Not before the supervisor restored the keys' stored budgets: a
+        // lease's budget must not be overwritten by the store's.
+        if self.supervisor.send(Booted).await.is_err() {
+            return;
+        }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -195,23 +208,33 @@ impl LeaseKeeper {
         for gone in self.view.forget_silent(now) {
             info!(instance = %gone, "instance silent; its keys are free to take");
         }
+        let before = beacon.keys;
         self.finish_hand_overs(&channel).await;
         self.renew_allowances(true).await;
         self.balance(&channel).await;
+        // Holdings changed: tell the others now, not at the next tick.
+        let after = self.beacon(false);
+        if after.keys != before
+            && let Err(e) = wire::publish_beacon(&channel, &exchange, &after).await
+        {
+            warn!(error = %e, "cannot publish the fleet beacon");
+        }
         self.publish_picture();
     }
 
     /// The channel of the connection the leases live on. A new connection
     /// means the broker dropped every lease with the old one: the keys stop
-    /// at once, and are taken again on the new connection.
+    /// at once, and are taken again on the new connection. A closed channel
+    /// on the same connection is only reopened (the leases live on).
     async fn fleet_channel(&mut self) -> Option<Channel> {
         let current = self.broker.generation();
-        let lost = match &self.fleet {
-            Some((channel, generation)) => *generation != current || !channel.status().connected(),
-            None => false,
-        };
-        if lost {
-            self.lose_all();
+        if let Some((channel, generation)) = &self.fleet {
+            if *generation != current || !self.broker.is_connected() {
+                self.lose_all();
+            } else if !channel.status().connected() {
+                self.fleet = None;
+                self.beacons = None;
+            }
         }
         if self.fleet.is_none() {
             match self.open_fleet_channel().await {
@@ -231,6 +254,10 @@ impl LeaseKeeper {
     async fn open_fleet_channel(&mut self) -> Result<(), AmqpError> {
         let (channel, generation) = self.broker.channel_with_generation().await?;
         let consumer = wire::open_fleet_channel(&channel, &self.config.fleet_exchange()).await?;
+        if self.generation.load(Ordering::Acquire) != generation && !self.held.is_empty() {
+            // Leases of an older connection: gone with it.
+            self.lose_all();
+        }
         self.beacons = Some(consumer);
         self.fleet = Some((channel, generation));
         self.generation.store(generation, Ordering::Release);
@@ -250,6 +277,7 @@ impl LeaseKeeper {
             );
         }
         for key in std::mem::take(&mut self.held).into_keys() {
+            self.keys[key.0].stop_admitting();
             self.supervisor.do_send(LetKeyGo { key });
         }
     }
@@ -269,25 +297,66 @@ impl LeaseKeeper {
     }
 
     /// Move towards this instance's share: let keys go above it, take free
-    /// keys below it, and take any key nobody has held for a while.
+    /// keys below it, and take any key nobody has held for a while. Lease
+    /// attempts run [`PARALLEL_ATTEMPTS`] at a time (a thousand keys at start).
     async fn balance(&mut self, channel: &Channel) {
         let mine = self.held.values().filter(|h| h.releasing.is_none()).count();
         let share = plan(self.keys.len(), &self.me, &self.view.holdings(mine));
         for key in self.to_release(share.release) {
             self.begin_hand_over(key);
         }
-        let now = Instant::now();
+        let Some(generation) = self.fleet.as_ref().map(|(_, g)| *g) else {
+            return;
+        };
         let mut wanted = share.acquire;
-        for (key, orphan) in self.candidates(now) {
-            if wanted == 0 && !orphan {
-                continue;
+        let mut candidates = self.candidates(Instant::now()).into_iter().peekable();
+        while candidates.peek().is_some() {
+            // Orphans always; free keys while this instance is below its share.
+            let batch: Vec<KeyId> = candidates
+                .by_ref()
+                .filter(|(_, orphan)| *orphan || wanted > 0)
+                .map(|(key, _)| key)
+                .take(wanted.clamp(1, PARALLEL_ATTEMPTS))
+                .collect();
+            if batch.is_empty() {
+                break;
             }
-            match self.acquire(key, channel).await {
-                Ok(true) => wanted = wanted.saturating_sub(1),
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(error = %e, "cannot take key leases now");
-                    return;
+            let attempts = futures_util::stream::iter(batch.into_iter().map(|key| {
+                let ctx = &self.keys[key.0];
+                let lease_queue = self.config.lease_queue(&ctx.pool.name, &ctx.name);
+                let state_queue = self.config.key_state_queue(&ctx.pool.name, &ctx.name);
+                let broker = self.broker.clone();
+                async move {
+                    let sent = Instant::now();
+                    let attempt =
+                        wire::take_lease(&broker, generation, &lease_queue, &state_queue).await;
+                    (key, sent, attempt)
+                }
+            }))
+            .buffer_unordered(PARALLEL_ATTEMPTS)
+            .collect::<Vec<_>>()
+            .await;
+            for (key, sent, attempt) in attempts {
+                match attempt {
+                    Ok(Attempt::Held) => {}
+                    Ok(Attempt::Taken(snapshot)) => {
+                        if self
+                            .start_driving(key, sent, snapshot.map(|s| *s), channel)
+                            .await
+                        {
+                            wanted = wanted.saturating_sub(1);
+                        }
+                    }
+                    Ok(Attempt::Unreadable(e)) => {
+                        let ctx = &self.keys[key.0];
+                        warn!(pool = %ctx.pool.name, key = %ctx.name, error = %e, "key lease taken but its state unreadable; letting it go");
+                        let lease_queue = self.config.lease_queue(&ctx.pool.name, &ctx.name);
+                        let _ = wire::drop_lease(channel, &lease_queue).await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot take key leases now");
+                        return;
+                    }
                 }
             }
         }
@@ -319,48 +388,46 @@ impl LeaseKeeper {
                 continue;
             }
             let since = *self.orphaned_since.entry(id).or_insert(now);
+            let orphan = now.saturating_duration_since(since) >= ORPHAN_AFTER;
             let recently_let_go = self
                 .let_go_at
                 .get(&id)
                 .is_some_and(|at| now.saturating_duration_since(*at) < RETAKE_AFTER);
-            if !recently_let_go {
-                free.push((id, now.saturating_duration_since(since) >= ORPHAN_AFTER));
+            // A key let go to balance is left to the others, unless none of
+            // them takes it.
+            if !recently_let_go || orphan {
+                free.push((id, orphan));
             }
         }
         free
     }
 
-    /// Try to take `key`'s lease; `Ok(false)` when another instance has it.
-    async fn acquire(&mut self, key: KeyId, fleet: &Channel) -> Result<bool, AmqpError> {
+    /// This connection holds `key`'s lease: start from the last snapshot
+    /// (or this instance's own state), publish the first allowance, then
+    /// have the supervisor drive the key. `false` (and the lease let go)
+    /// when the first snapshot cannot be published.
+    async fn start_driving(
+        &mut self,
+        key: KeyId,
+        sent: Instant,
+        snapshot: Option<HandoverSnapshot>,
+        fleet: &Channel,
+    ) -> bool {
         let ctx = self.keys[key.0].clone();
-        let lease_queue = self.config.lease_queue(&ctx.pool.name, &ctx.name);
-        let state_queue = self.config.key_state_queue(&ctx.pool.name, &ctx.name);
-        let (attempt_channel, generation) = self.broker.channel_with_generation().await?;
-        if Some(generation) != self.fleet.as_ref().map(|(_, g)| *g) {
-            // The connection changed under us: the next tick starts over.
-            return Ok(false);
-        }
-        let sent = Instant::now();
-        let attempt = wire::take_lease(&attempt_channel, &lease_queue, &state_queue).await;
-        let _ = attempt_channel
-            .close(200, "lease attempt done".into())
-            .await;
-        let snapshot = match attempt? {
-            Attempt::Held => return Ok(false),
-            Attempt::Taken(snapshot) => snapshot,
-        };
         // The declaration was a round trip on the lease connection.
-        let (_, validity) = super::freshness::timing(self.config.broker.heartbeat_secs);
+        let (_, validity) = super::freshness::timing(self.broker.heartbeat_secs());
         self.gate.extend(sent, validity);
-        let now = jiff::Timestamp::now();
-        let handed_over = snapshot.map(|s| {
-            let from = s.owner.clone();
-            let released = s.released;
-            let (state, budget) = take_over(*s, &ctx.limits, now);
-            (state, budget, from, released)
-        });
-        let state = match handed_over {
-            Some((state, budget, from, released)) => {
+        let state = match snapshot {
+            Some(s) => {
+                let (from, released) = (s.owner.clone(), s.released);
+                let policy = &ctx.pool.policy;
+                let (state, budget) = take_over(
+                    s,
+                    &ctx.limits,
+                    policy.budget_window(),
+                    jiff::Timestamp::now(),
+                    |t| policy.next_reset(t),
+                );
                 info!(pool = %ctx.pool.name, key = %ctx.name, from = %from, released, "key taken over with its state and budget");
                 ctx.begin_lease(Some(budget));
                 Some(state)
@@ -370,12 +437,14 @@ impl LeaseKeeper {
                 None
             }
         };
+        // Sized from what this owner admits, not from the key's whole history.
+        let (_, admitted) = ctx.allowance_status();
         self.held.insert(
             key,
             Held {
                 releasing: None,
                 last_publish: Instant::now(),
-                admitted: Admitted::default(),
+                admitted,
                 granted: Allowance::default(),
                 dirty: false,
             },
@@ -385,11 +454,12 @@ impl LeaseKeeper {
         if let Err(e) = self.publish(key, fleet, state.clone(), false).await {
             warn!(pool = %ctx.pool.name, key = %ctx.name, error = %e, "cannot publish the key's first snapshot; letting the lease go");
             self.held.remove(&key);
+            let lease_queue = self.config.lease_queue(&ctx.pool.name, &ctx.name);
             let _ = wire::drop_lease(fleet, &lease_queue).await;
-            return Err(e);
+            return false;
         }
         self.supervisor.do_send(TakeKey { key, state });
-        Ok(true)
+        true
     }
 
     /// Publish `key`'s snapshot (its state from the supervisor unless given)
@@ -404,11 +474,14 @@ impl LeaseKeeper {
         let ctx = self.keys[key.0].clone();
         let state = match state {
             Some(state) => state,
-            None => match self.supervisor.send(KeyStateOf { key }).await {
-                Ok(state) => state,
-                // The supervisor is gone: the process is stopping.
-                Err(_) => return Err(AmqpError::Closed),
-            },
+            None => {
+                let asked = self.supervisor.send(KeyStateOf { key });
+                match tokio::time::timeout(SUPERVISOR_TIMEOUT, asked).await {
+                    Ok(Ok(state)) => state,
+                    // The supervisor is gone (the process is stopping) or stuck.
+                    _ => return Err(AmqpError::Closed),
+                }
+            }
         };
         let Some(held) = self.held.get(&key) else {
             return Ok(());
@@ -425,9 +498,12 @@ impl LeaseKeeper {
             // Never less than what is left: calls the old allowance lets
             // through before the confirm must be covered by this snapshot.
             let left = snap.allowance_left.unwrap_or_default();
+            // And enough for the call waiting for it, which the key's own
+            // limits admitted already.
+            let needed = ctx.allowance_needed();
             Allowance {
-                calls: fresh.calls.max(left.calls),
-                tokens: fresh.tokens.max(left.tokens),
+                calls: fresh.calls.max(left.calls).max(u64::from(needed > 0)),
+                tokens: fresh.tokens.max(left.tokens).max(needed),
             }
         };
         let snapshot = HandoverSnapshot {
@@ -463,8 +539,9 @@ impl LeaseKeeper {
             .held
             .iter()
             .filter(|(id, held)| {
-                let (left, admitted) = self.keys[id.0].allowance_status();
-                held.due(left, admitted, now, periodic)
+                let ctx = &self.keys[id.0];
+                let (left, admitted) = ctx.allowance_status();
+                held.due(left, admitted, ctx.allowance_needed() > 0, now, periodic)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -472,7 +549,9 @@ impl LeaseKeeper {
             if let Err(e) = self.publish(key, &channel, None, false).await {
                 let ctx = &self.keys[key.0];
                 warn!(pool = %ctx.pool.name, key = %ctx.name, error = %e, "cannot publish the key's snapshot; it admits no more calls until one is confirmed");
-                return;
+                if !channel.status().connected() {
+                    return;
+                }
             }
         }
     }
@@ -485,6 +564,9 @@ impl LeaseKeeper {
         let ctx = &self.keys[key.0];
         info!(pool = %ctx.pool.name, key = %ctx.name, "handing the key over to balance the fleet");
         held.releasing = Some(Instant::now());
+        // At once, not when the supervisor gets to it: the last snapshot
+        // must count every call this instance makes with the key.
+        ctx.stop_admitting();
         self.supervisor.do_send(LetKeyGo { key });
     }
 
@@ -495,9 +577,11 @@ impl LeaseKeeper {
             .held
             .iter()
             .filter_map(|(id, h)| {
-                let since = h.releasing?;
-                let quiet = self.keys[id.0].in_flight() == 0;
-                let overdue = now.saturating_duration_since(since) >= HAND_OVER_LIMIT;
+                let waited = now.saturating_duration_since(h.releasing?);
+                // A job past its admission checks is counted in flight
+                // within moments; give it those before trusting a 0.
+                let quiet = waited >= SETTLE && self.keys[id.0].in_flight() == 0;
+                let overdue = waited >= HAND_OVER_LIMIT;
                 (quiet || overdue).then_some((*id, quiet))
             })
             .collect();

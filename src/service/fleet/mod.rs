@@ -40,7 +40,6 @@ impl Fleet {
             setup.broker.clone(),
             setup.gate.clone(),
             generation.clone(),
-            setup.config.broker.heartbeat_secs,
         ));
         let keeper = LeaseKeeper::new(setup, generation, picture_tx);
         tokio::spawn(keeper.run(inbox));

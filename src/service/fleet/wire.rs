@@ -1,6 +1,8 @@
 //! The fleet's broker operations: lease queues, key-state queues and the
 //! beacon exchange. Each is one or two AMQP round trips.
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
@@ -12,7 +14,7 @@ use lapin::{BasicProperties, Channel, ExchangeKind};
 use tracing::warn;
 
 use super::view::Beacon;
-use crate::amqp::AmqpError;
+use crate::amqp::{AmqpError, Broker};
 use keyrelay_core::lease::HandoverSnapshot;
 
 /// AMQP's RESOURCE_LOCKED: another connection holds the exclusive queue.
@@ -124,16 +126,26 @@ pub enum Attempt {
     Taken(Option<Box<HandoverSnapshot>>),
     /// Another instance holds it.
     Held,
+    /// The lease was taken, but the key's snapshot could not be read: the
+    /// lease must be let go again.
+    Unreadable(AmqpError),
 }
 
 /// Try to take `lease_queue` (an exclusive queue: only one connection can
-/// hold it) and read the key's last snapshot from `state_queue`. `channel`
-/// is used for this attempt only: a refused declaration closes it.
+/// hold it) and read the key's last snapshot from `state_queue`, on a
+/// channel of its own (a refused declaration closes it). `Err` only when the
+/// lease was not taken.
 pub async fn take_lease(
-    channel: &Channel,
+    broker: &Broker,
+    generation: u64,
     lease_queue: &str,
     state_queue: &str,
 ) -> Result<Attempt, AmqpError> {
+    let (channel, on) = broker.channel_with_generation().await?;
+    if on != generation {
+        // The connection changed under us: the next tick starts over.
+        return Ok(Attempt::Held);
+    }
     let exclusive = QueueDeclareOptions {
         exclusive: true,
         ..QueueDeclareOptions::default()
@@ -141,20 +153,31 @@ pub async fn take_lease(
     let declared = channel
         .queue_declare(lease_queue.into(), exclusive, FieldTable::default())
         .await;
-    match declared {
-        Ok(_) => {}
+    let attempt = match declared {
+        Ok(_) => match read_snapshot(&channel, state_queue).await {
+            Ok(snapshot) => Attempt::Taken(snapshot.map(Box::new)),
+            Err(e) => Attempt::Unreadable(e),
+        },
         Err(e) if amqp_code(&e) == Some(RESOURCE_LOCKED) => return Ok(Attempt::Held),
         Err(e) => return Err(AmqpError::op("queue.declare")(e)),
-    }
+    };
+    let _ = channel.close(200, "lease attempt done".into()).await;
+    Ok(attempt)
+}
+
+/// The key's last snapshot, left in its queue for the next owner after this one.
+async fn read_snapshot(
+    channel: &Channel,
+    state_queue: &str,
+) -> Result<Option<HandoverSnapshot>, AmqpError> {
     declare_state_queue(channel, state_queue).await?;
     let got = channel
         .basic_get(state_queue.into(), BasicGetOptions { no_ack: false })
         .await
         .map_err(AmqpError::op("basic.get"))?;
     let Some(message) = got else {
-        return Ok(Attempt::Taken(None));
+        return Ok(None);
     };
-    // Read, and left in the queue for the next owner after this one.
     let snapshot = serde_json::from_slice::<HandoverSnapshot>(&message.delivery.data);
     message
         .delivery
@@ -166,10 +189,10 @@ pub async fn take_lease(
         .await
         .map_err(AmqpError::op("basic.nack"))?;
     match snapshot {
-        Ok(snapshot) => Ok(Attempt::Taken(Some(Box::new(snapshot)))),
+        Ok(snapshot) => Ok(Some(snapshot)),
         Err(e) => {
             warn!(queue = %state_queue, error = %e, "unreadable key snapshot; starting from this instance's own state");
-            Ok(Attempt::Taken(None))
+            Ok(None)
         }
     }
 }
@@ -183,9 +206,26 @@ pub async fn drop_lease(channel: &Channel, lease_queue: &str) -> Result<(), Amqp
     Ok(())
 }
 
+/// A snapshot's confirm later than this fails the publish (the keeper must
+/// not stop announcing itself while a broker hesitates).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Publish a key's snapshot and wait for the broker's confirm: only then
 /// may the allowance it grants be used.
 pub async fn publish_snapshot(
+    channel: &Channel,
+    state_queue: &str,
+    snapshot: &HandoverSnapshot,
+) -> Result<(), AmqpError> {
+    tokio::time::timeout(
+        CONFIRM_TIMEOUT,
+        publish_confirmed(channel, state_queue, snapshot),
+    )
+    .await
+    .map_err(|_| AmqpError::Timeout(state_queue.to_owned(), CONFIRM_TIMEOUT))?
+}
+
+async fn publish_confirmed(
     channel: &Channel,
     state_queue: &str,
     snapshot: &HandoverSnapshot,

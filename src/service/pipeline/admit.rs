@@ -72,6 +72,7 @@ async fn take_budget(
         match key.take_budget(tokens) {
             Ok(ticket) => return Ok(ticket),
             Err(blocked) if blocked.is_fleet_allowance() => {
+                key.need_allowance(tokens);
                 services.lease.want_allowance();
                 let waited = tokio::time::timeout(ALLOWANCE_WAIT, granted).await;
                 if waited.is_err() || !key.is_available() || !services.lease.is_open() {

@@ -124,6 +124,8 @@ pub struct KeyContext {
     last: Mutex<LastUse>,
     /// Rung when the key gets a new fleet allowance.
     pub allowance_granted: tokio::sync::Notify,
+    /// Tokens the largest call waiting for an allowance needs (0: none waits).
+    allowance_needed: std::sync::atomic::AtomicU64,
 }
 
 /// A key's budget as its owner publishes it to the fleet.
@@ -180,6 +182,7 @@ impl KeyContext {
             metrics,
             last: Mutex::new(LastUse::default()),
             allowance_granted: tokio::sync::Notify::new(),
+            allowance_needed: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -307,6 +310,24 @@ impl KeyContext {
         }
     }
 
+    /// A call of `tokens` waits for an allowance: the next grant covers it.
+    pub fn need_allowance(&self, tokens: u64) {
+        self.allowance_needed
+            .fetch_max(tokens.max(1), Ordering::AcqRel);
+    }
+
+    /// Tokens a waiting call needs, if one waits.
+    pub fn allowance_needed(&self) -> u64 {
+        self.allowance_needed.load(Ordering::Acquire)
+    }
+
+    /// The key stops admitting calls at once (its lease is going): out of
+    /// rotation, and nothing left of its allowance.
+    pub fn stop_admitting(&self) {
+        self.set_available(false);
+        self.begin_lease(None);
+    }
+
     /// What is left of the fleet allowance, and what was admitted so far.
     pub fn allowance_status(&self) -> (Option<Allowance>, Admitted) {
         let budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
@@ -320,6 +341,7 @@ impl KeyContext {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .grant(allowance, admitted_then);
+        self.allowance_needed.store(0, Ordering::Release);
         self.allowance_granted.notify_waiters();
     }
 

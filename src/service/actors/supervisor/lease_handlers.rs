@@ -6,7 +6,7 @@ use actix::prelude::*;
 use tracing::info;
 
 use super::state::Supervisor;
-use crate::actors::messages::{KeyStateOf, LetKeyGo, StopWorker, TakeKey};
+use crate::actors::messages::{Booted, KeyStateOf, LetKeyGo, StopWorker, TakeKey};
 use keyrelay_core::keys::KeyState;
 
 impl Handler<TakeKey> for Supervisor {
@@ -59,4 +59,11 @@ impl Handler<KeyStateOf> for Supervisor {
         let state: KeyState = self.keys[msg.key.0].state.clone();
         MessageResult(state)
     }
+}
+
+impl Handler<Booted> for Supervisor {
+    type Result = ();
+
+    // Messages are handled only after `started`: answering is enough.
+    fn handle(&mut self, _: Booted, _ctx: &mut Self::Context) {}
 }
