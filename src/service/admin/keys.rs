@@ -185,7 +185,12 @@ pub async fn act(
         .await?;
         return Ok(peers::relay(&owner, status, answer));
     }
-    if driver(&state, &pool, &key).is_none() && state.config.pools.iter().any(|p| p.name == pool) {
+    let configured = state
+        .config
+        .pools
+        .iter()
+        .any(|p| p.name == pool && p.keys.iter().any(|k| k.name == key));
+    if configured && driver(&state, &pool, &key).is_none() {
         return Err(ApiError::Unavailable(format!(
             "key `{pool}/{key}` is changing hands between instances; try again in a few seconds"
         )));
