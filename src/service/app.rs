@@ -116,7 +116,7 @@ impl App {
             broker: broker.clone(),
             config: config.clone(),
             instance: instance.clone(),
-            http: http_addr.to_string(),
+            http: config.instance.advertised(http_addr),
             keys: watches.keys.clone(),
             supervisor: supervisor.clone(),
             gate,

@@ -122,21 +122,38 @@ pub struct InstanceConfig {
     /// per running process. Default: hostname and pid (`host-1234`).
     /// Env: `KEYRELAY__INSTANCE__NAME`.
     pub name: Option<String>,
+    /// `host:port` at which the other instances reach this one's HTTP
+    /// listener (to ask for a key's state or a stored result). Default: the
+    /// listen address, or the hostname with its port when it listens on
+    /// every interface. Env: `KEYRELAY__INSTANCE__ADVERTISE`.
+    pub advertise: Option<String>,
 }
 
 impl InstanceConfig {
     /// The configured name, else hostname and pid.
     pub fn resolved_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "keyrelay".to_owned());
-            format!("{host}-{}", std::process::id())
-        })
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()))
     }
+
+    /// Where the others reach this instance's HTTP listener, bound at `bound`.
+    pub fn advertised(&self, bound: SocketAddr) -> String {
+        match &self.advertise {
+            Some(address) => address.clone(),
+            None if bound.ip().is_unspecified() => format!("{}:{}", hostname(), bound.port()),
+            None => bound.to_string(),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "keyrelay".to_owned())
 }
 
 /// `[store]`: where results and key state live.
