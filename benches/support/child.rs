@@ -24,12 +24,23 @@ impl Keyrelay {
     /// `keyrelay run --config <config>` with the service's default log filter,
     /// its log going to `log`.
     pub fn spawn(config: &Path, log: &Path, http_addr: SocketAddr) -> anyhow::Result<Keyrelay> {
+        Self::spawn_with(config, log, http_addr, &[])
+    }
+
+    /// [`Keyrelay::spawn`] with extra environment variables (`KEYRELAY__…`).
+    pub fn spawn_with(
+        config: &Path,
+        log: &Path,
+        http_addr: SocketAddr,
+        envs: &[(&str, String)],
+    ) -> anyhow::Result<Keyrelay> {
         let log = std::fs::File::create(log)?;
         let spawned = Instant::now();
         let child = command()
             .args(["run", "--config"])
             .arg(config)
             .env_remove("RUST_LOG")
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -87,6 +98,12 @@ impl Keyrelay {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        Ok(())
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
         Ok(())
     }
 

@@ -222,7 +222,7 @@ fn write_private(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
 }
 
 /// A port that was free a moment ago (the child binds it right after).
-fn free_port() -> anyhow::Result<SocketAddr> {
+pub fn free_port() -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?)
 }
