@@ -29,9 +29,11 @@ pub struct FleetPicture {
     pub owners: BTreeMap<String, KeyOwner>,
 }
 
-/// An instance counts as gone when no beacon came for this long (five
-/// beacons missed): its keys are anybody's to take.
-pub const ALIVE_FOR: Duration = Duration::from_millis(2_500);
+/// An instance counts as gone when no beacon came for this long (three
+/// beacons missed): its keys are anybody's to take. Too short costs only
+/// lease attempts the broker refuses (the lease, not this view, decides who
+/// drives a key); too long delays a failover.
+pub const ALIVE_FOR: Duration = Duration::from_millis(1_500);
 
 /// What an instance says about itself, every tick.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
