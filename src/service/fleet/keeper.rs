@@ -29,7 +29,7 @@ use keyrelay_core::lease::{HandoverSnapshot, plan, size_allowance, take_over};
 use keyrelay_core::metrics as m;
 
 /// How often the keeper looks around.
-const TICK: Duration = Duration::from_millis(500);
+const TICK: Duration = Duration::from_millis(250);
 /// A key's snapshot is republished at least this often while it is used.
 const REPUBLISH_EVERY: Duration = Duration::from_secs(5);
 /// A key this instance let go is not taken back for this long (no ping-pong).

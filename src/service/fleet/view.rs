@@ -29,7 +29,7 @@ pub struct FleetPicture {
     pub owners: BTreeMap<String, KeyOwner>,
 }
 
-/// An instance counts as gone when no beacon came for this long (three
+/// An instance counts as gone when no beacon came for this long (six
 /// beacons missed): its keys are anybody's to take. Too short costs only
 /// lease attempts the broker refuses (the lease, not this view, decides who
 /// drives a key); too long delays a failover.
