@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Validate docker/ without a Docker engine:
 #   - docker/docker-compose.yml           docker-compose config -q (Debian's docker-compose)
+#   - docker/docker-compose.fleet.yml     the same (three keyrelay instances, a 3-node cluster)
 #   - docker/prometheus/prometheus.yml    promtool check config (also checks its rule_files)
 #   - docker/prometheus/alerts.yml        promtool check rules
 #   - docker/prometheus/alerts.test.yml   promtool test rules (unit tests of the alerts)
@@ -66,13 +67,15 @@ done
 # --- compose -----------------------------------------------------------------
 run "docker-compose config (docker/docker-compose.yml)" \
     docker-compose -f docker/docker-compose.yml config -q
+run "docker-compose config (docker/docker-compose.fleet.yml)" \
+    docker-compose -f docker/docker-compose.fleet.yml config -q
 
 check_mounts() {
     local missing=0 src
     # Short-syntax bind mounts of files in docker/: "- ./path:/container/path[:ro]".
     while read -r src; do
         if [ ! -e "docker/$src" ]; then echo "missing bind-mount source docker/$src"; missing=1; fi
-    done < <(grep -oE '^\s*-\s*\./[^:]+' docker/docker-compose.yml | sed -E 's/^\s*-\s*//')
+    done < <(grep -ohE '^\s*-\s*\./[^:]+' docker/docker-compose.yml docker/docker-compose.fleet.yml | sed -E 's/^\s*-\s*//')
     return $missing
 }
 run "compose bind-mount sources exist" check_mounts

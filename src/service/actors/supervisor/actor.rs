@@ -238,7 +238,14 @@ impl Supervisor {
             .iter()
             .filter(|k| self.keys[k.0].state.is_available())
             .count();
-        metrics::gauge!(m::KEYS_AVAILABLE, "pool" => pool.ctx.name.clone()).set(available as f64);
+        // The gauge counts the keys this instance drives, so that a fleet's
+        // figures add up; the outage warning is about the pool's states.
+        let driven = pool
+            .keys
+            .iter()
+            .filter(|k| self.keys[k.0].leased && self.keys[k.0].state.is_available())
+            .count();
+        metrics::gauge!(m::KEYS_AVAILABLE, "pool" => pool.ctx.name.clone()).set(driven as f64);
         let next = pool
             .keys
             .iter()
