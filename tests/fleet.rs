@@ -36,13 +36,23 @@ struct Member {
 }
 
 async fn spawn(name: &'static str, config: &Path, dir: &Path) -> Member {
+    spawn_with(name, config, dir, &[]).await
+}
+
+async fn spawn_with(
+    name: &'static str,
+    config: &Path,
+    dir: &Path,
+    extra: &[(&str, &str)],
+) -> Member {
     let log: OutputLog = Arc::default();
     let store = dir.join(format!("store-{name}"));
     let store = store.to_str().unwrap().to_owned();
-    let envs = [
+    let mut envs = vec![
         ("KEYRELAY__INSTANCE__NAME", name),
         ("KEYRELAY__STORE__PATH", store.as_str()),
     ];
+    envs.extend_from_slice(extra);
     let relay = Relay::spawn_with(config, "info,lapin=warn", &log, &envs).await;
     Member { name, relay }
 }
@@ -310,6 +320,136 @@ async fn three_instances_share_the_keys_and_survive_a_sigkill() {
             "{} exits 0 after SIGTERM: {status}",
             m.name
         );
+    }
+    let mut queues = common::keyrelay_queues(&config);
+    queues.push(replies_name);
+    common::delete_queues(&broker, &queues).await;
+}
+
+/// An instance cut off from the broker (its TCP connection frozen, no
+/// reset) stops starting calls before the broker gives its keys away: on
+/// every key, the calls of the cut-off instance all come before the first
+/// call of the instance that took the key over.
+#[actix::test]
+async fn a_partitioned_instance_stops_calling_before_its_keys_move() {
+    common::init_logs();
+    let keys = ["p1", "p2"]
+        .iter()
+        .map(|k| TestKey::new(k, 1).concurrency(CONCURRENCY))
+        .collect();
+    let pools = vec![TestPool {
+        name: "g",
+        provider: "gemini",
+        keys,
+    }];
+    let settings = MockSettings {
+        latency: Duration::from_millis(20),
+        record_calls: true,
+        ..MockSettings::default()
+    };
+    let mock = common::start_mock(&pools, settings).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("kr-partition.{}", uuid::Uuid::now_v7().simple());
+    let config_path = common::write_config_file(&pools, &mock, dir.path(), &prefix, "", "");
+    let config = keyrelay_core::config::Config::load(&config_path).unwrap();
+    let upstream = {
+        let url = reqwest::Url::parse(&common::amqp_url()).unwrap();
+        format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5672))
+            .parse()
+            .unwrap()
+    };
+    let proxy = common::proxy::FreezeProxy::start(upstream).await;
+    let proxied = proxy.url();
+
+    // a (behind the proxy) drives both keys, then shares them with b.
+    let a = spawn_with(
+        "a",
+        &config_path,
+        dir.path(),
+        &[("KEYRELAY__BROKER__URL", &proxied)],
+    )
+    .await;
+    until_driven(
+        std::slice::from_ref(&a),
+        common::WAIT,
+        "a drives both keys",
+        |d| d["a"] == 2,
+    )
+    .await;
+    let b = spawn("b", &config_path, dir.path()).await;
+    let members = vec![a, b];
+    until_driven(&members, common::WAIT, "a and b drive one key each", |d| {
+        d["a"] == 1 && d["b"] == 1
+    })
+    .await;
+
+    // A steady stream of jobs while a is cut off.
+    let broker = Arc::new(Broker::connect(&common::amqp_url()).await.unwrap());
+    let publisher = Publisher::new(broker.clone()).await.unwrap();
+    let replies_name = format!("{prefix}.replies");
+    let mut replies = ReplyQueue::open(&broker, &replies_name).await;
+    let queue = config.job_queue("g");
+    let jobs = 400;
+    for i in 0..jobs {
+        let body = serde_json::json!({"id": format!("part-{i:04}"), "prompt": format!("partition job {i}")});
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_reply_to(replies_name.as_str().into());
+        publisher
+            .publish(&queue, body.to_string().as_bytes(), props, true)
+            .await
+            .unwrap();
+        if i == jobs / 4 {
+            proxy.freeze();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // b alone drives both keys once the broker dropped a's connection.
+    let b_only = &members[1..];
+    until_driven(
+        b_only,
+        Duration::from_secs(30),
+        "b drives a's key too",
+        |d| d["b"] == 2,
+    )
+    .await;
+    let mut answered: HashMap<String, usize> = HashMap::new();
+    while answered.len() < jobs {
+        let reply = replies.next().await;
+        *answered.entry(reply.id).or_default() += 1;
+    }
+
+    // Per key, by start time: a's calls, then b's, never a after b.
+    let calls = mock.calls();
+    let mut by_key: BTreeMap<&str, Vec<&CallRecord>> = BTreeMap::new();
+    for call in &calls {
+        by_key.entry(call.key.as_str()).or_default().push(call);
+    }
+    for (key, mut calls) in by_key {
+        calls.sort_by_key(|c| c.start_us);
+        let first_b = calls.iter().position(|c| c.caller.contains("(instance b)"));
+        if let Some(first_b) = first_b {
+            let late_a: Vec<_> = calls[first_b..]
+                .iter()
+                .filter(|c| c.caller.contains("(instance a)"))
+                .collect();
+            assert!(
+                late_a.is_empty(),
+                "key {key}: a called after b took it over: {late_a:?}"
+            );
+            if first_b > 0 {
+                assert!(
+                    calls[first_b - 1].end_us <= calls[first_b].start_us,
+                    "key {key}: a's last call still running when b's first began"
+                );
+            }
+        }
+    }
+
+    proxy.thaw();
+    for m in members {
+        // a may still be reconnecting: either way it must stop.
+        let _ = m.relay.terminate().await;
     }
     let mut queues = common::keyrelay_queues(&config);
     queues.push(replies_name);

@@ -36,7 +36,11 @@ pub async fn fleet(args: &Args) -> anyhow::Result<Report> {
     );
     for size in SIZES {
         let (jobs_per_s, cpu) = drain_with(shape, size, n).await?;
-        report.put(&format!("instances_{size}_jobs_per_s"), jobs_per_s, "jobs/s");
+        report.put(
+            &format!("instances_{size}_jobs_per_s"),
+            jobs_per_s,
+            "jobs/s",
+        );
         report.put(
             &format!("instances_{size}_keyrelay_cpu_s_per_1k_jobs"),
             cpu,
@@ -45,11 +49,17 @@ pub async fn fleet(args: &Args) -> anyhow::Result<Report> {
     }
     let one = report.get("instances_1_jobs_per_s").unwrap_or(f64::NAN);
     for size in [2, 3] {
-        let many = report.get(&format!("instances_{size}_jobs_per_s")).unwrap_or(f64::NAN);
+        let many = report
+            .get(&format!("instances_{size}_jobs_per_s"))
+            .unwrap_or(f64::NAN);
         report.put(&format!("ratio_{size}_to_1"), many / one, "");
     }
     let failover = failover(shape, n).await?;
-    report.put("failover_s", failover.as_secs_f64(), "s from SIGKILL until survivors drive every key");
+    report.put(
+        "failover_s",
+        failover.as_secs_f64(),
+        "s from SIGKILL until survivors drive every key",
+    );
     Ok(report)
 }
 
@@ -73,7 +83,11 @@ async fn drain_with(shape: Shape, size: usize, n: usize) -> anyhow::Result<(f64,
             |_| fleet.iter().try_for_each(|k| child::ensure_running(k.pid)),
         )
         .await?;
-        let cpu: f64 = fleet.iter().map(|k| k.cpu_seconds().unwrap_or(0.0)).sum::<f64>() - cpu0;
+        let cpu: f64 = fleet
+            .iter()
+            .map(|k| k.cpu_seconds().unwrap_or(0.0))
+            .sum::<f64>()
+            - cpu0;
         let (jobs, secs) = window.measured(n);
         for kr in fleet {
             kr.stop().await?;
