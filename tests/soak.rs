@@ -130,15 +130,18 @@ async fn read_replies(
             continue;
         };
         while let Some(Ok(delivery)) = consumer.next().await {
+            // Counted before the ack: an ack that errors may still have
+            // reached the broker (a restart right after it), and a reply
+            // seen twice is only a duplicate, while one never seen is "lost".
+            let result = serde_json::from_slice(&delivery.data).expect("a contract reply");
+            if tx.send(result).is_err() {
+                return;
+            }
             let acked = delivery
                 .ack(lapin::options::BasicAckOptions::default())
                 .await;
             if acked.is_err() {
-                break; // not acked: the broker delivers it again
-            }
-            let result = serde_json::from_slice(&delivery.data).expect("a contract reply");
-            if tx.send(result).is_err() {
-                return;
+                break; // the broker delivers it again if the ack did not arrive
             }
         }
         eprintln!("soak: reply consumer ended; reconnecting");
@@ -199,7 +202,13 @@ async fn soak_steady_load_with_faults() {
     let config_path = common::write_config_file(&pools, &mock, dir.path(), &prefix, "", "");
     let config = keyrelay_core::config::Config::load(&config_path).unwrap();
     let log: OutputLog = Arc::default();
-    let relay = Relay::spawn(&config_path, "warn,lapin=error,keyrelay::app=info", &log).await;
+    // Per-job lines at info (retries, give-ups) so a lost job can be traced.
+    let relay = Relay::spawn(
+        &config_path,
+        "warn,lapin=error,keyrelay::app=info,keyrelay::pipeline=info",
+        &log,
+    )
+    .await;
     let pid = relay.pid;
     println!(
         "soak: {minutes} min at {rate} jobs/s, fault_rate {fault_rate}, binary {}, pid {pid}",
@@ -342,12 +351,24 @@ async fn soak_steady_load_with_faults() {
                 assert!(s.rss_kib > 0, "keyrelay (pid {pid}) is gone:\n{}", log.text());
                 // Retries back off for seconds, not minutes: replies still
                 // missing this long after the producer stopped are lost.
-                assert!(
-                    started.elapsed() < duration + Duration::from_secs(300),
-                    "{} of {} replies after the producer stopped + 5 min",
-                    s.replied,
-                    s.published
-                );
+                if started.elapsed() >= duration + Duration::from_secs(300) {
+                    let missing: Vec<String> = (0..s.published)
+                        .map(|n| format!("soak-{n:07}"))
+                        .filter(|id| !seen.contains_key(id))
+                        .collect();
+                    let text = log.text();
+                    let about: Vec<&str> = text
+                        .lines()
+                        .filter(|l| missing.iter().any(|id| l.contains(id.as_str())))
+                        .collect();
+                    panic!(
+                        "{} of {} replies after the producer stopped + 5 min; missing {missing:?}; \
+                         keyrelay's lines about them:\n{}",
+                        s.replied,
+                        s.published,
+                        about.join("\n")
+                    );
+                }
                 samples.push(s);
             }
             n = async { producer.as_mut().unwrap().await }, if producer.is_some() => {

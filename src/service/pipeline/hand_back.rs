@@ -3,7 +3,7 @@
 //! (failed and dead-lettered) when retries or hand-backs run out.
 
 use lapin::types::{AMQPValue, FieldTable};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::context::{InFlight, KeyContext, PoolContext, Services};
 use super::finish::{dead_letter, fail};
@@ -88,7 +88,9 @@ pub async fn give_up(
     kind: ErrorKind,
     message: String,
 ) {
+    info!(job_id = %inflight.job.id, pool = %key.pool.name, kind = kind.as_str(), %message, "giving up on the job: dead letter, failed reply");
     if !dead_letter(services, &key.pool, &inflight.inbound, kind, &message).await {
+        warn!(job_id = %inflight.job.id, "dead letter not confirmed; the job goes back to its queue");
         return inflight.inbound.nack(true);
     }
     fail(services, &key.pool, Some(key), inflight, kind, message).await;
