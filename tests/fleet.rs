@@ -57,6 +57,27 @@ async fn spawn_with(
     Member { name, relay }
 }
 
+/// The tests' one pool, `g`.
+fn one_pool(keys: Vec<TestKey>) -> Vec<TestPool> {
+    vec![TestPool {
+        name: "g",
+        provider: "gemini",
+        keys,
+    }]
+}
+
+/// The mock for `pools`, answering in 20 ms, its rate window `minute` long,
+/// recording who called with which key and when.
+async fn recording_mock(pools: &[TestPool], minute: Duration) -> keyrelay_mock::MockProvider {
+    let settings = MockSettings {
+        latency: Duration::from_millis(20),
+        minute,
+        record_calls: true,
+        ..MockSettings::default()
+    };
+    common::start_mock(pools, settings).await
+}
+
 /// Keys each live member drives, from its `/metrics`.
 async fn driven(members: &[Member]) -> BTreeMap<&'static str, usize> {
     let mut out = BTreeMap::new();
@@ -103,18 +124,8 @@ async fn three_instances_share_the_keys_and_survive_a_sigkill() {
                 .mock(|m| m.with_rpm(RPM))
         })
         .collect();
-    let pools = vec![TestPool {
-        name: "g",
-        provider: "gemini",
-        keys,
-    }];
-    let settings = MockSettings {
-        latency: Duration::from_millis(20),
-        minute: WINDOW,
-        record_calls: true,
-        ..MockSettings::default()
-    };
-    let mock = common::start_mock(&pools, settings).await;
+    let pools = one_pool(keys);
+    let mock = recording_mock(&pools, WINDOW).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("kr-fleet.{}", uuid::Uuid::now_v7().simple());
     let token_file = dir.path().join("admin.token");
@@ -337,17 +348,8 @@ async fn a_partitioned_instance_stops_calling_before_its_keys_move() {
         .iter()
         .map(|k| TestKey::new(k, 1).concurrency(CONCURRENCY))
         .collect();
-    let pools = vec![TestPool {
-        name: "g",
-        provider: "gemini",
-        keys,
-    }];
-    let settings = MockSettings {
-        latency: Duration::from_millis(20),
-        record_calls: true,
-        ..MockSettings::default()
-    };
-    let mock = common::start_mock(&pools, settings).await;
+    let pools = one_pool(keys);
+    let mock = recording_mock(&pools, Duration::from_secs(60)).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("kr-partition.{}", uuid::Uuid::now_v7().simple());
     let config_path = common::write_config_file(&pools, &mock, dir.path(), &prefix, "", "");

@@ -39,6 +39,12 @@ const ORPHAN_AFTER: Duration = Duration::from_secs(2);
 /// A hand-over waits this long for the key's calls to finish; after it the
 /// last snapshot says "not released" and the next owner assumes the worst.
 const HAND_OVER_LIMIT: Duration = Duration::from_secs(120);
+/// Lease attempts in flight at once.
+const PARALLEL_ATTEMPTS: usize = 16;
+/// The supervisor answers within this long, or the keeper goes on without.
+const SUPERVISOR_TIMEOUT: Duration = Duration::from_secs(5);
+/// A hand-over waits at least this long after the key stopped admitting.
+const SETTLE: Duration = Duration::from_millis(300);
 
 /// What the lease keeper is started with.
 pub struct FleetSetup {
@@ -54,13 +60,6 @@ pub struct FleetSetup {
     pub gate: Arc<LeaseGate>,
     pub state_changes: mpsc::UnboundedReceiver<KeyId>,
 }
-
-/// Lease attempts in flight at once.
-const PARALLEL_ATTEMPTS: usize = 16;
-/// The supervisor answers within this long, or the keeper goes on without.
-const SUPERVISOR_TIMEOUT: Duration = Duration::from_secs(5);
-/// A hand-over waits at least this long after the key stopped admitting.
-const SETTLE: Duration = Duration::from_millis(300);
 
 /// Asks of the keeper from the rest of the process.
 pub(super) enum Command {
