@@ -8,7 +8,9 @@
 //! runs alone.
 //!
 //! Settings (environment): SOAK_MINUTES (20), SOAK_RATE jobs/s (40),
-//! SOAK_FAULT_RATE (0.05), SOAK_SAMPLE_SECS (10), SOAK_BROKER_RESTART (1).
+//! SOAK_FAULT_RATE (0.05), SOAK_SAMPLE_SECS (10), SOAK_BROKER_RESTART (1),
+//! SOAK_CACHE (1; 0 runs with `jobs.cache_by_default = false`: the response
+//! cache keeps every answer for an hour by default, which memory shows).
 
 mod common;
 
@@ -199,7 +201,13 @@ async fn soak_steady_load_with_faults() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("kr-soak.{}", uuid::Uuid::now_v7().simple());
     let spent_every_minute = pools[0].keys[1].mock.label.clone();
-    let config_path = common::write_config_file(&pools, &mock, dir.path(), &prefix, "", "");
+    let cache: u8 = env_or("SOAK_CACHE", 1);
+    let jobs_toml = if cache == 0 {
+        "cache_by_default = false"
+    } else {
+        ""
+    };
+    let config_path = common::write_config_file(&pools, &mock, dir.path(), &prefix, "", jobs_toml);
     let config = keyrelay_core::config::Config::load(&config_path).unwrap();
     let log: OutputLog = Arc::default();
     // Per-job lines at info (retries, give-ups) so a lost job can be traced.

@@ -337,6 +337,7 @@ fn pool_setups(config: &Config, instance: &str) -> Result<Vec<PoolSetup>, AppErr
                     default_model: pool.default_model.clone(),
                     models: pool.models.clone(),
                     max_tpm: pool.largest_declared_tpm(),
+                    quorum: config.broker.queue_type == keyrelay_core::config::QueueType::Quorum,
                     metrics: keyrelay_core::metrics::PoolMetrics::new(&pool.name),
                     policy: ResetPolicy {
                         timezone,

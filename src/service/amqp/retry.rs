@@ -32,8 +32,16 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 /// Name of the delay queue for jobs that failed their `attempt`-th call.
-pub fn delay_queue(job_queue: &str, attempt: u32) -> String {
-    format!("{job_queue}.retry.{attempt}")
+/// A quorum job queue gets quorum delay queues (`.delay.N`): their expired
+/// messages are dead-lettered back at least once, where a classic queue's
+/// are dropped if the job queue cannot take them at that moment (a broker
+/// restart). The names differ so that a broker holding the classic
+/// `.retry.N` queues of an older keyrelay is not asked to redeclare them.
+pub fn delay_queue(job_queue: &str, attempt: u32, quorum: bool) -> String {
+    match quorum {
+        true => format!("{job_queue}.delay.{attempt}"),
+        false => format!("{job_queue}.retry.{attempt}"),
+    }
 }
 
 /// Read an unsigned integer header, whatever integer type the producer used.

@@ -20,7 +20,8 @@ pub fn declared_queues(config: &Config) -> Vec<String> {
     for pool in &config.pools {
         let queue = config.job_queue(&pool.name);
         for attempt in 1..config.jobs.max_attempts {
-            queues.push(retry::delay_queue(&queue, attempt));
+            let quorum = config.broker.queue_type == QueueType::Quorum;
+            queues.push(retry::delay_queue(&queue, attempt, quorum));
         }
         queues.push(queue);
         // Durable, declared when a key is first driven (the fleet's).
@@ -48,18 +49,21 @@ pub async fn declare_pool(channel: &Channel, config: &Config, pool: &str) -> Res
     let queue = config.job_queue(pool);
     declare_job_queue(channel, config, &queue).await?;
     for attempt in 1..config.jobs.max_attempts {
-        declare_delay_queue(channel, &queue, attempt).await?;
+        declare_delay_queue(channel, config, &queue, attempt).await?;
     }
     Ok(())
 }
 
 /// The delay queue of a pool's retries after `attempt` failed calls: messages
-/// wait out their TTL, then the broker dead-letters them back to the job queue.
+/// wait out their TTL, then the broker dead-letters them back to the job queue
+/// (at least once from a quorum delay queue: see `retry::delay_queue`).
 async fn declare_delay_queue(
     channel: &Channel,
+    config: &Config,
     job_queue: &str,
     attempt: u32,
 ) -> Result<(), AmqpError> {
+    let quorum = config.broker.queue_type == QueueType::Quorum;
     let mut args = FieldTable::default();
     let ttl = retry::ceiling(attempt).as_millis() as i32;
     args.insert("x-message-ttl".into(), AMQPValue::LongInt(ttl));
@@ -71,7 +75,22 @@ async fn declare_delay_queue(
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(job_queue.into()),
     );
-    let name = retry::delay_queue(job_queue, attempt);
+    if quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString("at-least-once".into()),
+        );
+        // At-least-once dead-lettering requires it.
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+    }
+    let name = retry::delay_queue(job_queue, attempt, quorum);
     channel
         .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), args)
         .await

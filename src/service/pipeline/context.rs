@@ -75,9 +75,16 @@ pub struct PoolContext {
     /// The largest `tpm` a key declares, when every key declares one: a job
     /// estimated above it fails as `too_large` before any call.
     pub max_tpm: Option<u64>,
+    /// Whether the job queue is a quorum queue (its delay queues are too).
+    pub quorum: bool,
 }
 
 impl PoolContext {
+    /// The delay queue of jobs that failed their `attempt`-th call.
+    pub fn delay_queue(&self, attempt: u32) -> String {
+        crate::amqp::retry::delay_queue(&self.queue, attempt, self.quorum)
+    }
+
     pub fn decode_context<'a>(&'a self, services: &'a Services) -> DecodeContext<'a> {
         DecodeContext {
             pool: &self.name,

@@ -123,7 +123,7 @@ pub async fn delay_retry(
         .with_headers(headers)
         .with_expiration(wait_ms.as_str().into())
         .with_delivery_mode(2);
-    let queue = retry::delay_queue(&key.pool.queue, attempt);
+    let queue = key.pool.delay_queue(attempt);
     match services
         .publisher
         .publish(&queue, inflight.inbound.body(), properties, true)
