@@ -40,7 +40,7 @@ const ORPHAN_AFTER: Duration = Duration::from_secs(2);
 /// last snapshot says "not released" and the next owner assumes the worst.
 const HAND_OVER_LIMIT: Duration = Duration::from_secs(120);
 /// Lease attempts in flight at once.
-const PARALLEL_ATTEMPTS: usize = 16;
+const PARALLEL_ATTEMPTS: usize = 64;
 /// The supervisor answers within this long, or the keeper goes on without.
 const SUPERVISOR_TIMEOUT: Duration = Duration::from_secs(5);
 /// A hand-over waits at least this long after the key stopped admitting.
@@ -65,6 +65,14 @@ pub struct FleetSetup {
 pub(super) enum Command {
     /// Hand every key over and announce the departure (shutdown).
     Leave(oneshot::Sender<()>),
+}
+
+/// A snapshot ready to publish, and what its confirm grants.
+struct Prepared {
+    queue: String,
+    snapshot: HandoverSnapshot,
+    /// Admitted when it was taken (dates the allowance).
+    admitted: Admitted,
 }
 
 /// One key this instance holds the lease of.
@@ -335,28 +343,27 @@ impl LeaseKeeper {
             .buffer_unordered(PARALLEL_ATTEMPTS)
             .collect::<Vec<_>>()
             .await;
+            let mut taken = Vec::new();
+            let mut broken = None;
             for (key, sent, attempt) in attempts {
                 match attempt {
                     Ok(Attempt::Held) => {}
-                    Ok(Attempt::Taken(snapshot)) => {
-                        if self
-                            .start_driving(key, sent, snapshot.map(|s| *s), channel)
-                            .await
-                        {
-                            wanted = wanted.saturating_sub(1);
-                        }
-                    }
+                    Ok(Attempt::Taken(snapshot)) => taken.push((key, sent, snapshot.map(|s| *s))),
                     Ok(Attempt::Unreadable(e)) => {
                         let ctx = &self.keys[key.0];
                         warn!(pool = %ctx.pool.name, key = %ctx.name, error = %e, "key lease taken but its state unreadable; letting it go");
                         let lease_queue = self.config.lease_queue(&ctx.pool.name, &ctx.name);
                         let _ = wire::drop_lease(channel, &lease_queue).await;
                     }
-                    Err(e) => {
-                        warn!(error = %e, "cannot take key leases now");
-                        return;
-                    }
+                    Err(e) => broken = Some(e),
                 }
+            }
+            // Leases taken before a failure are driven all the same.
+            let driven = self.start_driving(taken, channel).await;
+            wanted = wanted.saturating_sub(driven);
+            if let Some(e) = broken {
+                warn!(error = %e, "cannot take key leases now");
+                return;
             }
         }
     }
@@ -401,17 +408,54 @@ impl LeaseKeeper {
         free
     }
 
-    /// This connection holds `key`'s lease: start from the last snapshot
-    /// (or this instance's own state), publish the first allowance, then
-    /// have the supervisor drive the key. `false` (and the lease let go)
-    /// when the first snapshot cannot be published.
+    /// This connection holds the leases of `taken`: start each key from its
+    /// last snapshot (or this instance's own state), publish their first
+    /// allowances together (one wait for the broker's confirms, not one per
+    /// key: a thousand keys start in about a second), then have the
+    /// supervisor drive them. A key whose first snapshot is not confirmed
+    /// lets its lease go. Returns how many keys are now driven.
     async fn start_driving(
+        &mut self,
+        taken: Vec<(KeyId, Instant, Option<HandoverSnapshot>)>,
+        fleet: &Channel,
+    ) -> usize {
+        let mut prepared = Vec::new();
+        for (key, sent, snapshot) in taken {
+            let state = self.begin_driving(key, sent, snapshot);
+            match self.prepare(key, state.clone(), false).await {
+                Ok(Some(p)) => prepared.push((key, state, p)),
+                Ok(None) => {}
+                Err(e) => self.abandon(key, fleet, &e).await,
+            }
+        }
+        let confirms = futures_util::future::join_all(
+            prepared
+                .iter()
+                .map(|(_, _, p)| wire::publish_snapshot(fleet, &p.queue, &p.snapshot)),
+        )
+        .await;
+        let mut driven = 0;
+        for ((key, state, p), confirm) in prepared.into_iter().zip(confirms) {
+            match confirm {
+                Ok(()) => {
+                    self.confirmed(key, &p);
+                    self.supervisor.do_send(TakeKey { key, state });
+                    driven += 1;
+                }
+                Err(e) => self.abandon(key, fleet, &e).await,
+            }
+        }
+        driven
+    }
+
+    /// Take `key` over locally: its budget from `snapshot` (or as it is),
+    /// admitting nothing until the first allowance; the state to drive it in.
+    fn begin_driving(
         &mut self,
         key: KeyId,
         sent: Instant,
         snapshot: Option<HandoverSnapshot>,
-        fleet: &Channel,
-    ) -> bool {
+    ) -> Option<KeyState> {
         let ctx = self.keys[key.0].clone();
         // The declaration was a round trip on the lease connection.
         let (_, validity) = super::freshness::timing(self.broker.heartbeat_secs());
@@ -448,17 +492,16 @@ impl LeaseKeeper {
                 dirty: false,
             },
         );
-        // The first snapshot grants the first allowance; until then the key
-        // is driven but admits nothing.
-        if let Err(e) = self.publish(key, fleet, state.clone(), false).await {
-            warn!(pool = %ctx.pool.name, key = %ctx.name, error = %e, "cannot publish the key's first snapshot; letting the lease go");
-            self.held.remove(&key);
-            let lease_queue = self.config.lease_queue(&ctx.pool.name, &ctx.name);
-            let _ = wire::drop_lease(fleet, &lease_queue).await;
-            return false;
-        }
-        self.supervisor.do_send(TakeKey { key, state });
-        true
+        state
+    }
+
+    /// The first snapshot of `key` failed: let its lease go again.
+    async fn abandon(&mut self, key: KeyId, fleet: &Channel, why: &AmqpError) {
+        let ctx = &self.keys[key.0];
+        warn!(pool = %ctx.pool.name, key = %ctx.name, error = %why, "cannot publish the key's first snapshot; letting the lease go");
+        self.held.remove(&key);
+        let lease_queue = self.config.lease_queue(&ctx.pool.name, &ctx.name);
+        let _ = wire::drop_lease(fleet, &lease_queue).await;
     }
 
     /// Publish `key`'s snapshot (its state from the supervisor unless given)
@@ -470,7 +513,22 @@ impl LeaseKeeper {
         state: Option<KeyState>,
         released: bool,
     ) -> Result<(), AmqpError> {
-        let ctx = self.keys[key.0].clone();
+        let Some(prepared) = self.prepare(key, state, released).await? else {
+            return Ok(());
+        };
+        wire::publish_snapshot(channel, &prepared.queue, &prepared.snapshot).await?;
+        self.confirmed(key, &prepared);
+        Ok(())
+    }
+
+    /// `key`'s snapshot and the allowance it grants (`None`: not held).
+    async fn prepare(
+        &self,
+        key: KeyId,
+        state: Option<KeyState>,
+        released: bool,
+    ) -> Result<Option<Prepared>, AmqpError> {
+        let ctx = &self.keys[key.0];
         let state = match state {
             Some(state) => state,
             None => {
@@ -483,7 +541,7 @@ impl LeaseKeeper {
             }
         };
         let Some(held) = self.held.get(&key) else {
-            return Ok(());
+            return Ok(None);
         };
         let snap = ctx.budget_snapshot();
         let allowance = if released {
@@ -505,27 +563,33 @@ impl LeaseKeeper {
                 tokens: fresh.tokens.max(left.tokens).max(needed),
             }
         };
-        let snapshot = HandoverSnapshot {
-            version: HandoverSnapshot::VERSION,
-            owner: self.me.clone(),
-            taken_at: jiff::Timestamp::now(),
-            state,
-            budget: snap.budget,
-            allowance,
-            released,
-        };
-        let state_queue = self.config.key_state_queue(&ctx.pool.name, &ctx.name);
-        wire::publish_snapshot(channel, &state_queue, &snapshot).await?;
-        if !released {
-            ctx.grant_allowance(allowance, snap.admitted);
+        Ok(Some(Prepared {
+            queue: self.config.key_state_queue(&ctx.pool.name, &ctx.name),
+            snapshot: HandoverSnapshot {
+                version: HandoverSnapshot::VERSION,
+                owner: self.me.clone(),
+                taken_at: jiff::Timestamp::now(),
+                state,
+                budget: snap.budget,
+                allowance,
+                released,
+            },
+            admitted: snap.admitted,
+        }))
+    }
+
+    /// The broker confirmed `prepared`: its allowance may be used.
+    fn confirmed(&mut self, key: KeyId, prepared: &Prepared) {
+        let allowance = prepared.snapshot.allowance;
+        if !prepared.snapshot.released {
+            self.keys[key.0].grant_allowance(allowance, prepared.admitted);
         }
         if let Some(held) = self.held.get_mut(&key) {
             held.last_publish = Instant::now();
-            held.admitted = snap.admitted;
+            held.admitted = prepared.admitted;
             held.granted = allowance;
             held.dirty = false;
         }
-        Ok(())
     }
 
     /// Publish the snapshots that are due (see [`Held::due`]).
