@@ -323,7 +323,7 @@ impl LeaseKeeper {
                 .by_ref()
                 .filter(|(_, orphan)| *orphan || wanted > 0)
                 .map(|(key, _)| key)
-                .take(wanted.clamp(1, PARALLEL_ATTEMPTS))
+                .take(wanted.max(1))
                 .collect();
             if batch.is_empty() {
                 break;
