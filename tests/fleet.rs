@@ -78,6 +78,15 @@ async fn recording_mock(pools: &[TestPool], minute: Duration) -> keyrelay_mock::
     common::start_mock(pools, settings).await
 }
 
+/// The test's producer: a broker connection, a publisher, and its reply queue.
+async fn producer(prefix: &str) -> (Arc<Broker>, Publisher, String, ReplyQueue) {
+    let broker = Arc::new(Broker::connect(&common::amqp_url()).await.unwrap());
+    let publisher = Publisher::new(broker.clone()).await.unwrap();
+    let replies_name = format!("{prefix}.replies");
+    let replies = ReplyQueue::open(&broker, &replies_name).await;
+    (broker, publisher, replies_name, replies)
+}
+
 /// Keys each live member drives, from its `/metrics`.
 async fn driven(members: &[Member]) -> BTreeMap<&'static str, usize> {
     let mut out = BTreeMap::new();
@@ -157,10 +166,7 @@ async fn three_instances_share_the_keys_and_survive_a_sigkill() {
     .await;
 
     // A backlog, then two more instances join while it drains.
-    let broker = Arc::new(Broker::connect(&common::amqp_url()).await.unwrap());
-    let publisher = Publisher::new(broker.clone()).await.unwrap();
-    let replies_name = format!("{prefix}.replies");
-    let mut replies = ReplyQueue::open(&broker, &replies_name).await;
+    let (broker, publisher, replies_name, mut replies) = producer(&prefix).await;
     let queue = config.job_queue("g");
     for i in 0..JOBS {
         let id = format!("fleet-{i:05}");
@@ -386,10 +392,7 @@ async fn a_partitioned_instance_stops_calling_before_its_keys_move() {
     .await;
 
     // A steady stream of jobs while a is cut off.
-    let broker = Arc::new(Broker::connect(&common::amqp_url()).await.unwrap());
-    let publisher = Publisher::new(broker.clone()).await.unwrap();
-    let replies_name = format!("{prefix}.replies");
-    let mut replies = ReplyQueue::open(&broker, &replies_name).await;
+    let (broker, publisher, replies_name, mut replies) = producer(&prefix).await;
     let queue = config.job_queue("g");
     let jobs = 400;
     for i in 0..jobs {
