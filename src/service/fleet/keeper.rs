@@ -353,7 +353,7 @@ impl LeaseKeeper {
                         let ctx = &self.keys[key.0];
                         warn!(pool = %ctx.pool.name, key = %ctx.name, error = %e, "key lease taken but its state unreadable; letting it go");
                         let lease_queue = self.config.lease_queue(&ctx.pool.name, &ctx.name);
-                        let _ = wire::drop_lease(channel, &lease_queue).await;
+                        self.drop_lease(channel, &lease_queue).await;
                     }
                     Err(e) => broken = Some(e),
                 }
@@ -501,7 +501,26 @@ impl LeaseKeeper {
         warn!(pool = %ctx.pool.name, key = %ctx.name, error = %why, "cannot publish the key's first snapshot; letting the lease go");
         self.held.remove(&key);
         let lease_queue = self.config.lease_queue(&ctx.pool.name, &ctx.name);
-        let _ = wire::drop_lease(fleet, &lease_queue).await;
+        self.drop_lease(fleet, &lease_queue).await;
+    }
+
+    /// Delete a lease this connection holds: on the fleet channel, or on a
+    /// fresh channel of the same connection if that one is closed (a lease
+    /// left behind would keep the key from every instance until this
+    /// connection ends).
+    async fn drop_lease(&self, fleet: &Channel, lease_queue: &str) {
+        if wire::drop_lease(fleet, lease_queue).await.is_ok() {
+            return;
+        }
+        let leases_on = self.generation.load(Ordering::Acquire);
+        if let Ok((channel, generation)) = self.broker.channel_with_generation().await
+            && generation == leases_on
+        {
+            if let Err(e) = wire::drop_lease(&channel, lease_queue).await {
+                warn!(queue = %lease_queue, error = %e, "cannot drop a key lease; it goes with the connection");
+            }
+            let _ = channel.close(200, "lease dropped".into()).await;
+        }
     }
 
     /// Publish `key`'s snapshot (its state from the supervisor unless given)
@@ -661,9 +680,7 @@ impl LeaseKeeper {
             warn!(pool = %ctx.pool.name, key = %ctx.name, error = %e, "cannot publish the key's last snapshot");
         }
         let lease_queue = self.config.lease_queue(&ctx.pool.name, &ctx.name);
-        if let Err(e) = wire::drop_lease(channel, &lease_queue).await {
-            warn!(pool = %ctx.pool.name, key = %ctx.name, error = %e, "cannot drop the key's lease; it goes with the connection");
-        }
+        self.drop_lease(channel, &lease_queue).await;
         self.held.remove(&key);
         self.let_go_at.insert(key, Instant::now());
     }
