@@ -98,9 +98,11 @@ impl App {
         let (supervisor, watches) = Supervisor::launch(setup);
         let config = Arc::new(config);
         // The HTTP endpoint starts before the lease keeper (which announces
-        // its address): it sees the fleet through this forwarded watch.
-        let (fleet_picture_tx, fleet_picture_rx) =
-            tokio::sync::watch::channel(FleetPicture::default());
+        // its address); the keeper fills in this picture of the fleet.
+        let (fleet_picture_tx, fleet_picture_rx) = tokio::sync::watch::channel(FleetPicture {
+            me: instance.clone(),
+            ..FleetPicture::default()
+        });
         let state = HttpState {
             prometheus,
             broker: broker.clone(),
@@ -112,17 +114,19 @@ impl App {
         };
         let (http, http_addr) = crate::http::serve(config.metrics.listen, state)?;
         // Keys are driven from here on, as their leases are taken.
-        let fleet = Fleet::launch(FleetSetup {
-            broker: broker.clone(),
-            config: config.clone(),
-            instance: instance.clone(),
-            http: config.instance.advertised(http_addr),
-            keys: watches.keys.clone(),
-            supervisor: supervisor.clone(),
-            gate,
-            state_changes: state_changes_rx,
-        });
-        forward_picture(fleet.picture(), fleet_picture_tx);
+        let fleet = Fleet::launch(
+            FleetSetup {
+                broker: broker.clone(),
+                config: config.clone(),
+                instance: instance.clone(),
+                http: config.instance.advertised(http_addr),
+                keys: watches.keys.clone(),
+                supervisor: supervisor.clone(),
+                gate,
+                state_changes: state_changes_rx,
+            },
+            fleet_picture_tx,
+        );
         info!(pools = config.pools.len(), http = %http_addr, %instance, "keyrelay running");
         Ok(App {
             supervisor,
@@ -292,21 +296,6 @@ fn open_store(
         }
         other => other,
     }
-}
-
-/// Copy the lease keeper's picture of the fleet into the HTTP endpoint's.
-fn forward_picture(
-    mut from: tokio::sync::watch::Receiver<FleetPicture>,
-    to: tokio::sync::watch::Sender<FleetPicture>,
-) {
-    tokio::spawn(async move {
-        loop {
-            to.send_replace(from.borrow_and_update().clone());
-            if from.changed().await.is_err() {
-                return;
-            }
-        }
-    });
 }
 
 fn pool_setups(config: &Config, instance: &str) -> Result<Vec<PoolSetup>, AppError> {

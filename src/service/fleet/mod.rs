@@ -24,31 +24,22 @@ pub use view::{FleetPicture, KeyOwner, Member};
 /// The running lease keeper.
 pub struct Fleet {
     commands: mpsc::Sender<Command>,
-    picture: watch::Receiver<FleetPicture>,
 }
 
 impl Fleet {
-    /// Start the lease keeper and its freshness keeper (on the tokio runtime).
-    pub fn launch(setup: FleetSetup) -> Fleet {
+    /// Start the lease keeper and its freshness keeper (on the tokio runtime);
+    /// the keeper keeps `picture` up to date.
+    pub fn launch(setup: FleetSetup, picture: watch::Sender<FleetPicture>) -> Fleet {
         let (commands, inbox) = mpsc::channel(4);
-        let (picture_tx, picture) = watch::channel(FleetPicture {
-            me: setup.instance.clone(),
-            ..FleetPicture::default()
-        });
         let generation = Arc::new(AtomicU64::new(0));
         tokio::spawn(freshness::keep_fresh(
             setup.broker.clone(),
             setup.gate.clone(),
             generation.clone(),
         ));
-        let keeper = LeaseKeeper::new(setup, generation, picture_tx);
+        let keeper = LeaseKeeper::new(setup, generation, picture);
         tokio::spawn(keeper.run(inbox));
-        Fleet { commands, picture }
-    }
-
-    /// The fleet as last seen.
-    pub fn picture(&self) -> watch::Receiver<FleetPicture> {
-        self.picture.clone()
+        Fleet { commands }
     }
 
     /// Hand every key over and tell the fleet this instance is leaving

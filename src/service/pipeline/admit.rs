@@ -65,29 +65,44 @@ async fn take_budget(
     tokens: u64,
 ) -> Result<Option<Ticket>, Refusal> {
     loop {
-        // Registered before the check: a grant in between is not missed.
+        if let Some(taken) = take_once(key, services, tokens) {
+            return taken;
+        }
+        // Out of fleet allowance: wait for the next grant, registered before
+        // a second look so that a grant in between is not missed. (Not done
+        // up front: it takes a lock, and nearly every call never waits.)
         let granted = key.allowance_granted.notified();
         tokio::pin!(granted);
         granted.as_mut().enable();
-        match key.take_budget(tokens) {
-            Ok(ticket) => return Ok(ticket),
-            Err(blocked) if blocked.is_fleet_allowance() => {
-                key.need_allowance(tokens);
-                services.lease.want_allowance();
-                let waited = tokio::time::timeout(ALLOWANCE_WAIT, granted).await;
-                if waited.is_err() || !key.is_available() || !services.lease.is_open() {
-                    return Err(Refusal::KeyUnavailable);
-                }
-            }
-            Err(blocked) => {
-                // Closed at once, as for a provider's "no more": a job refused
-                // here must not find this key open again while the supervisor,
-                // which parks it and reopens it when the budget returns, has yet
-                // to hear.
-                key.set_available(false);
-                services.events.budget_spent(key.id, blocked);
-                return Err(Refusal::BudgetSpent);
-            }
+        if let Some(taken) = take_once(key, services, tokens) {
+            return taken;
+        }
+        key.need_allowance(tokens);
+        services.lease.want_allowance();
+        let waited = tokio::time::timeout(ALLOWANCE_WAIT, granted).await;
+        if waited.is_err() || !key.is_available() || !services.lease.is_open() {
+            return Err(Refusal::KeyUnavailable);
+        }
+    }
+}
+
+/// One try at the key's budget; `None` when only the fleet allowance is out.
+fn take_once(
+    key: &KeyContext,
+    services: &Services,
+    tokens: u64,
+) -> Option<Result<Option<Ticket>, Refusal>> {
+    match key.take_budget(tokens) {
+        Ok(ticket) => Some(Ok(ticket)),
+        Err(blocked) if blocked.is_fleet_allowance() => None,
+        Err(blocked) => {
+            // Closed at once, as for a provider's "no more": a job refused
+            // here must not find this key open again while the supervisor,
+            // which parks it and reopens it when the budget returns, has yet
+            // to hear.
+            key.set_available(false);
+            services.events.budget_spent(key.id, blocked);
+            Some(Err(Refusal::BudgetSpent))
         }
     }
 }
