@@ -25,14 +25,14 @@ pub struct BudgetSpent {
     pub blocked: keyrelay_core::keys::Blocked,
 }
 
-/// Lease keeper → supervisor: this process now holds `key`'s lease; drive
-/// it, from `state` when another instance handed it over (else from the
-/// state this process has). Its budget is in place already.
+/// Lease keeper → supervisor: this instance holds the leases of `keys`;
+/// drive each, from the state given when another instance handed it over
+/// (else from the state this process has). Their budgets are in place
+/// already. Answers the state each key is driven in, in order.
 #[derive(Message)]
-#[rtype(result = "()")]
-pub struct TakeKey {
-    pub key: KeyId,
-    pub state: Option<KeyState>,
+#[rtype(result = "Vec<KeyState>")]
+pub struct TakeKeys {
+    pub keys: Vec<(KeyId, Option<KeyState>)>,
 }
 
 /// Lease keeper → supervisor: stop driving `key` (its lease is being handed

@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use lapin::Channel;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::view::{Beacon, FleetPicture, FleetView, KeyOwner};
-use super::wire::{self, Attempt};
-use crate::actors::messages::{Booted, KeyStateOf, LetKeyGo, TakeKey};
+use super::wire::{self, Attempt, AttemptChannels};
+use crate::actors::messages::{Booted, KeyStateOf, LetKeyGo, TakeKeys};
 use crate::actors::supervisor::Supervisor;
 use crate::amqp::{AmqpError, Broker};
 use crate::pipeline::{KeyContext, LeaseGate};
@@ -75,6 +77,9 @@ struct Prepared {
     admitted: Admitted,
 }
 
+/// A first snapshot's key, what it grants, and the broker's answer.
+type FirstConfirm = (KeyId, Prepared, Result<(), AmqpError>);
+
 /// One key this instance holds the lease of.
 struct Held {
     /// Set when the hand-over began: the key takes no new calls.
@@ -86,6 +91,9 @@ struct Held {
     granted: Allowance,
     /// The supervisor changed the key's state since the last snapshot.
     dirty: bool,
+    /// The key's first snapshot awaits the broker's confirm: no other
+    /// snapshot goes before it (a later confirm must not be overtaken).
+    confirming: bool,
 }
 
 impl Held {
@@ -100,7 +108,7 @@ impl Held {
         now: Instant,
         periodic: bool,
     ) -> bool {
-        if self.releasing.is_some() {
+        if self.releasing.is_some() || self.confirming {
             return false;
         }
         let left = left.unwrap_or_default();
@@ -135,6 +143,8 @@ pub(super) struct LeaseKeeper {
     beacons: Option<lapin::Consumer>,
     view: FleetView,
     held: BTreeMap<KeyId, Held>,
+    /// First snapshots of keys just taken, awaiting the broker's confirm.
+    first_confirms: FuturesUnordered<JoinHandle<FirstConfirm>>,
     let_go_at: HashMap<KeyId, Instant>,
     orphaned_since: HashMap<KeyId, Instant>,
     broker_trouble_logged: bool,
@@ -161,6 +171,7 @@ impl LeaseKeeper {
             fleet: None,
             beacons: None,
             held: BTreeMap::new(),
+            first_confirms: FuturesUnordered::new(),
             let_go_at: HashMap::new(),
             orphaned_since: HashMap::new(),
             broker_trouble_logged: false,
@@ -184,6 +195,9 @@ impl LeaseKeeper {
                         held.dirty = true;
                     }
                     self.renew_allowances(false).await;
+                }
+                Some(answer) = self.first_confirms.next(), if !self.first_confirms.is_empty() => {
+                    self.first_confirmed(answer).await;
                 }
                 beacon = wire::next_beacon(&mut self.beacons) => {
                     if let Some(beacon) = beacon {
@@ -277,6 +291,8 @@ impl LeaseKeeper {
         self.generation.store(0, Ordering::Release);
         self.fleet = None;
         self.beacons = None;
+        // Their answers are about leases gone with the connection.
+        self.first_confirms = FuturesUnordered::new();
         if !self.held.is_empty() {
             warn!(
                 keys = self.held.len(),
@@ -316,6 +332,7 @@ impl LeaseKeeper {
             return;
         };
         let mut wanted = share.acquire;
+        let channels = Arc::new(AttemptChannels::new(self.broker.clone(), generation));
         let mut candidates = self.candidates(Instant::now()).into_iter().peekable();
         while candidates.peek().is_some() {
             // Orphans always; free keys while this instance is below its share.
@@ -328,27 +345,40 @@ impl LeaseKeeper {
             if batch.is_empty() {
                 break;
             }
-            let attempts = futures_util::stream::iter(batch.into_iter().map(|key| {
-                let ctx = &self.keys[key.0];
-                let lease_queue = self.config.lease_queue(&ctx.pool.name, &ctx.name);
-                let state_queue = self.config.key_state_queue(&ctx.pool.name, &ctx.name);
-                let broker = self.broker.clone();
-                async move {
-                    let sent = Instant::now();
-                    let attempt =
-                        wire::take_lease(&broker, generation, &lease_queue, &state_queue).await;
-                    (key, sent, attempt)
-                }
-            }))
-            .buffer_unordered(PARALLEL_ATTEMPTS)
-            .collect::<Vec<_>>()
-            .await;
-            let mut taken = Vec::new();
+            let queues: Vec<(KeyId, String, String)> = batch
+                .into_iter()
+                .map(|key| {
+                    let ctx = &self.keys[key.0];
+                    let lease = self.config.lease_queue(&ctx.pool.name, &ctx.name);
+                    (
+                        key,
+                        lease,
+                        self.config.key_state_queue(&ctx.pool.name, &ctx.name),
+                    )
+                })
+                .collect();
+            // All attempts first, then the keys: taking leases and starting
+            // keys at once is slower on the broker (measured: 6.5 s against
+            // 4.7 s for a thousand keys), which does both one at a time.
+            let attempts =
+                futures_util::stream::iter(queues.into_iter().map(|(key, lease, state)| {
+                    let channels = channels.clone();
+                    async move {
+                        let sent = Instant::now();
+                        (key, sent, wire::take_lease(&channels, &lease, &state).await)
+                    }
+                }))
+                .buffer_unordered(PARALLEL_ATTEMPTS)
+                .collect::<Vec<_>>()
+                .await;
             let mut broken = None;
+            let mut taken = Vec::new();
             for (key, sent, attempt) in attempts {
                 match attempt {
                     Ok(Attempt::Held) => {}
-                    Ok(Attempt::Taken(snapshot)) => taken.push((key, sent, snapshot.map(|s| *s))),
+                    Ok(Attempt::Taken(snapshot)) => {
+                        taken.push((key, sent, snapshot.map(|s| *s)));
+                    }
                     Ok(Attempt::Unreadable(e)) => {
                         let ctx = &self.keys[key.0];
                         warn!(pool = %ctx.pool.name, key = %ctx.name, error = %e, "key lease taken but its state unreadable; letting it go");
@@ -363,9 +393,10 @@ impl LeaseKeeper {
             wanted = wanted.saturating_sub(driven);
             if let Some(e) = broken {
                 warn!(error = %e, "cannot take key leases now");
-                return;
+                break;
             }
         }
+        channels.close().await;
     }
 
     /// The most recently numbered keys first: any choice balances.
@@ -409,43 +440,94 @@ impl LeaseKeeper {
     }
 
     /// This connection holds the leases of `taken`: start each key from its
-    /// last snapshot (or this instance's own state), publish their first
-    /// allowances together (one wait for the broker's confirms, not one per
-    /// key: a thousand keys start in about a second), then have the
-    /// supervisor drive them. A key whose first snapshot is not confirmed
-    /// lets its lease go. Returns how many keys are now driven.
+    /// last snapshot (or this instance's own state) and have the supervisor
+    /// drive it at once; its first allowance comes with the broker's confirm
+    /// of its first snapshot (see [`LeaseKeeper::first_confirmed`]), and until
+    /// then the key admits no call. The snapshots go out together, each
+    /// confirm awaited on its own task: a thousand keys start in about a
+    /// second. Returns how many keys are now driven.
     async fn start_driving(
         &mut self,
         taken: Vec<(KeyId, Instant, Option<HandoverSnapshot>)>,
         fleet: &Channel,
     ) -> usize {
-        let mut prepared = Vec::new();
-        for (key, sent, snapshot) in taken {
-            let state = self.begin_driving(key, sent, snapshot);
-            match self.prepare(key, state.clone(), false).await {
-                Ok(Some(p)) => prepared.push((key, state, p)),
-                Ok(None) => {}
-                Err(e) => self.abandon(key, fleet, &e).await,
-            }
+        if taken.is_empty() {
+            return 0;
         }
-        let confirms = futures_util::future::join_all(
-            prepared
-                .iter()
-                .map(|(_, _, p)| wire::publish_snapshot(fleet, &p.queue, &p.snapshot)),
-        )
-        .await;
+        let keys: Vec<(KeyId, Option<KeyState>)> = taken
+            .into_iter()
+            .map(|(key, sent, snapshot)| (key, self.begin_driving(key, sent, snapshot)))
+            .collect();
+        let ids: Vec<KeyId> = keys.iter().map(|(key, _)| *key).collect();
+        // One round trip for the lot: the states they are driven in.
+        let asked = self.supervisor.send(TakeKeys { keys });
+        let states = match tokio::time::timeout(SUPERVISOR_TIMEOUT, asked).await {
+            Ok(Ok(states)) => states,
+            // The supervisor is gone (the process is stopping) or stuck.
+            _ => {
+                for key in ids {
+                    self.let_go_unconfirmed(key, fleet, &AmqpError::Closed)
+                        .await;
+                }
+                return 0;
+            }
+        };
         let mut driven = 0;
-        for ((key, state, p), confirm) in prepared.into_iter().zip(confirms) {
-            match confirm {
-                Ok(()) => {
-                    self.confirmed(key, &p);
-                    self.supervisor.do_send(TakeKey { key, state });
+        for (key, state) in ids.into_iter().zip(states) {
+            match self.prepare(key, Some(state), false).await {
+                Ok(Some(prepared)) => {
+                    if let Some(held) = self.held.get_mut(&key) {
+                        held.confirming = true;
+                    }
+                    let channel = fleet.clone();
+                    self.first_confirms.push(tokio::spawn(async move {
+                        let confirm =
+                            wire::publish_snapshot(&channel, &prepared.queue, &prepared.snapshot)
+                                .await;
+                        (key, prepared, confirm)
+                    }));
                     driven += 1;
                 }
-                Err(e) => self.abandon(key, fleet, &e).await,
+                Ok(None) => {}
+                Err(e) => self.let_go_unconfirmed(key, fleet, &e).await,
             }
         }
         driven
+    }
+
+    /// `key` was taken, but its first snapshot cannot be confirmed: stop it
+    /// and let its lease go again.
+    async fn let_go_unconfirmed(&mut self, key: KeyId, fleet: &Channel, why: &AmqpError) {
+        self.keys[key.0].stop_admitting();
+        self.supervisor.do_send(LetKeyGo { key });
+        self.abandon(key, fleet, why).await;
+    }
+
+    /// The broker answered `key`'s first snapshot: with a confirm the key
+    /// gets its allowance; without one its lease goes again.
+    async fn first_confirmed(&mut self, answer: Result<FirstConfirm, tokio::task::JoinError>) {
+        let Ok((key, prepared, confirm)) = answer else {
+            return;
+        };
+        // Let go (or lost with the connection) meanwhile: nothing to grant.
+        let Some(held) = self.held.get_mut(&key) else {
+            return;
+        };
+        held.confirming = false;
+        if held.releasing.is_some() {
+            return;
+        }
+        match confirm {
+            Ok(()) => self.confirmed(key, &prepared),
+            Err(e) => match self.fleet.as_ref().map(|(c, _)| c.clone()) {
+                Some(fleet) => self.let_go_unconfirmed(key, &fleet, &e).await,
+                None => {
+                    self.keys[key.0].stop_admitting();
+                    self.supervisor.do_send(LetKeyGo { key });
+                    self.held.remove(&key);
+                }
+            },
+        }
     }
 
     /// Take `key` over locally: its budget from `snapshot` (or as it is),
@@ -490,6 +572,7 @@ impl LeaseKeeper {
                 admitted,
                 granted: Allowance::default(),
                 dirty: false,
+                confirming: false,
             },
         );
         state

@@ -1,6 +1,7 @@
 //! The fleet's broker operations: lease queues, key-state queues and the
 //! beacon exchange. Each is one or two AMQP round trips.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -131,21 +132,69 @@ pub enum Attempt {
     Unreadable(AmqpError),
 }
 
-/// Try to take `lease_queue` (an exclusive queue: only one connection can
-/// hold it) and read the key's last snapshot from `state_queue`, on a
-/// channel of its own (a refused declaration closes it). `Err` only when the
-/// lease was not taken.
-pub async fn take_lease(
-    broker: &Broker,
+/// Channels for lease attempts, reused from one attempt to the next: an
+/// exclusive queue belongs to the connection, not the channel, so a channel
+/// outlives the leases it took. Only a refused declaration closes one.
+pub struct AttemptChannels {
+    broker: Arc<Broker>,
     generation: u64,
+    idle: Mutex<Vec<Channel>>,
+}
+
+impl AttemptChannels {
+    /// Channels on the connection of `generation` (the one leases live on).
+    pub fn new(broker: Arc<Broker>, generation: u64) -> AttemptChannels {
+        AttemptChannels {
+            broker,
+            generation,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle channel, or a new one; `None` if the connection changed.
+    async fn take(&self) -> Result<Option<Channel>, AmqpError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        if let Some(channel) = idle {
+            return Ok(Some(channel));
+        }
+        let (channel, on) = self.broker.channel_with_generation().await?;
+        Ok((on == self.generation).then_some(channel))
+    }
+
+    fn give_back(&self, channel: Channel) {
+        if channel.status().connected() {
+            self.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(channel);
+        }
+    }
+
+    /// Close every idle channel (the leases they took stay).
+    pub async fn close(&self) {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
+        for channel in idle {
+            let _ = channel.close(200, "lease attempts done".into()).await;
+        }
+    }
+}
+
+/// Try to take `lease_queue` (an exclusive queue: only one connection can
+/// hold it) and read the key's last snapshot from `state_queue`. `Err` only
+/// when the lease was not taken.
+pub async fn take_lease(
+    channels: &AttemptChannels,
     lease_queue: &str,
     state_queue: &str,
 ) -> Result<Attempt, AmqpError> {
-    let (channel, on) = broker.channel_with_generation().await?;
-    if on != generation {
+    let Some(channel) = channels.take().await? else {
         // The connection changed under us: the next tick starts over.
         return Ok(Attempt::Held);
-    }
+    };
     let exclusive = QueueDeclareOptions {
         exclusive: true,
         ..QueueDeclareOptions::default()
@@ -158,10 +207,11 @@ pub async fn take_lease(
             Ok(snapshot) => Attempt::Taken(snapshot.map(Box::new)),
             Err(e) => Attempt::Unreadable(e),
         },
+        // The refusal closed the channel.
         Err(e) if amqp_code(&e) == Some(RESOURCE_LOCKED) => return Ok(Attempt::Held),
         Err(e) => return Err(AmqpError::op("queue.declare")(e)),
     };
-    let _ = channel.close(200, "lease attempt done".into()).await;
+    channels.give_back(channel);
     Ok(attempt)
 }
 

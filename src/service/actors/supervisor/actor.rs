@@ -55,7 +55,7 @@ pub use crate::pipeline::context::KeySpec as KeySetup;
 
 impl Supervisor {
     /// Start the supervisor; it starts a key's worker once the key's lease
-    /// is taken (`TakeKey`).
+    /// is taken (`TakeKeys`).
     pub fn launch(setup: SupervisorSetup) -> (Addr<Supervisor>, Watches) {
         let (consumers, consumers_rx) = watch::channel(0);
         let (in_flight, in_flight_rx) = watch::channel(0);

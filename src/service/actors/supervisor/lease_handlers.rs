@@ -3,30 +3,43 @@
 //! broker connection).
 
 use actix::prelude::*;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::state::Supervisor;
-use crate::actors::messages::{Booted, KeyStateOf, LetKeyGo, StopWorker, TakeKey};
-use keyrelay_core::keys::KeyState;
+use crate::actors::messages::{Booted, KeyStateOf, LetKeyGo, StopWorker, TakeKeys};
+use keyrelay_core::keys::{KeyId, KeyState};
 
-impl Handler<TakeKey> for Supervisor {
-    type Result = ();
+impl Handler<TakeKeys> for Supervisor {
+    type Result = MessageResult<TakeKeys>;
 
-    fn handle(&mut self, msg: TakeKey, ctx: &mut Self::Context) {
-        let slot = &mut self.keys[msg.key.0];
+    fn handle(&mut self, msg: TakeKeys, ctx: &mut Self::Context) -> Self::Result {
+        let mut states = Vec::with_capacity(msg.keys.len());
+        // One line per batch (a thousand keys at start-up); each key at debug.
+        info!(keys = msg.keys.len(), "key leases taken; driving the keys");
+        for (key, state) in msg.keys {
+            self.take_key(key, state, ctx);
+            states.push(self.keys[key.0].state.clone());
+        }
+        MessageResult(states)
+    }
+}
+
+impl Supervisor {
+    fn take_key(&mut self, key: KeyId, state: Option<KeyState>, ctx: &mut Context<Self>) {
+        let slot = &mut self.keys[key.0];
         slot.leased = true;
         slot.restarts = 0;
-        info!(pool = %slot.ctx.pool.name, key = %slot.ctx.name, handed_over = msg.state.is_some(), "key lease taken; driving the key");
-        match msg.state {
+        debug!(pool = %slot.ctx.pool.name, key = %slot.ctx.name, handed_over = state.is_some(), "key lease taken; driving the key");
+        match state {
             // Kept in this process's store too: it is the newest there is.
-            Some(state) => self.apply(msg.key, state, true, ctx),
+            Some(state) => self.apply(key, state, true, ctx),
             None => {
                 let state = slot.state.clone();
-                self.apply(msg.key, state, false, ctx);
+                self.apply(key, state, false, ctx);
             }
         }
-        if self.keys[msg.key.0].worker.is_none() && !self.stopping {
-            self.start_worker(msg.key, ctx);
+        if self.keys[key.0].worker.is_none() && !self.stopping {
+            self.start_worker(key, ctx);
         }
     }
 }
