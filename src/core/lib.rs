@@ -7,6 +7,7 @@
 //! - [`store`]: the sled facade (results, response cache, usage, history).
 //! - [`route`]: where a job goes next, as one pure decision.
 //! - [`lease`]: several instances on one broker (key hand-over, balance).
+//! - [`spend`]: prices, what each call cost, and budgets.
 //! - [`config`], [`secret`], [`metrics`], [`readiness`].
 //!
 //! The service crate (`keyrelay`, in `src/service`) drives these from its actors.
@@ -22,4 +23,5 @@ pub mod provider;
 pub mod readiness;
 pub mod route;
 pub mod secret;
+pub mod spend;
 pub mod store;

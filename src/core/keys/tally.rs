@@ -59,6 +59,7 @@ mod tests {
         let usage = Usage {
             input_tokens: 10,
             output_tokens: 3,
+            ..Usage::default()
         };
         tally.record(OutcomeClass::Success, usage, Duration::from_millis(40));
         tally.record(OutcomeClass::Success, usage, Duration::from_millis(2));

@@ -183,12 +183,21 @@ pub fn parse_success(body: &[u8]) -> Outcome {
         .filter(|b| b.kind == "text")
         .filter_map(|b| b.text)
         .collect();
-    let usage = resp.usage.map_or(Usage::default(), |u| Usage {
-        input_tokens: u
-            .input_tokens
-            .saturating_add(u.cache_creation_input_tokens.unwrap_or(0))
-            .saturating_add(u.cache_read_input_tokens.unwrap_or(0)),
-        output_tokens: u.output_tokens,
+    let usage = resp.usage.map_or(Usage::default(), |u| {
+        let (read, written) = (
+            u.cache_read_input_tokens.unwrap_or(0),
+            u.cache_creation_input_tokens.unwrap_or(0),
+        );
+        Usage {
+            // Disjoint in Anthropic's usage: input + cache reads + cache writes
+            // is the whole prompt (docs: "Tracking cache performance").
+            input_tokens: u.input_tokens.saturating_add(read).saturating_add(written),
+            // Thinking included (`output_tokens` is the billed total).
+            output_tokens: u.output_tokens,
+            cached_input_tokens: read,
+            cache_write_tokens: written,
+            ..Usage::default()
+        }
     });
     let stop = resp.stop_reason.unwrap_or_default();
     let failure = |kind, message: String, partial: Option<String>| {

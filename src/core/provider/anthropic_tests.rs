@@ -78,6 +78,8 @@ fn parses_text_blocks_and_usage() {
         usage: Usage {
             input_tokens: 120,
             output_tokens: 4,
+            cached_input_tokens: 100,
+            ..Usage::default()
         },
         limit_until: None,
     };
@@ -106,4 +108,27 @@ fn next_month_rolls_over_the_year() {
     let now: Timestamp = "2025-12-31T23:59:59Z".parse().unwrap();
     let expected: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
     assert_eq!(next_month_utc(now), Some(expected));
+}
+
+/// Anthropic's usage (prompt caching docs, "Tracking cache performance"):
+/// `input_tokens`, `cache_read_input_tokens` and `cache_creation_input_tokens`
+/// are disjoint; the prompt is their sum.
+#[test]
+fn usage_counts_cache_reads_and_writes_in_the_prompt() {
+    let body = json!({
+        "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-20250514",
+        "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
+        "usage": {"input_tokens": 21, "cache_creation_input_tokens": 188086,
+            "cache_read_input_tokens": 0, "output_tokens": 393}
+    });
+    let Outcome::Success(c) = parse_success(body.to_string().as_bytes()) else {
+        panic!("expected success");
+    };
+    let want = Usage {
+        input_tokens: 21 + 188_086,
+        output_tokens: 393,
+        cache_write_tokens: 188_086,
+        ..Usage::default()
+    };
+    assert_eq!(c.usage, want);
 }

@@ -173,6 +173,10 @@ struct UsageMetadata {
     /// Billed as output but not included in `candidatesTokenCount`.
     #[serde(default)]
     thoughts_token_count: u64,
+    /// Part of `promptTokenCount` ("this includes the number of tokens in
+    /// the cached content"), billed at the cached rate.
+    #[serde(default)]
+    cached_content_token_count: u64,
 }
 
 /// Finish reasons that mean a filter stopped the answer (the job's content,
@@ -200,6 +204,9 @@ pub fn parse_success(body: &[u8]) -> Outcome {
         output_tokens: meta
             .candidates_token_count
             .saturating_add(meta.thoughts_token_count),
+        cached_input_tokens: meta.cached_content_token_count.min(meta.prompt_token_count),
+        reasoning_tokens: meta.thoughts_token_count,
+        ..Usage::default()
     };
     let failure = |kind, message: String, reason: &str, partial: Option<String>| {
         Outcome::JobFailed(JobFailure {

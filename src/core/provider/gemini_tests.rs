@@ -85,6 +85,8 @@ fn parses_text_and_usage_skipping_thoughts() {
         usage: Usage {
             input_tokens: 12,
             output_tokens: 7,
+            reasoning_tokens: 5,
+            ..Usage::default()
         },
         limit_until: None,
     };
@@ -126,4 +128,29 @@ fn malformed_success_is_transient() {
         assert!(matches!(parse_success(body), Outcome::Transient { message }
             if message.starts_with("malformed success body")));
     }
+}
+
+/// Gemini's `usageMetadata`: `cachedContentTokenCount` is part of
+/// `promptTokenCount`; `thoughtsTokenCount` is billed as output but not in
+/// `candidatesTokenCount`.
+#[test]
+fn usage_metadata_names_cached_and_thought_tokens() {
+    let body = json!({
+        "candidates": [{"content": {"parts": [{"text": "ok"}], "role": "model"},
+            "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 4200, "candidatesTokenCount": 35,
+            "totalTokenCount": 4835, "cachedContentTokenCount": 4000,
+            "thoughtsTokenCount": 600}
+    });
+    let Outcome::Success(c) = parse_success(body.to_string().as_bytes()) else {
+        panic!("expected success");
+    };
+    let want = Usage {
+        input_tokens: 4200,
+        output_tokens: 635,
+        cached_input_tokens: 4000,
+        reasoning_tokens: 600,
+        ..Usage::default()
+    };
+    assert_eq!(c.usage, want);
 }

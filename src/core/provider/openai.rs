@@ -199,6 +199,25 @@ struct ResponseUsage {
     /// Reasoning tokens are included in it.
     #[serde(default)]
     completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptTokensDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+/// `usage.prompt_tokens_details`: `cached_tokens` is part of `prompt_tokens`.
+#[derive(Debug, Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+/// `usage.completion_tokens_details`: `reasoning_tokens` is part of
+/// `completion_tokens` ("still counted in the total completion tokens").
+#[derive(Debug, Deserialize)]
+struct CompletionTokensDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
 }
 
 /// Parse a 2xx body: a success only when the answer has text and was neither
@@ -220,6 +239,17 @@ pub fn parse_success(body: &[u8]) -> Outcome {
     let usage = resp.usage.map_or(Usage::default(), |u| Usage {
         input_tokens: u.prompt_tokens,
         output_tokens: u.completion_tokens,
+        cached_input_tokens: u
+            .prompt_tokens_details
+            .and_then(|d| d.cached_tokens)
+            .unwrap_or(0)
+            .min(u.prompt_tokens),
+        reasoning_tokens: u
+            .completion_tokens_details
+            .and_then(|d| d.reasoning_tokens)
+            .unwrap_or(0)
+            .min(u.completion_tokens),
+        ..Usage::default()
     });
     let text = choice.message.content.filter(|t| !t.is_empty());
     let finish = choice.finish_reason.unwrap_or_default();

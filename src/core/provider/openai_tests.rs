@@ -75,6 +75,7 @@ fn parses_text_and_usage() {
         usage: Usage {
             input_tokens: 19,
             output_tokens: 10,
+            ..Usage::default()
         },
         limit_until: None,
     };
@@ -123,4 +124,28 @@ fn calls_refused_at_once_all_switch_to_the_same_field() {
     // Another 400 is not a reason to resend.
     let other = json!({"error": {"message": "Invalid value for 'temperature'", "param": "temperature", "code": null}}).to_string();
     assert!(!adjust_token_field(&tokens, &req, 400, other.as_bytes()));
+}
+
+/// OpenAI's usage details (API reference, CompletionUsage): `cached_tokens`
+/// is part of `prompt_tokens`, `reasoning_tokens` part of `completion_tokens`.
+#[test]
+fn usage_details_name_cached_and_reasoning_tokens() {
+    let body = json!({
+        "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
+            "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 192, "audio_tokens": 0,
+                "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+    });
+    let Outcome::Success(c) = parse_success(body.to_string().as_bytes()) else {
+        panic!("expected success");
+    };
+    let want = Usage {
+        input_tokens: 2006,
+        output_tokens: 300,
+        cached_input_tokens: 1920,
+        reasoning_tokens: 192,
+        ..Usage::default()
+    };
+    assert_eq!(c.usage, want);
 }

@@ -6,13 +6,52 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-/// Token usage as reported by the provider.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// Token usage as reported by the provider, and what it cost.
+///
+/// One meaning whatever the provider: `input_tokens` counts every prompt
+/// token, cached or not (Anthropic reports cache reads and writes apart from
+/// its `input_tokens`; they are added here), and `output_tokens` every
+/// output token, reasoning included (Gemini reports `thoughtsTokenCount`
+/// apart; it is added here). The `*_tokens` below are parts of those.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
 pub struct Usage {
-    /// Tokens of the prompt.
+    /// Tokens of the prompt, cached ones included.
     pub input_tokens: u64,
-    /// Tokens of the answer.
+    /// Tokens of the answer, reasoning included.
     pub output_tokens: u64,
+    /// Of `input_tokens`, read from the provider's prompt cache (Gemini
+    /// `cachedContentTokenCount`, OpenAI `prompt_tokens_details.cached_tokens`,
+    /// Anthropic `cache_read_input_tokens`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_input_tokens: u64,
+    /// Of `input_tokens`, written to the prompt cache (Anthropic
+    /// `cache_creation_input_tokens`), priced apart.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+    /// Of `output_tokens`, spent on reasoning (Gemini `thoughtsTokenCount`,
+    /// OpenAI `completion_tokens_details.reasoning_tokens`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reasoning_tokens: u64,
+    /// What the call cost in US dollars, from keyrelay's price table (not the
+    /// provider's word); `None` when the model has no price (never a guess).
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Usage {
+    /// Prompt plus output tokens, as limits count them.
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens.saturating_add(self.output_tokens)
+    }
+
+    /// Whether the provider reported no tokens at all.
+    pub fn is_empty(&self) -> bool {
+        self.input_tokens == 0 && self.output_tokens == 0
+    }
 }
 
 /// A successful completion.

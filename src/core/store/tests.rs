@@ -16,6 +16,7 @@ fn result(id: &str) -> JobResult {
         usage: Usage {
             input_tokens: 1,
             output_tokens: 2,
+            ..Usage::default()
         },
         attempts: 1,
         latency_ms: 3,

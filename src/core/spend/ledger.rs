@@ -1,0 +1,518 @@
+//! Money spent today and this month per key, pool and user, against their
+//! budgets; the check before each call; and the hourly spend counters the
+//! store keeps.
+//!
+//! A call is admitted only if what its scopes spent, plus what calls in
+//! flight may still spend (their estimates, held as a [`Reservation`] until
+//! they are recorded), plus its own estimate fits every budget: the
+//! overshoot is at most what the estimates of calls in flight miss. Periods
+//! are UTC calendar days and months.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use jiff::civil::Date;
+use jiff::{Timestamp, ToSpan, tz::TimeZone};
+use serde::Serialize;
+
+/// Whose budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetScope {
+    /// One key (`pool/key`).
+    Key,
+    /// One pool (`pool`).
+    Pool,
+    /// One user of a pool (`pool/user`).
+    User,
+}
+
+impl BudgetScope {
+    /// The scope as a label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetScope::Key => "key",
+            BudgetScope::Pool => "pool",
+            BudgetScope::User => "user",
+        }
+    }
+}
+
+/// A budget's period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    /// The UTC calendar day.
+    Day,
+    /// The UTC calendar month.
+    Month,
+}
+
+impl Period {
+    /// The setting that names the budget (`budget_usd_per_day`, ...).
+    pub fn setting(self) -> &'static str {
+        match self {
+            Period::Day => "budget_usd_per_day",
+            Period::Month => "budget_usd_per_month",
+        }
+    }
+}
+
+/// US dollars a scope may spend per day and per month (either optional).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Per UTC day.
+    #[serde(default)]
+    pub usd_per_day: Option<f64>,
+    /// Per UTC month.
+    #[serde(default)]
+    pub usd_per_month: Option<f64>,
+}
+
+impl Budget {
+    /// Whether neither limit is set.
+    pub fn is_unlimited(&self) -> bool {
+        self.usd_per_day.is_none() && self.usd_per_month.is_none()
+    }
+
+    fn limit(&self, period: Period) -> Option<f64> {
+        match period {
+            Period::Day => self.usd_per_day,
+            Period::Month => self.usd_per_month,
+        }
+    }
+}
+
+/// A call refused because a budget would be exceeded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Exceeded {
+    /// Whose budget.
+    pub scope: BudgetScope,
+    /// The key (`pool/key`), pool, or `pool/user`.
+    pub name: String,
+    /// Which of its budgets.
+    pub period: Period,
+    /// The budget, USD.
+    pub limit_usd: f64,
+    /// Spent in the period, calls in flight included, USD.
+    pub spent_usd: f64,
+    /// When the period ends and the budget is whole again.
+    pub until: Timestamp,
+}
+
+impl std::fmt::Display for Exceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} has spent ${:.4} of its {} of ${:.2}; it resets at {}",
+            self.scope.as_str(),
+            self.name,
+            self.spent_usd,
+            self.period.setting(),
+            self.limit_usd,
+            self.until
+        )
+    }
+}
+
+/// One call's cost, to count.
+#[derive(Debug, Clone)]
+pub struct SpendRecord {
+    /// The pool.
+    pub pool: String,
+    /// The key's name.
+    pub key: String,
+    /// The model the job asked for.
+    pub model: String,
+    /// The job's user, if it named one.
+    pub user: Option<String>,
+    /// What it cost, USD (`None`: the model has no price).
+    pub cost_usd: Option<f64>,
+}
+
+/// One hourly spend counter, as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct SpendKey {
+    /// `YYYY-MM-DDTHH` (UTC).
+    pub hour: String,
+    /// The pool.
+    pub pool: String,
+    /// The key's name.
+    pub key: String,
+    /// The model.
+    pub model: String,
+    /// The user (`""` for jobs without one).
+    pub user: String,
+}
+
+/// What one hourly counter holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SpendCount {
+    /// Cost in billionths of a dollar (integers merge exactly).
+    pub nano_usd: u64,
+    /// Calls counted.
+    pub calls: u64,
+    /// Of them, calls whose model has no price.
+    pub unpriced: u64,
+}
+
+/// Dollars as the counters keep them.
+pub fn to_nano(usd: f64) -> u64 {
+    (usd * 1e9).round().max(0.0) as u64
+}
+
+/// Dollars from the counters.
+pub fn from_nano(nano: u64) -> f64 {
+    nano as f64 / 1e9
+}
+
+/// Spend of one scope in the current day and month.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    day: f64,
+    month: f64,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The UTC day the totals' `day` counts.
+    today: Option<Date>,
+    totals: HashMap<(BudgetScope, String), Totals>,
+    /// Estimates of calls admitted and not yet recorded.
+    reserved: HashMap<(BudgetScope, String), f64>,
+    budgets: HashMap<(BudgetScope, String), Budget>,
+    /// A pool's default budget for each of its users.
+    user_default: HashMap<String, Budget>,
+    /// Counts not yet written to the store.
+    pending: HashMap<SpendKey, SpendCount>,
+}
+
+/// Budgets, spend and reservations of every scope; shared by the calls.
+#[derive(Default)]
+pub struct SpendLedger {
+    inner: Mutex<Inner>,
+}
+
+/// What an admitted call may spend, held until it is recorded (or dropped:
+/// the call was never made).
+pub struct Reservation {
+    ledger: Arc<SpendLedger>,
+    scopes: Vec<(BudgetScope, String)>,
+    amount: f64,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("scopes", &self.scopes)
+            .field("amount", &self.amount)
+            .finish()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.amount <= 0.0 {
+            return;
+        }
+        let mut inner = self.ledger.lock();
+        for scope in &self.scopes {
+            if let Some(held) = inner.reserved.get_mut(scope) {
+                *held = (*held - self.amount).max(0.0);
+            }
+        }
+    }
+}
+
+/// The scopes a call on `key` of `pool` for `user` spends from.
+pub fn scopes_of(pool: &str, key: &str, user: Option<&str>) -> Vec<(BudgetScope, String)> {
+    let mut scopes = vec![
+        (BudgetScope::Key, format!("{pool}/{key}")),
+        (BudgetScope::Pool, pool.to_owned()),
+    ];
+    if let Some(user) = user {
+        scopes.push((BudgetScope::User, format!("{pool}/{user}")));
+    }
+    scopes
+}
+
+impl SpendLedger {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Set (or, when unlimited, clear) the budget of a scope.
+    pub fn set_budget(&self, scope: BudgetScope, name: &str, budget: Budget) {
+        let mut inner = self.lock();
+        let id = (scope, name.to_owned());
+        if budget.is_unlimited() {
+            inner.budgets.remove(&id);
+        } else {
+            inner.budgets.insert(id, budget);
+        }
+    }
+
+    /// Set the budget each user of `pool` has unless set one by one.
+    pub fn set_user_default(&self, pool: &str, budget: Budget) {
+        let mut inner = self.lock();
+        if budget.is_unlimited() {
+            inner.user_default.remove(pool);
+        } else {
+            inner.user_default.insert(pool.to_owned(), budget);
+        }
+    }
+
+    /// The budget of a scope, if it has one.
+    pub fn budget(&self, scope: BudgetScope, name: &str) -> Option<Budget> {
+        let inner = self.lock();
+        budget_of(&inner, scope, name)
+    }
+
+    /// Count stored spend (the current month's hourly counters) at start-up.
+    pub fn load(&self, rows: &[(SpendKey, SpendCount)], now: Timestamp) {
+        let mut inner = self.lock();
+        roll(&mut inner, now);
+        let today = utc_date(now);
+        let day = today.strftime("%Y-%m-%d").to_string();
+        let month = today.strftime("%Y-%m").to_string();
+        for (key, count) in rows {
+            if !key.hour.starts_with(&month) {
+                continue;
+            }
+            let usd = from_nano(count.nano_usd);
+            let in_today = key.hour.starts_with(&day);
+            let user = (!key.user.is_empty()).then_some(key.user.as_str());
+            for scope in scopes_of(&key.pool, &key.key, user) {
+                let totals = inner.totals.entry(scope).or_default();
+                totals.month += usd;
+                if in_today {
+                    totals.day += usd;
+                }
+            }
+        }
+    }
+
+    /// Admit a call estimated to cost `estimate_usd` for `scopes`, or say
+    /// which budget it would exceed.
+    pub fn admit(
+        self: &Arc<Self>,
+        scopes: Vec<(BudgetScope, String)>,
+        estimate_usd: f64,
+        now: Timestamp,
+    ) -> Result<Reservation, Exceeded> {
+        let mut inner = self.lock();
+        roll(&mut inner, now);
+        for (scope, name) in &scopes {
+            let Some(budget) = budget_of(&inner, *scope, name) else {
+                continue;
+            };
+            let id = (*scope, name.clone());
+            let totals = inner.totals.get(&id).copied().unwrap_or_default();
+            let reserved = inner.reserved.get(&id).copied().unwrap_or(0.0);
+            for period in [Period::Day, Period::Month] {
+                let Some(limit) = budget.limit(period) else {
+                    continue;
+                };
+                let spent = match period {
+                    Period::Day => totals.day,
+                    Period::Month => totals.month,
+                } + reserved;
+                if spent >= limit || spent + estimate_usd > limit {
+                    return Err(Exceeded {
+                        scope: *scope,
+                        name: name.clone(),
+                        period,
+                        limit_usd: limit,
+                        spent_usd: spent,
+                        until: period_end(period, now),
+                    });
+                }
+            }
+        }
+        let amount = estimate_usd.max(0.0);
+        for scope in &scopes {
+            *inner.reserved.entry(scope.clone()).or_default() += amount;
+        }
+        drop(inner);
+        Ok(Reservation {
+            ledger: self.clone(),
+            scopes,
+            amount,
+        })
+    }
+
+    /// Count a call's cost (its reservation, if any, is released by the
+    /// caller dropping it afterwards).
+    pub fn record(&self, record: &SpendRecord, now: Timestamp) {
+        let mut inner = self.lock();
+        roll(&mut inner, now);
+        let usd = record.cost_usd.unwrap_or(0.0);
+        if usd > 0.0 {
+            for scope in scopes_of(&record.pool, &record.key, record.user.as_deref()) {
+                let totals = inner.totals.entry(scope).or_default();
+                totals.day += usd;
+                totals.month += usd;
+            }
+        }
+        let key = SpendKey {
+            hour: now.strftime("%Y-%m-%dT%H").to_string(),
+            pool: record.pool.clone(),
+            key: record.key.clone(),
+            model: record.model.clone(),
+            user: record.user.clone().unwrap_or_default(),
+        };
+        let count = inner.pending.entry(key).or_default();
+        count.nano_usd += to_nano(usd);
+        count.calls += 1;
+        count.unpriced += u64::from(record.cost_usd.is_none());
+    }
+
+    /// The counts not yet in the store; the caller writes them.
+    pub fn take_pending(&self) -> Vec<(SpendKey, SpendCount)> {
+        self.lock().pending.drain().collect()
+    }
+
+    /// Put counts back that could not be written.
+    pub fn restore_pending(&self, rows: Vec<(SpendKey, SpendCount)>) {
+        let mut inner = self.lock();
+        for (key, count) in rows {
+            let held = inner.pending.entry(key).or_default();
+            held.nano_usd += count.nano_usd;
+            held.calls += count.calls;
+            held.unpriced += count.unpriced;
+        }
+    }
+
+    /// Every budgeted scope's spend against its budgets, now.
+    pub fn status(&self, now: Timestamp) -> Vec<BudgetStatus> {
+        let mut inner = self.lock();
+        roll(&mut inner, now);
+        let mut out = Vec::new();
+        let mut ids: Vec<(BudgetScope, String)> = inner.budgets.keys().cloned().collect();
+        // Users with the pool's default budget who spent this month.
+        for (scope, name) in inner.totals.keys() {
+            if *scope == BudgetScope::User && !inner.budgets.contains_key(&(*scope, name.clone())) {
+                let pool = name.split('/').next().unwrap_or_default();
+                if inner.user_default.contains_key(pool) {
+                    ids.push((*scope, name.clone()));
+                }
+            }
+        }
+        ids.sort();
+        for (scope, name) in ids {
+            let Some(budget) = budget_of(&inner, scope, &name) else {
+                continue;
+            };
+            let totals = inner
+                .totals
+                .get(&(scope, name.clone()))
+                .copied()
+                .unwrap_or_default();
+            for (period, spent) in [(Period::Day, totals.day), (Period::Month, totals.month)] {
+                if let Some(limit) = budget.limit(period) {
+                    out.push(BudgetStatus {
+                        scope,
+                        name: name.clone(),
+                        period,
+                        limit_usd: limit,
+                        spent_usd: spent,
+                        resets_at: period_end(period, now),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Spent today and this month by a scope, USD.
+    pub fn spent(&self, scope: BudgetScope, name: &str, now: Timestamp) -> (f64, f64) {
+        let mut inner = self.lock();
+        roll(&mut inner, now);
+        let totals = inner
+            .totals
+            .get(&(scope, name.to_owned()))
+            .copied()
+            .unwrap_or_default();
+        (totals.day, totals.month)
+    }
+}
+
+/// One scope's spend against one of its budgets.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BudgetStatus {
+    /// Whose budget.
+    pub scope: BudgetScope,
+    /// The key (`pool/key`), pool, or `pool/user`.
+    pub name: String,
+    /// Which budget.
+    pub period: Period,
+    /// The budget, USD.
+    pub limit_usd: f64,
+    /// Spent in the period, USD.
+    pub spent_usd: f64,
+    /// When the period ends.
+    pub resets_at: Timestamp,
+}
+
+impl BudgetStatus {
+    /// Spent as a share of the budget (0.0-1.0+).
+    pub fn share(&self) -> f64 {
+        if self.limit_usd <= 0.0 {
+            return if self.spent_usd > 0.0 {
+                f64::INFINITY
+            } else {
+                1.0
+            };
+        }
+        self.spent_usd / self.limit_usd
+    }
+}
+
+fn budget_of(inner: &Inner, scope: BudgetScope, name: &str) -> Option<Budget> {
+    if let Some(budget) = inner.budgets.get(&(scope, name.to_owned())) {
+        return Some(*budget);
+    }
+    if scope == BudgetScope::User {
+        let pool = name.split('/').next().unwrap_or_default();
+        return inner.user_default.get(pool).copied();
+    }
+    None
+}
+
+fn utc_date(now: Timestamp) -> Date {
+    now.to_zoned(TimeZone::UTC).date()
+}
+
+/// A new day (or month) starts its totals from zero.
+fn roll(inner: &mut Inner, now: Timestamp) {
+    let today = utc_date(now);
+    let Some(was) = inner.today.replace(today) else {
+        return;
+    };
+    if was == today {
+        return;
+    }
+    let new_month = (was.year(), was.month()) != (today.year(), today.month());
+    for totals in inner.totals.values_mut() {
+        totals.day = 0.0;
+        if new_month {
+            totals.month = 0.0;
+        }
+    }
+}
+
+/// When the period holding `now` ends (UTC midnight, or the 1st of next month).
+pub fn period_end(period: Period, now: Timestamp) -> Timestamp {
+    let today = utc_date(now);
+    let next = match period {
+        Period::Day => today.tomorrow().ok(),
+        Period::Month => today.first_of_month().checked_add(1.month()).ok(),
+    };
+    next.and_then(|d| d.to_zoned(TimeZone::UTC).ok())
+        .map_or(now, |z| z.timestamp())
+}
+
+#[cfg(test)]
+#[path = "ledger_tests.rs"]
+mod tests;

@@ -1,0 +1,140 @@
+use super::*;
+
+fn at(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn record(pool: &str, key: &str, user: Option<&str>, usd: f64) -> SpendRecord {
+    SpendRecord {
+        pool: pool.into(),
+        key: key.into(),
+        model: "m".into(),
+        user: user.map(Into::into),
+        cost_usd: Some(usd),
+    }
+}
+
+fn day_budget(usd: f64) -> Budget {
+    Budget {
+        usd_per_day: Some(usd),
+        usd_per_month: None,
+    }
+}
+
+#[test]
+fn a_call_that_would_cross_the_pool_budget_is_refused_until_midnight() {
+    let ledger = Arc::new(SpendLedger::default());
+    ledger.set_budget(BudgetScope::Pool, "p", day_budget(1.0));
+    let now = at("2026-12-06T10:00:00Z");
+    let scopes = || scopes_of("p", "k1", None);
+    let first = ledger.admit(scopes(), 0.4, now).unwrap();
+    ledger.record(&record("p", "k1", None, 0.4), now);
+    drop(first);
+    // 0.4 spent + 0.4 in flight + 0.4 estimated > 1.0.
+    let second = ledger.admit(scopes(), 0.4, now).unwrap();
+    let refused = ledger.admit(scopes(), 0.4, now).unwrap_err();
+    assert_eq!(refused.scope, BudgetScope::Pool);
+    assert_eq!(refused.until, at("2026-12-07T00:00:00Z"));
+    assert!((refused.spent_usd - 0.8).abs() < 1e-9, "{refused:?}");
+    drop(second); // never made: its reservation goes
+    assert!(ledger.admit(scopes(), 0.4, now).is_ok());
+    // The next day starts from zero.
+    assert!(
+        ledger
+            .admit(scopes(), 0.9, at("2026-12-07T00:00:01Z"))
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_user_cap_stops_that_user_only() {
+    let ledger = Arc::new(SpendLedger::default());
+    ledger.set_user_default("p", day_budget(0.5));
+    let now = at("2026-12-06T10:00:00Z");
+    ledger.record(&record("p", "k1", Some("alice"), 0.5), now);
+    let refused = ledger
+        .admit(scopes_of("p", "k1", Some("alice")), 0.01, now)
+        .unwrap_err();
+    assert_eq!(
+        (refused.scope, refused.name.as_str()),
+        (BudgetScope::User, "p/alice")
+    );
+    assert!(
+        ledger
+            .admit(scopes_of("p", "k1", Some("bob")), 0.01, now)
+            .is_ok()
+    );
+    assert!(ledger.admit(scopes_of("p", "k1", None), 0.01, now).is_ok());
+}
+
+#[test]
+fn stored_counters_of_this_month_count_and_a_new_month_resets() {
+    let ledger = Arc::new(SpendLedger::default());
+    ledger.set_budget(
+        BudgetScope::Key,
+        "p/k1",
+        Budget {
+            usd_per_day: None,
+            usd_per_month: Some(10.0),
+        },
+    );
+    let row = |hour: &str, usd: f64| {
+        (
+            SpendKey {
+                hour: hour.into(),
+                pool: "p".into(),
+                key: "k1".into(),
+                model: "m".into(),
+                user: String::new(),
+            },
+            SpendCount {
+                nano_usd: to_nano(usd),
+                calls: 1,
+                unpriced: 0,
+            },
+        )
+    };
+    let now = at("2026-12-06T10:00:00Z");
+    ledger.load(
+        &[
+            row("2026-12-01T03", 6.0),
+            row("2026-12-06T09", 3.5),
+            row("2026-11-30T23", 100.0),
+        ],
+        now,
+    );
+    assert_eq!(ledger.spent(BudgetScope::Key, "p/k1", now), (3.5, 9.5));
+    let refused = ledger
+        .admit(scopes_of("p", "k1", None), 1.0, now)
+        .unwrap_err();
+    assert_eq!(refused.period, Period::Month);
+    assert_eq!(refused.until, at("2027-01-01T00:00:00Z"));
+    assert!(
+        ledger
+            .admit(scopes_of("p", "k1", None), 1.0, at("2027-01-01T00:00:00Z"))
+            .is_ok()
+    );
+}
+
+#[test]
+fn pending_counters_sum_per_hour_and_count_unpriced_calls() {
+    let ledger = SpendLedger::default();
+    let now = at("2026-12-06T10:15:00Z");
+    ledger.record(&record("p", "k1", None, 0.25), now);
+    ledger.record(&record("p", "k1", None, 0.25), now);
+    let mut unpriced = record("p", "k1", None, 0.0);
+    unpriced.cost_usd = None;
+    ledger.record(&unpriced, now);
+    let rows = ledger.take_pending();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0.hour, "2026-12-06T10");
+    assert_eq!(
+        rows[0].1,
+        SpendCount {
+            nano_usd: 500_000_000,
+            calls: 3,
+            unpriced: 1
+        }
+    );
+    assert!(ledger.take_pending().is_empty());
+}

@@ -1,0 +1,14 @@
+//! What calls cost and who may spend more: the price table ([`prices`]),
+//! the cost of one call ([`cost`]) and the budgets of keys, pools and users
+//! with the spend counted against them ([`ledger`]).
+
+pub mod cost;
+pub mod ledger;
+pub mod prices;
+
+pub use cost::cost_usd;
+pub use ledger::{
+    Budget, BudgetScope, BudgetStatus, Exceeded, Period, Reservation, SpendCount, SpendKey,
+    SpendLedger, SpendRecord, from_nano, period_end, scopes_of, to_nano,
+};
+pub use prices::{Price, PriceError, PriceTable};
