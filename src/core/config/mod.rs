@@ -15,10 +15,10 @@ mod validate;
 
 pub use admin::AdminConfig;
 pub use error::ConfigError;
-pub use pool::{KeyConfig, PoolConfig};
+pub use pool::{KeyConfig, OnBudgetExceeded, PoolConfig};
 pub use schema::{
     BrokerConfig, Config, InstanceConfig, JobsConfig, MetricsConfig, OnDamage, QueueType,
-    StoreConfig,
+    SpendConfig, StoreConfig,
 };
 // `[templates.NAME]` is defined with the job contract, which renders it.
 pub use crate::job::TemplateConfig;

@@ -11,6 +11,7 @@ use crate::provider::client::{HttpSettings, HttpTimeouts, HttpVersion};
 use crate::provider::token_field::{TokenField, TokenFields};
 use crate::provider::{ProviderKind, ProviderOptions};
 use crate::secret::ApiKey;
+use crate::spend::Price;
 
 /// `[[pools]]`: one provider account and its keys, fed by one queue.
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +68,27 @@ pub struct PoolConfig {
     /// `azure`: the `api-version` query parameter (default 2024-10-21).
     #[serde(default)]
     pub api_version: Option<String>,
+    /// US dollars the pool may spend per UTC day (all keys together).
+    #[serde(default)]
+    pub budget_usd_per_day: Option<f64>,
+    /// US dollars the pool may spend per UTC month.
+    #[serde(default)]
+    pub budget_usd_per_month: Option<f64>,
+    /// What each user (a job's `user`) may spend per UTC day, unless raised
+    /// through the admin API.
+    #[serde(default)]
+    pub user_budget_usd_per_day: Option<f64>,
+    /// What each user may spend per UTC month.
+    #[serde(default)]
+    pub user_budget_usd_per_month: Option<f64>,
+    /// A pool at its budget: `wait` (jobs stay queued until the budget resets
+    /// or is raised) or `fail` (jobs fail with `budget_exceeded`).
+    #[serde(default)]
+    pub on_budget_exceeded: OnBudgetExceeded,
+    /// Prices for this pool's models, over the price table's
+    /// (`[pools.prices."my-model"] input = 0.5, output = 1.5`, USD per 1M tokens).
+    #[serde(default)]
+    pub prices: BTreeMap<String, Price>,
     /// The pool's keys (at least one).
     pub keys: Vec<KeyConfig>,
 }
@@ -105,12 +127,38 @@ pub struct KeyConfig {
     /// an organisation): a daily exhaustion of one parks them all.
     #[serde(default)]
     pub quota_group: Option<String>,
+    /// US dollars this key may spend per UTC day; at it, the key leaves
+    /// rotation until midnight UTC.
+    #[serde(default)]
+    pub budget_usd_per_day: Option<f64>,
+    /// US dollars this key may spend per UTC month.
+    #[serde(default)]
+    pub budget_usd_per_month: Option<f64>,
     /// The resolved secret (filled by validation, never deserialized).
     #[serde(skip, default = "defaults::empty_key")]
     pub secret: ApiKey,
 }
 
+/// What a pool at its budget does with jobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBudgetExceeded {
+    /// Jobs stay in the queue (nothing is lost) until the budget resets or is raised.
+    #[default]
+    Wait,
+    /// Jobs fail with `budget_exceeded` (dead-lettered, so they can be replayed).
+    Fail,
+}
+
 impl KeyConfig {
+    /// The key's money budget.
+    pub fn budget(&self) -> crate::spend::Budget {
+        crate::spend::Budget {
+            usd_per_day: self.budget_usd_per_day,
+            usd_per_month: self.budget_usd_per_month,
+        }
+    }
+
     /// The limits this key declares (`rpm`, `tpm`, `rpd`, `tpd`), for its budget.
     pub fn limits(&self) -> crate::keys::Limits {
         crate::keys::Limits {
@@ -123,6 +171,22 @@ impl KeyConfig {
 }
 
 impl PoolConfig {
+    /// The pool's money budget (all keys together).
+    pub fn budget(&self) -> crate::spend::Budget {
+        crate::spend::Budget {
+            usd_per_day: self.budget_usd_per_day,
+            usd_per_month: self.budget_usd_per_month,
+        }
+    }
+
+    /// The budget of each user of the pool.
+    pub fn user_budget(&self) -> crate::spend::Budget {
+        crate::spend::Budget {
+            usd_per_day: self.user_budget_usd_per_day,
+            usd_per_month: self.user_budget_usd_per_month,
+        }
+    }
+
     /// The time zone of the daily reset: configured, else the provider's own.
     pub fn reset_timezone(&self) -> &str {
         match (&self.daily_reset_timezone, self.provider) {

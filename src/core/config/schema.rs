@@ -42,6 +42,19 @@ pub struct Config {
     /// `[instance]`: this process among several on one broker.
     #[serde(default)]
     pub instance: InstanceConfig,
+    /// `[spend]`: where prices come from.
+    #[serde(default)]
+    pub spend: SpendConfig,
+}
+
+/// `[spend]`: the price table (budgets are set per pool and key).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpendConfig {
+    /// A price file replacing the built-in `config/prices.toml` (same shape).
+    /// Env: `KEYRELAY__SPEND__PRICES_FILE`.
+    #[serde(default)]
+    pub prices_file: Option<std::path::PathBuf>,
 }
 
 impl Config {

@@ -8,6 +8,41 @@ use super::pool::{KeyConfig, PoolConfig};
 use super::schema::{BrokerConfig, Config};
 use crate::secret::ApiKey;
 
+/// Budgets are dollars (finite, >= 0); pool prices are prices.
+fn check_spend(at: &str, pool: &PoolConfig) -> Result<(), ConfigError> {
+    let budgets = [
+        ("budget_usd_per_day", pool.budget_usd_per_day),
+        ("budget_usd_per_month", pool.budget_usd_per_month),
+        ("user_budget_usd_per_day", pool.user_budget_usd_per_day),
+        ("user_budget_usd_per_month", pool.user_budget_usd_per_month),
+    ];
+    let keys = pool.keys.iter().enumerate().flat_map(|(k, key)| {
+        [
+            (k, "budget_usd_per_day", key.budget_usd_per_day),
+            (k, "budget_usd_per_month", key.budget_usd_per_month),
+        ]
+    });
+    let all = budgets
+        .into_iter()
+        .map(|(name, v)| (format!("{at}.{name}"), v))
+        .chain(keys.map(|(k, name, v)| (format!("{at}.keys[{k}].{name}"), v)));
+    for (name, value) in all {
+        if let Some(usd) = value
+            && !(usd.is_finite() && usd >= 0.0)
+        {
+            return Err(field(
+                name,
+                format!("{usd} is not an amount of US dollars (>= 0)"),
+            ));
+        }
+    }
+    for (model, price) in &pool.prices {
+        crate::spend::prices::check(price)
+            .map_err(|message| field(format!("{at}.prices.\"{model}\""), message))?;
+    }
+    Ok(())
+}
+
 pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     check_url(&config.broker.url)?;
     check_tls(&config.broker)?;
@@ -70,6 +105,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
         if pool.keys.is_empty() {
             return Err(field(format!("{at}.keys"), "a pool needs at least one key"));
         }
+        check_spend(&at, pool)?;
         let mut key_names = HashSet::new();
         for (k, key) in pool.keys.iter_mut().enumerate() {
             let at = format!("{at}.keys[{k}]");

@@ -13,6 +13,7 @@ mod layout;
 pub mod manifest;
 mod recovery;
 pub mod response_cache;
+mod spend;
 mod tables;
 mod unsaved;
 mod usage;

@@ -15,6 +15,8 @@ const RESULTS_BY_TIME: &str = "results_by_time";
 pub(super) const KEY_BUDGETS: &str = "key_budgets";
 const OLD_RESPONSE_CACHE: &str = "response_cache";
 const USAGE_HOURLY: &str = "usage_hourly";
+const SPEND_HOURLY: &str = "spend_hourly";
+const SPEND_BUDGETS: &str = "spend_budgets";
 /// Written by [`Store::recover`](super::Store::recover) to check that writes
 /// go through again.
 pub(super) const WRITE_PROBE: &str = "_write_probe";
@@ -34,6 +36,10 @@ pub(super) struct Tables {
     pub(super) key_budgets: sled::Tree,
     /// `pool/key/YYYY-MM-DDTHH/field` → u64 (merged): per key and hour.
     pub(super) usage_hourly: sled::Tree,
+    /// `hour␟pool␟key␟model␟user␟field` → u64 (merged): spend per hour.
+    pub(super) spend_hourly: sled::Tree,
+    /// `scope␟name` → a budget set through the admin API (JSON).
+    pub(super) spend_budgets: sled::Tree,
     pub(super) commit: GroupCommit,
 }
 
@@ -46,6 +52,8 @@ impl Tables {
         // The response cache's tree of earlier versions; the index is in memory now.
         db.drop_tree(OLD_RESPONSE_CACHE)?;
         usage_hourly.set_merge_operator(add_u64);
+        let spend_hourly = db.open_tree(SPEND_HOURLY)?;
+        spend_hourly.set_merge_operator(add_u64);
         Ok(Tables {
             results: db.open_tree(RESULTS)?,
             key_states: db.open_tree(KEY_STATES)?,
@@ -53,6 +61,8 @@ impl Tables {
             results_by_time: db.open_tree(RESULTS_BY_TIME)?,
             key_budgets: db.open_tree(KEY_BUDGETS)?,
             usage_hourly,
+            spend_hourly,
+            spend_budgets: db.open_tree(SPEND_BUDGETS)?,
             // keyrelay flushes sled only through the committer (see `flush`).
             commit: GroupCommit::spawn(db),
         })

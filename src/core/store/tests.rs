@@ -340,3 +340,49 @@ async fn reset_counters_clears_only_that_key() {
     assert!(store.counters("p/a").unwrap().is_empty());
     assert_eq!(store.counters("p/ab").unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn spend_counters_merge_per_hour_and_budgets_survive_a_reopen() {
+    use crate::spend::{Budget, BudgetScope, SpendCount, SpendKey};
+    let dir = tempfile::tempdir().unwrap();
+    let key = |hour: &str, user: &str| SpendKey {
+        hour: hour.into(),
+        pool: "p".into(),
+        key: "k1".into(),
+        model: "gpt-4o-mini".into(),
+        user: user.into(),
+    };
+    let count = SpendCount {
+        nano_usd: 1_500,
+        calls: 1,
+        unpriced: 0,
+    };
+    {
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        store
+            .add_spend(&[
+                (key("2026-12-06T10", "a\u{1f}b"), count),
+                (key("2026-12-06T11", ""), count),
+            ])
+            .unwrap();
+        store
+            .add_spend(&[(key("2026-12-06T10", "a\u{1f}b"), count)])
+            .unwrap();
+        let day = Budget {
+            usd_per_day: Some(2.5),
+            usd_per_month: None,
+        };
+        store.set_budget(BudgetScope::Pool, "p", &day).unwrap();
+        store.flush().await.unwrap();
+    }
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    let rows = store.spend(Some("2026-12-06T10")).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].0.user, "a?b");
+    assert_eq!(rows[0].1.nano_usd, 3_000);
+    assert_eq!(rows[0].1.calls, 2);
+    assert_eq!(store.spend(Some("2026-12-06T11")).unwrap().len(), 1);
+    let budgets = store.budgets().unwrap();
+    assert_eq!(budgets.len(), 1);
+    assert_eq!(budgets[0].2.usd_per_day, Some(2.5));
+}
