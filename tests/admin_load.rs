@@ -121,6 +121,7 @@ async fn store_results(store: &Store, n: usize) {
                 usage: Usage {
                     input_tokens: 12,
                     output_tokens: 80,
+                    ..Usage::default()
                 },
                 attempts: 1,
                 latency_ms: 120,

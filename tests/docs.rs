@@ -153,6 +153,7 @@ fn every_config_field_is_documented() {
         (CONFIG_RS, "StoreConfig", Some("STORE")),
         (CONFIG_RS, "MetricsConfig", Some("METRICS")),
         (CONFIG_RS, "InstanceConfig", Some("INSTANCE")),
+        (CONFIG_RS, "SpendConfig", Some("SPEND")),
         (CONFIG_RS, "JobsConfig", Some("JOBS")),
         (CONFIG_RS, "TemplateConfig", None),
         (CONFIG_RS, "PoolConfig", None),

@@ -87,6 +87,19 @@ fn spawn_upkeep(handle: PrometheusHandle, period: Duration) -> std::io::Result<(
 }
 
 fn describe() {
+    describe_gauge!(
+        COST_USD_TOTAL,
+        Unit::Count,
+        "US dollars spent on provider calls at keyrelay's price table, by pool, key and model. Only grows (a gauge: the metrics crate's counters count integers); resets with the process."
+    );
+    describe_counter!(
+        UNPRICED_CALLS_TOTAL,
+        "Billed calls whose model has no price (their cost_usd is null), by pool and model."
+    );
+    describe_gauge!(
+        BUDGET_USED_RATIO,
+        "Spend as a share of a budget (1 = at the budget), by scope (key, pool), name and period (day, month)."
+    );
     describe_counter!(
         JOBS_TOTAL,
         "Jobs completed, by pool and outcome (succeeded or error kind)."

@@ -35,6 +35,8 @@ pub enum AppError {
     Metrics(String),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error(transparent)]
+    Prices(#[from] keyrelay_core::spend::PriceError),
 }
 
 /// A running keyrelay.
@@ -78,6 +80,8 @@ impl App {
         .map_err(|e| {
             AppError::Store(StoreError::Flush(format!("store open task failed: {e}")))
         })??;
+        let prices = Arc::new(crate::pipeline::spend::price_table(&config)?);
+        let spend = Arc::new(crate::pipeline::spend::ledger(&config, &store)?);
         let instance = config.instance.resolved_name();
         let broker = Arc::new(Broker::for_service(Arc::new(config.clone()), &instance).await?);
         let publisher = Publisher::new(broker.clone())
@@ -89,11 +93,12 @@ impl App {
             broker: broker.clone(),
             store: store.clone(),
             publisher,
-            pools: pool_setups(&config, &instance)?,
+            pools: pool_setups(&config, &instance, &prices)?,
             jobs: config.jobs.clone(),
             templates: config.templates.clone(),
             lease: gate.clone(),
             state_changes,
+            spend: spend.clone(),
         };
         let (supervisor, watches) = Supervisor::launch(setup);
         let config = Arc::new(config);
@@ -111,6 +116,7 @@ impl App {
             config: config.clone(),
             pool_consumers: watches.pools.clone(),
             fleet: fleet_picture_rx,
+            spend,
         };
         let (http, http_addr) = crate::http::serve(config.metrics.listen, state)?;
         // Keys are driven from here on, as their leases are taken.
@@ -298,7 +304,11 @@ fn open_store(
     }
 }
 
-fn pool_setups(config: &Config, instance: &str) -> Result<Vec<PoolSetup>, AppError> {
+fn pool_setups(
+    config: &Config,
+    instance: &str,
+    prices: &Arc<keyrelay_core::spend::PriceTable>,
+) -> Result<Vec<PoolSetup>, AppError> {
     config
         .pools
         .iter()
@@ -328,6 +338,13 @@ fn pool_setups(config: &Config, instance: &str) -> Result<Vec<PoolSetup>, AppErr
                     max_tpm: pool.largest_declared_tpm(),
                     quorum: config.broker.queue_type == keyrelay_core::config::QueueType::Quorum,
                     metrics: keyrelay_core::metrics::PoolMetrics::new(&pool.name),
+                    prices: crate::pipeline::prices::PoolPrices::new(
+                        &pool.name,
+                        pool.provider,
+                        prices.clone(),
+                        pool.prices.clone(),
+                    ),
+                    on_budget_exceeded: pool.on_budget_exceeded,
                     policy: ResetPolicy {
                         timezone,
                         period: pool.quota_period_secs.map(Duration::from_secs),

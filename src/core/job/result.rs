@@ -44,11 +44,15 @@ pub enum ErrorKind {
     AllKeysUnavailable,
     /// The job's `deadline` passed before it could run.
     DeadlineExceeded,
+    /// A spend budget (the job's user's, or its pool's when the pool fails
+    /// jobs at its budget) would be exceeded; `message` names it and when it
+    /// resets. Dead-lettered, so it can be replayed then.
+    BudgetExceeded,
 }
 
 impl ErrorKind {
     /// Every kind, for labels registered up front.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::InvalidJob,
         ErrorKind::InvalidOutput,
         ErrorKind::BadRequest,
@@ -59,6 +63,7 @@ impl ErrorKind {
         ErrorKind::Upstream,
         ErrorKind::AllKeysUnavailable,
         ErrorKind::DeadlineExceeded,
+        ErrorKind::BudgetExceeded,
     ];
 
     /// The kind as it appears in results and metric labels (`invalid_job`, ...).
@@ -74,6 +79,7 @@ impl ErrorKind {
             ErrorKind::Upstream => "upstream",
             ErrorKind::AllKeysUnavailable => "all_keys_unavailable",
             ErrorKind::DeadlineExceeded => "deadline_exceeded",
+            ErrorKind::BudgetExceeded => "budget_exceeded",
         }
     }
 }
@@ -171,7 +177,7 @@ impl JobResult {
     pub fn is_final(&self) -> bool {
         !matches!(
             self.error.as_ref().map(|e| e.kind),
-            Some(ErrorKind::Upstream | ErrorKind::AllKeysUnavailable)
+            Some(ErrorKind::Upstream | ErrorKind::AllKeysUnavailable | ErrorKind::BudgetExceeded)
         )
     }
 

@@ -76,3 +76,10 @@ pub const STORE_WRITABLE: &str = "keyrelay_store_writable";
 pub const POOL_CONSUMERS: &str = "keyrelay_pool_consumers";
 /// Counter: admin API requests, by result (`ok`, `unauthorized`, `forbidden`).
 pub const ADMIN_REQUESTS_TOTAL: &str = "keyrelay_admin_requests_total";
+/// Gauge that only grows, USD: what calls cost, by pool, key and model (a
+/// gauge because the metrics crate's counters count integers).
+pub const COST_USD_TOTAL: &str = "keyrelay_cost_usd_total";
+/// Counter: billed calls whose model has no price (`cost_usd: null`), by pool and model.
+pub const UNPRICED_CALLS_TOTAL: &str = "keyrelay_cost_unpriced_calls_total";
+/// Gauge: spend as a share of a key's or pool's budget, by scope, name and period.
+pub const BUDGET_USED_RATIO: &str = "keyrelay_budget_used_ratio";

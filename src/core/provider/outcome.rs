@@ -258,6 +258,15 @@ impl Outcome {
         }
     }
 
+    /// The billed usage, to write its cost into (`None`: nothing billed).
+    pub fn billed_usage_mut(&mut self) -> Option<&mut Usage> {
+        match self {
+            Outcome::Success(c) => Some(&mut c.usage),
+            Outcome::JobFailed(f) => Some(&mut f.usage),
+            _ => None,
+        }
+    }
+
     /// Whether the key, not the job, caused the outcome: such a job moves to
     /// another key without spending one of its attempts.
     pub fn is_the_keys_fault(&self) -> bool {

@@ -180,3 +180,9 @@ pub struct ProbeTarget {
     pub pool: String,
     pub key: String,
 }
+
+/// Admin API → supervisor: budgets changed (raised, or cleared): keys parked
+/// by a money budget come back, each checked again on its next call.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct BudgetsChanged;

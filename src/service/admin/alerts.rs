@@ -12,6 +12,8 @@
 //!
 //! - `KeyrelayKeyNearDailyLimit`: a key has used over 80 % of a declared daily
 //!   limit (`rpd` or `tpd`).
+//! - `KeyrelayBudgetNearlySpent` (warning, 80 %) and `KeyrelayBudgetSpent`
+//!   (critical, 100 %): a key, pool or user has spent that share of a budget.
 
 use std::collections::BTreeMap;
 
@@ -70,6 +72,46 @@ fn daily_limit_alerts(keys: &[KeyView]) -> Vec<Alert> {
         .collect()
 }
 
+/// Budgets at 80 % (warning) and 100 % (critical) of their period.
+fn budget_alerts(state: &HttpState) -> Vec<Alert> {
+    state
+        .spend
+        .status(Timestamp::now())
+        .into_iter()
+        .filter(|b| b.share() >= super::budgets::WARN_SHARE)
+        .map(|b| {
+            let spent = b.share() >= 1.0;
+            let (pool, key) = match b.scope {
+                keyrelay_core::spend::BudgetScope::Key => match b.name.split_once('/') {
+                    Some((p, k)) => (Some(p.to_owned()), Some(k.to_owned())),
+                    None => (None, None),
+                },
+                _ => (b.name.split('/').next().map(str::to_owned), None),
+            };
+            Alert {
+                name: if spent {
+                    "KeyrelayBudgetSpent"
+                } else {
+                    "KeyrelayBudgetNearlySpent"
+                },
+                severity: if spent { "critical" } else { "warning" },
+                pool,
+                key,
+                message: format!(
+                    "{} {} has spent ${:.2} of its {} of ${:.2} ({:.0} %); it resets at {}",
+                    b.scope.as_str(),
+                    b.name,
+                    b.spent_usd,
+                    b.period.setting(),
+                    b.limit_usd,
+                    b.share() * 100.0,
+                    b.resets_at
+                ),
+            }
+        })
+        .collect()
+}
+
 pub async fn evaluate(
     state: &HttpState,
     monitor: &Monitor,
@@ -101,6 +143,7 @@ pub async fn evaluate(
             .await?,
     );
     alerts.extend(daily_limit_alerts(&keys));
+    alerts.extend(budget_alerts(state));
     if let Ok(depth) = queue_depth(&state.broker, &state.config.jobs.dead_letter_queue).await {
         monitor.record_dead_letters(Timestamp::now(), depth.ready);
     }

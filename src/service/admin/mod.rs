@@ -1,9 +1,10 @@
 //! The admin API under `/v1` (JSON, bearer-token auth): pools, keys, jobs,
-//! stats, alerts, the fleet; the status page at `/`; and the queue-depth poller.
+//! stats, alerts, budgets, the fleet; the status page at `/`; and the queue-depth poller.
 //! Documented in `docs/api.md` and `docs/openapi.yaml`.
 
 pub mod alerts;
 pub mod auth;
+pub mod budgets;
 pub mod errors;
 pub mod heavy;
 pub mod jobs;
@@ -12,6 +13,7 @@ pub mod monitor;
 pub mod params;
 pub mod peers;
 pub mod pools;
+pub mod spend_stats;
 pub mod stats;
 pub mod status;
 
@@ -72,6 +74,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/jobs/{id}", web::get().to(jobs::get))
                 .route("/stats", web::get().to(stats::get))
                 .route("/alerts", web::get().to(alerts::list))
+                .route("/budgets", web::get().to(budgets::list))
+                .route("/budgets", web::put().to(budgets::set))
                 .route("/fleet", web::get().to(peers::fleet))
                 .default_service(web::to(not_found)),
         );

@@ -76,6 +76,18 @@ impl Params {
             ))
         })
     }
+
+    /// Like [`Params::choice`], `None` when the parameter is absent.
+    pub fn optional_choice<'a>(
+        &self,
+        name: &str,
+        choices: &[&'a str],
+    ) -> Result<Option<&'a str>, ApiError> {
+        match self.text(name) {
+            None => Ok(None),
+            Some(_) => self.choice(name, choices, "").map(Some),
+        }
+    }
 }
 
 /// RFC 3339 (`2026-05-01T12:00:00Z`) or a duration ago (`30s`, `15m`, `6h`, `7d`).

@@ -1,4 +1,7 @@
-//! `GET /v1/stats?since=&by=hour|key|error|upstream`.
+//! `GET /v1/stats?since=&by=hour|key|error|upstream|pool|user|model`.
+//!
+//! `by=pool|user|model` (and `by=key&source=spend`) read the hourly spend
+//! counters (see `spend_stats`).
 //!
 //! `by=upstream` reads the per-key, per-hour provider-call statistics the
 //! supervisor records (requests, outcomes by class, tokens, latency sum),
@@ -32,6 +35,8 @@ struct Row {
     failed: u64,
     input_tokens: u64,
     output_tokens: u64,
+    /// What the jobs' calls cost (unpriced models count 0).
+    cost_usd: f64,
     /// Only from results: mean latency in ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     mean_latency_ms: Option<u64>,
@@ -71,9 +76,28 @@ pub async fn get(
     heavy: web::Data<HeavyReads>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let p = Params::parse(req.query_string(), &["since", "until", "by"])?;
-    let by = p.choice("by", &["hour", "key", "error", "upstream"], "key")?;
+    let p = Params::parse(
+        req.query_string(),
+        &["since", "until", "by", "bucket", "source"],
+    )?;
+    let by = p.choice(
+        "by",
+        &["hour", "key", "error", "upstream", "pool", "user", "model"],
+        "key",
+    )?;
     let now = Timestamp::now();
+    let source = p.choice("source", &["results", "spend"], "results")?;
+    if matches!(by, "pool" | "user" | "model") || source == "spend" {
+        let since = p
+            .time("since", now)?
+            .unwrap_or(super::spend_stats::month_start(now));
+        let until = p.time("until", now)?.unwrap_or(now);
+        if since > until {
+            return Err(ApiError::bad("`since` is after `until`"));
+        }
+        let bucket = p.optional_choice("bucket", &["hour", "day"])?;
+        return super::spend_stats::answer(&state, by, since, until, bucket).await;
+    }
     if by == "upstream" {
         let since = p
             .time("since", now)?
@@ -140,6 +164,7 @@ fn add(row: &mut Row, r: &JobResult) {
     }
     row.input_tokens += r.usage.input_tokens;
     row.output_tokens += r.usage.output_tokens;
+    row.cost_usd += r.usage.cost_usd.unwrap_or(0.0);
     row.latency_sum += r.latency_ms;
 }
 

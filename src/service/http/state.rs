@@ -25,4 +25,6 @@ pub struct HttpState {
     pub pool_consumers: tokio::sync::watch::Receiver<Vec<PoolConsumers>>,
     /// The other instances and who drives each key (from the lease keeper).
     pub fleet: tokio::sync::watch::Receiver<FleetPicture>,
+    /// Budgets and this instance's spend against them.
+    pub spend: Arc<keyrelay_core::spend::SpendLedger>,
 }

@@ -37,6 +37,8 @@ pub struct Services {
     pub in_progress: Arc<InProgress>,
     /// Whether this process's key leases are fresh (see `lease_gate`).
     pub lease: Arc<LeaseGate>,
+    /// Budgets and what was spent against them.
+    pub spend: Arc<keyrelay_core::spend::SpendLedger>,
 }
 
 impl Services {
@@ -77,6 +79,10 @@ pub struct PoolContext {
     pub max_tpm: Option<u64>,
     /// Whether the job queue is a quorum queue (its delay queues are too).
     pub quorum: bool,
+    /// What the pool's models cost.
+    pub prices: super::prices::PoolPrices,
+    /// What a job finds when the pool is at its budget.
+    pub on_budget_exceeded: keyrelay_core::config::OnBudgetExceeded,
 }
 
 impl PoolContext {

@@ -115,7 +115,7 @@ pub async fn reject_invalid(
         pool: pool.name.clone(),
         model: None,
         key: None,
-        usage: Usage::default(),
+        usage: no_call(),
         attempts: 0,
         latency_ms: timing.received.elapsed().as_millis() as u64,
         metadata: Value::Object(Default::default()),
@@ -179,8 +179,8 @@ pub async fn answer_from_cache(
         pool: pool.name.clone(),
         model: Some(job.request.model.clone()),
         key: answer.key,
-        // No tokens were spent on this job.
-        usage: Usage::default(),
+        // No tokens were spent on this job, and nothing paid.
+        usage: no_call(),
         attempts: 0,
         latency_ms: 0,
         metadata: job.metadata.clone(),
@@ -238,13 +238,21 @@ fn base_result(
         pool: pool.name.clone(),
         model: Some(inflight.job.request.model.clone()),
         key: key.map(|k| k.name.clone()),
-        usage: Usage::default(),
+        usage: no_call(),
         attempts: inflight.attempts,
         latency_ms: 0,
         metadata: inflight.job.metadata.clone(),
         user: inflight.job.user.clone(),
         cached: false,
         completed_at: jiff::Timestamp::now(),
+    }
+}
+
+/// The usage of a result no provider call paid for: no tokens, $0.
+fn no_call() -> Usage {
+    Usage {
+        cost_usd: Some(0.0),
+        ..Usage::default()
     }
 }
 

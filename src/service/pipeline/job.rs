@@ -18,11 +18,14 @@ use super::hand_back::{self, return_to_broker};
 use super::inbound::Inbound;
 use super::prior::{Prior, prior_answer};
 use super::route;
+use super::spend;
 use crate::amqp::retry;
+use keyrelay_core::config::OnBudgetExceeded;
 use keyrelay_core::job::{self, ErrorKind};
-use keyrelay_core::keys::Ticket;
+use keyrelay_core::keys::{Blocked, Spent, Ticket};
 use keyrelay_core::provider::Outcome;
-use keyrelay_core::route::{Decision, Event};
+use keyrelay_core::route::{Decision, Event, Refusal};
+use keyrelay_core::spend::{BudgetScope, Exceeded, Period};
 
 /// Entry point for a delivery consumed by `key`'s worker.
 pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound: Inbound) {
@@ -121,6 +124,12 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
         ))
         .await;
     }
+    // Money before the key: a call whose estimate would pass a budget does
+    // not go. The reservation holds the estimate until the cost is counted.
+    let reservation = match spend::reserve(&services, &key, &inflight) {
+        Ok(reservation) => reservation,
+        Err(exceeded) => return Box::pin(over_budget(services, key, inflight, exceeded)).await,
+    };
     let admission = match admit(&key, &services, &inflight).await {
         Ok(admission) => admission,
         Err(refusal) => {
@@ -135,14 +144,59 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
     }
     let guard = key.track();
     let started = Instant::now();
-    let outcome = call(&key, &inflight).await;
+    let mut outcome = call(&key, &inflight).await;
     let latency = started.elapsed();
     inflight.timing.provider += latency;
     note_call(&key, &mut inflight, &outcome, admission.ticket);
+    spend::record(&services, &key, &inflight, &mut outcome);
+    drop(reservation);
     drop(guard);
     drop(admission);
     report(&services, &key, &outcome, latency);
     Box::pin(settle(services, key, inflight, outcome)).await;
+}
+
+/// A budget the call would pass: a key's (or, when its pool waits, the
+/// pool's) parks the key until the period ends and the job goes elsewhere or
+/// back to the queue; a user's (or a pool's that fails) fails the job with
+/// `budget_exceeded`, dead-lettered so that it can be replayed.
+async fn over_budget(
+    services: Arc<Services>,
+    key: Arc<KeyContext>,
+    inflight: InFlight,
+    exceeded: Exceeded,
+) {
+    let parks_key = match exceeded.scope {
+        BudgetScope::Key => true,
+        BudgetScope::Pool => key.pool.on_budget_exceeded == OnBudgetExceeded::Wait,
+        BudgetScope::User => false,
+    };
+    if !parks_key {
+        let message = format!("budget exceeded: {exceeded}");
+        return Box::pin(hand_back::give_up(
+            &services,
+            &key,
+            inflight,
+            ErrorKind::BudgetExceeded,
+            message,
+        ))
+        .await;
+    }
+    let limit = match (exceeded.scope, exceeded.period) {
+        (BudgetScope::Pool, Period::Day) => "pool budget_usd_per_day",
+        (BudgetScope::Pool, Period::Month) => "pool budget_usd_per_month",
+        (_, period) => period.setting(),
+    };
+    // At once, as for a provider's "no more" (see `admit::take_once`).
+    key.set_available(false);
+    let blocked = Blocked {
+        until: exceeded.until,
+        spent: Spent::Day,
+        limit,
+    };
+    services.events.budget_spent(key.id, blocked);
+    let event = Event::NotAdmitted(Refusal::BudgetSpent);
+    Box::pin(move_on(services, &key, inflight, event)).await;
 }
 
 /// What a call's answer means for its key at once, on the call path: the

@@ -8,6 +8,7 @@
 mod admit;
 mod call;
 pub mod context;
+mod estimate;
 mod finish;
 mod hand_back;
 mod in_progress;
@@ -15,13 +16,15 @@ mod inbound;
 mod job;
 mod key_events;
 pub mod lease_gate;
+pub mod prices;
 mod prior;
 mod route;
+pub mod spend;
 
-pub use admit::estimate_tokens;
 pub use context::{
     BudgetSnapshot, InFlight, KeyContext, KeySpec, LastUse, PoolContext, Services, Timing,
 };
+pub use estimate::estimate_tokens;
 pub use hand_back::return_to_broker;
 pub use in_progress::{Claim, InProgress};
 pub use inbound::Inbound;

@@ -44,6 +44,8 @@ pub struct SupervisorSetup {
     pub lease: Arc<LeaseGate>,
     /// Where the supervisor reports leased keys' state changes.
     pub state_changes: tokio::sync::mpsc::UnboundedSender<KeyId>,
+    /// Budgets and spend (loaded from the store).
+    pub spend: Arc<keyrelay_core::spend::SpendLedger>,
 }
 
 pub struct PoolSetup {
@@ -105,6 +107,7 @@ impl Supervisor {
                 jobs_in_progress: in_flight,
                 in_progress: Default::default(),
                 lease: setup.lease,
+                spend: setup.spend,
             });
             Supervisor {
                 keys,
@@ -283,6 +286,7 @@ impl Actor for Supervisor {
         ctx.run_interval(super::quota::BUDGET_PERSIST_EVERY, |act, _| {
             act.persist_budgets();
             act.flush_usage();
+            act.flush_spend();
             if let Err(e) = act.services.store.flush_counters() {
                 warn!(error = %e, "cannot write key counters");
             }

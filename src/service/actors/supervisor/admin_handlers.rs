@@ -1,5 +1,6 @@
 //! Supervisor handlers for operator requests added by the admin API: reset a
-//! key, hand out a key's context for a probe.
+//! key, hand out a key's context for a probe, bring back keys parked by a
+//! budget that changed.
 
 use std::sync::Arc;
 
@@ -7,9 +8,9 @@ use actix::prelude::*;
 use tracing::{info, warn};
 
 use super::state::Supervisor;
-use crate::actors::messages::{KeyCommandError, ProbeTarget, ResetKey};
+use crate::actors::messages::{BudgetsChanged, KeyCommandError, ProbeTarget, ResetKey};
 use crate::pipeline::KeyContext;
-use keyrelay_core::keys::KeyState;
+use keyrelay_core::keys::{KeyId, KeyState};
 
 impl Handler<ResetKey> for Supervisor {
     type Result = Result<(), KeyCommandError>;
@@ -33,6 +34,29 @@ impl Handler<ResetKey> for Supervisor {
         self.keys[id.0].ctx.set_probing(false);
         self.apply(id, KeyState::Active, true, ctx);
         Ok(())
+    }
+}
+
+impl Handler<BudgetsChanged> for Supervisor {
+    type Result = usize;
+
+    /// Returns how many keys came back.
+    fn handle(&mut self, _: BudgetsChanged, ctx: &mut Self::Context) -> usize {
+        let parked: Vec<KeyId> = self
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| {
+                matches!(&slot.state, KeyState::Exhausted { reason, .. } if reason.contains("budget_usd_per"))
+            })
+            .map(|(i, _)| KeyId(i))
+            .collect();
+        for &id in &parked {
+            let slot = &self.keys[id.0];
+            info!(pool = %slot.ctx.pool.name, key = %slot.ctx.name, "budgets changed; key parked by a budget comes back");
+            self.apply(id, KeyState::Active, true, ctx);
+        }
+        parked.len()
     }
 }
 

@@ -191,6 +191,7 @@ impl Handler<Terminate> for Supervisor {
     fn handle(&mut self, _: Terminate, ctx: &mut Self::Context) {
         self.persist_budgets();
         self.flush_usage();
+        self.flush_spend();
         for slot in &mut self.keys {
             if let Some(worker) = slot.worker.take() {
                 worker.do_send(StopWorker);

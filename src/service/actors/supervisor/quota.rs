@@ -123,6 +123,32 @@ impl Supervisor {
         }
     }
 
+    /// Write the spend counted since the last flush, and publish how much
+    /// of each key's and pool's budget is used. Counts that cannot be
+    /// written wait for the next flush.
+    pub(super) fn flush_spend(&mut self) {
+        let spend = &self.services.spend;
+        let rows = spend.take_pending();
+        if !rows.is_empty()
+            && let Err(e) = self.services.store.add_spend(&rows)
+        {
+            warn!(error = %e, "cannot record spend statistics");
+            spend.restore_pending(rows);
+        }
+        for status in spend.status(jiff::Timestamp::now()) {
+            if status.scope == keyrelay_core::spend::BudgetScope::User {
+                // Users are unbounded: in /v1/budgets and /v1/alerts only.
+                continue;
+            }
+            let period = match status.period {
+                keyrelay_core::spend::Period::Day => "day",
+                keyrelay_core::spend::Period::Month => "month",
+            };
+            metrics::gauge!(keyrelay_core::metrics::BUDGET_USED_RATIO, "scope" => status.scope.as_str(), "name" => status.name.clone(), "period" => period)
+                .set(status.share());
+        }
+    }
+
     /// Drop results, usage statistics and cached answers past their
     /// retention, on a blocking thread: scans must not hold up the supervisor.
     pub(super) fn prune_store(&self) {

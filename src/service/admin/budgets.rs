@@ -1,0 +1,125 @@
+//! `GET /v1/budgets`: every budget with what was spent against it today and
+//! this month; `PUT /v1/budgets`: set (raise, lower, clear) the budget of a
+//! key, a pool or a user. A budget set here outlives restarts and wins over
+//! the config's; keys parked by a budget come back to be checked again.
+//!
+//! In a fleet, spend is counted by the instance that made the call: each
+//! instance enforces budgets against its own count (see docs/spend.md).
+
+use actix_web::{HttpResponse, web};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::errors::ApiError;
+use crate::actors::messages::BudgetsChanged;
+use crate::http::state::HttpState;
+use keyrelay_core::spend::{Budget, BudgetScope, BudgetStatus};
+
+/// Spent at or past this share of a budget raises a warning alert.
+pub const WARN_SHARE: f64 = 0.8;
+
+/// One budget as the API shows it.
+#[derive(Debug, Serialize)]
+struct BudgetView {
+    #[serde(flatten)]
+    status: BudgetStatus,
+    /// `spent_usd / limit_usd`.
+    share: f64,
+}
+
+pub async fn list(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
+    let budgets: Vec<BudgetView> = state
+        .spend
+        .status(Timestamp::now())
+        .into_iter()
+        .map(|status| BudgetView {
+            share: status.share(),
+            status,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "budgets": budgets })))
+}
+
+/// `PUT /v1/budgets` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetBudget {
+    /// `key`, `pool` or `user`.
+    scope: String,
+    /// `pool/key`, `pool`, or `pool/user`.
+    name: String,
+    #[serde(default)]
+    usd_per_day: Option<f64>,
+    #[serde(default)]
+    usd_per_month: Option<f64>,
+}
+
+pub async fn set(
+    state: web::Data<HttpState>,
+    body: web::Json<SetBudget>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let scope = parse_scope(&body.scope)?;
+    check_name(&state, scope, &body.name)?;
+    let budget = Budget {
+        usd_per_day: dollars("usd_per_day", body.usd_per_day)?,
+        usd_per_month: dollars("usd_per_month", body.usd_per_month)?,
+    };
+    state.store.set_budget(scope, &body.name, &budget)?;
+    state.spend.set_budget(scope, &body.name, budget);
+    let back = state.supervisor.send(BudgetsChanged).await?;
+    tracing::info!(scope = scope.as_str(), name = %body.name, ?budget, keys_back = back, "budget set by operator");
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "scope": scope, "name": body.name, "budget": budget, "keys_back_in_rotation": back
+    })))
+}
+
+fn parse_scope(scope: &str) -> Result<BudgetScope, ApiError> {
+    match scope {
+        "key" => Ok(BudgetScope::Key),
+        "pool" => Ok(BudgetScope::Pool),
+        "user" => Ok(BudgetScope::User),
+        other => Err(ApiError::BadRequest(format!(
+            "scope `{other}`: expected key, pool or user"
+        ))),
+    }
+}
+
+/// The name must be a configured pool or key (`pool/key`), or a user of a
+/// configured pool (`pool/user`).
+fn check_name(state: &HttpState, scope: BudgetScope, name: &str) -> Result<(), ApiError> {
+    let (pool, rest) = match scope {
+        BudgetScope::Pool => (name, None),
+        BudgetScope::Key | BudgetScope::User => match name.split_once('/') {
+            Some((pool, rest)) if !rest.is_empty() => (pool, Some(rest)),
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "name `{name}`: a {} budget is named pool/{}",
+                    scope.as_str(),
+                    scope.as_str()
+                )));
+            }
+        },
+    };
+    let Some(config) = state.config.pools.iter().find(|p| p.name == pool) else {
+        return Err(ApiError::NotFound(format!("no pool `{pool}`")));
+    };
+    if scope == BudgetScope::Key
+        && let Some(key) = rest
+        && !config.keys.iter().any(|k| k.name == key)
+    {
+        return Err(ApiError::NotFound(format!(
+            "no key `{key}` in pool `{pool}`"
+        )));
+    }
+    Ok(())
+}
+
+fn dollars(field: &str, value: Option<f64>) -> Result<Option<f64>, ApiError> {
+    match value {
+        Some(usd) if !(usd.is_finite() && usd >= 0.0) => Err(ApiError::BadRequest(format!(
+            "{field}: {usd} is not an amount of US dollars (>= 0; null for no budget)"
+        ))),
+        other => Ok(other),
+    }
+}
