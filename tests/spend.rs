@@ -203,6 +203,31 @@ async fn a_pool_at_its_budget_keeps_jobs_queued_until_raised_and_costs_add_up() 
         (counted - replied).abs() < 1e-6
     })
     .await;
+    // The CLI prints the same figure.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+        .args([
+            "spend",
+            "--by",
+            "pool",
+            "--admin-url",
+            &env.http_url(),
+            "--token",
+            ADMIN,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains(&format!("${replied:.4}")), "{printed}");
+    assert!(
+        printed.contains("pool g") && printed.contains("day"),
+        "budgets listed: {printed}"
+    );
     let (_, by_model) = api
         .call(Method::GET, "/v1/stats?by=model&bucket=day", None)
         .await;

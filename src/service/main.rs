@@ -114,6 +114,16 @@ enum Command {
         #[command(flatten)]
         admin: commands::admin_client::AdminArgs,
     },
+    /// What was spent (by pool, key, user or model) and every budget, from the admin API.
+    Spend {
+        #[arg(long, value_enum, default_value = "pool")]
+        by: commands::spend::SpendBy,
+        /// From: RFC 3339 or a duration ago (30m, 6h, 7d); default: this UTC month.
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        admin: commands::admin_client::AdminArgs,
+    },
     /// Inspect the dead-letter queue, or send dead letters back to their pool's queue.
     DeadLetters {
         #[command(subcommand)]
@@ -259,6 +269,10 @@ async fn operate(command: Command) -> anyhow::Result<ExitCode> {
         } => commands::keys::run(&admin, action, &pool, &name, reason).await?,
         Command::Results { filter, admin } => {
             commands::results::run(&admin, &filter).await?;
+            true
+        }
+        Command::Spend { by, since, admin } => {
+            commands::spend::run(&admin, by, since.as_deref()).await?;
             true
         }
         Command::DeadLetters { action, config } => {

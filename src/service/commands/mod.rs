@@ -8,6 +8,7 @@ pub mod keys;
 pub mod mock_process;
 pub mod results;
 pub mod run;
+pub mod spend;
 pub mod status;
 pub mod table;
 pub mod telemetry;
