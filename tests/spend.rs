@@ -298,3 +298,47 @@ async fn a_user_at_its_cap_gets_budget_exceeded_and_others_run() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     env.finish().await;
 }
+
+/// Each provider reports cached and reasoning tokens in its own fields (the
+/// mock renders them as the real APIs do); every reply means the same by
+/// them, and the cost prices cached tokens at the cached rate.
+#[actix::test]
+async fn cached_and_reasoning_tokens_are_priced_the_same_through_every_provider() {
+    let prices = "prices = { \"model-a\" = { input = 1000000.0, output = 2000000.0, cached_input = 100000.0 } }\n";
+    let pools = [("gemini", "kg"), ("openai", "ko"), ("anthropic", "ka")]
+        .into_iter()
+        .map(|(provider, key)| TestPool {
+            name: provider,
+            provider,
+            keys: vec![TestKey::new(key, 1)],
+        })
+        .collect();
+    let mut env = TestEnv::start_pools_with(pools, MockSettings::default(), "", prices).await;
+    for pool in ["gemini", "openai", "anthropic"] {
+        let prompt = "a long enough prompt to cache [[mock:cached=3,reasoning=5]]";
+        env.publish(pool, &json!({"id": pool, "prompt": prompt}))
+            .await;
+    }
+    let replies = env.replies(3).await;
+    for pool in ["gemini", "openai", "anthropic"] {
+        let u = &replies[pool].usage;
+        assert_eq!(u.cached_input_tokens, 3, "{pool}: {u:?}");
+        // Anthropic folds thinking into output_tokens without a breakdown.
+        let reasoning = if pool == "anthropic" { 0 } else { 5 };
+        assert_eq!(u.reasoning_tokens, reasoning, "{pool}: {u:?}");
+        let want = (u.input_tokens - 3) as f64 + 3.0 * 0.1 + 2.0 * u.output_tokens as f64;
+        let got = u.cost_usd.unwrap();
+        assert!(
+            (got - want).abs() < 1e-6,
+            "{pool}: cost {got} != {want} for {u:?}"
+        );
+    }
+    // One prompt, one answer text: the same usage whichever provider spoke.
+    assert_eq!(replies["gemini"].usage, replies["openai"].usage);
+    let (a, g) = (&replies["anthropic"].usage, &replies["gemini"].usage);
+    assert_eq!(
+        (a.input_tokens, a.output_tokens),
+        (g.input_tokens, g.output_tokens)
+    );
+    env.finish().await;
+}

@@ -78,10 +78,12 @@ pub(crate) fn success(parsed: &Parsed, text: &str, usage: Usage) -> Value {
         "stop_reason": "end_turn",
         "stop_sequence": null,
         "usage": {
-            "input_tokens": usage.input,
+            // Disjoint: the prompt is input + cache reads + cache writes
+            // (prompt caching docs); output_tokens includes thinking.
+            "input_tokens": usage.input - usage.cached,
             "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            "output_tokens": usage.output,
+            "cache_read_input_tokens": usage.cached,
+            "output_tokens": usage.billed_output(),
             "service_tier": "standard"
         }
     })

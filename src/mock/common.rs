@@ -20,11 +20,20 @@ pub(crate) struct Parsed {
     pub json_output: bool,
 }
 
-/// Token usage of one answer: ceil(chars / 4) each way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Token usage of one answer: ceil(chars / 4) each way, and, when a
+/// directive asks for them, prompt tokens read from a cache and reasoning
+/// tokens spent before the text. Each provider reports them in its own
+/// fields (see each `success`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Usage {
+    /// Every prompt token, cached ones included.
     pub input: u64,
+    /// Tokens of the answer's text.
     pub output: u64,
+    /// Of `input`, read from the prompt cache (`cached=N`).
+    pub cached: u64,
+    /// Reasoning tokens, billed as output besides the text (`reasoning=N`).
+    pub reasoning: u64,
 }
 
 impl Usage {
@@ -32,11 +41,25 @@ impl Usage {
         Usage {
             input: tokens(parsed.input_chars),
             output: tokens(text.chars().count()),
+            ..Usage::default()
         }
     }
 
+    /// With the cached and reasoning tokens a request's directives ask for
+    /// (cached ones capped at the prompt).
+    pub fn with_details(mut self, cached: Option<u64>, reasoning: Option<u64>) -> Usage {
+        self.cached = cached.unwrap_or(0).min(self.input);
+        self.reasoning = reasoning.unwrap_or(0);
+        self
+    }
+
+    /// Output billed: the text's tokens and the reasoning.
+    pub fn billed_output(&self) -> u64 {
+        self.output + self.reasoning
+    }
+
     pub fn total(&self) -> u64 {
-        self.input + self.output
+        self.input + self.billed_output()
     }
 }
 
@@ -155,7 +178,8 @@ mod tests {
             Usage::of(&parsed(false), "12345"),
             Usage {
                 input: 3,
-                output: 2
+                output: 2,
+                ..Usage::default()
             }
         );
     }

@@ -45,6 +45,10 @@ pub(crate) struct Directives {
     pub forced: Option<Forced>,
     /// Answer with this recorded real answer (see `replay`).
     pub replay: Option<String>,
+    /// Report this many prompt tokens as read from the provider's cache.
+    pub cached_tokens: Option<u64>,
+    /// Report this many reasoning tokens spent besides the answer's text.
+    pub reasoning_tokens: Option<u64>,
 }
 
 /// Parses every marker in `text`; Err names the first item it does not understand.
@@ -88,6 +92,8 @@ fn apply(d: &mut Directives, item: &str) -> Result<(), String> {
         }
         "rate_limit" => d.forced = Some(Forced::RateLimit(optional_ms(name, value)?)),
         "exhausted" => d.forced = Some(Forced::Exhausted(optional_ms(name, value)?)),
+        "cached" => d.cached_tokens = Some(count(name, value)?),
+        "reasoning" => d.reasoning_tokens = Some(count(name, value)?),
         "replay" => {
             let fixture = value.filter(|v| !v.is_empty());
             d.replay = Some(
@@ -99,6 +105,12 @@ fn apply(d: &mut Directives, item: &str) -> Result<(), String> {
         _ => return Err(format!("unknown mock directive {item:?}")),
     }
     Ok(())
+}
+
+fn count(name: &str, value: Option<&str>) -> Result<u64, String> {
+    value
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| format!("{name} needs a number of tokens, got {value:?}"))
 }
 
 fn status(value: Option<&str>) -> Result<u16, String> {
@@ -159,6 +171,9 @@ mod tests {
         assert!(parse("[[mock:statu=503]]").is_err());
         assert!(parse("[[mock:status=200]]").is_err());
         assert!(parse("[[mock:sleep_ms]]").is_err());
+        assert!(parse("[[mock:cached]]").is_err());
+        let d = parse("[[mock:cached=40,reasoning=7]]").unwrap();
+        assert_eq!((d.cached_tokens, d.reasoning_tokens), (Some(40), Some(7)));
         assert!(parse("[[mock:reset").is_err());
     }
 }

@@ -73,18 +73,27 @@ fn parts_text(content: &Value) -> String {
 
 /// A GenerateContentResponse carrying `text`.
 pub(crate) fn success(parsed: &Parsed, text: &str, usage: Usage) -> Value {
+    let mut meta = json!({
+        "promptTokenCount": usage.input,
+        "candidatesTokenCount": usage.output,
+        "totalTokenCount": usage.total(),
+        "promptTokensDetails": [{ "modality": "TEXT", "tokenCount": usage.input }]
+    });
+    // Present only when non-zero, as Gemini sends them: cached content is
+    // part of promptTokenCount, thoughts are not part of candidatesTokenCount.
+    if usage.cached > 0 {
+        meta["cachedContentTokenCount"] = json!(usage.cached);
+    }
+    if usage.reasoning > 0 {
+        meta["thoughtsTokenCount"] = json!(usage.reasoning);
+    }
     json!({
         "candidates": [{
             "content": { "parts": [{ "text": text }], "role": "model" },
             "finishReason": "STOP",
             "index": 0
         }],
-        "usageMetadata": {
-            "promptTokenCount": usage.input,
-            "candidatesTokenCount": usage.output,
-            "totalTokenCount": usage.total(),
-            "promptTokensDetails": [{ "modality": "TEXT", "tokenCount": usage.input }]
-        },
+        "usageMetadata": meta,
         "modelVersion": parsed.model,
         "responseId": common::fresh_id("")
     })

@@ -173,7 +173,9 @@ fn admitted(
     if directives.body == Some(BodyFault::Huge) {
         text = bodies::huge_text(&text);
     }
-    let body = api.success(parsed, &text, Usage::of(parsed, &text));
+    let usage = Usage::of(parsed, &text)
+        .with_details(directives.cached_tokens, directives.reasoning_tokens);
+    let body = api.success(parsed, &text, usage);
     let mut ok = api.ok(window);
     match directives.body {
         None => {

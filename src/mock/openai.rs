@@ -103,12 +103,14 @@ pub(crate) fn success(parsed: &Parsed, text: &str, usage: Usage) -> Value {
             "finish_reason": "stop"
         }],
         "usage": {
+            // Cached tokens are part of prompt_tokens, reasoning tokens
+            // part of completion_tokens (API reference, CompletionUsage).
             "prompt_tokens": usage.input,
-            "completion_tokens": usage.output,
+            "completion_tokens": usage.billed_output(),
             "total_tokens": usage.total(),
-            "prompt_tokens_details": { "cached_tokens": 0, "audio_tokens": 0 },
+            "prompt_tokens_details": { "cached_tokens": usage.cached, "audio_tokens": 0 },
             "completion_tokens_details": {
-                "reasoning_tokens": 0,
+                "reasoning_tokens": usage.reasoning,
                 "audio_tokens": 0,
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0
