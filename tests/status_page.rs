@@ -99,6 +99,14 @@ async fn status_page_shows_pools_keys_states_and_alerts() {
     post("/v1/keys/g/charlie/disable", serde_json::json!({}))
         .await
         .unwrap();
+    let budget = client
+        .put(format!("{}/v1/budgets", env.http_url()))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"scope": "pool", "name": "g", "usd_per_day": 25.0}))
+        .send()
+        .await
+        .unwrap();
+    assert!(budget.status().is_success());
 
     // Without a token the page asks for one and shows no data.
     let dom = dump_dom(&chromium, &format!("{}/", env.http_url()), 3000).await;
@@ -119,6 +127,10 @@ async fn status_page_shows_pools_keys_states_and_alerts() {
     assert!(dom.contains("revoked in console"), "{dom}");
     assert!(dom.contains("data-pool=\"g\""), "{dom}");
     assert!(dom.contains("data-alert=\"KeyrelayPoolDegraded\""), "{dom}");
+    // The spend table shows the pool's budget, nothing of it spent.
+    assert!(dom.contains("data-spend=\"g\""), "{dom}");
+    assert!(dom.contains("data-share=\"0.000\""), "{dom}");
+    assert!(dom.contains("$0.00 / $25.00"), "{dom}");
     assert!(dom.contains("updated "), "{dom}");
     // The token never lands in the page itself.
     assert!(!dom.contains(READ_TOKEN));
