@@ -526,3 +526,130 @@ fn check_calls(calls: &[CallRecord]) -> Vec<String> {
     }
     callers
 }
+
+/// A pool budget is held by the fleet together: two instances, one key each,
+/// spend no more than the budget plus what was in flight and what the other
+/// spent since its last beacon (alone, each would spend the whole budget).
+/// A raise through one instance reaches the other, and the rest drains.
+#[actix::test]
+async fn two_instances_hold_one_pool_budget_together() {
+    common::init_logs();
+    let keys = ["b1", "b2"]
+        .iter()
+        .map(|k| TestKey::new(k, 1).concurrency(1))
+        .collect();
+    let pools = one_pool(keys);
+    // 300 ms a call: at most one call per key between two beacons (250 ms).
+    let settings = MockSettings {
+        latency: Duration::from_millis(300),
+        ..MockSettings::default()
+    };
+    let mock = common::start_mock(&pools, settings).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("kr-fleet-budget.{}", uuid::Uuid::now_v7().simple());
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    // $1 a prompt token, $2 an output token: a job here costs tens of dollars.
+    let per_job = job_cost("fleet budget job 0000");
+    let budget = per_job * 10.5;
+    let config_path = common::write_config_file_with(
+        &pools,
+        &mock,
+        dir.path(),
+        &prefix,
+        "",
+        &format!(
+            "\n[admin]\nadmin_token_file = \"{}\"\n",
+            token_file.display()
+        ),
+        &format!(
+            "prices = {{ \"model-a\" = {{ input = 1000000.0, output = 2000000.0 }} }}\nbudget_usd_per_day = {budget}\n"
+        ),
+    );
+    let config = keyrelay_core::config::Config::load(&config_path).unwrap();
+    let a = spawn("a", &config_path, dir.path()).await;
+    let b = spawn("b", &config_path, dir.path()).await;
+    let members = vec![a, b];
+    until_driven(&members, common::WAIT, "a and b drive one key each", |d| {
+        d.get("a") == Some(&1) && d.get("b") == Some(&1)
+    })
+    .await;
+
+    let (broker, publisher, replies_name, mut replies) = producer(&prefix).await;
+    let queue = config.job_queue("g");
+    let jobs = 40;
+    for i in 0..jobs {
+        let body = serde_json::json!({"id": format!("fb-{i:04}"), "prompt": format!("fleet budget job {i:04}")});
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_reply_to(replies_name.as_str().into());
+        publisher
+            .publish(&queue, body.to_string().as_bytes(), props, true)
+            .await
+            .unwrap();
+    }
+    // Replies until none came for 2 s: both keys parked by the budget.
+    let mut spent = 0.0;
+    let mut answered = HashMap::new();
+    while let Ok(reply) = tokio::time::timeout(Duration::from_secs(2), replies.next()).await {
+        let cost = reply.usage.cost_usd.unwrap();
+        assert!((cost - per_job).abs() < 1e-6, "{cost} != {per_job}");
+        spent += cost;
+        answered.insert(reply.id.clone(), reply);
+    }
+    // In flight: one call per key; stale: one more per key between beacons.
+    let slack = 4.0 * per_job;
+    assert!(
+        spent <= budget + slack,
+        "the fleet spent ${spent:.0} of a ${budget:.0} budget (+${slack:.0} slack); alone, each instance would spend the budget"
+    );
+    assert!(
+        spent >= budget - per_job,
+        "${spent:.0} spent, budget ${budget:.0}: stopped early"
+    );
+    for m in &members {
+        let seen = admin(m.relay.http, reqwest::Method::GET, "/v1/budgets").await;
+        let fleet_spent = seen["budgets"][0]["spent_usd"].as_f64().unwrap();
+        assert!(
+            (fleet_spent - spent).abs() < 1e-6,
+            "{}: sees ${fleet_spent} spent by the fleet, the replies say ${spent}",
+            m.name
+        );
+    }
+
+    // Raised on a only: b takes it too, and the rest drains.
+    let raised = reqwest::Client::new()
+        .put(format!("http://{}/v1/budgets", members[0].relay.http))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"scope": "pool", "name": "g", "usd_per_day": per_job * 100.0}))
+        .send()
+        .await
+        .unwrap();
+    let raised: serde_json::Value = raised.json().await.unwrap();
+    assert_eq!(raised["fleet"]["b"], "ok", "{raised}");
+    while answered.len() < jobs {
+        let reply = replies.next().await;
+        answered.insert(reply.id.clone(), reply);
+    }
+    assert!(answered.values().all(|r| r.status == JobStatus::Succeeded));
+
+    for m in members {
+        let _ = m.relay.terminate().await;
+    }
+    let mut queues = common::keyrelay_queues(&config);
+    queues.push(replies_name);
+    common::delete_queues(&broker, &queues).await;
+}
+
+/// What a job with `prompt` costs at $1 a prompt token and $2 an output
+/// token: the mock answers "mock answer: <prompt>", ~4 characters a token
+/// (each reply's own cost is checked against it).
+fn job_cost(prompt: &str) -> f64 {
+    let tokens = |chars: usize| chars.div_ceil(4) as f64;
+    tokens(prompt.len()) + 2.0 * tokens(format!("mock answer: {prompt}").len())
+}

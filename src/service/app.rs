@@ -116,8 +116,9 @@ impl App {
             config: config.clone(),
             pool_consumers: watches.pools.clone(),
             fleet: fleet_picture_rx,
-            spend,
+            spend: spend.clone(),
         };
+        let spend_ledger = spend;
         let (http, http_addr) = crate::http::serve(config.metrics.listen, state)?;
         // Keys are driven from here on, as their leases are taken.
         let fleet = Fleet::launch(
@@ -130,6 +131,8 @@ impl App {
                 supervisor: supervisor.clone(),
                 gate,
                 state_changes: state_changes_rx,
+                spend: spend_ledger,
+                store_id: crate::pipeline::spend::store_id(&config),
             },
             fleet_picture_tx,
         );

@@ -160,7 +160,8 @@ impl InstanceConfig {
     }
 }
 
-fn hostname() -> String {
+/// This machine's name (`/proc/sys/kernel/hostname`, else `HOSTNAME`).
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

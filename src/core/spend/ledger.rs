@@ -16,7 +16,9 @@ use jiff::{Timestamp, ToSpan, tz::TimeZone};
 use serde::Serialize;
 
 /// Whose budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BudgetScope {
     /// One key (`pool/key`).
@@ -186,6 +188,32 @@ struct Inner {
     user_default: HashMap<String, Budget>,
     /// Counts not yet written to the store.
     pending: HashMap<SpendKey, SpendCount>,
+    /// What the other instances of a fleet spent, by their store: each
+    /// instance's spend is counted in its own store and shared in its beacons.
+    peers: HashMap<String, SpendShare>,
+}
+
+/// What one instance spent on every budgeted scope in the current UTC day
+/// and month, for the other instances of its fleet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct SpendShare {
+    /// The UTC day (`YYYY-MM-DD`) the figures are of; its month is theirs too.
+    pub day: String,
+    /// Spend per scope that has a budget.
+    pub scopes: Vec<ScopeSpend>,
+}
+
+/// One scope's spend in a [`SpendShare`].
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ScopeSpend {
+    /// Whose.
+    pub scope: BudgetScope,
+    /// The key (`pool/key`), pool, or `pool/user`.
+    pub name: String,
+    /// Spent in the day, USD.
+    pub day_usd: f64,
+    /// Spent in the month, USD.
+    pub month_usd: f64,
 }
 
 /// Budgets, spend and reservations of every scope; shared by the calls.
@@ -308,7 +336,7 @@ impl SpendLedger {
                 continue;
             };
             let id = (*scope, name.clone());
-            let totals = inner.totals.get(&id).copied().unwrap_or_default();
+            let totals = fleet_totals(&inner, &id, now);
             let reserved = inner.reserved.get(&id).copied().unwrap_or(0.0);
             for period in [Period::Day, Period::Month] {
                 let Some(limit) = budget.limit(period) else {
@@ -404,11 +432,7 @@ impl SpendLedger {
             let Some(budget) = budget_of(&inner, scope, &name) else {
                 continue;
             };
-            let totals = inner
-                .totals
-                .get(&(scope, name.clone()))
-                .copied()
-                .unwrap_or_default();
+            let totals = fleet_totals(&inner, &(scope, name.clone()), now);
             for (period, spent) in [(Period::Day, totals.day), (Period::Month, totals.month)] {
                 if let Some(limit) = budget.limit(period) {
                     out.push(BudgetStatus {
@@ -429,12 +453,36 @@ impl SpendLedger {
     pub fn spent(&self, scope: BudgetScope, name: &str, now: Timestamp) -> (f64, f64) {
         let mut inner = self.lock();
         roll(&mut inner, now);
-        let totals = inner
-            .totals
-            .get(&(scope, name.to_owned()))
-            .copied()
-            .unwrap_or_default();
+        let totals = fleet_totals(&inner, &(scope, name.to_owned()), now);
         (totals.day, totals.month)
+    }
+
+    /// This instance's own spend on every budgeted scope, for its beacons.
+    pub fn share(&self, now: Timestamp) -> SpendShare {
+        let mut inner = self.lock();
+        roll(&mut inner, now);
+        let mut scopes: Vec<ScopeSpend> = inner
+            .totals
+            .iter()
+            .filter(|((scope, name), _)| budget_of(&inner, *scope, name).is_some())
+            .map(|((scope, name), totals)| ScopeSpend {
+                scope: *scope,
+                name: name.clone(),
+                day_usd: totals.day,
+                month_usd: totals.month,
+            })
+            .collect();
+        scopes.sort_by(|a, b| (a.scope, &a.name).cmp(&(b.scope, &b.name)));
+        SpendShare {
+            day: day_of(now),
+            scopes,
+        }
+    }
+
+    /// What the instance with store `store` says it spent (newest wins).
+    /// Kept after it leaves: what it spent stays spent until the period ends.
+    pub fn set_peer(&self, store: &str, share: SpendShare) {
+        self.lock().peers.insert(store.to_owned(), share);
     }
 }
 
@@ -478,6 +526,39 @@ fn budget_of(inner: &Inner, scope: BudgetScope, name: &str) -> Option<Budget> {
         return inner.user_default.get(pool).copied();
     }
     None
+}
+
+fn day_of(now: Timestamp) -> String {
+    utc_date(now).strftime("%Y-%m-%d").to_string()
+}
+
+/// A scope's own totals plus what the fleet's other instances said they spent
+/// in the same day and month.
+fn fleet_totals(inner: &Inner, id: &(BudgetScope, String), now: Timestamp) -> Totals {
+    let mut totals = inner.totals.get(id).copied().unwrap_or_default();
+    if inner.peers.is_empty() {
+        return totals;
+    }
+    let today = day_of(now);
+    let month = &today[..7];
+    for share in inner.peers.values() {
+        let same_day = share.day == today;
+        if !share.day.starts_with(month) {
+            continue;
+        }
+        let Some(spend) = share
+            .scopes
+            .iter()
+            .find(|s| s.scope == id.0 && s.name == id.1)
+        else {
+            continue;
+        };
+        totals.month += spend.month_usd;
+        if same_day {
+            totals.day += spend.day_usd;
+        }
+    }
+    totals
 }
 
 fn utc_date(now: Timestamp) -> Date {

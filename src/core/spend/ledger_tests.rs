@@ -138,3 +138,30 @@ fn pending_counters_sum_per_hour_and_count_unpriced_calls() {
     );
     assert!(ledger.take_pending().is_empty());
 }
+
+#[test]
+fn a_fleet_shares_budgets_and_a_peer_restarted_on_its_store_is_counted_once() {
+    let now = at("2026-12-06T10:00:00Z");
+    let (a, b) = (
+        Arc::new(SpendLedger::default()),
+        Arc::new(SpendLedger::default()),
+    );
+    for ledger in [&a, &b] {
+        ledger.set_budget(BudgetScope::Pool, "p", day_budget(1.0));
+    }
+    a.record(&record("p", "k1", None, 0.6), now);
+    // Only budgeted scopes are shared.
+    let share = a.share(now);
+    assert_eq!(share.day, "2026-12-06");
+    assert_eq!(share.scopes.len(), 1, "{share:?}");
+    b.set_peer("store-a", share.clone());
+    b.set_peer("store-a", share); // the same store again: not twice
+    let refused = b.admit(scopes_of("p", "k2", None), 0.5, now).unwrap_err();
+    assert!((refused.spent_usd - 0.6).abs() < 1e-9, "{refused:?}");
+    assert!(b.admit(scopes_of("p", "k2", None), 0.3, now).is_ok());
+    // Yesterday's share counts for the month, not the day.
+    let mut old = a.share(now);
+    old.day = "2026-12-05".into();
+    b.set_peer("store-a", old);
+    assert_eq!(b.spent(BudgetScope::Pool, "p", now), (0.0, 0.6));
+}

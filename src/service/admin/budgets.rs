@@ -3,10 +3,11 @@
 //! key, a pool or a user. A budget set here outlives restarts and wins over
 //! the config's; keys parked by a budget come back to be checked again.
 //!
-//! In a fleet, spend is counted by the instance that made the call: each
-//! instance enforces budgets against its own count (see docs/spend.md).
+//! In a fleet, each instance counts what its calls spent and shares the
+//! figures in its beacons, so every budget is held by the fleet together
+//! (docs/spend.md); a budget set on one instance is passed to the others.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +42,7 @@ pub async fn list(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError>
 }
 
 /// `PUT /v1/budgets` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetBudget {
     /// `key`, `pool` or `user`.
@@ -56,6 +57,7 @@ pub struct SetBudget {
 
 pub async fn set(
     state: web::Data<HttpState>,
+    req: HttpRequest,
     body: web::Json<SetBudget>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -69,9 +71,50 @@ pub async fn set(
     state.spend.set_budget(scope, &body.name, budget);
     let back = state.supervisor.send(BudgetsChanged).await?;
     tracing::info!(scope = scope.as_str(), name = %body.name, ?budget, keys_back = back, "budget set by operator");
+    let fleet = tell_the_fleet(&state, &req, &body).await;
     Ok(HttpResponse::Ok().json(serde_json::json!({
-        "scope": scope, "name": body.name, "budget": budget, "keys_back_in_rotation": back
+        "scope": scope, "name": body.name, "budget": budget, "keys_back_in_rotation": back,
+        "fleet": fleet,
     })))
+}
+
+/// Pass the budget to every other instance (unless this request was
+/// passed on itself): each keeps it in its store. Their answers by name:
+/// `ok`, or why not (an instance that missed it keeps its old budget until
+/// the operator sets it again).
+async fn tell_the_fleet(
+    state: &HttpState,
+    req: &HttpRequest,
+    body: &SetBudget,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut answers = serde_json::Map::new();
+    if super::peers::local_only(req) {
+        return answers;
+    }
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    for peer in super::peers::others(state) {
+        let asked = super::peers::ask(
+            &peer,
+            req,
+            reqwest::Method::PUT,
+            "/v1/budgets",
+            Some(bytes.clone()),
+        )
+        .await;
+        let answer = match asked {
+            Ok((200, _)) => "ok".to_owned(),
+            Ok((status, body)) => format!("refused ({status}): {body}"),
+            Err(e) => e.to_string(),
+        };
+        if answer != "ok" {
+            tracing::warn!(instance = %peer.beacon.instance, %answer, "the budget did not reach another instance");
+        }
+        answers.insert(
+            peer.beacon.instance.clone(),
+            serde_json::Value::String(answer),
+        );
+    }
+    answers
 }
 
 fn parse_scope(scope: &str) -> Result<BudgetScope, ApiError> {

@@ -36,7 +36,7 @@ pub struct FleetPicture {
 pub const ALIVE_FOR: Duration = Duration::from_millis(1_500);
 
 /// What an instance says about itself, every tick.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Beacon {
     /// The instance's name (`[instance] name`, or hostname-pid).
     pub instance: String,
@@ -47,6 +47,19 @@ pub struct Beacon {
     /// Set by an instance shutting down: its keys are free, it takes none.
     #[serde(default)]
     pub leaving: bool,
+    /// What it spent on budgeted scopes today and this month, so that the
+    /// fleet holds a budget together (absent from instances of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend: Option<SpendBeacon>,
+}
+
+/// An instance's spend in its beacon, named by its store (see
+/// `pipeline::spend::store_id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpendBeacon {
+    pub store: String,
+    #[serde(flatten)]
+    pub share: keyrelay_core::spend::SpendShare,
 }
 
 /// One other instance as last heard of.
@@ -139,6 +152,7 @@ mod tests {
             http: "127.0.0.1:1".into(),
             keys: keys.iter().map(|k| k.to_string()).collect(),
             leaving: false,
+            spend: None,
         }
     }
 
@@ -161,6 +175,7 @@ mod tests {
         view.heard(
             Beacon {
                 leaving: true,
+                spend: None,
                 ..beacon("b", &[])
             },
             t0,

@@ -91,3 +91,18 @@ pub fn ledger(
     ledger.load(&store.spend(Some(&month_start))?, now);
     Ok(ledger)
 }
+
+/// Names this instance's store among a fleet's: the machine and the store's
+/// path, so that an instance restarted on the same store (under a new
+/// name: hostname-pid) replaces its own spend figures instead of adding them.
+pub fn store_id(config: &keyrelay_core::config::Config) -> String {
+    use sha2::{Digest, Sha256};
+    let path =
+        std::fs::canonicalize(&config.store.path).unwrap_or_else(|_| config.store.path.clone());
+    let digest = Sha256::new()
+        .chain_update(keyrelay_core::config::hostname().as_bytes())
+        .chain_update([0])
+        .chain_update(path.as_os_str().as_encoded_bytes())
+        .finalize();
+    hex::encode(&digest[..8])
+}

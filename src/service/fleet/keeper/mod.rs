@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::view::{Beacon, FleetPicture, FleetView, KeyOwner};
+use super::view::{Beacon, FleetPicture, FleetView, KeyOwner, SpendBeacon};
 use super::wire;
 use crate::actors::messages::{Booted, LetKeyGo};
 use crate::actors::supervisor::Supervisor;
@@ -30,6 +30,7 @@ use keyrelay_core::config::Config;
 use keyrelay_core::keys::{Admitted, Allowance, KeyId};
 use keyrelay_core::lease::HandoverSnapshot;
 use keyrelay_core::metrics as m;
+use keyrelay_core::spend::SpendLedger;
 
 mod snapshots;
 mod taking;
@@ -65,6 +66,11 @@ pub struct FleetSetup {
     pub supervisor: Addr<Supervisor>,
     pub gate: Arc<LeaseGate>,
     pub state_changes: mpsc::UnboundedReceiver<KeyId>,
+    /// Budgets and spend: this instance's goes out in its beacons, the
+    /// others' comes in with theirs.
+    pub spend: Arc<SpendLedger>,
+    /// Names this instance's store in its spend figures.
+    pub store_id: String,
 }
 
 /// Asks of the keeper from the rest of the process.
@@ -131,6 +137,8 @@ impl Held {
 
 pub(super) struct LeaseKeeper {
     broker: Arc<Broker>,
+    spend: Arc<SpendLedger>,
+    store_id: String,
     config: Arc<Config>,
     me: String,
     http: String,
@@ -171,6 +179,8 @@ impl LeaseKeeper {
             gate: setup.gate,
             generation,
             state_changes: setup.state_changes,
+            spend: setup.spend,
+            store_id: setup.store_id,
             picture,
             fleet: None,
             beacons: None,
@@ -205,6 +215,9 @@ impl LeaseKeeper {
                 }
                 beacon = wire::next_beacon(&mut self.beacons) => {
                     if let Some(beacon) = beacon {
+                        if let Some(spend) = &beacon.spend && beacon.instance != self.me {
+                            self.spend.set_peer(&spend.store, spend.share.clone());
+                        }
                         self.view.heard(beacon, Instant::now());
                     }
                 }
@@ -320,6 +333,10 @@ impl LeaseKeeper {
                 .map(|(id, _)| self.keys[id.0].store_key.clone())
                 .collect(),
             leaving,
+            spend: Some(SpendBeacon {
+                store: self.store_id.clone(),
+                share: self.spend.share(jiff::Timestamp::now()),
+            }),
         }
     }
 
