@@ -242,19 +242,25 @@ async fn a_pool_at_its_budget_keeps_jobs_queued_until_raised_and_costs_add_up() 
 
 #[actix::test]
 async fn a_user_at_its_cap_gets_budget_exceeded_and_others_run() {
-    // Every user has $0 a day unless raised; the mock's model has no price.
-    let (mut env, _tokens) = start("user_budget_usd_per_day = 0.0\n").await;
+    // Every user has $0 a day unless raised; model-a has a price, model-b none.
+    let pool =
+        "user_budget_usd_per_day = 0.0\nprices = { \"model-a\" = { input = 1.0, output = 2.0 } }\n";
+    let (mut env, _tokens) = start(pool).await;
     let api = Api::of(&env);
     api.set_budget(json!({"scope": "user", "name": "g/bob", "usd_per_day": 10.0}))
         .await;
-    env.publish(
-        "g",
-        &json!({"id": "alice-1", "prompt": "hi", "user": "alice"}),
-    )
-    .await;
-    env.publish("g", &json!({"id": "bob-1", "prompt": "hi", "user": "bob"}))
-        .await;
-    let replies = env.replies(2).await;
+    let jobs = [
+        json!({"id": "alice-1", "prompt": "hi", "user": "alice"}),
+        json!({"id": "bob-1", "prompt": "hi", "user": "bob"}),
+        // No price, and carol's cap applies: refused, not run blind.
+        json!({"id": "carol-1", "prompt": "hi", "user": "carol", "model": "model-b"}),
+        // No price and no budget: runs, and its cost is null.
+        json!({"id": "anon-1", "prompt": "hi", "model": "model-b"}),
+    ];
+    for job in &jobs {
+        env.publish("g", job).await;
+    }
+    let replies = env.replies(jobs.len()).await;
     let alice = &replies["alice-1"];
     let error = alice.error.as_ref().expect("alice's job failed");
     assert_eq!(error.kind, ErrorKind::BudgetExceeded);
@@ -264,20 +270,53 @@ async fn a_user_at_its_cap_gets_budget_exceeded_and_others_run() {
         error.message
     );
     assert_eq!(alice.usage.cost_usd, Some(0.0), "no call, no cost");
-    let dead = env.dead_letters(1).await;
+    let carol = replies["carol-1"]
+        .error
+        .as_ref()
+        .expect("carol's job failed");
+    assert_eq!(carol.kind, ErrorKind::BudgetExceeded);
+    assert!(carol.message.contains("no price"), "{}", carol.message);
+    let dead = env.dead_letters(2).await;
     assert_eq!(
         dead.len(),
-        1,
-        "alice's job is dead-lettered for a later replay"
+        2,
+        "refused jobs are dead-lettered for a later replay"
     );
     let bob = &replies["bob-1"];
     assert_eq!(bob.status, JobStatus::Succeeded);
-    // No price for the mock's model: null, never a guess.
-    assert_eq!(bob.usage.cost_usd, None);
+    assert!(bob.usage.cost_usd.unwrap() > 0.0);
+    // No price for model-b: null, never a guess.
+    let anon = &replies["anon-1"];
+    assert_eq!(anon.status, JobStatus::Succeeded);
+    assert_eq!(anon.usage.cost_usd, None);
     let metrics = common::scrape(env.app().http_addr()).await;
     assert!(
         metrics.contains("keyrelay_cost_unpriced_calls_total{"),
         "unpriced calls are counted"
+    );
+    // A period left out keeps its budget; null removes it.
+    api.set_budget(json!({"scope": "user", "name": "g/bob", "usd_per_month": 50.0}))
+        .await;
+    let (_, budgets) = api.call(Method::GET, "/v1/budgets", None).await;
+    let bob_budgets: Vec<&Value> = budgets["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["name"] == "g/bob")
+        .collect();
+    assert_eq!(bob_budgets.len(), 2, "day and month: {budgets}");
+    api.set_budget(
+        json!({"scope": "user", "name": "g/bob", "usd_per_day": null, "usd_per_month": null}),
+    )
+    .await;
+    let (_, budgets) = api.call(Method::GET, "/v1/budgets", None).await;
+    assert!(
+        !budgets["budgets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["name"] == "g/bob"),
+        "bob has no budget now, not the pool's default: {budgets}"
     );
     // Bad input to the budget API is a clear 4xx.
     let (status, body) = api

@@ -132,7 +132,7 @@ impl App {
                 gate,
                 state_changes: state_changes_rx,
                 spend: spend_ledger,
-                store_id: crate::pipeline::spend::store_id(&config),
+                store_id: store.id()?,
             },
             fleet_picture_tx,
         );

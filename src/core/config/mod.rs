@@ -18,7 +18,7 @@ pub use error::ConfigError;
 pub use pool::{KeyConfig, OnBudgetExceeded, PoolConfig};
 pub use schema::{
     BrokerConfig, Config, InstanceConfig, JobsConfig, MetricsConfig, OnDamage, QueueType,
-    SpendConfig, StoreConfig, hostname,
+    SpendConfig, StoreConfig,
 };
 // `[templates.NAME]` is defined with the job contract, which renders it.
 pub use crate::job::TemplateConfig;

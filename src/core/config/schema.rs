@@ -160,8 +160,7 @@ impl InstanceConfig {
     }
 }
 
-/// This machine's name (`/proc/sys/kernel/hostname`, else `HOSTNAME`).
-pub fn hostname() -> String {
+fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

@@ -86,9 +86,25 @@ impl Budget {
     }
 }
 
+/// Why a budget refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refused {
+    /// What was spent leaves no room for the call: no call on the scope
+    /// until the period ends (or the budget is raised).
+    Spent,
+    /// Calls in flight may still spend what is left: the call can go once
+    /// they are counted.
+    InFlight,
+    /// The call's estimate alone is more than the whole budget: it never fits.
+    NeverFits,
+}
+
 /// A call refused because a budget would be exceeded.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Exceeded {
+    /// Why, and so what to do with the call.
+    pub refused: Refused,
     /// Whose budget.
     pub scope: BudgetScope,
     /// The key (`pool/key`), pool, or `pool/user`.
@@ -105,6 +121,16 @@ pub struct Exceeded {
 
 impl std::fmt::Display for Exceeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.refused == Refused::NeverFits {
+            return write!(
+                f,
+                "the job's estimated cost is more than the whole {} of ${:.2} of {} {}",
+                self.period.setting(),
+                self.limit_usd,
+                self.scope.as_str(),
+                self.name
+            );
+        }
         write!(
             f,
             "{} {} has spent ${:.4} of its {} of ${:.2}; it resets at {}",
@@ -168,6 +194,10 @@ pub fn to_nano(usd: f64) -> u64 {
 pub fn from_nano(nano: u64) -> f64 {
     nano as f64 / 1e9
 }
+
+/// Users whose spend an instance shares in its beacons, the largest first:
+/// beyond them, a user's cap is held by each instance on its own.
+pub const SHARED_USERS: usize = 200;
 
 /// Spend of one scope in the current day and month.
 #[derive(Debug, Clone, Copy, Default)]
@@ -270,15 +300,10 @@ impl SpendLedger {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Set (or, when unlimited, clear) the budget of a scope.
+    /// Set the budget of a scope. An unlimited one is kept as such: it
+    /// overrides a user default and the config's budget.
     pub fn set_budget(&self, scope: BudgetScope, name: &str, budget: Budget) {
-        let mut inner = self.lock();
-        let id = (scope, name.to_owned());
-        if budget.is_unlimited() {
-            inner.budgets.remove(&id);
-        } else {
-            inner.budgets.insert(id, budget);
-        }
+        self.lock().budgets.insert((scope, name.to_owned()), budget);
     }
 
     /// Set the budget each user of `pool` has unless set one by one.
@@ -289,6 +314,17 @@ impl SpendLedger {
         } else {
             inner.user_default.insert(pool.to_owned(), budget);
         }
+    }
+
+    /// The first of `scopes` with a budget that limits anything.
+    pub fn first_budgeted<'a>(
+        &self,
+        scopes: &'a [(BudgetScope, String)],
+    ) -> Option<&'a (BudgetScope, String)> {
+        let inner = self.lock();
+        scopes.iter().find(|(scope, name)| {
+            budget_of(&inner, *scope, name).is_some_and(|b| !b.is_unlimited())
+        })
     }
 
     /// The budget of a scope, if it has one.
@@ -345,17 +381,25 @@ impl SpendLedger {
                 let spent = match period {
                     Period::Day => totals.day,
                     Period::Month => totals.month,
-                } + reserved;
-                if spent >= limit || spent + estimate_usd > limit {
-                    return Err(Exceeded {
-                        scope: *scope,
-                        name: name.clone(),
-                        period,
-                        limit_usd: limit,
-                        spent_usd: spent,
-                        until: period_end(period, now),
-                    });
-                }
+                };
+                let refused = if estimate_usd > limit {
+                    Refused::NeverFits
+                } else if spent >= limit || spent + estimate_usd > limit {
+                    Refused::Spent
+                } else if spent + reserved + estimate_usd > limit {
+                    Refused::InFlight
+                } else {
+                    continue;
+                };
+                return Err(Exceeded {
+                    refused,
+                    scope: *scope,
+                    name: name.clone(),
+                    period,
+                    limit_usd: limit,
+                    spent_usd: spent,
+                    until: period_end(period, now),
+                });
             }
         }
         let amount = estimate_usd.max(0.0);
@@ -461,10 +505,12 @@ impl SpendLedger {
     pub fn share(&self, now: Timestamp) -> SpendShare {
         let mut inner = self.lock();
         roll(&mut inner, now);
-        let mut scopes: Vec<ScopeSpend> = inner
+        let scopes: Vec<ScopeSpend> = inner
             .totals
             .iter()
-            .filter(|((scope, name), _)| budget_of(&inner, *scope, name).is_some())
+            .filter(|((scope, name), _)| {
+                budget_of(&inner, *scope, name).is_some_and(|b| !b.is_unlimited())
+            })
             .map(|((scope, name), totals)| ScopeSpend {
                 scope: *scope,
                 name: name.clone(),
@@ -472,6 +518,14 @@ impl SpendLedger {
                 month_usd: totals.month,
             })
             .collect();
+        // Users are unbounded: the largest spenders, at most SHARED_USERS.
+        let (mut users, mut others): (Vec<ScopeSpend>, Vec<ScopeSpend>) = scopes
+            .into_iter()
+            .partition(|s| s.scope == BudgetScope::User);
+        users.sort_by(|a, b| b.month_usd.total_cmp(&a.month_usd));
+        users.truncate(SHARED_USERS);
+        others.extend(users);
+        let mut scopes = others;
         scopes.sort_by(|a, b| (a.scope, &a.name).cmp(&(b.scope, &b.name)));
         SpendShare {
             day: day_of(now),
@@ -568,12 +622,16 @@ fn utc_date(now: Timestamp) -> Date {
 /// A new day (or month) starts its totals from zero.
 fn roll(inner: &mut Inner, now: Timestamp) {
     let today = utc_date(now);
-    let Some(was) = inner.today.replace(today) else {
+    let Some(was) = inner.today else {
+        inner.today = Some(today);
         return;
     };
-    if was == today {
+    // Forward only: a `now` read just before midnight, locked after a call
+    // that rolled the day, must not roll it back.
+    if today <= was {
         return;
     }
+    inner.today = Some(today);
     let new_month = (was.year(), was.month()) != (today.year(), today.month());
     for totals in inner.totals.values_mut() {
         totals.day = 0.0;

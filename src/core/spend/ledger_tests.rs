@@ -30,19 +30,56 @@ fn a_call_that_would_cross_the_pool_budget_is_refused_until_midnight() {
     let first = ledger.admit(scopes(), 0.4, now).unwrap();
     ledger.record(&record("p", "k1", None, 0.4), now);
     drop(first);
-    // 0.4 spent + 0.4 in flight + 0.4 estimated > 1.0.
+    // 0.4 spent + 0.4 in flight + 0.4 estimated > 1.0: wait for the flight.
     let second = ledger.admit(scopes(), 0.4, now).unwrap();
-    let refused = ledger.admit(scopes(), 0.4, now).unwrap_err();
-    assert_eq!(refused.scope, BudgetScope::Pool);
-    assert_eq!(refused.until, at("2026-12-07T00:00:00Z"));
-    assert!((refused.spent_usd - 0.8).abs() < 1e-9, "{refused:?}");
+    let waits = ledger.admit(scopes(), 0.4, now).unwrap_err();
+    assert_eq!(waits.refused, Refused::InFlight);
+    assert!((waits.spent_usd - 0.4).abs() < 1e-9, "{waits:?}");
     drop(second); // never made: its reservation goes
     assert!(ledger.admit(scopes(), 0.4, now).is_ok());
-    // The next day starts from zero.
+    // Spent: 0.4 + 0.4 more + 0.4 > 1.0 whatever is in flight.
+    ledger.record(&record("p", "k1", None, 0.4), now);
+    let spent = ledger.admit(scopes(), 0.4, now).unwrap_err();
+    assert_eq!(spent.refused, Refused::Spent);
+    assert_eq!(spent.scope, BudgetScope::Pool);
+    assert_eq!(spent.until, at("2026-12-07T00:00:00Z"));
+    // A job larger than the whole budget never fits.
+    let never = ledger.admit(scopes(), 1.5, now).unwrap_err();
+    assert_eq!(never.refused, Refused::NeverFits);
+    assert!(never.to_string().contains("more than the whole"), "{never}");
+    // The next day starts from zero; a late `now` does not roll it back.
     assert!(
         ledger
             .admit(scopes(), 0.9, at("2026-12-07T00:00:01Z"))
             .is_ok()
+    );
+    ledger.record(&record("p", "k1", None, 0.5), at("2026-12-07T00:00:02Z"));
+    ledger
+        .admit(scopes(), 0.0, at("2026-12-06T23:59:59Z"))
+        .unwrap();
+    assert_eq!(
+        ledger
+            .spent(BudgetScope::Pool, "p", at("2026-12-07T00:00:03Z"))
+            .0,
+        0.5
+    );
+}
+
+#[test]
+fn an_unlimited_user_is_exempt_from_the_pools_default_cap() {
+    let ledger = Arc::new(SpendLedger::default());
+    ledger.set_user_default("p", day_budget(0.0));
+    ledger.set_budget(BudgetScope::User, "p/vip", Budget::default());
+    let now = at("2026-12-06T10:00:00Z");
+    assert!(
+        ledger
+            .admit(scopes_of("p", "k1", Some("vip")), 5.0, now)
+            .is_ok()
+    );
+    assert!(
+        ledger
+            .admit(scopes_of("p", "k1", Some("other")), 0.0, now)
+            .is_err()
     );
 }
 

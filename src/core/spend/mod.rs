@@ -8,7 +8,8 @@ pub mod prices;
 
 pub use cost::cost_usd;
 pub use ledger::{
-    Budget, BudgetScope, BudgetStatus, Exceeded, Period, Reservation, ScopeSpend, SpendCount,
-    SpendKey, SpendLedger, SpendRecord, SpendShare, from_nano, period_end, scopes_of, to_nano,
+    Budget, BudgetScope, BudgetStatus, Exceeded, Period, Refused, Reservation, ScopeSpend,
+    SpendCount, SpendKey, SpendLedger, SpendRecord, SpendShare, from_nano, period_end, scopes_of,
+    to_nano,
 };
 pub use prices::{Price, PriceError, PriceTable};

@@ -54,7 +54,8 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
-    /// Keep a budget set through the admin API (unlimited: forget it).
+    /// Keep a budget set through the admin API (an unlimited one too: it
+    /// overrides the config's).
     pub fn set_budget(
         &self,
         scope: BudgetScope,
@@ -63,14 +64,34 @@ impl Store {
     ) -> Result<(), StoreError> {
         let tree = &self.tables()?.spend_budgets;
         let id = format!("{}{SEP}{name}", scope.as_str());
-        if budget.is_unlimited() {
-            tree.remove(id.as_bytes())?;
-        } else {
-            let value = serde_json::to_vec(budget).unwrap_or_default();
-            tree.insert(id.as_bytes(), value)?;
-        }
+        let value = serde_json::to_vec(budget).unwrap_or_default();
+        tree.insert(id.as_bytes(), value)?;
         tree.flush()?;
         Ok(())
+    }
+
+    /// This store's id, made once: it names the store's spend figures in a
+    /// fleet, so an instance restarted on it replaces them (whatever its
+    /// host or name) instead of adding to them.
+    pub fn id(&self) -> Result<String, StoreError> {
+        let meta = &self.tables()?.meta;
+        let fresh = {
+            use sha2::{Digest, Sha256};
+            let now = jiff::Timestamp::now().as_nanosecond();
+            let digest = Sha256::new()
+                .chain_update(now.to_be_bytes())
+                .chain_update(std::process::id().to_be_bytes())
+                .chain_update(self.location.0.as_os_str().as_encoded_bytes())
+                .finalize();
+            hex::encode(&digest[..12])
+        };
+        let _ =
+            meta.compare_and_swap(b"store_id", None as Option<&[u8]>, Some(fresh.as_bytes()))?;
+        meta.flush()?;
+        let id = meta
+            .get(b"store_id")?
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        Ok(id.unwrap_or(fresh))
     }
 
     /// Every budget set through the admin API.

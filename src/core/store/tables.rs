@@ -17,6 +17,7 @@ const OLD_RESPONSE_CACHE: &str = "response_cache";
 const USAGE_HOURLY: &str = "usage_hourly";
 const SPEND_HOURLY: &str = "spend_hourly";
 const SPEND_BUDGETS: &str = "spend_budgets";
+const META: &str = "meta";
 /// Written by [`Store::recover`](super::Store::recover) to check that writes
 /// go through again.
 pub(super) const WRITE_PROBE: &str = "_write_probe";
@@ -40,6 +41,8 @@ pub(super) struct Tables {
     pub(super) spend_hourly: sled::Tree,
     /// `scope␟name` → a budget set through the admin API (JSON).
     pub(super) spend_budgets: sled::Tree,
+    /// Facts about the store itself (its id).
+    pub(super) meta: sled::Tree,
     pub(super) commit: GroupCommit,
 }
 
@@ -63,6 +66,7 @@ impl Tables {
             usage_hourly,
             spend_hourly,
             spend_budgets: db.open_tree(SPEND_BUDGETS)?,
+            meta: db.open_tree(META)?,
             // keyrelay flushes sled only through the committer (see `flush`).
             commit: GroupCommit::spawn(db),
         })

@@ -41,7 +41,8 @@ pub async fn list(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError>
     Ok(HttpResponse::Ok().json(serde_json::json!({ "budgets": budgets })))
 }
 
-/// `PUT /v1/budgets` body.
+/// `PUT /v1/budgets` body. A period left out keeps its budget; `null`
+/// means none for that period.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetBudget {
@@ -49,10 +50,23 @@ pub struct SetBudget {
     scope: String,
     /// `pool/key`, `pool`, or `pool/user`.
     name: String,
-    #[serde(default)]
-    usd_per_day: Option<f64>,
-    #[serde(default)]
-    usd_per_month: Option<f64>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    usd_per_day: Option<Option<f64>>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    usd_per_month: Option<Option<f64>>,
+}
+
+/// A field that is there, `null` or not: `Some(None)`; absent: `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
 }
 
 pub async fn set(
@@ -63,9 +77,16 @@ pub async fn set(
     let body = body.into_inner();
     let scope = parse_scope(&body.scope)?;
     check_name(&state, scope, &body.name)?;
+    let was = state.spend.budget(scope, &body.name).unwrap_or_default();
     let budget = Budget {
-        usd_per_day: dollars("usd_per_day", body.usd_per_day)?,
-        usd_per_month: dollars("usd_per_month", body.usd_per_month)?,
+        usd_per_day: match body.usd_per_day {
+            Some(day) => dollars("usd_per_day", day)?,
+            None => was.usd_per_day,
+        },
+        usd_per_month: match body.usd_per_month {
+            Some(month) => dollars("usd_per_month", month)?,
+            None => was.usd_per_month,
+        },
     };
     state.store.set_budget(scope, &body.name, &budget)?;
     state.spend.set_budget(scope, &body.name, budget);

@@ -87,6 +87,12 @@ pub async fn get(
     )?;
     let now = Timestamp::now();
     let source = p.choice("source", &["results", "spend"], "results")?;
+    let spend_by = matches!(by, "pool" | "user" | "model" | "key");
+    if source == "spend" && !spend_by {
+        return Err(ApiError::bad(format!(
+            "`source=spend` groups by pool, key, user or model, not `{by}`"
+        )));
+    }
     if matches!(by, "pool" | "user" | "model") || source == "spend" {
         let since = p
             .time("since", now)?
@@ -97,6 +103,11 @@ pub async fn get(
         }
         let bucket = p.optional_choice("bucket", &["hour", "day"])?;
         return super::spend_stats::answer(&state, by, since, until, bucket).await;
+    }
+    if p.text("bucket").is_some() {
+        return Err(ApiError::bad(
+            "`bucket` splits spend (`by=pool|user|model` or `source=spend`) only",
+        ));
     }
     if by == "upstream" {
         let since = p

@@ -56,6 +56,22 @@ pub async fn fail(
     deliver(services, pool, key, inflight, result).await;
 }
 
+/// A job whose call was probably billed but whose answer is unusable: its
+/// usage, and so its cost, is unknown (`cost_usd: null`).
+pub async fn fail_billed_unknown(
+    services: &Services,
+    pool: &PoolContext,
+    key: &KeyContext,
+    inflight: InFlight,
+    kind: ErrorKind,
+    message: String,
+) {
+    let mut result = base_result(&inflight, pool, Some(key), JobStatus::Failed);
+    result.usage.cost_usd = None;
+    result.error = Some(JobError::new(kind, message));
+    deliver(services, pool, Some(key), inflight, result).await;
+}
+
 /// A job the provider (or the pool's limits) says cannot succeed: the reply
 /// carries the provider's reason, any partial text and the tokens billed.
 /// Final, and never cached (only successes are).

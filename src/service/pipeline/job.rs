@@ -18,14 +18,14 @@ use super::hand_back::{self, return_to_broker};
 use super::inbound::Inbound;
 use super::prior::{Prior, prior_answer};
 use super::route;
-use super::spend;
+use super::spend::{self, OverBudget};
 use crate::amqp::retry;
 use keyrelay_core::config::OnBudgetExceeded;
 use keyrelay_core::job::{self, ErrorKind};
 use keyrelay_core::keys::{Blocked, Spent, Ticket};
 use keyrelay_core::provider::Outcome;
-use keyrelay_core::route::{Decision, Event, Refusal};
-use keyrelay_core::spend::{BudgetScope, Exceeded, Period};
+use keyrelay_core::route::{Decision, Event};
+use keyrelay_core::spend::{BudgetScope, Period, Refused};
 
 /// Entry point for a delivery consumed by `key`'s worker.
 pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound: Inbound) {
@@ -128,11 +128,13 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
     // not go. The reservation holds the estimate until the cost is counted.
     let reservation = match spend::reserve(&services, &key, &inflight) {
         Ok(reservation) => reservation,
-        Err(exceeded) => return Box::pin(over_budget(services, key, inflight, exceeded)).await,
+        Err(over) => return Box::pin(over_budget(services, key, inflight, over)).await,
     };
     let admission = match admit(&key, &services, &inflight).await {
         Ok(admission) => admission,
         Err(refusal) => {
+            // Not reserved while it looks for another key.
+            drop(reservation);
             let event = Event::NotAdmitted(refusal);
             return Box::pin(move_on(services, &key, inflight, event)).await;
         }
@@ -156,16 +158,38 @@ pub async fn run_on_key(key: Arc<KeyContext>, services: Arc<Services>, mut infli
     Box::pin(settle(services, key, inflight, outcome)).await;
 }
 
-/// A budget the call would pass: a key's (or, when its pool waits, the
-/// pool's) parks the key until the period ends and the job goes elsewhere or
-/// back to the queue; a user's (or a pool's that fails) fails the job with
-/// `budget_exceeded`, dead-lettered so that it can be replayed.
+/// A budget the call would pass.
+///
+/// - Spent: a key's (or, when its pool waits, the pool's) parks the key
+///   until the period ends and the job goes elsewhere or back to the queue;
+///   a user's (or a pool's that fails) fails the job with `budget_exceeded`,
+///   dead-lettered so that it can be replayed.
+/// - In flight: the calls in flight may still spend what is left; the job
+///   waits for them to be counted and tries again.
+/// - Never fits, or no price to check: the job fails with `budget_exceeded`.
 async fn over_budget(
     services: Arc<Services>,
     key: Arc<KeyContext>,
     inflight: InFlight,
-    exceeded: Exceeded,
+    over: OverBudget,
 ) {
+    let exceeded = match over {
+        OverBudget::Unpriced(message) => {
+            return Box::pin(give_up_on_budget(&services, &key, inflight, message)).await;
+        }
+        OverBudget::Exceeded(exceeded) => exceeded,
+    };
+    match exceeded.refused {
+        Refused::InFlight => {
+            tokio::time::sleep(IN_FLIGHT_WAIT).await;
+            return Box::pin(run_on_key(key, services, inflight)).await;
+        }
+        Refused::NeverFits => {
+            let message = format!("budget exceeded: {exceeded}");
+            return Box::pin(give_up_on_budget(&services, &key, inflight, message)).await;
+        }
+        Refused::Spent => {}
+    }
     let parks_key = match exceeded.scope {
         BudgetScope::Key => true,
         BudgetScope::Pool => key.pool.on_budget_exceeded == OnBudgetExceeded::Wait,
@@ -173,14 +197,7 @@ async fn over_budget(
     };
     if !parks_key {
         let message = format!("budget exceeded: {exceeded}");
-        return Box::pin(hand_back::give_up(
-            &services,
-            &key,
-            inflight,
-            ErrorKind::BudgetExceeded,
-            message,
-        ))
-        .await;
+        return Box::pin(give_up_on_budget(&services, &key, inflight, message)).await;
     }
     let limit = match (exceeded.scope, exceeded.period) {
         (BudgetScope::Pool, Period::Day) => "pool budget_usd_per_day",
@@ -195,8 +212,21 @@ async fn over_budget(
         limit,
     };
     services.events.budget_spent(key.id, blocked);
-    let event = Event::NotAdmitted(Refusal::BudgetSpent);
+    let event = Event::NotAdmitted(keyrelay_core::route::Refusal::BudgetSpent);
     Box::pin(move_on(services, &key, inflight, event)).await;
+}
+
+/// How long a job waits for the calls in flight to be counted when they may
+/// still spend what is left of a budget.
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+async fn give_up_on_budget(
+    services: &Services,
+    key: &KeyContext,
+    inflight: InFlight,
+    message: String,
+) {
+    hand_back::give_up(services, key, inflight, ErrorKind::BudgetExceeded, message).await;
 }
 
 /// What a call's answer means for its key at once, on the call path: the
@@ -254,13 +284,8 @@ async fn settle(
                 outcome.message()
             );
             let pool = &key.pool;
-            Box::pin(finish::fail(
-                &services,
-                pool,
-                Some(&key),
-                inflight,
-                kind,
-                message,
+            Box::pin(finish::fail_billed_unknown(
+                &services, pool, &key, inflight, kind, message,
             ))
             .await;
         }

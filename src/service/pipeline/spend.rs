@@ -7,18 +7,38 @@ use keyrelay_core::metrics as m;
 use keyrelay_core::provider::Outcome;
 use keyrelay_core::spend::{Exceeded, PriceTable, Reservation, SpendRecord, scopes_of};
 
+/// Why a call may not go for money.
+pub(super) enum OverBudget {
+    /// A budget refused it (see [`keyrelay_core::spend::Refused`]).
+    Exceeded(Exceeded),
+    /// Its model has no price, and a budget applies: its cost could not be
+    /// checked (the message names the budget and the model).
+    Unpriced(String),
+}
+
 /// Reserve the call's estimated cost against its key's, pool's and user's
-/// budgets, or say which one it would exceed.
+/// budgets, or say why it may not go.
 pub(super) fn reserve(
     services: &Services,
     key: &KeyContext,
     inflight: &InFlight,
-) -> Result<Reservation, Exceeded> {
+) -> Result<Reservation, OverBudget> {
     let scopes = scopes_of(&key.pool.name, &key.name, inflight.job.user.as_deref());
-    let estimate = key.pool.prices.estimate(&inflight.job.request);
+    let request = &inflight.job.request;
+    if key.pool.prices.price(&request.model).is_none()
+        && let Some((scope, name)) = services.spend.first_budgeted(&scopes)
+    {
+        return Err(OverBudget::Unpriced(format!(
+            "model `{}` has no price and {} {name} has a budget: its cost cannot be checked; add its price to the pool's `prices` (docs/spend.md)",
+            request.model,
+            scope.as_str()
+        )));
+    }
+    let estimate = key.pool.prices.estimate(request);
     services
         .spend
         .admit(scopes, estimate, jiff::Timestamp::now())
+        .map_err(OverBudget::Exceeded)
 }
 
 /// Count what the call cost (a billed answer: a success or a failed job),
@@ -90,19 +110,4 @@ pub fn ledger(
         .to_string();
     ledger.load(&store.spend(Some(&month_start))?, now);
     Ok(ledger)
-}
-
-/// Names this instance's store among a fleet's: the machine and the store's
-/// path, so that an instance restarted on the same store (under a new
-/// name: hostname-pid) replaces its own spend figures instead of adding them.
-pub fn store_id(config: &keyrelay_core::config::Config) -> String {
-    use sha2::{Digest, Sha256};
-    let path =
-        std::fs::canonicalize(&config.store.path).unwrap_or_else(|_| config.store.path.clone());
-    let digest = Sha256::new()
-        .chain_update(keyrelay_core::config::hostname().as_bytes())
-        .chain_update([0])
-        .chain_update(path.as_os_str().as_encoded_bytes())
-        .finalize();
-    hex::encode(&digest[..8])
 }

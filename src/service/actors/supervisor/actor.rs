@@ -119,6 +119,7 @@ impl Supervisor {
                 consumers,
                 pool_consumers,
                 state_changes: setup.state_changes,
+                budget_series: Default::default(),
             }
         });
         (addr, contexts)
@@ -139,6 +140,13 @@ impl Supervisor {
                     if state.until().is_some_and(|u| u <= now) =>
                 {
                     self.keys[i].ctx.set_probing(true);
+                    KeyState::Active
+                }
+                // Parked by a money budget, which the config may have raised
+                // meanwhile: checked again at the key's next call.
+                Ok(Some(KeyState::Exhausted { reason, .. }))
+                    if reason.contains("budget_usd_per") =>
+                {
                     KeyState::Active
                 }
                 Ok(Some(state)) => state.as_of(now),

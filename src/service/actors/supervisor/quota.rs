@@ -127,14 +127,17 @@ impl Supervisor {
     /// of each key's and pool's budget is used. Counts that cannot be
     /// written wait for the next flush.
     pub(super) fn flush_spend(&mut self) {
-        let spend = &self.services.spend;
-        let rows = spend.take_pending();
-        if !rows.is_empty()
-            && let Err(e) = self.services.store.add_spend(&rows)
-        {
-            warn!(error = %e, "cannot record spend statistics");
-            spend.restore_pending(rows);
+        let spend = self.services.spend.clone();
+        let mut rows = spend.take_pending().into_iter();
+        // Row by row: a failure puts back only the rows not written.
+        while let Some(row) = rows.next() {
+            if let Err(e) = self.services.store.add_spend(std::slice::from_ref(&row)) {
+                warn!(error = %e, "cannot record spend statistics");
+                spend.restore_pending(std::iter::once(row).chain(rows).collect());
+                break;
+            }
         }
+        let mut published = std::collections::HashSet::new();
         for status in spend.status(jiff::Timestamp::now()) {
             if status.scope == keyrelay_core::spend::BudgetScope::User {
                 // Users are unbounded: in /v1/budgets and /v1/alerts only.
@@ -144,9 +147,16 @@ impl Supervisor {
                 keyrelay_core::spend::Period::Day => "day",
                 keyrelay_core::spend::Period::Month => "month",
             };
-            metrics::gauge!(keyrelay_core::metrics::BUDGET_USED_RATIO, "scope" => status.scope.as_str(), "name" => status.name.clone(), "period" => period)
+            let series = (status.scope.as_str(), status.name.clone(), period);
+            metrics::gauge!(keyrelay_core::metrics::BUDGET_USED_RATIO, "scope" => series.0, "name" => series.1.clone(), "period" => series.2)
                 .set(status.share());
+            published.insert(series);
         }
+        for (scope, name, period) in self.budget_series.difference(&published) {
+            metrics::gauge!(keyrelay_core::metrics::BUDGET_USED_RATIO, "scope" => *scope, "name" => name.clone(), "period" => *period)
+                .set(0.0);
+        }
+        self.budget_series = published;
     }
 
     /// Drop results, usage statistics and cached answers past their

@@ -27,6 +27,9 @@ pub struct Supervisor {
     /// Told of every state change of a leased key, so the lease keeper
     /// publishes it to the fleet at once.
     pub(super) state_changes: tokio::sync::mpsc::UnboundedSender<KeyId>,
+    /// `keyrelay_budget_used_ratio` series published at the last flush: one
+    /// whose budget went is set to 0, so its alert stops.
+    pub(super) budget_series: std::collections::HashSet<(&'static str, String, &'static str)>,
 }
 
 /// The supervisor's view of one key.

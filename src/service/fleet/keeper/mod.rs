@@ -215,7 +215,12 @@ impl LeaseKeeper {
                 }
                 beacon = wire::next_beacon(&mut self.beacons) => {
                     if let Some(beacon) = beacon {
-                        if let Some(spend) = &beacon.spend && beacon.instance != self.me {
+                        // Never this store's own figures (an older name of this
+                        // process's store, still heard): they are counted already.
+                        if let Some(spend) = &beacon.spend
+                            && beacon.instance != self.me
+                            && spend.store != self.store_id
+                        {
                             self.spend.set_peer(&spend.store, spend.share.clone());
                         }
                         self.view.heard(beacon, Instant::now());
