@@ -23,6 +23,7 @@ const CONFIG_ADMIN_RS: &str = include_str!("../src/core/config/admin.rs");
 const RESULT_RS: &str = include_str!("../src/core/job/result.rs");
 const MESSAGES: &str = include_str!("../docs/messages.md");
 const RESULT_SCHEMA: &str = include_str!("../docs/schema/result.schema.json");
+const ADMIN_ROUTES_RS: &str = include_str!("../src/service/admin/mod.rs");
 
 /// The deserialized fields of `pub struct <name>` in `source`: every
 /// `pub <field>:` line up to the struct's closing brace, except fields marked
@@ -93,6 +94,21 @@ fn every_admin_route_is_in_the_openapi_file() {
         assert!(
             OPENAPI.contains(path),
             "{path} missing from docs/openapi.yaml"
+        );
+    }
+    // Every `/v1` route the admin API mounts (the key actions are listed one by one above).
+    let mounted: Vec<&str> = ADMIN_ROUTES_RS
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(".route(\""))
+        .filter_map(|l| l.split('"').next())
+        .filter(|p| *p != "/" && !p.contains("{action}"))
+        .collect();
+    assert!(mounted.len() >= 10, "only {mounted:?} parsed");
+    for path in mounted {
+        let documented = format!("/v1{path}:");
+        assert!(
+            OPENAPI.contains(&documented),
+            "{documented} missing from docs/openapi.yaml"
         );
     }
     assert!(OPENAPI.starts_with("openapi: 3.1"));

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::template::{self, TemplateConfig};
-use super::validated::{Job, ReplyAddress, ResponseFormat};
+use super::validated::{Job, Priority, ReplyAddress, ResponseFormat};
 use crate::provider::{ChatMessage, ProviderRequest, Role};
 
 /// The AMQP properties a job's decoding looks at.
@@ -21,6 +21,9 @@ pub struct JobProperties {
     pub reply_to: Option<String>,
     /// Must be JSON (`application/json`, `text/json`) when present.
     pub content_type: Option<String>,
+    /// The size of the job's batch, when its producer declares it
+    /// (AMQP header `x-keyrelay-batch-total`).
+    pub batch_total: Option<u64>,
 }
 
 /// What decoding needs to know about the pool the job arrived on.
@@ -70,6 +73,8 @@ struct JobBody {
     metadata: Option<Value>,
     deadline: Option<jiff::Timestamp>,
     cache: Option<bool>,
+    batch: Option<String>,
+    priority: Option<Priority>,
 }
 
 /// Decode and validate one delivery. `generated_id` is used when neither the body
@@ -134,6 +139,9 @@ fn build(
         return Err("max_output_tokens must be at least 1".into());
     }
     let response_format = body.response_format.or(template_format).unwrap_or_default();
+    if let Some(batch) = &body.batch {
+        valid_batch(batch)?;
+    }
     Ok(Job {
         id,
         pool: ctx.pool.to_owned(),
@@ -150,6 +158,8 @@ fn build(
         metadata: body.metadata.unwrap_or(Value::Object(Default::default())),
         deadline: body.deadline,
         cache: body.cache.unwrap_or(ctx.cache_by_default),
+        batch: body.batch,
+        priority: body.priority.unwrap_or_default(),
         reply,
     })
 }
@@ -242,6 +252,23 @@ fn check_content_type(content_type: Option<&str>) -> Result<(), String> {
 }
 
 /// Ids become sled keys, log fields and reply fields: bounded and printable.
+/// Batch names appear in URLs, logs and the store's keys: 1-128 of
+/// letters, digits, `-`, `_`, `.`, `:`.
+pub fn valid_batch(batch: &str) -> Result<(), String> {
+    let ok = !batch.is_empty()
+        && batch.len() <= 128
+        && batch
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`batch` must be 1-128 letters, digits, `-`, `_`, `.` or `:`, not {batch:?}"
+        ))
+    }
+}
+
 fn valid_id(id: &str) -> Result<(), String> {
     // 255 bytes: ids travel as AMQP short strings (message_id, correlation_id).
     if id.is_empty() || id.len() > 255 || id.chars().any(char::is_control) {

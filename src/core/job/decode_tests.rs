@@ -111,6 +111,7 @@ fn invalid_job_keeps_reply_address_and_best_id() {
         reply_to: Some("my.replies".into()),
         correlation_id: Some("corr-1".into()),
         content_type: None,
+        batch_total: None,
     };
     let err = run(b"garbage", props.clone()).unwrap_err();
     assert_eq!(err.id, "amqp-id");
@@ -172,4 +173,31 @@ proptest::proptest! {
     fn decode_never_panics_on_json_like_text(body in "\\{(\"[a-z_]{1,16}\": ?(\"[^\"]{0,8}\"|[0-9]{1,3}|null|\\[\\]|\\{\\}), ?){0,6}\\}") {
         let _ = run(body.as_bytes(), JobProperties::default());
     }
+}
+
+#[test]
+fn batch_and_priority_are_read_and_checked() {
+    let job = run(
+        br#"{"prompt": "p", "batch": "nightly-2026-12-06", "priority": "high"}"#,
+        JobProperties::default(),
+    )
+    .unwrap();
+    assert_eq!(job.batch.as_deref(), Some("nightly-2026-12-06"));
+    assert_eq!(job.priority, crate::job::Priority::High);
+    let bad = run(
+        br#"{"prompt": "p", "batch": "no spaces"}"#,
+        JobProperties::default(),
+    )
+    .unwrap_err();
+    assert!(bad.reason.contains("`batch`"), "{}", bad.reason);
+    let bad = run(
+        br#"{"prompt": "p", "priority": "urgent"}"#,
+        JobProperties::default(),
+    )
+    .unwrap_err();
+    assert!(
+        bad.reason.contains("expected `normal` or `high`"),
+        "{}",
+        bad.reason
+    );
 }

@@ -5,7 +5,7 @@ mod result;
 mod template;
 mod validated;
 
-pub use decode::{DecodeContext, InvalidJob, JobProperties, decode};
+pub use decode::{DecodeContext, InvalidJob, JobProperties, decode, valid_batch};
 pub use result::{ErrorKind, JobError, JobResult, JobStatus};
 pub use template::TemplateConfig;
-pub use validated::{CacheKey, Job, ReplyAddress, ResponseFormat};
+pub use validated::{CacheKey, Job, Priority, ReplyAddress, ResponseFormat};

@@ -48,11 +48,14 @@ pub enum ErrorKind {
     /// jobs at its budget) would be exceeded; `message` names it and when it
     /// resets. Dead-lettered, so it can be replayed then.
     BudgetExceeded,
+    /// An operator cancelled the job, or its batch, before it ran: no call
+    /// was made. Final.
+    Cancelled,
 }
 
 impl ErrorKind {
     /// Every kind, for labels registered up front.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::InvalidJob,
         ErrorKind::InvalidOutput,
         ErrorKind::BadRequest,
@@ -64,6 +67,7 @@ impl ErrorKind {
         ErrorKind::AllKeysUnavailable,
         ErrorKind::DeadlineExceeded,
         ErrorKind::BudgetExceeded,
+        ErrorKind::Cancelled,
     ];
 
     /// The kind as it appears in results and metric labels (`invalid_job`, ...).
@@ -80,6 +84,7 @@ impl ErrorKind {
             ErrorKind::AllKeysUnavailable => "all_keys_unavailable",
             ErrorKind::DeadlineExceeded => "deadline_exceeded",
             ErrorKind::BudgetExceeded => "budget_exceeded",
+            ErrorKind::Cancelled => "cancelled",
         }
     }
 }

@@ -38,8 +38,24 @@ pub struct Job {
     pub deadline: Option<jiff::Timestamp>,
     /// Whether an identical earlier request's answer may be reused.
     pub cache: bool,
+    /// The batch the job belongs to, if any (counted in `/v1/batches`).
+    pub batch: Option<String>,
+    /// `high` or `normal`.
+    pub priority: Priority,
     /// Where the result goes.
     pub reply: ReplyAddress,
+}
+
+/// A job's priority: `high` jobs go ahead of a backlog of `normal` ones
+/// (docs/batches.md says how).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// The default.
+    #[default]
+    Normal,
+    /// Ahead of normal jobs.
+    High,
 }
 
 /// Key of a request in the response cache.

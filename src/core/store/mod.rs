@@ -4,6 +4,7 @@
 //! [`Store::persist_result`], which returns only after the data is flushed to disk;
 //! concurrent callers share one flush ([`GroupCommit`]).
 
+pub mod batches;
 mod counters;
 mod db;
 mod error;

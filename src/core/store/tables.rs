@@ -18,6 +18,10 @@ const USAGE_HOURLY: &str = "usage_hourly";
 const SPEND_HOURLY: &str = "spend_hourly";
 const SPEND_BUDGETS: &str = "spend_budgets";
 const META: &str = "meta";
+const BATCH_JOBS: &str = "batch_jobs";
+const BATCH_COUNTS: &str = "batch_counts";
+const BATCH_META: &str = "batch_meta";
+const CANCELLED: &str = "cancelled";
 /// Written by [`Store::recover`](super::Store::recover) to check that writes
 /// go through again.
 pub(super) const WRITE_PROBE: &str = "_write_probe";
@@ -43,6 +47,14 @@ pub(super) struct Tables {
     pub(super) spend_budgets: sled::Tree,
     /// Facts about the store itself (its id).
     pub(super) meta: sled::Tree,
+    /// `batch␟id` → `q` (seen) or `d` (done): each job of a batch once.
+    pub(super) batch_jobs: sled::Tree,
+    /// `batch␟field` → u64 (merged): a batch's counters.
+    pub(super) batch_counts: sled::Tree,
+    /// `batch` → its meta (JSON).
+    pub(super) batch_meta: sled::Tree,
+    /// `job␟id` or `batch␟name` → when it was cancelled.
+    pub(super) cancelled: sled::Tree,
     pub(super) commit: GroupCommit,
 }
 
@@ -57,6 +69,8 @@ impl Tables {
         usage_hourly.set_merge_operator(add_u64);
         let spend_hourly = db.open_tree(SPEND_HOURLY)?;
         spend_hourly.set_merge_operator(add_u64);
+        let batch_counts = db.open_tree(BATCH_COUNTS)?;
+        batch_counts.set_merge_operator(add_u64);
         Ok(Tables {
             results: db.open_tree(RESULTS)?,
             key_states: db.open_tree(KEY_STATES)?,
@@ -67,6 +81,10 @@ impl Tables {
             spend_hourly,
             spend_budgets: db.open_tree(SPEND_BUDGETS)?,
             meta: db.open_tree(META)?,
+            batch_jobs: db.open_tree(BATCH_JOBS)?,
+            batch_counts,
+            batch_meta: db.open_tree(BATCH_META)?,
+            cancelled: db.open_tree(CANCELLED)?,
             // keyrelay flushes sled only through the committer (see `flush`).
             commit: GroupCommit::spawn(db),
         })

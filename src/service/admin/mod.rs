@@ -4,6 +4,8 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod batch_eta;
+pub mod batches;
 pub mod budgets;
 pub mod errors;
 pub mod heavy;
@@ -72,6 +74,14 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/jobs", web::get().to(jobs::list))
                 .route("/jobs", web::post().to(jobs::submit))
                 .route("/jobs/{id}", web::get().to(jobs::get))
+                .route("/jobs/{id}/cancel", web::post().to(batches::cancel_job))
+                .route("/batches", web::get().to(batches::list))
+                .route("/batches", web::post().to(batches::declare))
+                .route("/batches/{id}", web::get().to(batches::get))
+                .route(
+                    "/batches/{id}/cancel",
+                    web::post().to(batches::cancel_batch),
+                )
                 .route("/stats", web::get().to(stats::get))
                 .route("/alerts", web::get().to(alerts::list))
                 .route("/budgets", web::get().to(budgets::list))

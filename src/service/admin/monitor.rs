@@ -51,9 +51,42 @@ pub async fn queue_depth(broker: &Broker, queue: &str) -> Result<QueueDepth, Amq
 #[derive(Default)]
 pub struct Monitor {
     dead_letters: Mutex<VecDeque<(Timestamp, u64)>>,
+    /// Per batch: (when, jobs answered), sampled on each request for it.
+    batches: Mutex<std::collections::HashMap<String, VecDeque<(std::time::Instant, u64)>>>,
 }
 
+/// A batch's rate is measured over samples this recent.
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+
 impl Monitor {
+    /// Record that `batch` had `done` jobs answered at `now`; its rate in
+    /// jobs/s over the samples of the last 5 minutes (at least 5 s apart),
+    /// else over its whole life since `started`.
+    pub fn batch_rate(
+        &self,
+        batch: &str,
+        now: std::time::Instant,
+        done: u64,
+        started: Option<Timestamp>,
+    ) -> Option<f64> {
+        let mut all = self.batches.lock().ok()?;
+        let samples = all.entry(batch.to_owned()).or_default();
+        samples.push_back((now, done));
+        while samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            samples.pop_front();
+        }
+        let (first_at, first_done) = *samples.front()?;
+        let span = now.duration_since(first_at).as_secs_f64();
+        if span >= 5.0 {
+            return Some(done.saturating_sub(first_done) as f64 / span);
+        }
+        let lived = Timestamp::now().duration_since(started?).as_secs_f64();
+        (lived >= 1.0).then(|| done as f64 / lived)
+    }
+
     /// Record a dead-letter depth sample; drop those older than the window.
     pub fn record_dead_letters(&self, at: Timestamp, depth: u64) {
         let Ok(mut samples) = self.dead_letters.lock() else {

@@ -13,6 +13,23 @@ pub fn job_properties(props: &BasicProperties) -> JobProperties {
         correlation_id: text(props.correlation_id()),
         reply_to: text(props.reply_to()),
         content_type: text(props.content_type()),
+        batch_total: batch_total(props),
+    }
+}
+
+/// The AMQP header a producer declares its batch's size in.
+pub const BATCH_TOTAL_HEADER: &str = "x-keyrelay-batch-total";
+
+fn batch_total(props: &BasicProperties) -> Option<u64> {
+    use lapin::types::AMQPValue;
+    let value = props.headers().as_ref()?.inner().get(BATCH_TOTAL_HEADER)?;
+    match value {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongString(s) => s.to_string().parse().ok(),
+        _ => None,
     }
 }
 

@@ -163,6 +163,8 @@ pub async fn answer_from_store(
     stored: JobResult,
 ) {
     info!(job_id = %job.id, pool = %pool.name, "already completed; answering from the store");
+    // A rerun of a batch finds its answered jobs here: counted once all the same.
+    super::batch::done(services, job.batch.as_deref(), &stored);
     metrics::counter!(m::ANSWERED_FROM_STORE_TOTAL, "pool" => pool.name.clone()).increment(1);
     publish_and_ack(
         services,
@@ -207,6 +209,7 @@ pub async fn answer_from_cache(
     let store = Persist {
         counters_key: None,
         cache_key: None,
+        batch: job.batch.clone(),
     };
     persist_and_reply(services, pool, store, inbound, &job.reply, result, timing).await;
 }
@@ -297,6 +300,7 @@ async fn deliver(
         counters_key: key.map(|k| k.store_key.as_str()),
         // Only successes answer later identical requests.
         cache_key: inflight.cache_key.filter(|_| result.is_success()),
+        batch: inflight.job.batch.clone(),
     };
     let reply = &inflight.job.reply;
     persist_and_reply(
@@ -317,6 +321,8 @@ struct Persist<'a> {
     counters_key: Option<&'a str>,
     /// The request's response-cache key, for a success that may be reused.
     cache_key: Option<CacheKey>,
+    /// The job's batch, to count its answer in.
+    batch: Option<String>,
 }
 
 /// Persist, then publish and ack.
@@ -352,6 +358,7 @@ async fn persist_and_reply(
         }
     };
     timing.store = store_started.elapsed();
+    super::batch::done(services, store.batch.as_deref(), &result);
     publish_encoded(
         services, pool, inbound, reply, &result, &body, timing, on_failure,
     )

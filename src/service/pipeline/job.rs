@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::admit::{admit, larger_than_any_key};
+use super::batch;
 use super::call::{call, report};
 use super::context::{InFlight, KeyContext, Services, Timing};
 use super::finish;
@@ -66,6 +67,10 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
         Prior::Unknown => store_unreadable = true,
         Prior::None => {}
     }
+    if !store_unreadable {
+        batch::seen(&services, &job, props.batch_total);
+    }
+    let cancelled = batch::cancelled(&services, &job);
     // A job back from a delay queue carries its attempts and the key that failed.
     let headers = inbound.properties().headers().as_ref();
     let attempts = retry::header_u32(headers, retry::ATTEMPTS_HEADER)
@@ -88,6 +93,18 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
     // running it could pay twice. Back to the queue until it can.
     if store_unreadable {
         return Box::pin(return_to_broker(&services, &key.pool, inflight)).await;
+    }
+    if let Some(why) = cancelled {
+        let pool = &key.pool;
+        return Box::pin(finish::fail(
+            &services,
+            pool,
+            None,
+            inflight,
+            ErrorKind::Cancelled,
+            why,
+        ))
+        .await;
     }
     if attempts > 0 && failed_here {
         // A retry prefers another key of the pool.
