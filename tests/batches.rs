@@ -100,3 +100,106 @@ async fn a_batch_counts_each_job_once_and_cancelled_jobs_make_no_call() {
     assert_eq!(status, 400);
     env.finish().await;
 }
+
+/// `keyrelay batch run` killed half-way and run again: every line has one
+/// result in the out file, and no job was paid twice.
+#[actix::test]
+async fn batch_run_stopped_half_way_resumes_without_paying_twice() {
+    let settings = keyrelay_mock::MockSettings {
+        latency: std::time::Duration::from_millis(60),
+        ..keyrelay_mock::MockSettings::default()
+    };
+    let env = TestEnv::start_with(
+        vec![TestPool {
+            name: "g",
+            provider: "gemini",
+            keys: vec![TestKey::new("k1", 1).concurrency(1)],
+        }],
+        settings,
+        "",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("jobs.jsonl");
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            if i % 2 == 0 {
+                json!({"id": format!("run-{i}"), "prompt": format!("line {i}")}).to_string()
+            } else {
+                json!({"prompt": format!("line {i} without an id")}).to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    // The CLI reads a config naming the same broker and queue prefix.
+    let config = dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\nurl = \"{}\"\nqueue_prefix = \"{}\"\n\n[[pools]]\nname = \"g\"\nprovider = \"gemini\"\ndefault_model = \"model-a\"\n  [[pools.keys]]\n  name = \"k1\"\n  api_key_env = \"BATCH_TEST_KEY\"\n",
+            common::amqp_url(),
+            env.config.broker.queue_prefix
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("results.jsonl");
+    let run = || {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"));
+        cmd.args(["batch", "run"])
+            .arg(&input)
+            .args(["--pool", "g", "--batch", "resume-test", "--out"])
+            .arg(&out)
+            .arg("-c")
+            .arg(&config)
+            .env("BATCH_TEST_KEY", "unused-by-the-cli")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    };
+    // First run: stopped once some results are written.
+    let mut first = run().spawn().unwrap();
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let written = std::fs::read_to_string(&out)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if written >= 8 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no results written");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    first.kill().await.unwrap();
+    let partial = std::fs::read_to_string(&out).unwrap().lines().count();
+    assert!(partial < 40, "stopped half-way: {partial} results");
+
+    // Second run: completes.
+    let second = run().output().await.unwrap();
+    let said = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        second.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(
+        said.contains("40 jobs") && said.contains("already in"),
+        "{said}"
+    );
+    let results: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let ids: std::collections::HashSet<&str> =
+        results.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!(results.len(), 40, "one result per line");
+    assert_eq!(ids.len(), 40, "each id once");
+    assert!(
+        ids.contains("run-0") && ids.contains("resume-test:2"),
+        "{ids:?}"
+    );
+    assert!(results.iter().all(|r| r["status"] == "succeeded"));
+    assert_eq!(env.mock.stats().total().successes, 40, "no job paid twice");
+    env.finish().await;
+}

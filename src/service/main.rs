@@ -124,6 +124,11 @@ enum Command {
         #[command(flatten)]
         admin: commands::admin_client::AdminArgs,
     },
+    /// Run a JSONL file of jobs as one batch (resumable), or follow or cancel a batch.
+    Batch {
+        #[command(subcommand)]
+        action: BatchAction,
+    },
     /// Inspect the dead-letter queue, or send dead letters back to their pool's queue.
     DeadLetters {
         #[command(subcommand)]
@@ -152,6 +157,42 @@ enum Command {
         /// The mock provider's binary (default: `keyrelay-mock` next to this one).
         #[arg(long, env = "KEYRELAY_MOCK_BIN")]
         mock_bin: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BatchAction {
+    /// Publish every line of FILE as one batch and collect the results into
+    /// --out (one line per input, any order); run it again to resume.
+    Run {
+        file: PathBuf,
+        #[arg(long)]
+        pool: String,
+        /// Where the results go (default: FILE.results.jsonl).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The batch's name (default: the file's name and a hash of its content).
+        #[arg(long)]
+        batch: Option<String>,
+        #[arg(
+            long,
+            short,
+            default_value = "config/keyrelay.toml",
+            env = "KEYRELAY_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Follow a batch to its end: progress, rate, ETA and what limits it.
+    Watch {
+        id: String,
+        #[command(flatten)]
+        admin: commands::admin_client::AdminArgs,
+    },
+    /// Cancel a batch: its jobs not yet run are answered `cancelled`, no call.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        admin: commands::admin_client::AdminArgs,
     },
 }
 
@@ -248,6 +289,55 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+async fn batch(action: BatchAction) -> anyhow::Result<bool> {
+    match action {
+        BatchAction::Run {
+            file,
+            pool,
+            out,
+            batch,
+            config,
+        } => {
+            let config = load(&config)?;
+            if !config.pools.iter().any(|p| p.name == pool) {
+                anyhow::bail!("no pool named `{pool}` in the config");
+            }
+            let out = out.unwrap_or_else(|| commands::batch_run::default_out(&file));
+            let s = commands::batch_run::run(commands::batch_run::BatchRun {
+                config: &config,
+                pool: &pool,
+                input: &file,
+                out: &out,
+                batch,
+            })
+            .await?;
+            println!(
+                "batch {}: {} jobs, {} succeeded, {} failed ({} already in {} before this run); ${:.4} this run",
+                s.batch,
+                s.total,
+                s.succeeded,
+                s.failed,
+                s.resumed,
+                out.display(),
+                s.cost_usd
+            );
+            Ok(s.failed == 0)
+        }
+        BatchAction::Watch { id, admin } => {
+            let batch =
+                commands::batch_watch::watch(&admin, &id, std::time::Duration::from_secs(1))
+                    .await?;
+            println!("{}", serde_json::to_string_pretty(&batch)?);
+            Ok(batch["cancelled_at"].is_null())
+        }
+        BatchAction::Cancel { id, admin } => {
+            let answer = commands::batch_watch::cancel(&admin, &id).await?;
+            println!("{answer}");
+            Ok(true)
+        }
+    }
+}
+
 /// The operator commands (admin API and dead letters).
 async fn operate(command: Command) -> anyhow::Result<ExitCode> {
     let ok = match command {
@@ -275,6 +365,7 @@ async fn operate(command: Command) -> anyhow::Result<ExitCode> {
             commands::spend::run(&admin, by, since.as_deref()).await?;
             true
         }
+        Command::Batch { action } => batch(action).await?,
         Command::DeadLetters { action, config } => {
             let config = load(&config)?;
             match action {

@@ -11,6 +11,8 @@ pub mod topology;
 
 pub use broker::Broker;
 pub use error::AmqpError;
-pub use properties::{dead_letter_properties, job_properties, reply_properties};
+pub use properties::{
+    BATCH_TOTAL_HEADER, dead_letter_properties, job_properties, reply_properties,
+};
 pub use publisher::{PublishOutcome, Publisher, SERVICE_CONFIRM_TIMEOUT};
 pub use settler::{Settler, Verdict};

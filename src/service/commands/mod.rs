@@ -1,6 +1,8 @@
 //! The CLI's commands; `main.rs` parses arguments and calls one of these.
 
 pub mod admin_client;
+pub mod batch_run;
+pub mod batch_watch;
 pub mod dead_letters;
 pub mod demo;
 pub mod enqueue;
