@@ -203,3 +203,76 @@ async fn batch_run_stopped_half_way_resumes_without_paying_twice() {
     assert_eq!(env.mock.stats().total().successes, 40, "no job paid twice");
     env.finish().await;
 }
+
+/// A high-priority job goes ahead of a backlog: with 1,500 normal jobs
+/// queued, it is answered within a few normal answers of being published.
+#[actix::test]
+async fn a_high_job_overtakes_the_backlog() {
+    let settings = keyrelay_mock::MockSettings {
+        latency: std::time::Duration::from_millis(20),
+        ..keyrelay_mock::MockSettings::default()
+    };
+    let mut env = TestEnv::start_with(
+        vec![TestPool {
+            name: "g",
+            provider: "gemini",
+            keys: vec![TestKey::new("k1", 1).concurrency(2)],
+        }],
+        settings,
+        "",
+    )
+    .await;
+    let backlog = 1_500;
+    for i in 0..backlog {
+        env.publish(
+            "g",
+            &json!({"id": format!("n-{i}"), "prompt": format!("normal {i}")}),
+        )
+        .await;
+    }
+    // The backlog is draining.
+    for _ in 0..10 {
+        env.next_reply().await;
+    }
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_reply_to(env.replies.as_str().into());
+    let body = json!({"id": "urgent", "prompt": "urgent", "priority": "high"});
+    let sent = std::time::Instant::now();
+    let outcome = env
+        .publisher
+        .publish(
+            &env.config.high_queue("g"),
+            body.to_string().as_bytes(),
+            props,
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, keyrelay::amqp::PublishOutcome::Delivered);
+    let (urgent, _) = loop {
+        let (reply, delivery) = env.next_reply().await;
+        if reply.id == "urgent" {
+            break (reply, delivery);
+        }
+    };
+    let waited = sent.elapsed();
+    // Answers made before it (read from the reply queue or not yet): the
+    // backlog it overtook is the rest.
+    let done_before = env.mock.stats().total().successes - 1;
+    assert_eq!(urgent.status, keyrelay_core::job::JobStatus::Succeeded);
+    assert!(
+        waited < std::time::Duration::from_secs(1),
+        "high job answered after {waited:?}"
+    );
+    assert!(
+        (done_before as usize) < backlog / 5,
+        "{done_before} of {backlog} normal jobs were answered before the high one"
+    );
+    eprintln!(
+        "high job answered {waited:?} after publishing, ahead of {} queued jobs",
+        backlog - done_before as usize
+    );
+    env.finish().await;
+}

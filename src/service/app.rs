@@ -335,6 +335,7 @@ fn pool_setups(
                 ctx: Arc::new(PoolContext {
                     name: pool.name.clone(),
                     queue: config.job_queue(&pool.name),
+                    high_queue: config.high_queue(&pool.name),
                     client,
                     default_model: pool.default_model.clone(),
                     models: pool.models.clone(),

@@ -84,6 +84,9 @@ enum Command {
         /// Publish at most N jobs per second.
         #[arg(long, value_name = "N")]
         rate: Option<std::num::NonZeroU32>,
+        /// To the pool's high-priority queue: these jobs go ahead of its backlog.
+        #[arg(long)]
+        high: bool,
     },
     /// Pools, keys and alerts as tables, from the admin API.
     Status {
@@ -256,14 +259,20 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config,
             reply_to,
             rate,
+            high,
         } => {
             let config = load(&config)?;
             if !config.pools.iter().any(|p| p.name == pool) {
                 anyhow::bail!("no pool named `{pool}` in the config");
             }
+            let queue = if high {
+                config.high_queue(&pool)
+            } else {
+                config.job_queue(&pool)
+            };
             let summary = commands::enqueue::enqueue(commands::enqueue::EnqueueArgs {
                 broker_url: &config.broker.url,
-                queue: config.job_queue(&pool),
+                queue,
                 input: &file,
                 reply_to,
                 progress: true,

@@ -63,6 +63,12 @@ impl Config {
         format!("{}.jobs.{}", self.broker.queue_prefix, pool)
     }
 
+    /// The queue of a pool's high-priority jobs: its keys take them ahead of
+    /// the pool's backlog (a slot of their own on each key).
+    pub fn high_queue(&self, pool: &str) -> String {
+        format!("{}.high", self.job_queue(pool))
+    }
+
     /// The exclusive queue whose holder drives a key (its lease).
     pub fn lease_queue(&self, pool: &str, key: &str) -> String {
         format!("{}.lease.{}.{}", self.broker.queue_prefix, pool, key)

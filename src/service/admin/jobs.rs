@@ -184,7 +184,11 @@ pub async fn submit(
     let job = keyrelay_core::job::decode(&body, &props, &ctx, || uuid::Uuid::now_v7().to_string())
         .map_err(|invalid| ApiError::bad(format!("invalid job: {}", invalid.reason)))?;
     let properties = amqp_properties(&job.id, &job.reply.correlation_id, reply_to.as_deref())?;
-    let queue = config.job_queue(&pool.name);
+    // A high-priority job goes to the pool's high queue, ahead of its backlog.
+    let queue = match job.priority {
+        keyrelay_core::job::Priority::High => config.high_queue(&pool.name),
+        keyrelay_core::job::Priority::Normal => config.job_queue(&pool.name),
+    };
     let publisher = Publisher::new(state.broker.clone()).await?;
     match publisher.publish(&queue, &body, properties, true).await? {
         PublishOutcome::Delivered => Ok(HttpResponse::Accepted().json(serde_json::json!({

@@ -24,6 +24,7 @@ pub fn declared_queues(config: &Config) -> Vec<String> {
             queues.push(retry::delay_queue(&queue, attempt, quorum));
         }
         queues.push(queue);
+        queues.push(config.high_queue(&pool.name));
         // Durable, declared when a key is first driven (the fleet's).
         for key in &pool.keys {
             queues.push(config.key_state_queue(&pool.name, &key.name));
@@ -48,6 +49,8 @@ pub async fn declare_pool(channel: &Channel, config: &Config, pool: &str) -> Res
     declare_plain(channel, &config.jobs.dead_letter_queue).await?;
     let queue = config.job_queue(pool);
     declare_job_queue(channel, config, &queue).await?;
+    // Same kind and dead-lettering as the job queue.
+    declare_job_queue(channel, config, &config.high_queue(pool)).await?;
     for attempt in 1..config.jobs.max_attempts {
         declare_delay_queue(channel, config, &queue, attempt).await?;
     }

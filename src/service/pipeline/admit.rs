@@ -32,11 +32,14 @@ pub(super) async fn admit<'a>(
     if !key.is_available() || !services.lease.is_open() {
         return Err(Refusal::KeyUnavailable);
     }
-    let permit = key
-        .permits
-        .acquire()
-        .await
-        .map_err(|_| Refusal::KeyUnavailable)?;
+    // A high-priority job has a slot of its own: it never queues behind the
+    // normal jobs this key already holds.
+    let slots = if inflight.inbound.is_high() {
+        &key.high_permit
+    } else {
+        &key.permits
+    };
+    let permit = slots.acquire().await.map_err(|_| Refusal::KeyUnavailable)?;
     let probe = match key.is_probing() {
         true => Some(key.probe.lock().await),
         false => None,

@@ -68,6 +68,8 @@ impl Drop for JobGuard {
 pub struct PoolContext {
     pub name: String,
     pub queue: String,
+    /// Its high-priority jobs' queue.
+    pub high_queue: String,
     pub client: ProviderClient,
     pub default_model: String,
     pub models: Option<Vec<String>>,
@@ -130,6 +132,9 @@ pub struct KeyContext {
     pub store_key: String,
     /// Caps provider calls on this key, broker deliveries and reroutes alike.
     pub permits: Semaphore,
+    /// One call at a time from the pool's high-priority queue, besides
+    /// `permits`: a high job never waits behind the key's backlog.
+    pub high_permit: Semaphore,
     in_flight: AtomicUsize,
     available: AtomicBool,
     pub metrics: Arc<keyrelay_core::metrics::KeySeries>,
@@ -190,6 +195,7 @@ impl KeyContext {
             calls: CallTally::default(),
             probe: tokio::sync::Mutex::new(()),
             permits: Semaphore::new(usize::from(spec.concurrency)),
+            high_permit: Semaphore::new(1),
             in_flight: AtomicUsize::new(0),
             available: AtomicBool::new(true),
             metrics,

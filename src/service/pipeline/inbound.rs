@@ -17,6 +17,8 @@ pub struct Inbound {
     /// handle drops).
     settler: Settler,
     settled: bool,
+    /// From the pool's high-priority queue: runs in the key's high slot.
+    high: bool,
 }
 
 impl Inbound {
@@ -25,7 +27,19 @@ impl Inbound {
             delivery,
             settler,
             settled: false,
+            high: false,
         }
+    }
+
+    /// A delivery from the pool's high-priority queue.
+    pub fn in_high_lane(mut self) -> Inbound {
+        self.high = true;
+        self
+    }
+
+    /// Whether it came from the pool's high-priority queue.
+    pub fn is_high(&self) -> bool {
+        self.high
     }
 
     pub fn body(&self) -> &[u8] {

@@ -95,27 +95,52 @@ impl KeyWorker {
             AMQPValue::LongInt(Self::consumer_priority(self.key.priority)),
         );
         let queue = self.key.pool.queue.clone();
-        let consume_tag = tag.clone();
+        let high_queue = self.key.pool.high_queue.clone();
+        let prefetch = self.key.concurrency;
+        let (consume_tag, high_tag) = (tag.clone(), format!("{tag}.high"));
+        let high_consume_tag = high_tag.clone();
         let consume = async move {
+            // Per consumer (`global: false`): the normal queue gets the key's
+            // concurrency, the high queue one delivery at a time.
             channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .map_err(AmqpError::op("basic.qos"))?;
+            let normal = channel
                 .basic_consume(
                     queue.into(),
                     consume_tag.into(),
                     BasicConsumeOptions::default(),
+                    args.clone(),
+                )
+                .await
+                .map_err(AmqpError::op("basic.consume"))?;
+            channel
+                .basic_qos(1, BasicQosOptions::default())
+                .await
+                .map_err(AmqpError::op("basic.qos"))?;
+            let high = channel
+                .basic_consume(
+                    high_queue.into(),
+                    high_consume_tag.into(),
+                    BasicConsumeOptions::default(),
                     args,
                 )
                 .await
-                .map_err(AmqpError::op("basic.consume"))
+                .map_err(AmqpError::op("basic.consume"))?;
+            Ok::<_, AmqpError>((normal, high))
         };
         ctx.wait(consume.into_actor(self).map(move |result, act, ctx| match result {
-            Ok(consumer) => {
+            Ok((consumer, high)) => {
                 info!(pool = %act.key.pool.name, key = %act.key.name, "consuming");
                 act.consumer = Some((tag, generation));
+                act.high_consumer = Some(high_tag);
                 act.report_consuming(true);
                 // Consuming started on this channel, so the worker still holds
                 // it and its settler.
                 if let Some(settler) = act.settler.clone() {
-                    tokio::spawn(act.delivery_loop(consumer, settler, generation, ctx.address()));
+                    tokio::spawn(act.delivery_loop(consumer, settler.clone(), generation, false, ctx.address()));
+                    tokio::spawn(act.delivery_loop(high, settler, generation, true, ctx.address()));
                 }
             }
             Err(e) => {
@@ -135,6 +160,7 @@ impl KeyWorker {
         mut consumer: lapin::Consumer,
         settler: Settler,
         generation: u64,
+        high: bool,
         worker: Addr<KeyWorker>,
     ) -> impl Future<Output = ()> + use<> {
         let (key, services) = (self.key.clone(), self.services.clone());
@@ -149,7 +175,10 @@ impl KeyWorker {
                 };
                 match delivery {
                     Some(Ok(delivery)) => {
-                        let inbound = pipeline::Inbound::new(delivery, settler.clone());
+                        let mut inbound = pipeline::Inbound::new(delivery, settler.clone());
+                        if high {
+                            inbound = inbound.in_high_lane();
+                        }
                         tokio::spawn(pipeline::on_delivery(
                             key.clone(),
                             services.clone(),

@@ -73,11 +73,15 @@ impl KeyWorker {
         };
         info!(pool = %self.key.pool.name, key = %self.key.name, "pausing consumer");
         self.report_consuming(false);
+        let high = self.high_consumer.take();
         let cancel = async move {
-            channel
-                .basic_cancel(tag.into(), BasicCancelOptions::default())
-                .await
-                .map_err(AmqpError::op("basic.cancel"))
+            for tag in std::iter::once(tag).chain(high) {
+                channel
+                    .basic_cancel(tag.into(), BasicCancelOptions::default())
+                    .await
+                    .map_err(AmqpError::op("basic.cancel"))?;
+            }
+            Ok::<_, AmqpError>(())
         };
         ctx.wait(cancel.into_actor(self).map(|result, act, ctx| {
             if let Err(e) = result {

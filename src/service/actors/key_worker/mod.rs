@@ -2,7 +2,8 @@
 //! and a consumer on its pool's queue whose `x-priority` comes from the key's
 //! priority, so the broker itself fills preferred keys first. Each delivery
 //! becomes a job task ([`crate::pipeline`]), spawned by the consumer's delivery
-//! loop; the worker only manages consuming (start, pause, resume, stop).
+//! loop; the worker only manages consuming (start, pause, resume, stop). A
+//! second consumer, prefetch 1, takes the pool's high-priority queue.
 
 mod actor;
 mod handlers;
@@ -28,6 +29,9 @@ pub struct KeyWorker {
     settler: Option<Settler>,
     /// The live consumer, if consuming: its tag and generation.
     consumer: Option<(String, u64)>,
+    /// The consumer on the pool's high-priority queue (prefetch 1), started
+    /// and cancelled with `consumer`.
+    high_consumer: Option<String>,
     /// Bumped for every new consumer, so the end of an old (cancelled) consumer's
     /// stream is not mistaken for the loss of the current one.
     generation: u64,
@@ -64,6 +68,7 @@ impl KeyWorker {
             channel: None,
             settler: None,
             consumer: None,
+            high_consumer: None,
             generation: 0,
             retiring: false,
             alive: tokio::sync::watch::Sender::new(()),
