@@ -276,3 +276,79 @@ async fn a_high_job_overtakes_the_backlog() {
     );
     env.finish().await;
 }
+
+/// `dead-letters replay` filters by kind and batch, skips kinds that would
+/// fail the same way again unless forced, and a dry run changes nothing.
+#[actix::test]
+async fn dead_letter_replay_filters_and_refuses_hopeless_kinds() {
+    // Users may spend nothing: a user's job is refused with budget_exceeded.
+    let env = TestEnv::start_pools_with(
+        vec![TestPool {
+            name: "g",
+            provider: "gemini",
+            keys: vec![TestKey::new("k1", 1)],
+        }],
+        keyrelay_mock::MockSettings::default(),
+        "",
+        "user_budget_usd_per_day = 0.0\n",
+    )
+    .await;
+    let mut env = env;
+    env.publish(
+        "g",
+        &json!({"id": "broke-1", "prompt": "hi", "user": "u", "batch": "b9"}),
+    )
+    .await;
+    env.publish_raw(
+        "g",
+        b"not json at all",
+        BasicProperties::default().with_reply_to(env.replies.as_str().into()),
+    )
+    .await;
+    env.replies(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\nurl = \"{}\"\nqueue_prefix = \"{}\"\n\n[jobs]\ndead_letter_queue = \"{}\"\n\n[[pools]]\nname = \"g\"\nprovider = \"gemini\"\ndefault_model = \"model-a\"\n  [[pools.keys]]\n  name = \"k1\"\n  api_key_env = \"DL_TEST_KEY\"\n",
+            common::amqp_url(),
+            env.config.broker.queue_prefix,
+            env.config.jobs.dead_letter_queue
+        ),
+    )
+    .unwrap();
+    let replay = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"));
+        cmd.args(["dead-letters", "replay", "-c"])
+            .arg(&config)
+            .args(args)
+            .env("DL_TEST_KEY", "unused");
+        cmd
+    };
+    // Both are dead-lettered once the replies are out; wait for the second.
+    let out = replay(&["--dry-run"]).output().await.unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("would replay 1 dead letters"), "{said}");
+    assert!(said.contains("1 of them would fail again"), "{said}");
+    assert!(
+        said.contains("\"kind\":\"budget_exceeded\"") && said.contains("\"batch\":\"b9\""),
+        "{said}"
+    );
+
+    let out = replay(&["--kind", "budget_exceeded", "--batch", "other"])
+        .output()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 0 dead letters"));
+    let out = replay(&["--kind", "invalid_job", "--force"])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("replayed 1 dead letters"), "{said}");
+    let out = replay(&["--since", "yesterday"]).output().await.unwrap();
+    assert!(!out.status.success(), "a bad --since is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--since"));
+    env.finish().await;
+}

@@ -206,13 +206,13 @@ enum DeadLetterAction {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Republish dead letters to their pool's job queue (confirmed), then ack them.
+    /// Republish dead letters to their pool's job queue (confirmed), then ack
+    /// them; `invalid_job` ones are skipped unless --force; --dry-run prints.
     Replay {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
-        /// Only dead letters of this pool.
-        #[arg(long)]
-        pool: Option<String>,
+        #[command(flatten)]
+        filter: commands::dead_letters::ReplayFilter,
     },
 }
 
@@ -382,11 +382,16 @@ async fn operate(command: Command) -> anyhow::Result<ExitCode> {
                     commands::dead_letters::list(&config, limit).await?;
                     true
                 }
-                DeadLetterAction::Replay { limit, pool } => {
-                    let s = commands::dead_letters::replay(&config, limit, pool.as_deref()).await?;
+                DeadLetterAction::Replay { limit, filter } => {
+                    let s = commands::dead_letters::replay(&config, limit, &filter).await?;
+                    let verb = if filter.dry_run {
+                        "would replay"
+                    } else {
+                        "replayed"
+                    };
                     println!(
-                        "replayed {} dead letters; {} skipped (no known pool), {} failed",
-                        s.replayed, s.skipped, s.failed
+                        "{verb} {} dead letters; {} skipped (filtered out or no known pool; {} of them would fail again: --force to replay), {} failed",
+                        s.replayed, s.skipped, s.would_fail_again, s.failed
                     );
                     s.failed == 0
                 }

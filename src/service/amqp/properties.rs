@@ -61,6 +61,8 @@ pub fn dead_letter_properties(
     insert_text(&mut headers, "x-keyrelay-reason", reason);
     insert_text(&mut headers, "x-keyrelay-error-kind", kind);
     insert_text(&mut headers, "x-keyrelay-pool", pool);
+    let now = jiff::Timestamp::now().to_string();
+    insert_text(&mut headers, "x-keyrelay-dead-lettered-at", &now);
     original.clone().with_headers(headers).with_delivery_mode(2)
 }
 

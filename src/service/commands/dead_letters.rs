@@ -23,9 +23,103 @@ use keyrelay_core::config::Config;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReplaySummary {
     pub replayed: u64,
-    /// No pool header, unknown pool, or filtered out by `--pool`.
+    /// No pool header, unknown pool, or filtered out.
     pub skipped: u64,
+    /// Of the skipped, kinds that would fail the same way again (without `--force`).
+    pub would_fail_again: u64,
     pub failed: u64,
+}
+
+/// Which dead letters a replay takes (all given filters must match).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ReplayFilter {
+    /// Only dead letters of this pool.
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Only this error kind (`upstream`, `all_keys_unavailable`, `budget_exceeded`,
+    /// `invalid_job`, or `delivery_limit` for jobs the broker dead-lettered).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only jobs of this batch.
+    #[arg(long)]
+    pub batch: Option<String>,
+    /// Only this job id.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Only dead-lettered at or after: RFC 3339 or a duration ago (30m, 6h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Replay kinds that would fail the same way again (`invalid_job`) too.
+    #[arg(long)]
+    pub force: bool,
+    /// Print what would be replayed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Kinds that a replay would answer the same way: skipped unless forced.
+const WOULD_FAIL_AGAIN: &[&str] = &["invalid_job"];
+
+/// What a replay knows of one dead letter.
+struct DeadLetter {
+    kind: String,
+    id: Option<String>,
+    batch: Option<String>,
+    at: Option<jiff::Timestamp>,
+}
+
+impl DeadLetter {
+    fn of(delivery: &lapin::message::Delivery, headers: &FieldTable) -> DeadLetter {
+        let body: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap_or_default();
+        let kind = header(headers, "x-keyrelay-error-kind").unwrap_or_else(|| {
+            if death_queue(headers).is_some() {
+                "delivery_limit"
+            } else {
+                "unknown"
+            }
+            .to_owned()
+        });
+        DeadLetter {
+            kind,
+            id: body["id"].as_str().map(str::to_owned).or_else(|| {
+                delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.to_string())
+            }),
+            batch: body["batch"].as_str().map(str::to_owned),
+            at: header(headers, "x-keyrelay-dead-lettered-at").and_then(|t| t.parse().ok()),
+        }
+    }
+}
+
+impl ReplayFilter {
+    /// Whether `letter` is to be replayed; `Err` says why not.
+    fn admits(&self, letter: &DeadLetter, since: Option<jiff::Timestamp>) -> Result<(), Skip> {
+        let matches = self.kind.as_ref().is_none_or(|k| *k == letter.kind)
+            && self
+                .batch
+                .as_ref()
+                .is_none_or(|b| letter.batch.as_ref() == Some(b))
+            && self
+                .id
+                .as_ref()
+                .is_none_or(|i| letter.id.as_ref() == Some(i))
+            && since.is_none_or(|s| letter.at.is_some_and(|at| at >= s));
+        if !matches {
+            return Err(Skip::Filtered);
+        }
+        if !self.force && WOULD_FAIL_AGAIN.contains(&letter.kind.as_str()) {
+            return Err(Skip::WouldFailAgain);
+        }
+        Ok(())
+    }
+}
+
+enum Skip {
+    Filtered,
+    WouldFailAgain,
 }
 
 /// Print up to `limit` dead letters as JSON lines; returns how many.
@@ -58,28 +152,55 @@ pub async fn list(config: &Config, limit: usize) -> anyhow::Result<usize> {
     Ok(n)
 }
 
-/// Replay up to `limit` dead letters (only those of `pool` when given).
+/// Replay up to `limit` dead letters that `filter` admits.
 pub async fn replay(
     config: &Config,
     limit: usize,
-    pool: Option<&str>,
+    filter: &ReplayFilter,
 ) -> anyhow::Result<ReplaySummary> {
+    let since = match &filter.since {
+        Some(text) => Some(since_time(text)?),
+        None => None,
+    };
     let broker = Arc::new(Broker::connect(&config.broker.url).await?);
     let publisher = Publisher::new(broker.clone()).await?;
     let channel = broker.channel().await?;
     let mut summary = ReplaySummary::default();
     let mut held = Vec::new();
-    for _ in 0..limit {
+    // Only the dead letters there now: a replayed job that fails at once is
+    // dead-lettered again behind them, and must not be replayed twice.
+    let there = depth(&channel, &config.jobs.dead_letter_queue).await?;
+    for _ in 0..limit.min(there) {
         let Some(message) = get(&channel, &config.jobs.dead_letter_queue).await? else {
             break;
         };
         let delivery = message.delivery;
         let headers = delivery.properties.headers().clone().unwrap_or_default();
-        let Some(queue) = target_queue(config, &headers, pool) else {
-            summary.skipped += 1;
+        let letter = DeadLetter::of(&delivery, &headers);
+        let target = target_queue(config, &headers, filter.pool.as_deref());
+        let verdict = match target {
+            None => Err(Skip::Filtered),
+            Some(queue) => filter.admits(&letter, since).map(|()| queue),
+        };
+        let queue = match verdict {
+            Ok(queue) => queue,
+            Err(skip) => {
+                summary.skipped += 1;
+                if matches!(skip, Skip::WouldFailAgain) {
+                    summary.would_fail_again += 1;
+                }
+                held.push(delivery);
+                continue;
+            }
+        };
+        if filter.dry_run {
+            let line = json!({"would_replay_to": queue, "id": letter.id, "kind": letter.kind,
+                "batch": letter.batch, "dead_lettered_at": letter.at});
+            println!("{line}");
+            summary.replayed += 1;
             held.push(delivery);
             continue;
-        };
+        }
         let props = cleaned(&delivery.properties, headers);
         match publisher.publish(&queue, &delivery.data, props, true).await {
             Ok(PublishOutcome::Delivered) => {
@@ -101,6 +222,25 @@ pub async fn replay(
     Ok(summary)
 }
 
+/// RFC 3339, or a duration ago (`30s`, `15m`, `6h`, `7d`).
+fn since_time(text: &str) -> anyhow::Result<jiff::Timestamp> {
+    if let Ok(at) = text.parse::<jiff::Timestamp>() {
+        return Ok(at);
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: i64 = number.parse().with_context(|| {
+        format!("--since `{text}`: expected RFC 3339 or a duration like 30m, 6h, 7d")
+    })?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => anyhow::bail!("--since `{text}`: the unit must be s, m, h or d"),
+    };
+    Ok(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(secs))
+}
+
 /// Put back the dead letters looked at but not replayed, in their order.
 async fn requeue(held: Vec<lapin::message::Delivery>) {
     for delivery in held {
@@ -111,6 +251,22 @@ async fn requeue(held: Vec<lapin::message::Delivery>) {
             })
             .await;
     }
+}
+
+/// Messages ready in `queue` (a passive declare).
+async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<usize> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("cannot read the dead-letter queue `{queue}`"))?;
+    Ok(declared.message_count() as usize)
 }
 
 async fn get(
