@@ -352,3 +352,67 @@ async fn dead_letter_replay_filters_and_refuses_hopeless_kinds() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--since"));
     env.finish().await;
 }
+
+/// The ETA of a batch on keys with declared limits is within 10 % of the
+/// time the rest of it actually takes (the limits bind, the mock enforces them).
+#[actix::test]
+async fn a_batch_eta_on_declared_limits_is_within_ten_percent() {
+    let tokens = tempfile::tempdir().unwrap();
+    let token = tokens.path().join("admin.token");
+    std::fs::write(&token, ADMIN_TOKEN).unwrap();
+    let extra = format!("[admin]\nadmin_token_file = \"{}\"\n", token.display());
+    // Two keys of 30 calls per 2 s window: 30 jobs/s together.
+    let settings = keyrelay_mock::MockSettings {
+        minute: std::time::Duration::from_secs(2),
+        ..keyrelay_mock::MockSettings::default()
+    };
+    let keys = ["e1", "e2"]
+        .into_iter()
+        .map(|k| {
+            TestKey::new(k, 1)
+                .mock(|m| m.with_rpm(30))
+                .limits("rpm = 30")
+        })
+        .collect();
+    let mut env = TestEnv::start_pools_with(
+        vec![TestPool {
+            name: "g",
+            provider: "gemini",
+            keys,
+        }],
+        settings,
+        &extra,
+        "rate_window_secs = 2\n",
+    )
+    .await;
+    let total = 300;
+    for i in 0..total {
+        publish_in_batch(&env, &format!("eta-{i}"), "eta", total).await;
+    }
+    for _ in 0..60 {
+        env.next_reply().await;
+    }
+    let asked = std::time::Instant::now();
+    let (_, batch) = call(&env, reqwest::Method::GET, "/v1/batches/eta").await;
+    let eta = batch["eta"]["seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no ETA: {batch}"));
+    assert!(
+        batch["eta"]["limited_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("rpm of 2 keys"),
+        "{batch}"
+    );
+    let left = total as usize - 60;
+    for _ in 0..left {
+        env.next_reply().await;
+    }
+    let actual = asked.elapsed().as_secs_f64();
+    assert!(
+        (eta - actual).abs() <= actual * 0.1,
+        "ETA {eta:.2} s, actual {actual:.2} s ({batch})"
+    );
+    assert_eq!(env.mock.stats().total().rate_limited, 0, "the limits held");
+    env.finish().await;
+}

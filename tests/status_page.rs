@@ -131,6 +131,7 @@ async fn status_page_shows_pools_keys_states_and_alerts() {
     assert!(dom.contains("data-spend=\"g\""), "{dom}");
     assert!(dom.contains("data-share=\"0.000\""), "{dom}");
     assert!(dom.contains("$0.00 / $25.00"), "{dom}");
+    assert!(dom.contains("No batch running"), "{dom}");
     assert!(dom.contains("updated "), "{dom}");
     // The token never lands in the page itself.
     assert!(!dom.contains(READ_TOKEN));
