@@ -82,6 +82,7 @@ impl App {
         })??;
         let prices = Arc::new(crate::pipeline::spend::price_table(&config)?);
         let spend = Arc::new(crate::pipeline::spend::ledger(&config, &store)?);
+        let batches_running = Arc::new(crate::pipeline::batch::RunningBatches::default());
         let instance = config.instance.resolved_name();
         let broker = Arc::new(Broker::for_service(Arc::new(config.clone()), &instance).await?);
         let publisher = Publisher::new(broker.clone())
@@ -99,6 +100,7 @@ impl App {
             lease: gate.clone(),
             state_changes,
             spend: spend.clone(),
+            batches_running: batches_running.clone(),
         };
         let (supervisor, watches) = Supervisor::launch(setup);
         let config = Arc::new(config);
@@ -117,6 +119,7 @@ impl App {
             pool_consumers: watches.pools.clone(),
             fleet: fleet_picture_rx,
             spend: spend.clone(),
+            batches_running,
         };
         let spend_ledger = spend;
         let (http, http_addr) = crate::http::serve(config.metrics.listen, state)?;

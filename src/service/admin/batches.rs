@@ -27,9 +27,10 @@ pub struct BatchView {
     /// Declared by the producer, else the jobs seen so far.
     pub total: u64,
     pub total_declared: bool,
-    /// Not yet delivered: `total - seen`.
+    /// Not answered and not held by an instance: in the queue, or waiting
+    /// out a retry's delay (`total - answered - running`).
     pub queued: u64,
-    /// Delivered, not answered yet (running, retrying, waiting for a key).
+    /// Held by an instance right now: in a call, or waiting for a key.
     pub running: u64,
     pub succeeded: u64,
     /// Failed jobs, by error kind.
@@ -54,6 +55,7 @@ impl BatchView {
         meta: &BatchMeta,
         counts: &BatchCounts,
         cancelled_at: Option<String>,
+        running: u64,
     ) -> BatchView {
         let mut view = BatchView {
             id: id.to_owned(),
@@ -66,6 +68,7 @@ impl BatchView {
             finished_at: meta.finished_at,
             cancelled_at,
             seen: counts.seen,
+            running,
             total: meta.declared_total.unwrap_or(0),
             ..BatchView::default()
         };
@@ -77,13 +80,17 @@ impl BatchView {
         self.succeeded + self.failed.values().sum::<u64>()
     }
 
-    /// Derive total, queued and running from the counts.
+    /// Derive the total and what is queued from the counts. Without a
+    /// declared total, the jobs seen stand for it (each instance counts the
+    /// jobs it was delivered: one redelivered to another counts twice).
     fn settle(&mut self) {
         if !self.total_declared {
-            self.total = self.seen;
+            self.total = self.seen.max(self.done() + self.running);
         }
-        self.queued = self.total.saturating_sub(self.seen);
-        self.running = self.seen.saturating_sub(self.done());
+        self.queued = self
+            .total
+            .saturating_sub(self.done())
+            .saturating_sub(self.running);
     }
 
     /// Add another instance's counts of the same batch.
@@ -94,6 +101,9 @@ impl BatchView {
         }
         self.cost_usd += other.cost_usd;
         self.seen += other.seen;
+        self.running += other.running;
+        // Finished when the fleet's answers make the declared total.
+        self.finished_at = self.finished_at.max(other.finished_at);
         if other.total_declared {
             self.total_declared = true;
             self.total = self.total.max(other.total);
@@ -103,6 +113,9 @@ impl BatchView {
             (a, b) => a.or(b),
         };
         self.settle();
+        if !(self.total_declared && self.done() >= self.total) {
+            self.finished_at = None;
+        }
     }
 }
 
@@ -112,7 +125,8 @@ fn local_view(state: &HttpState, id: &str) -> Result<Option<BatchView>, ApiError
     };
     let counts = state.store.batch_counts(id)?;
     let cancelled = state.store.cancelled(&Cancel::Batch(id))?;
-    Ok(Some(BatchView::of(id, &meta, &counts, cancelled)))
+    let running = state.batches_running.of(id);
+    Ok(Some(BatchView::of(id, &meta, &counts, cancelled, running)))
 }
 
 /// `GET /v1/batches`: every batch this instance has seen, newest first.
@@ -121,7 +135,8 @@ pub async fn list(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError>
     for (id, meta) in state.store.batches()? {
         let counts = state.store.batch_counts(&id)?;
         let cancelled = state.store.cancelled(&Cancel::Batch(&id))?;
-        views.push(BatchView::of(&id, &meta, &counts, cancelled));
+        let running = state.batches_running.of(&id);
+        views.push(BatchView::of(&id, &meta, &counts, cancelled, running));
     }
     views.sort_by_key(|v| std::cmp::Reverse(v.started_at));
     Ok(HttpResponse::Ok().json(serde_json::json!({ "batches": views })))

@@ -120,7 +120,8 @@ pub async fn run(args: BatchRun<'_>) -> anyhow::Result<BatchSummary> {
         let id = result["id"].as_str().unwrap_or_default().to_owned();
         if wanted.contains(id.as_str()) && !written.contains_key(&id) {
             writeln!(out, "{result}").context("cannot write a result")?;
-            out.flush()?;
+            // On disk before the ack: an acked result is never lost.
+            out.sync_data().context("cannot write a result")?;
             tally(&mut summary, &result);
             written.insert(id, ());
             bar.inc(1);
@@ -178,8 +179,15 @@ fn parse_lines(text: &str, batch: &str) -> anyhow::Result<Vec<Line>> {
         let id = match fields.get("id") {
             Some(Value::String(id)) => id.clone(),
             Some(_) => bail!("line {number}: `id` must be a string"),
-            None => format!("{batch}:{number}"),
+            // The line's number and content: the same line of the same file
+            // gets the same id (a rerun), another file's line never does.
+            None => format!("{batch}:{number}:{}", short_hash(raw)),
         };
+        // As keyrelay checks ids: one it refuses would be answered under
+        // another id, and never collected.
+        if id.is_empty() || id.len() > 255 || id.chars().any(char::is_control) {
+            bail!("line {number}: `id` must be 1-255 bytes of printable characters");
+        }
         if !ids.insert(id.clone()) {
             bail!("line {number}: id `{id}` appears twice in the file");
         }
@@ -196,8 +204,15 @@ fn parse_lines(text: &str, batch: &str) -> anyhow::Result<Vec<Line>> {
     Ok(lines)
 }
 
-/// Ids that already have a result in `out` (from an earlier run).
+fn short_hash(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(text.as_bytes())[..4])
+}
+
+/// Ids that already have a result in `out` (from an earlier run). A last
+/// line cut short by a crash is cut off, so the next result starts a line.
 fn already_done(out: &Path) -> anyhow::Result<HashSet<String>> {
+    cut_partial_line(out)?;
     let file = match std::fs::File::open(out) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
@@ -206,7 +221,6 @@ fn already_done(out: &Path) -> anyhow::Result<HashSet<String>> {
     let mut done = HashSet::new();
     for line in BufReader::new(file).lines() {
         let line = line?;
-        // A line cut short by a crash is ignored: its job is collected again.
         if let Ok(result) = serde_json::from_str::<Value>(&line)
             && let Some(id) = result["id"].as_str()
         {
@@ -214,6 +228,23 @@ fn already_done(out: &Path) -> anyhow::Result<HashSet<String>> {
         }
     }
     Ok(done)
+}
+
+fn cut_partial_line(out: &Path) -> anyhow::Result<()> {
+    let Ok(bytes) = std::fs::read(out) else {
+        return Ok(());
+    };
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(out)
+        .with_context(|| format!("cannot repair {}", out.display()))?;
+    file.set_len(keep as u64)?;
+    file.sync_all()?;
+    Ok(())
 }
 
 async fn publish(

@@ -89,7 +89,9 @@ impl DeadLetter {
                     .map(|s| s.to_string())
             }),
             batch: body["batch"].as_str().map(str::to_owned),
-            at: header(headers, "x-keyrelay-dead-lettered-at").and_then(|t| t.parse().ok()),
+            at: header(headers, "x-keyrelay-dead-lettered-at")
+                .and_then(|t| t.parse().ok())
+                .or_else(|| death_time(headers)),
         }
     }
 }
@@ -284,11 +286,14 @@ fn target_queue(config: &Config, headers: &FieldTable, only: Option<&str>) -> Op
     let pool = match header(headers, "x-keyrelay-pool") {
         Some(pool) => pool,
         None => {
+            // Dead-lettered by the broker from a job queue or a high queue.
             let queue = death_queue(headers)?;
             config
                 .pools
                 .iter()
-                .find(|p| config.job_queue(&p.name) == queue)?
+                .find(|p| {
+                    config.job_queue(&p.name) == queue || config.high_queue(&p.name) == queue
+                })?
                 .name
                 .clone()
         }
@@ -328,6 +333,20 @@ fn death_queue(headers: &FieldTable) -> Option<String> {
         return None;
     };
     text(first.inner().get("queue")?)
+}
+
+/// When the broker dead-lettered the message (first `x-death` entry).
+fn death_time(headers: &FieldTable) -> Option<jiff::Timestamp> {
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
+    match first.inner().get("time")? {
+        AMQPValue::Timestamp(secs) => jiff::Timestamp::from_second(i64::try_from(*secs).ok()?).ok(),
+        _ => None,
+    }
 }
 
 fn text(value: &AMQPValue) -> Option<String> {

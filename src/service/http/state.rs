@@ -27,4 +27,6 @@ pub struct HttpState {
     pub fleet: tokio::sync::watch::Receiver<FleetPicture>,
     /// Budgets and this instance's spend against them.
     pub spend: Arc<keyrelay_core::spend::SpendLedger>,
+    /// Jobs of each batch this instance holds right now.
+    pub batches_running: Arc<crate::pipeline::batch::RunningBatches>,
 }

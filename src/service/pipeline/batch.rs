@@ -2,6 +2,9 @@
 //! delivered and once when answered, and answered `cancelled` without a call
 //! when an operator cancelled it or its batch.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use tracing::warn;
 
 use super::context::Services;
@@ -20,6 +23,34 @@ pub(super) fn seen(services: &Services, job: &Job, declared_total: Option<u64>) 
         .batch_seen(batch, &job.pool, &job.id, declared_total, now)
     {
         warn!(job_id = %job.id, batch, error = %e, "cannot count the job in its batch");
+    }
+}
+
+/// An invalid job of a batch (read leniently from its body) is answered
+/// too: counted as seen and failed with `invalid_job`, or its batch would
+/// never be done.
+pub(super) fn invalid(
+    services: &Services,
+    pool: &str,
+    body: &[u8],
+    id: &str,
+    declared_total: Option<u64>,
+) {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return;
+    };
+    let Some(batch) = value["batch"].as_str() else {
+        return;
+    };
+    if keyrelay_core::job::valid_batch(batch).is_err() {
+        return;
+    }
+    let store = &services.store;
+    let counted = store
+        .batch_seen(batch, pool, id, declared_total, jiff::Timestamp::now())
+        .and_then(|_| store.batch_done(batch, id, "invalid_job", 0));
+    if let Err(e) = counted {
+        warn!(job_id = %id, batch, error = %e, "cannot count the invalid job in its batch");
     }
 }
 
@@ -60,5 +91,54 @@ pub(super) fn done(services: &Services, batch: Option<&str>, result: &JobResult)
         && let Err(e) = store.batch_finished(batch, jiff::Timestamp::now())
     {
         warn!(batch, error = %e, "cannot mark the batch finished");
+    }
+}
+
+/// Jobs of each batch this process holds right now (between delivery and
+/// settlement): a batch's `running` jobs, summed over the fleet.
+#[derive(Default)]
+pub struct RunningBatches(Mutex<HashMap<String, u64>>);
+
+impl RunningBatches {
+    /// Count a job of `batch` as running until the guard drops.
+    pub fn enter(self: &Arc<Self>, batch: &str) -> RunningGuard {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(batch.to_owned())
+            .or_default() += 1;
+        RunningGuard {
+            batches: self.clone(),
+            batch: batch.to_owned(),
+        }
+    }
+
+    /// Jobs of `batch` running here now.
+    pub fn of(&self, batch: &str) -> u64 {
+        let running = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        running.get(batch).copied().unwrap_or(0)
+    }
+}
+
+/// A running job of a batch; dropping it ends it.
+pub struct RunningGuard {
+    batches: Arc<RunningBatches>,
+    batch: String,
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        let mut running = self
+            .batches
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = running.get_mut(&self.batch) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.remove(&self.batch);
+            }
+        }
     }
 }

@@ -39,6 +39,8 @@ pub struct Services {
     pub lease: Arc<LeaseGate>,
     /// Budgets and what was spent against them.
     pub spend: Arc<keyrelay_core::spend::SpendLedger>,
+    /// Jobs of each batch held right now.
+    pub batches_running: Arc<super::batch::RunningBatches>,
 }
 
 impl Services {
@@ -454,4 +456,6 @@ pub struct InFlight {
     pub last_error: Option<String>,
     /// The request's response-cache key, when the job may be cached.
     pub cache_key: Option<keyrelay_core::job::CacheKey>,
+    /// Counts the job as running in its batch while it is held.
+    pub batch_running: Option<super::batch::RunningGuard>,
 }

@@ -110,6 +110,8 @@ pub async fn reject_invalid(
     timing: Timing,
 ) {
     warn!(job_id = %invalid.id, pool = %pool.name, reason = %invalid.reason, "invalid job");
+    let declared = crate::amqp::job_properties(inbound.properties()).batch_total;
+    super::batch::invalid(services, &pool.name, inbound.body(), &invalid.id, declared);
     if !dead_letter(
         services,
         pool,

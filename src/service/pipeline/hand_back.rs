@@ -51,9 +51,15 @@ pub async fn return_to_broker(services: &Services, pool: &PoolContext, inflight:
     let mut headers = properties.headers().clone().unwrap_or_default();
     headers.insert(RETURNS_HEADER.into(), AMQPValue::LongUInt(returns + 1));
     properties = properties.with_headers(headers);
+    // Back to the lane it came from: a high job stays ahead of the backlog.
+    let queue = if inflight.inbound.is_high() {
+        &pool.high_queue
+    } else {
+        &pool.queue
+    };
     let published = services
         .publisher
-        .publish(&pool.queue, inflight.inbound.body(), properties, true)
+        .publish(queue, inflight.inbound.body(), properties, true)
         .await;
     match published {
         Ok(PublishOutcome::Delivered) => {

@@ -51,6 +51,9 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
     let claim = services.in_progress.claim(&job.id).await;
     let cache_key = (job.cache && services.jobs.cache_ttl_secs > 0).then(|| job.cache_key());
     let mut store_unreadable = false;
+    // Counted at its first delivery, whatever answers it (store, cache, a call).
+    batch::seen(&services, &job, props.batch_total);
+    let cancelled = batch::cancelled(&services, &job);
     match prior_answer(&services, &key.pool, &job, cache_key) {
         Prior::Stored(stored) => {
             return Box::pin(finish::answer_from_store(
@@ -58,19 +61,16 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
             ))
             .await;
         }
-        Prior::Cached(answer) => {
+        // A cancelled job is answered `cancelled`, not from the cache.
+        Prior::Cached(answer) if cancelled.is_none() => {
             return Box::pin(finish::answer_from_cache(
                 &services, &key.pool, inbound, &job, answer, timing,
             ))
             .await;
         }
         Prior::Unknown => store_unreadable = true,
-        Prior::None => {}
+        Prior::None | Prior::Cached(_) => {}
     }
-    if !store_unreadable {
-        batch::seen(&services, &job, props.batch_total);
-    }
-    let cancelled = batch::cancelled(&services, &job);
     // A job back from a delay queue carries its attempts and the key that failed.
     let headers = inbound.properties().headers().as_ref();
     let attempts = retry::header_u32(headers, retry::ATTEMPTS_HEADER)
@@ -79,6 +79,10 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
     let failed_here =
         retry::header_text(headers, retry::LAST_KEY_HEADER).as_deref() == Some(key.name.as_str());
     let last_error = retry::header_text(headers, retry::LAST_ERROR_HEADER);
+    let batch_running = job
+        .batch
+        .as_deref()
+        .map(|b| services.batches_running.enter(b));
     let inflight = InFlight {
         job,
         inbound,
@@ -88,6 +92,7 @@ pub async fn on_delivery(key: Arc<KeyContext>, services: Arc<Services>, inbound:
         timing,
         last_error,
         cache_key,
+        batch_running,
     };
     // The store cannot say whether the job was answered (being reopened):
     // running it could pay twice. Back to the queue until it can.

@@ -6,7 +6,7 @@
 //! Job tasks report key events through the [`KeyEvents`] port and know no actor.
 
 mod admit;
-mod batch;
+pub mod batch;
 mod call;
 pub mod context;
 mod estimate;

@@ -46,6 +46,8 @@ pub struct SupervisorSetup {
     pub state_changes: tokio::sync::mpsc::UnboundedSender<KeyId>,
     /// Budgets and spend (loaded from the store).
     pub spend: Arc<keyrelay_core::spend::SpendLedger>,
+    /// Jobs of each batch held right now (shared with the admin API).
+    pub batches_running: Arc<crate::pipeline::batch::RunningBatches>,
 }
 
 pub struct PoolSetup {
@@ -108,6 +110,7 @@ impl Supervisor {
                 in_progress: Default::default(),
                 lease: setup.lease,
                 spend: setup.spend,
+                batches_running: setup.batches_running,
             });
             Supervisor {
                 keys,
