@@ -7,7 +7,7 @@
 //! `e2e`, `all` (both, and their ratio), `ladder` (broker-limit without and
 //! with the bare worker's steps, then e2e, and keyrelay's ratio to each), `many-keys`,
 //! `backlog-memory`, `quota`, `fleet` (1, 2 and 3 instances on one broker, and the
-//! failover time), `routing`, and against the alternatives: `litellm`,
+//! failover time), `priority` (high jobs overtaking a 20,000-job backlog), `routing`, and against the alternatives: `litellm`,
 //! `celery`, `compare` (e2e, litellm and celery, and keyrelay's ratio to each),
 //! `quota-litellm` (the quota scenario with the LiteLLM worker). See
 //! docs/performance.md for what each measures.
@@ -22,6 +22,8 @@ mod child;
 mod compare;
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/priority.rs"]
+mod priority;
 #[path = "support/quota.rs"]
 mod quota;
 #[path = "support/scale.rs"]
@@ -114,7 +116,7 @@ impl Args {
         }
         if args.scenario.is_empty() {
             bail!(
-                "usage: keyrelay_bench <broker-limit|e2e|all|ladder|many-keys|backlog-memory|quota|fleet|quota-litellm|routing|litellm|celery|compare> [--jobs N] [--keys K] [--concurrency C] [--repeat R] [--folded-acks] [--call] [--store] [--http2] [--rpm R] [--window-secs W] [--latency-ms L]"
+                "usage: keyrelay_bench <broker-limit|e2e|all|ladder|many-keys|backlog-memory|quota|priority|fleet|quota-litellm|routing|litellm|celery|compare> [--jobs N] [--keys K] [--concurrency C] [--repeat R] [--folded-acks] [--call] [--store] [--http2] [--rpm R] [--window-secs W] [--latency-ms L]"
             );
         }
         Ok(args)
@@ -226,6 +228,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "many-keys" => add("many_keys", scale::many_keys(&args).await?),
         "backlog-memory" => add("backlog_memory", scale::backlog_memory(&args).await?),
         "quota" => add("quota", quota::quota(&args).await?),
+        "priority" => add("priority", priority::priority(&args).await?),
         "fleet" => add("fleet", fleet::fleet(&args).await?),
         "quota-litellm" => add("quota_litellm", quota::quota_litellm(&args).await?),
         "routing" => add("routing", routing()),
