@@ -203,6 +203,15 @@ async fn a_pool_at_its_budget_keeps_jobs_queued_until_raised_and_costs_add_up() 
         (counted - replied).abs() < 1e-6
     })
     .await;
+    // Lifetime per-key counters carry the keys' cost too.
+    let (_, by_key) = api.call(Method::GET, "/v1/stats?by=key", None).await;
+    let keys_cost: f64 = by_key["groups"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|g| g["cost_usd"].as_f64())
+        .sum();
+    assert!((keys_cost - replied).abs() < 1e-6, "{by_key}");
     // The CLI prints the same figure.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"))
         .args([

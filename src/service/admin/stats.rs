@@ -25,6 +25,7 @@ use super::heavy::{HeavyReads, Slot};
 use super::params::Params;
 use crate::http::state::HttpState;
 use keyrelay_core::job::JobResult;
+use keyrelay_core::spend::from_nano;
 
 const SCAN_CAP: usize = 200_000;
 
@@ -51,8 +52,11 @@ async fn upstream(
     since: Timestamp,
 ) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
-    let rows = slot
-        .run("the stats query", move || Ok(store.usage(Some(since))?))
+    let (rows, spend) = slot
+        .run("the stats query", move || {
+            let hour = keyrelay_core::store::hour_of(since);
+            Ok((store.usage(Some(since))?, store.spend(Some(&hour))?))
+        })
         .await?;
     let mut groups: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>> = BTreeMap::new();
     for row in rows {
@@ -63,6 +67,17 @@ async fn upstream(
             .entry(row.key)
             .or_default()
             .insert(row.field, row.value);
+    }
+    let mut groups = serde_json::to_value(groups).unwrap_or_default();
+    for (key, count) in spend {
+        let (hour, name) = (
+            format!("{}:00:00Z", key.hour),
+            format!("{}/{}", key.pool, key.key),
+        );
+        if let Some(group) = groups.get_mut(&hour).and_then(|h| h.get_mut(&name)) {
+            let so_far = group["cost_usd"].as_f64().unwrap_or(0.0);
+            group["cost_usd"] = serde_json::json!(so_far + from_nano(count.nano_usd));
+        }
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "by": "upstream", "source": "usage", "since": since, "groups": groups
@@ -199,6 +214,17 @@ async fn counters(state: &HttpState, by: &str) -> Result<HttpResponse, ApiError>
                         .entry("completed".into())
                         .or_default() += n;
                 }
+            }
+        }
+    }
+    let mut groups = serde_json::to_value(groups).unwrap_or_default();
+    if by == "key" {
+        // What each key's calls cost, from the spend counters (all kept).
+        for (spend, count) in state.store.spend(None)? {
+            let name = format!("{}/{}", spend.pool, spend.key);
+            if let Some(group) = groups.get_mut(&name) {
+                let so_far = group["cost_usd"].as_f64().unwrap_or(0.0);
+                group["cost_usd"] = serde_json::json!(so_far + from_nano(count.nano_usd));
             }
         }
     }
