@@ -1,8 +1,10 @@
 //! What calls cost and who may spend more: the price table ([`prices`]),
-//! the cost of one call ([`cost`]) and the budgets of keys, pools and users
-//! with the spend counted against them ([`ledger`]).
+//! the cost of one call ([`cost`]), what budgets and spend figures are
+//! ([`figures`]), and the budgets of keys, pools and users with the spend
+//! counted against them ([`ledger`]).
 
 pub mod cost;
+pub mod figures;
 pub mod ledger;
 pub mod prices;
 
