@@ -428,3 +428,69 @@ async fn a_batch_eta_on_declared_limits_is_within_ten_percent() {
     assert_eq!(env.mock.stats().total().rate_limited, 0, "the limits held");
     env.finish().await;
 }
+
+/// A batch cancelled while it drains: what ran is answered, the rest is
+/// answered `cancelled` without a call, each job exactly once.
+#[actix::test]
+async fn a_batch_cancelled_mid_drain_stops_paying() {
+    let tokens = tempfile::tempdir().unwrap();
+    let token = tokens.path().join("admin.token");
+    std::fs::write(&token, ADMIN_TOKEN).unwrap();
+    let extra = format!("[admin]\nadmin_token_file = \"{}\"\n", token.display());
+    let settings = keyrelay_mock::MockSettings {
+        latency: std::time::Duration::from_millis(20),
+        ..keyrelay_mock::MockSettings::default()
+    };
+    let mut env = TestEnv::start_with(
+        vec![TestPool {
+            name: "g",
+            provider: "gemini",
+            keys: vec![TestKey::new("k1", 1).concurrency(2)],
+        }],
+        settings,
+        &extra,
+    )
+    .await;
+    let total = 200;
+    for i in 0..total {
+        publish_in_batch(&env, &format!("mid-{i}"), "mid", total).await;
+    }
+    let mut answers = std::collections::HashMap::new();
+    while answers.len() < 20 {
+        let (reply, _) = env.next_reply().await;
+        answers.insert(reply.id.clone(), reply);
+    }
+    let (status, body) = call(&env, reqwest::Method::POST, "/v1/batches/mid/cancel").await;
+    assert_eq!(status, 200, "{body}");
+    while answers.len() < total as usize {
+        let (reply, _) = env.next_reply().await;
+        assert!(
+            answers.insert(reply.id.clone(), reply).is_none(),
+            "each job answered once"
+        );
+    }
+    let ran = answers
+        .values()
+        .filter(|r| r.status == JobStatus::Succeeded)
+        .count();
+    let cancelled = answers
+        .values()
+        .filter(|r| {
+            r.error
+                .as_ref()
+                .is_some_and(|e| e.kind == ErrorKind::Cancelled)
+        })
+        .count();
+    assert_eq!(ran + cancelled, total as usize);
+    // The 20 read, plus what was in flight or prefetched when the cancel landed.
+    assert!(ran < 40, "{ran} ran after a cancel at 20");
+    assert_eq!(
+        env.mock.stats().total().successes as usize,
+        ran,
+        "no call for a cancelled job"
+    );
+    let (_, batch) = call(&env, reqwest::Method::GET, "/v1/batches/mid").await;
+    assert_eq!(batch["failed"]["cancelled"], cancelled as u64, "{batch}");
+    assert_eq!(batch["queued"], 0, "{batch}");
+    env.finish().await;
+}
