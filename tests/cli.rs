@@ -324,3 +324,45 @@ async fn dead_letters_list_and_replay() {
     assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
     env.finish().await;
 }
+
+/// `keyrelay run` with its HTTP port taken: one line naming the setting,
+/// exit 1, no panic (it used to panic while unwinding the started actors).
+#[actix::test]
+async fn run_with_its_port_in_use_says_so_in_one_line() {
+    let env = start().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_config_file(
+        &[TestPool {
+            name: "g",
+            provider: "gemini",
+            keys: vec![TestKey::new("k1", 1)],
+        }],
+        &env.mock,
+        dir.path(),
+        &format!("kr-port.{}", uuid::Uuid::now_v7().simple()),
+        "",
+        "",
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("KEYRELAY__METRICS__LISTEN", &addr)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("metrics.listen") && stderr.contains(&addr),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "{stderr}"
+    );
+    env.finish().await;
+}

@@ -63,6 +63,8 @@ pub fn metrics_handle() -> Result<PrometheusHandle, AppError> {
 impl App {
     /// Start keyrelay. Must run inside an actix System.
     pub async fn start(config: Config) -> Result<App, AppError> {
+        // First: a port in use must stop keyrelay before any actor exists.
+        let listener = crate::http::bind(config.metrics.listen)?;
         let prometheus = metrics_handle()?;
         // sled's open can wait for its lock (an overlapping restart): off the async threads.
         let path = config.store.path.clone();
@@ -122,7 +124,7 @@ impl App {
             batches_running,
         };
         let spend_ledger = spend;
-        let (http, http_addr) = crate::http::serve(config.metrics.listen, state)?;
+        let (http, http_addr) = crate::http::serve(listener, state)?;
         // Keys are driven from here on, as their leases are taken.
         let fleet = Fleet::launch(
             FleetSetup {

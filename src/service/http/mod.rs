@@ -5,5 +5,5 @@ mod probes;
 mod server;
 pub mod state;
 
-pub use server::{ListenError, serve};
+pub use server::{ListenError, bind, serve};
 pub use state::HttpState;

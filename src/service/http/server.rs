@@ -12,19 +12,32 @@ use super::state::HttpState;
 
 /// The HTTP listener could not be opened.
 #[derive(Debug, Error)]
-#[error("cannot listen on {addr}: {source}")]
+#[error("cannot listen on {addr} (metrics.listen, KEYRELAY__METRICS__LISTEN): {cause}")]
 pub struct ListenError {
     /// The address `metrics.listen` names.
     pub addr: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
+    /// Said in the message, not chained: one line, not the same words twice.
+    pub cause: std::io::Error,
 }
 
-/// Bind and start the server; returns its handle and the bound address.
+/// Bind the listener `metrics.listen` names: done first of all at start-up,
+/// so a port in use stops keyrelay before anything else has started.
+pub fn bind(listen: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
+    std::net::TcpListener::bind(listen).map_err(|cause| ListenError {
+        addr: listen,
+        cause,
+    })
+}
+
+/// Start the server on `listener`; returns its handle and the bound address.
 pub fn serve(
-    listen: SocketAddr,
+    listener: std::net::TcpListener,
     state: HttpState,
 ) -> Result<(actix_web::dev::ServerHandle, SocketAddr), ListenError> {
+    let listen = listener.local_addr().map_err(|cause| ListenError {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        cause,
+    })?;
     let admin = crate::admin::start(&state);
     // No handler blocks a worker: heavy admin reads run on threads of their
     // own, under a cap (`admin::heavy`). What a flood of admin requests still
@@ -41,10 +54,10 @@ pub fn serve(
     })
     .workers(2)
     .disable_signals()
-    .bind(listen)
-    .map_err(|source| ListenError {
+    .listen(listener)
+    .map_err(|cause| ListenError {
         addr: listen,
-        source,
+        cause,
     })?;
     let addr = server.addrs().first().copied().unwrap_or(listen);
     let server = server.run();
