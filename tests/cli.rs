@@ -366,3 +366,60 @@ async fn run_with_its_port_in_use_says_so_in_one_line() {
     );
     env.finish().await;
 }
+
+/// `keyrelay run` with a broker that refuses it (nothing listening, or a
+/// wrong password): one line naming `broker.url`, its password masked, exit 1.
+#[actix::test]
+async fn run_against_a_refusing_broker_says_so_in_one_line() {
+    let env = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_config_file(
+        &[TestPool {
+            name: "g",
+            provider: "gemini",
+            keys: vec![TestKey::new("k1", 1)],
+        }],
+        &env.mock,
+        dir.path(),
+        &format!("kr-broker.{}", uuid::Uuid::now_v7().simple()),
+        "",
+        "",
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for (url, says) in [
+        (
+            format!("amqp://guest:secret-pw@{closed}/%2f"),
+            "Connection refused",
+        ),
+        (
+            "amqp://guest:secret-pw@127.0.0.1:5672/%2f".to_owned(),
+            "ACCESS_REFUSED",
+        ),
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("KEYRELAY__BROKER__URL", &url)
+            .env("KEYRELAY__METRICS__LISTEN", "127.0.0.1:0")
+            .env_remove("RUST_LOG")
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("broker.url") && stderr.contains(says),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("secret-pw"),
+            "the password is masked: {stderr}"
+        );
+        assert_eq!(stderr.matches(says).count(), 1, "said once: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+    env.finish().await;
+}

@@ -194,16 +194,18 @@ impl Broker {
             Some(config) => tls_config(&config.broker)?,
             None => OwnedTLSConfig::default(),
         };
-        let runtime = lapin::runtime::default_runtime().map_err(AmqpError::Connect)?;
+        let failed = |e: &(dyn std::error::Error + 'static)| AmqpError::connect(&self.url, e);
+        let runtime = lapin::runtime::default_runtime().map_err(|e| failed(&e))?;
         let connect = Connection::connect_with_config(&self.url, props, tls, runtime);
         let attempt = tokio::time::timeout(Duration::from_secs(15), connect);
         let conn = match attempt.await {
-            Ok(result) => result.map_err(AmqpError::Connect)?,
+            Ok(result) => result.map_err(|e| failed(&e))?,
             Err(_) => {
-                return Err(AmqpError::Connect(lapin::Error::from(std::io::Error::new(
+                let timed_out = std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "connection attempt timed out after 15 s",
-                ))));
+                );
+                return Err(failed(&timed_out));
             }
         };
         if let Some(config) = &self.topology {
@@ -249,10 +251,8 @@ async fn let_dropped_channels_close(conn: &Connection) {
 fn tls_config(broker: &keyrelay_core::config::BrokerConfig) -> Result<OwnedTLSConfig, AmqpError> {
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|e| {
-            AmqpError::Connect(lapin::Error::from(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", path.display()),
-            )))
+            let unreadable = std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+            AmqpError::connect(&broker.url, &unreadable)
         })
     };
     let cert_chain = match &broker.tls_ca_file {

@@ -5,8 +5,10 @@ use thiserror::Error;
 /// What can go wrong talking to RabbitMQ.
 #[derive(Debug, Error)]
 pub enum AmqpError {
-    #[error("cannot connect to the broker: {0}")]
-    Connect(#[source] lapin::Error),
+    /// `url` has its password masked; `reason` is the innermost cause (one
+    /// line, not lapin's error chain, which says the same words three times).
+    #[error("cannot connect to the broker at {url} (broker.url, KEYRELAY__BROKER__URL): {reason}")]
+    Connect { url: String, reason: String },
     #[error("broker operation `{op}` failed: {source}")]
     Op {
         op: &'static str,
@@ -23,7 +25,33 @@ pub enum AmqpError {
 }
 
 impl AmqpError {
+    /// A connection to `url` failed with `error`.
+    pub(crate) fn connect(url: &str, error: &(dyn std::error::Error + 'static)) -> AmqpError {
+        let mut innermost = error;
+        while let Some(source) = innermost.source() {
+            innermost = source;
+        }
+        AmqpError::Connect {
+            url: masked(url),
+            reason: innermost.to_string(),
+        }
+    }
+
     pub(crate) fn op(op: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
         move |source| AmqpError::Op { op, source }
+    }
+}
+
+/// `url` without its password (`amqp://guest:***@host/vhost`).
+fn masked(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.set_query(None);
+            parsed.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
     }
 }
