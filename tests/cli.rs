@@ -423,3 +423,41 @@ async fn run_against_a_refusing_broker_says_so_in_one_line() {
     }
     env.finish().await;
 }
+
+/// `keyrelay run` on a store another process holds: one line naming
+/// `store.path`, exit 1 (after waiting 5 s for an overlapping restart).
+#[actix::test]
+async fn run_on_a_held_store_says_so_in_one_line() {
+    let env = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_config_file(
+        &[TestPool {
+            name: "g",
+            provider: "gemini",
+            keys: vec![TestKey::new("k1", 1)],
+        }],
+        &env.mock,
+        dir.path(),
+        &format!("kr-held.{}", uuid::Uuid::now_v7().simple()),
+        "",
+        "",
+    );
+    let store = dir.path().join("held-store");
+    let _held = keyrelay_core::store::Store::open(&store).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("KEYRELAY__STORE__PATH", &store)
+        .env("KEYRELAY__METRICS__LISTEN", "127.0.0.1:0")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("store.path") && stderr.contains("another process holds it"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    env.finish().await;
+}

@@ -60,7 +60,7 @@ impl Store {
             },
             StoreError::Sled(source) => StoreError::Open {
                 path: path.to_owned(),
-                source,
+                reason: open_failure(&source),
             },
             other => other,
         })?;
@@ -306,5 +306,16 @@ impl Store {
     /// Drop cached answers past the TTL; returns how many.
     pub fn prune_cache(&self) -> usize {
         self.response_cache.prune()
+    }
+}
+
+/// Why sled could not open a store, for an operator.
+fn open_failure(error: &sled::Error) -> String {
+    match error {
+        sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock") => {
+            "another process holds it (is another keyrelay running on it? each instance needs a store of its own)".to_owned()
+        }
+        sled::Error::Io(e) => e.to_string(),
+        other => other.to_string(),
     }
 }

@@ -53,13 +53,14 @@ pub enum StoreError {
         /// Why reading or writing it failed.
         source: std::io::Error,
     },
-    /// sled could not open the database.
-    #[error("cannot open the store at {}: {source}", path.display())]
+    /// sled could not open the database (in one line: the reason is said,
+    /// not chained).
+    #[error("cannot open the store at {} (store.path, KEYRELAY__STORE__PATH): {reason}", path.display())]
     Open {
         /// The store's directory.
         path: PathBuf,
-        /// sled's error.
-        source: sled::Error,
+        /// Why, in words: "another process holds it" for a held lock.
+        reason: String,
     },
     /// A damaged store could not be renamed out of the way
     /// (`store.on_damage = "move_aside"`).
