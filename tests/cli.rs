@@ -461,3 +461,75 @@ async fn run_on_a_held_store_says_so_in_one_line() {
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     env.finish().await;
 }
+
+/// `keyrelay enqueue --reply-to Q` declares Q when it does not exist (the
+/// result would otherwise be returned unroutable), and the publishing
+/// commands do not need the keys' variables.
+#[actix::test]
+async fn enqueue_declares_a_missing_reply_queue_and_needs_no_keys() {
+    let env = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The keys come from an environment variable the command does not have.
+    let text = std::fs::read_to_string(config_file(&env)).unwrap().replace(
+        &format!(
+            "api_key_file = \"{}\"",
+            env.dir.path().join("g-k1.key").display()
+        ),
+        "api_key_env = \"KR_CLI_TEST_UNSET_KEY\"",
+    );
+    let config = dir.path().join("no-keys.toml");
+    std::fs::write(&config, text).unwrap();
+    let queue = format!("{}.my-results", env.config.broker.queue_prefix);
+    let run = keyrelay(
+        &env,
+        None,
+        &[
+            "enqueue",
+            "--pool",
+            "g",
+            "--config",
+            config.to_str().unwrap(),
+            "-",
+            "--reply-to",
+            &queue,
+        ],
+        Some("{\"id\": \"declared-1\", \"prompt\": \"hi\"}\n"),
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("declared the reply queue"),
+        "{}",
+        run.stderr
+    );
+    let channel = env.broker.channel().await.unwrap();
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let q = channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        if q.message_count() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the result reaches the declared queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = channel
+        .queue_delete(
+            queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await;
+    env.finish().await;
+}

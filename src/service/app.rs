@@ -84,7 +84,7 @@ impl App {
         })??;
         let prices = Arc::new(crate::pipeline::spend::price_table(&config)?);
         let spend = Arc::new(crate::pipeline::spend::ledger(&config, &store)?);
-        let batches_running = Arc::new(crate::pipeline::batch::RunningBatches::default());
+        let batches_running = Arc::new(crate::pipeline::batch_running::RunningBatches::default());
         let instance = config.instance.resolved_name();
         let broker = Arc::new(Broker::for_service(Arc::new(config.clone()), &instance).await?);
         let publisher = Publisher::new(broker.clone())

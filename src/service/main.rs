@@ -261,7 +261,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             rate,
             high,
         } => {
-            let config = load(&config)?;
+            let config = load_without_keys(&config)?;
             if !config.pools.iter().any(|p| p.name == pool) {
                 anyhow::bail!("no pool named `{pool}` in the config");
             }
@@ -307,7 +307,7 @@ async fn batch(action: BatchAction) -> anyhow::Result<bool> {
             batch,
             config,
         } => {
-            let config = load(&config)?;
+            let config = load_without_keys(&config)?;
             if !config.pools.iter().any(|p| p.name == pool) {
                 anyhow::bail!("no pool named `{pool}` in the config");
             }
@@ -376,7 +376,7 @@ async fn operate(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Batch { action } => batch(action).await?,
         Command::DeadLetters { action, config } => {
-            let config = load(&config)?;
+            let config = load_without_keys(&config)?;
             match action {
                 DeadLetterAction::List { limit } => {
                     commands::dead_letters::list(&config, limit).await?;
@@ -408,4 +408,10 @@ async fn operate(command: Command) -> anyhow::Result<ExitCode> {
 
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
+}
+
+/// The config for a command that only publishes or reads queues: the keys'
+/// variables need not be set.
+fn load_without_keys(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(Config::load_without_keys(path)?)
 }

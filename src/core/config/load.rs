@@ -18,10 +18,29 @@ impl Config {
         Self::from_toml_str(&text, std::env::vars())
     }
 
+    /// Like [`Config::load`], without reading the keys: for the commands
+    /// that only publish or read queues (`enqueue`, `batch run`,
+    /// `dead-letters`), which must work without the keys' variables.
+    pub fn load_without_keys(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, std::env::vars(), false)
+    }
+
     /// Parse `text`, apply `env` overrides, validate. Split out for tests.
     pub fn from_toml_str(
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        Self::parse(text, env, true)
+    }
+
+    fn parse(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        with_keys: bool,
     ) -> Result<Config, ConfigError> {
         let mut value: toml::Table = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
         env_overlay::apply(&mut value, env)?;
@@ -30,7 +49,7 @@ impl Config {
                 field: e.path().to_string(),
                 message: e.inner().to_string(),
             })?;
-        validate::validate(&mut config)?;
+        validate::validate(&mut config, with_keys)?;
         config.admin.resolve()?;
         Ok(config)
     }

@@ -249,3 +249,17 @@ fn example_config_documents_a_valid_config() {
     let config = load(&text, &[]).unwrap();
     assert!(!config.pools.is_empty());
 }
+
+#[test]
+fn every_unset_key_variable_is_named_in_one_error() {
+    let text = format!(
+        "{BASE}\n  [[pools.keys]]\n  name = \"second\"\n  api_key_env = \"KR_TEST_KEY_SECOND_UNSET\"\n"
+    );
+    let e = load(&text, &[]).unwrap_err().to_string();
+    assert!(
+        e.contains("2 environment variables")
+            && e.contains("KR_TEST_KEY_PRIMARY (pools[0].keys[0].api_key_env)")
+            && e.contains("KR_TEST_KEY_SECOND_UNSET (pools[0].keys[1].api_key_env)"),
+        "{e}"
+    );
+}

@@ -43,7 +43,8 @@ fn check_spend(at: &str, pool: &PoolConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
+/// Check `config`; with `with_keys`, also read every key's secret.
+pub(super) fn validate(config: &mut Config, with_keys: bool) -> Result<(), ConfigError> {
     check_url(&config.broker.url)?;
     check_tls(&config.broker)?;
     check_name("broker.queue_prefix", &config.broker.queue_prefix)?;
@@ -59,6 +60,9 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
         return Err(at_least_one("jobs.max_attempts"));
     }
     let mut pool_names = HashSet::new();
+    // Unset key variables are gathered and reported together: one run shows
+    // every variable a config needs.
+    let mut unset: Vec<(String, String)> = Vec::new();
     for (p, pool) in config.pools.iter_mut().enumerate() {
         let at = format!("pools[{p}]");
         check_name(&format!("{at}.name"), &pool.name)?;
@@ -119,11 +123,48 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
             if key.concurrency == 0 {
                 return Err(at_least_one(format!("{at}.concurrency")));
             }
+            if !with_keys {
+                continue;
+            }
+            if let Some(var) = key.api_key_env.as_deref()
+                && key.api_key_file.is_none()
+                && is_env_name(var)
+                && !var.chars().any(|c| c.is_ascii_lowercase())
+                && std::env::var_os(var).is_none()
+            {
+                unset.push((format!("{at}.api_key_env"), var.to_owned()));
+                continue;
+            }
             key.secret = resolve_secret(&at, key)?;
         }
         check_lanes(&at, pool)?;
     }
-    Ok(())
+    report_unset(unset)
+}
+
+/// Every key variable that is not set, in one error.
+fn report_unset(unset: Vec<(String, String)>) -> Result<(), ConfigError> {
+    match unset.as_slice() {
+        [] => Ok(()),
+        [(at, var)] => Err(field(
+            at.clone(),
+            format!("environment variable {var} is not set"),
+        )),
+        [(first, _), ..] => {
+            let names: Vec<String> = unset
+                .iter()
+                .map(|(at, var)| format!("{var} ({at})"))
+                .collect();
+            Err(field(
+                first.clone(),
+                format!(
+                    "{} environment variables holding keys are not set: {}",
+                    unset.len(),
+                    names.join(", ")
+                ),
+            ))
+        }
+    }
 }
 
 /// Each lane is a client of its own (~2 ms and ~30 KiB to build): a pool

@@ -41,6 +41,9 @@ pub struct EnqueueSummary {
 pub async fn enqueue(args: EnqueueArgs<'_>) -> anyhow::Result<EnqueueSummary> {
     let reader = open_input(args.input)?;
     let broker = Arc::new(Broker::connect(args.broker_url).await?);
+    if let Some(queue) = &args.reply_to {
+        ensure_reply_queue(&broker, queue).await?;
+    }
     let publisher = Publisher::new(broker.clone()).await?;
     let bar = progress_bar(args.progress);
     let started = Instant::now();
@@ -99,6 +102,40 @@ pub async fn enqueue(args: EnqueueArgs<'_>) -> anyhow::Result<EnqueueSummary> {
         eprintln!("line {line}: {reason}");
     }
     Ok(summary)
+}
+
+/// The reply queue must exist, or keyrelay's replies to it are returned
+/// unroutable (results stay in the store only): a missing one is declared,
+/// durable. One that exists is left as it is.
+async fn ensure_reply_queue(broker: &Broker, queue: &str) -> anyhow::Result<()> {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::FieldTable;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let channel = broker.channel().await?;
+    if channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .is_ok()
+    {
+        let _ = channel.close(200, "reply queue exists".into()).await;
+        return Ok(());
+    }
+    // The refused passive declare closed that channel.
+    let channel = broker.channel().await?;
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("cannot declare the reply queue `{queue}`"))?;
+    eprintln!("declared the reply queue {queue} (durable): read the results from it");
+    let _ = channel.close(200, "reply queue declared".into()).await;
+    Ok(())
 }
 
 fn settle(

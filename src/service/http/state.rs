@@ -28,5 +28,5 @@ pub struct HttpState {
     /// Budgets and this instance's spend against them.
     pub spend: Arc<keyrelay_core::spend::SpendLedger>,
     /// Jobs of each batch this instance holds right now.
-    pub batches_running: Arc<crate::pipeline::batch::RunningBatches>,
+    pub batches_running: Arc<crate::pipeline::batch_running::RunningBatches>,
 }

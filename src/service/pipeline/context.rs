@@ -40,7 +40,7 @@ pub struct Services {
     /// Budgets and what was spent against them.
     pub spend: Arc<keyrelay_core::spend::SpendLedger>,
     /// Jobs of each batch held right now.
-    pub batches_running: Arc<super::batch::RunningBatches>,
+    pub batches_running: Arc<super::batch_running::RunningBatches>,
 }
 
 impl Services {
@@ -457,5 +457,5 @@ pub struct InFlight {
     /// The request's response-cache key, when the job may be cached.
     pub cache_key: Option<keyrelay_core::job::CacheKey>,
     /// Counts the job as running in its batch while it is held.
-    pub batch_running: Option<super::batch::RunningGuard>,
+    pub batch_running: Option<super::batch_running::RunningGuard>,
 }

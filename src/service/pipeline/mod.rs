@@ -7,6 +7,7 @@
 
 mod admit;
 pub mod batch;
+pub mod batch_running;
 mod call;
 pub mod context;
 mod estimate;

@@ -47,7 +47,7 @@ pub struct SupervisorSetup {
     /// Budgets and spend (loaded from the store).
     pub spend: Arc<keyrelay_core::spend::SpendLedger>,
     /// Jobs of each batch held right now (shared with the admin API).
-    pub batches_running: Arc<crate::pipeline::batch::RunningBatches>,
+    pub batches_running: Arc<crate::pipeline::batch_running::RunningBatches>,
 }
 
 pub struct PoolSetup {
