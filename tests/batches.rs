@@ -370,9 +370,7 @@ async fn dead_letter_replay_filters_and_refuses_hopeless_kinds() {
 #[actix::test]
 async fn a_batch_eta_on_declared_limits_is_within_ten_percent() {
     let tokens = tempfile::tempdir().unwrap();
-    let token = tokens.path().join("admin.token");
-    std::fs::write(&token, ADMIN_TOKEN).unwrap();
-    let extra = format!("[admin]\nadmin_token_file = \"{}\"\n", token.display());
+    let extra = common::admin_toml(tokens.path(), ADMIN_TOKEN);
     // Two keys of 30 calls per 2 s window: 30 jobs/s together.
     let settings = keyrelay_mock::MockSettings {
         minute: std::time::Duration::from_secs(2),
@@ -434,9 +432,7 @@ async fn a_batch_eta_on_declared_limits_is_within_ten_percent() {
 #[actix::test]
 async fn a_batch_cancelled_mid_drain_stops_paying() {
     let tokens = tempfile::tempdir().unwrap();
-    let token = tokens.path().join("admin.token");
-    std::fs::write(&token, ADMIN_TOKEN).unwrap();
-    let extra = format!("[admin]\nadmin_token_file = \"{}\"\n", token.display());
+    let extra = common::admin_toml(tokens.path(), ADMIN_TOKEN);
     let settings = keyrelay_mock::MockSettings {
         latency: std::time::Duration::from_millis(20),
         ..keyrelay_mock::MockSettings::default()

@@ -325,13 +325,9 @@ async fn dead_letters_list_and_replay() {
     env.finish().await;
 }
 
-/// `keyrelay run` with its HTTP port taken: one line naming the setting,
-/// exit 1, no panic (it used to panic while unwinding the started actors).
-#[actix::test]
-async fn run_with_its_port_in_use_says_so_in_one_line() {
-    let env = start().await;
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
+/// `keyrelay run` on a config of one pool on `env`'s mock, with `vars` set
+/// (each start-up failure test overrides one setting); its stderr and code.
+async fn run_service(env: &TestEnv, vars: &[(&str, &std::ffi::OsStr)]) -> (String, Option<i32>) {
     let dir = tempfile::tempdir().unwrap();
     let config = common::write_config_file(
         &[TestPool {
@@ -341,19 +337,34 @@ async fn run_with_its_port_in_use_says_so_in_one_line() {
         }],
         &env.mock,
         dir.path(),
-        &format!("kr-port.{}", uuid::Uuid::now_v7().simple()),
+        &format!("kr-start.{}", uuid::Uuid::now_v7().simple()),
         "",
         "",
     );
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"))
-        .args(["run", "--config"])
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"));
+    cmd.args(["run", "--config"])
         .arg(&config)
-        .env("KEYRELAY__METRICS__LISTEN", &addr)
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+        .env("KEYRELAY__METRICS__LISTEN", "127.0.0.1:0")
+        .env_remove("RUST_LOG");
+    for (name, value) in vars {
+        cmd.env(name, value);
+    }
+    let out = cmd.output().await.unwrap();
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code(),
+    )
+}
+
+/// `keyrelay run` with its HTTP port taken: one line naming the setting,
+/// exit 1, no panic (it used to panic while unwinding the started actors).
+#[actix::test]
+async fn run_with_its_port_in_use_says_so_in_one_line() {
+    let env = start().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (stderr, code) = run_service(&env, &[("KEYRELAY__METRICS__LISTEN", addr.as_ref())]).await;
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("metrics.listen") && stderr.contains(&addr),
         "{stderr}"
@@ -372,19 +383,6 @@ async fn run_with_its_port_in_use_says_so_in_one_line() {
 #[actix::test]
 async fn run_against_a_refusing_broker_says_so_in_one_line() {
     let env = start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = common::write_config_file(
-        &[TestPool {
-            name: "g",
-            provider: "gemini",
-            keys: vec![TestKey::new("k1", 1)],
-        }],
-        &env.mock,
-        dir.path(),
-        &format!("kr-broker.{}", uuid::Uuid::now_v7().simple()),
-        "",
-        "",
-    );
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -399,17 +397,8 @@ async fn run_against_a_refusing_broker_says_so_in_one_line() {
             "ACCESS_REFUSED",
         ),
     ] {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("KEYRELAY__BROKER__URL", &url)
-            .env("KEYRELAY__METRICS__LISTEN", "127.0.0.1:0")
-            .env_remove("RUST_LOG")
-            .output()
-            .await
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let (stderr, code) = run_service(&env, &[("KEYRELAY__BROKER__URL", url.as_ref())]).await;
+        assert_eq!(code, Some(1), "{stderr}");
         assert!(
             stderr.contains("broker.url") && stderr.contains(says),
             "{stderr}"
@@ -430,30 +419,10 @@ async fn run_against_a_refusing_broker_says_so_in_one_line() {
 async fn run_on_a_held_store_says_so_in_one_line() {
     let env = start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = common::write_config_file(
-        &[TestPool {
-            name: "g",
-            provider: "gemini",
-            keys: vec![TestKey::new("k1", 1)],
-        }],
-        &env.mock,
-        dir.path(),
-        &format!("kr-held.{}", uuid::Uuid::now_v7().simple()),
-        "",
-        "",
-    );
     let store = dir.path().join("held-store");
     let _held = keyrelay_core::store::Store::open(&store).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("KEYRELAY__STORE__PATH", &store)
-        .env("KEYRELAY__METRICS__LISTEN", "127.0.0.1:0")
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (stderr, code) = run_service(&env, &[("KEYRELAY__STORE__PATH", store.as_os_str())]).await;
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("store.path") && stderr.contains("another process holds it"),
         "{stderr}"

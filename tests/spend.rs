@@ -57,9 +57,7 @@ impl Api {
 /// API on; `pool_toml` goes into the pool's table.
 async fn start(pool_toml: &str) -> (TestEnv, tempfile::TempDir) {
     let tokens = tempfile::tempdir().unwrap();
-    let token = tokens.path().join("admin.token");
-    std::fs::write(&token, ADMIN).unwrap();
-    let extra = format!("[admin]\nadmin_token_file = \"{}\"\n", token.display());
+    let extra = common::admin_toml(tokens.path(), ADMIN);
     let keys = vec![
         TestKey::new("k1", 1).concurrency(1),
         TestKey::new("k2", 1).concurrency(1),

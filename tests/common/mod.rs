@@ -388,6 +388,13 @@ pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 /// Read-only token of environments started with [`TestEnv::start_admin`].
 pub const READ_TOKEN: &str = "read-token-for-tests-0123456789";
 
+/// An `[admin]` section whose admin token is `token`, kept in a file in `dir`.
+pub fn admin_toml(dir: &Path, token: &str) -> String {
+    let file = dir.join("admin.token");
+    std::fs::write(&file, token).unwrap();
+    format!("[admin]\nadmin_token_file = \"{}\"\n", file.display())
+}
+
 impl TestEnv {
     /// Start with the admin API enabled (tokens from files).
     pub async fn start_admin(pools: Vec<TestPool>) -> TestEnv {
