@@ -54,6 +54,7 @@ pub fn install() -> Result<PrometheusHandle, InstallError> {
     // Exported from the first scrape, before the first lease is taken.
     metrics::gauge!(KEYS_DRIVEN).set(0.0);
     metrics::gauge!(FLEET_INSTANCES).set(1.0);
+    metrics::counter!(ACKS_LOST_TOTAL).increment(0);
     Ok(handle)
 }
 
@@ -251,9 +252,40 @@ fn job_outcomes() -> impl Iterator<Item = &'static str> {
 }
 
 impl PoolMetrics {
-    /// Register the handles of `pool` (one `keyrelay_jobs_total` series per outcome).
+    /// Register the handles of `pool` (one `keyrelay_jobs_total` series per
+    /// outcome), and the pool's other counters at 0: a dashboard panel or an
+    /// alert on a series that appears only at its first event shows nothing
+    /// until then (`tests/dashboards.rs`).
     pub fn new(pool: &str) -> PoolMetrics {
         let pool = pool.to_owned();
+        for reason in [
+            "invalid_job",
+            "upstream",
+            "all_keys_unavailable",
+            "budget_exceeded",
+        ] {
+            metrics::counter!(DEAD_LETTERS_TOTAL, "pool" => pool.clone(), "reason" => reason)
+                .increment(0);
+        }
+        let reroutes = [
+            "rate_limited",
+            "quota_exhausted",
+            "unauthorized",
+            "key_unavailable",
+            "budget_spent",
+            "transient",
+        ];
+        for reason in reroutes {
+            metrics::counter!(REROUTES_TOTAL, "pool" => pool.clone(), "reason" => reason)
+                .increment(0);
+        }
+        for counter in [
+            ANSWERED_FROM_STORE_TOTAL,
+            RETURNED_TO_BROKER_TOTAL,
+            REPLIES_UNROUTABLE_TOTAL,
+        ] {
+            metrics::counter!(counter, "pool" => pool.clone()).increment(0);
+        }
         PoolMetrics {
             jobs: job_outcomes()
                 .map(|o| {

@@ -116,8 +116,9 @@ impl fmt::Display for Value {
     }
 }
 
-/// The series of one key. A series appears once it has something to say, so
-/// 1,000 idle keys do not make a large page.
+/// The series of one key. Its counters and its jobs in flight exist from the
+/// start at 0 (a rate over a counter that appears at its first event misses
+/// that event); its state and quota ratios once there is one to say.
 pub struct KeySeries {
     /// `pool="…",key="…"`, escaped once.
     labels: String,
@@ -136,7 +137,7 @@ pub struct KeySeries {
 
 impl KeySeries {
     fn new(pool: &str, key: &str) -> KeySeries {
-        KeySeries {
+        let series = KeySeries {
             labels: format!(
                 "pool=\"{}\",key=\"{}\"",
                 escape_label_value(pool),
@@ -147,7 +148,14 @@ impl KeySeries {
             tokens: Default::default(),
             in_flight: Slot::default(),
             quota_used: Default::default(),
+        };
+        // Counters exist from the start at 0 (a rate over a series that
+        // appears at its first event misses that event).
+        for slot in series.upstream.iter().chain(&series.tokens) {
+            slot.add(0);
         }
+        series.in_flight.add(0);
+        series
     }
 
     /// Export `current` (one of [`KeyState::LABELS`]) as the key's state: 1 for
@@ -194,7 +202,7 @@ impl KeySeries {
 }
 
 /// The five per-key families, in the order they are rendered.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Family {
     State,
     InFlight,
@@ -375,10 +383,29 @@ mod tests {
     }
 
     #[test]
-    fn an_untouched_key_renders_nothing() {
+    fn an_untouched_key_renders_its_counters_at_zero() {
         let table = KeySeriesTable::default();
         table.key("p", "k");
-        assert_eq!(rendered(&table), "");
+        let text = rendered(&table);
+        assert!(
+            text.contains(r#"keyrelay_jobs_in_flight{pool="p",key="k"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"keyrelay_upstream_requests_total{pool="p",key="k",outcome="success"} 0"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"keyrelay_tokens_total{pool="p",key="k",direction="output"} 0"#),
+            "{text}"
+        );
+        // A state and a quota ratio only once there is one.
+        assert!(
+            !text.contains("keyrelay_key_state") && !text.contains("quota_used"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -411,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn families_have_one_header_and_every_touched_series() {
+    fn families_have_one_header_and_every_series() {
         let table = KeySeriesTable::default();
         let a = table.key("p", "a");
         let b = table.key("p", "b");
@@ -425,22 +452,23 @@ mod tests {
         b.job_ended();
         b.quota_used(QuotaWindow::Day, 0.25);
         let text = rendered(&table);
-        assert_eq!(
-            text,
-            "# HELP keyrelay_jobs_in_flight Jobs being processed, by pool and key.\n\
-             # TYPE keyrelay_jobs_in_flight gauge\n\
-             keyrelay_jobs_in_flight{pool=\"p\",key=\"b\"} 3\n\n\
-             # HELP keyrelay_key_quota_used_ratio Share of a declared limit used, by pool, key and window (minute: rpm/tpm, day: rpd/tpd).\n\
-             # TYPE keyrelay_key_quota_used_ratio gauge\n\
-             keyrelay_key_quota_used_ratio{pool=\"p\",key=\"b\",window=\"day\"} 0.25\n\n\
-             # HELP keyrelay_upstream_requests_total Provider calls, by pool, key and outcome class.\n\
-             # TYPE keyrelay_upstream_requests_total counter\n\
-             keyrelay_upstream_requests_total{pool=\"p\",key=\"a\",outcome=\"success\"} 2\n\
-             keyrelay_upstream_requests_total{pool=\"p\",key=\"b\",outcome=\"rate_limited\"} 1\n\n\
-             # HELP keyrelay_tokens_total Tokens reported by providers, by pool, key and direction.\n\
-             # TYPE keyrelay_tokens_total counter\n\
-             keyrelay_tokens_total{pool=\"p\",key=\"a\",direction=\"input\"} 10\n\
-             keyrelay_tokens_total{pool=\"p\",key=\"a\",direction=\"output\"} 0\n\n"
+        for family in Family::ALL {
+            let header = format!("# TYPE {} ", family.name());
+            let headers = text.matches(&header).count();
+            let expected = usize::from(family != Family::State);
+            assert_eq!(headers, expected, "{header}: {text}");
+        }
+        let has = |line: &str| assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        has(r#"keyrelay_jobs_in_flight{pool="p",key="b"} 3"#);
+        has(r#"keyrelay_jobs_in_flight{pool="p",key="a"} 0"#);
+        has(r#"keyrelay_key_quota_used_ratio{pool="p",key="b",window="day"} 0.25"#);
+        has(r#"keyrelay_upstream_requests_total{pool="p",key="a",outcome="success"} 2"#);
+        has(r#"keyrelay_upstream_requests_total{pool="p",key="a",outcome="rate_limited"} 0"#);
+        has(r#"keyrelay_upstream_requests_total{pool="p",key="b",outcome="rate_limited"} 1"#);
+        has(r#"keyrelay_tokens_total{pool="p",key="a",direction="input"} 10"#);
+        assert!(
+            !text.contains(r#"quota_used_ratio{pool="p",key="a""#),
+            "{text}"
         );
     }
 
@@ -450,13 +478,19 @@ mod tests {
         table.key("p", "k").upstream(OutcomeClass::Success);
         table.key("p", "k").upstream(OutcomeClass::Success);
         table.key("p\"q", "a\\b\nc").job_started();
-        assert_eq!(
-            lines_of(&table, UPSTREAM_REQUESTS_TOTAL),
-            [r#"keyrelay_upstream_requests_total{pool="p",key="k",outcome="success"} 2"#]
+        let upstream = lines_of(&table, UPSTREAM_REQUESTS_TOTAL);
+        assert!(
+            upstream.contains(
+                &r#"keyrelay_upstream_requests_total{pool="p",key="k",outcome="success"} 2"#
+                    .to_owned()
+            ),
+            "{upstream:?}"
         );
-        assert_eq!(
-            lines_of(&table, JOBS_IN_FLIGHT),
-            [r#"keyrelay_jobs_in_flight{pool="p\"q",key="a\\b\nc"} 1"#]
+        let in_flight = lines_of(&table, JOBS_IN_FLIGHT);
+        assert!(
+            in_flight
+                .contains(&r#"keyrelay_jobs_in_flight{pool="p\"q",key="a\\b\nc"} 1"#.to_owned()),
+            "{in_flight:?}"
         );
     }
 }

@@ -180,6 +180,12 @@ pub struct KeySpec {
 impl KeyContext {
     pub fn new(id: KeyId, spec: KeySpec, pool: Arc<PoolContext>) -> KeyContext {
         let metrics = keyrelay_core::metrics::key_series(&pool.name, &spec.name);
+        // At 0 from the start, as the pool's counters (`PoolMetrics::new`).
+        use keyrelay_core::metrics as m;
+        metrics::counter!(m::WORKER_RESTARTS_TOTAL, "pool" => pool.name.clone(), "key" => spec.name.clone())
+            .increment(0);
+        metrics::gauge!(m::COST_USD_TOTAL, "pool" => pool.name.clone(), "key" => spec.name.clone(), "model" => pool.default_model.clone())
+            .increment(0.0);
         KeyContext {
             store_key: format!("{}/{}", pool.name, spec.name),
             id,
