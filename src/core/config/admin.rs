@@ -30,6 +30,11 @@ pub struct AdminConfig {
     /// then get 503 `busy`.
     /// Env: `KEYRELAY__ADMIN__MAX_HEAVY_READS`.
     pub max_heavy_reads: usize,
+    /// `KeyrelayPoolDegraded` (in `/v1/alerts`) fires when a pool has fewer
+    /// than this share of its keys usable (and at least one): 0.75 by
+    /// default, so that a 2-key pool with one key out is degraded.
+    /// Env: `KEYRELAY__ADMIN__POOL_DEGRADED_BELOW`.
+    pub pool_degraded_below: f64,
     /// The resolved read-only token (filled by validation, never deserialized).
     #[serde(skip)]
     pub read_token: Option<ApiKey>,
@@ -53,6 +58,7 @@ impl Default for AdminConfig {
             admin_token_env: None,
             admin_token_file: None,
             max_heavy_reads: DEFAULT_MAX_HEAVY_READS,
+            pool_degraded_below: 0.75,
             read_token: None,
             admin_token: None,
         }
@@ -64,6 +70,15 @@ impl AdminConfig {
     pub(super) fn resolve(&mut self) -> Result<(), ConfigError> {
         if self.max_heavy_reads == 0 {
             return Err(at_least_one("admin.max_heavy_reads"));
+        }
+        if !(self.pool_degraded_below > 0.0 && self.pool_degraded_below <= 1.0) {
+            return Err(super::error::field(
+                "admin.pool_degraded_below",
+                format!(
+                    "{} is not a share of keys (0 < share <= 1)",
+                    self.pool_degraded_below
+                ),
+            ));
         }
         self.read_token = resolve_token(
             "admin.read_token",

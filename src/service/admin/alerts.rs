@@ -2,7 +2,8 @@
 //! keyrelay can judge by itself, evaluated now (no `for:` durations).
 //!
 //! - `KeyrelayPoolNoKeyAvailable`: no key of a pool is usable.
-//! - `KeyrelayPoolDegraded`: fewer than half of a pool's keys are usable.
+//! - `KeyrelayPoolDegraded`: fewer than `admin.pool_degraded_below` (0.75) of
+//!   a pool's keys are usable.
 //! - `KeyrelayKeyDisabled`: a key is disabled (revoked or by an operator).
 //! - `KeyrelayKeyUpstreamFailures`: a key's stored results of the last 10
 //!   minutes hold at least 3 failures and at least 20 % of them failed
@@ -177,11 +178,11 @@ fn pool_alerts(state: &HttpState, keys: &[KeyView]) -> Vec<Alert> {
                 "critical",
                 "no key is usable; its jobs wait in the queue",
             )
-        } else if usable * 2 < total {
+        } else if (usable as f64) < (total as f64) * state.config.admin.pool_degraded_below {
             (
                 "KeyrelayPoolDegraded",
                 "warning",
-                "fewer than half of its keys are usable",
+                "fewer of its keys are usable than admin.pool_degraded_below asks",
             )
         } else {
             continue;
