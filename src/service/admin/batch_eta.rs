@@ -32,6 +32,30 @@ pub struct Eta {
     pub limited_by: String,
 }
 
+/// The quotas of `pool`'s keys, from the keys' views (the fleet's).
+pub fn pool_quotas(
+    config: &keyrelay_core::config::Config,
+    keys: &[super::keys::KeyView],
+    pool: &str,
+) -> Vec<KeyQuota> {
+    let window = config
+        .pools
+        .iter()
+        .find(|p| p.name == pool)
+        .map_or(60, |p| p.rate_window_secs);
+    keys.iter()
+        .filter(|k| k.pool == pool)
+        .map(|k| KeyQuota {
+            rpm: k.limits.rpm,
+            window: SignedDuration::from_secs(window as i64),
+            rpd: k.limits.rpd,
+            day_used: k.usage.day_requests,
+            day_ends: k.usage.day_ends,
+            usable: k.state != "disabled",
+        })
+        .collect()
+}
+
 /// The ETA of `remaining` jobs on `keys`, at `observed` jobs/s if known.
 pub fn eta(
     remaining: u64,

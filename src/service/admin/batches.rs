@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::batch_eta::{Eta, KeyQuota, eta};
+use super::batch_eta::{Eta, eta};
 use super::errors::ApiError;
 use super::keys::fleet_key_views;
 use super::monitor::Monitor;
@@ -188,24 +188,7 @@ async fn batch_eta(state: &HttpState, req: &HttpRequest, view: &BatchView) -> Op
         return None;
     }
     let keys = fleet_key_views(state, req).await.ok()?;
-    let window = state
-        .config
-        .pools
-        .iter()
-        .find(|p| p.name == view.pool)
-        .map_or(60, |p| p.rate_window_secs);
-    let quotas: Vec<KeyQuota> = keys
-        .iter()
-        .filter(|k| k.pool == view.pool)
-        .map(|k| KeyQuota {
-            rpm: k.limits.rpm,
-            window: SignedDuration::from_secs(window as i64),
-            rpd: k.limits.rpd,
-            day_used: k.usage.day_requests,
-            day_ends: k.usage.day_ends,
-            usable: k.state != "disabled",
-        })
-        .collect();
+    let quotas = super::batch_eta::pool_quotas(&state.config, &keys, &view.pool);
     let remaining = view.queued + view.running;
     eta(remaining, &quotas, view.rate_per_s, Timestamp::now())
 }

@@ -53,12 +53,32 @@ pub struct Monitor {
     dead_letters: Mutex<VecDeque<(Timestamp, u64)>>,
     /// Per batch: (when, jobs answered), sampled on each request for it.
     batches: Mutex<std::collections::HashMap<String, VecDeque<(std::time::Instant, u64)>>>,
+    /// Per pool: (when, jobs completed), sampled on each `/v1/pools`.
+    pools: Mutex<std::collections::HashMap<String, VecDeque<(std::time::Instant, u64)>>>,
 }
 
 /// A batch's rate is measured over samples this recent.
 const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Monitor {
+    /// Record that `pool` had `completed` jobs at `now` (its keys' lifetime
+    /// counters); its rate in jobs/s over the samples of the last 5 minutes
+    /// at least 10 s apart, `None` before there are two such.
+    pub fn pool_rate(&self, pool: &str, now: std::time::Instant, completed: u64) -> Option<f64> {
+        let mut all = self.pools.lock().ok()?;
+        let samples = all.entry(pool.to_owned()).or_default();
+        samples.push_back((now, completed));
+        while samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            samples.pop_front();
+        }
+        let (first_at, first) = *samples.front()?;
+        let span = now.duration_since(first_at).as_secs_f64();
+        (span >= 10.0).then(|| completed.saturating_sub(first) as f64 / span)
+    }
+
     /// Record that `batch` had `done` jobs answered at `now`; its rate in
     /// jobs/s over the samples of the last 5 minutes (at least 5 s apart),
     /// else over its whole life since `started`.

@@ -36,11 +36,19 @@ pub struct PoolView {
     pub keys_by_state: BTreeMap<&'static str, usize>,
     /// Results stored in the last 60 s for this pool.
     pub jobs_last_minute: u64,
+    /// Jobs completed per second over the last minutes (samples of the keys'
+    /// counters at each request, at least 10 s apart); else the last minute's.
+    pub rate_per_s: f64,
+    /// When the ready jobs and those in flight will be done, and what limits
+    /// it (the keys' rpm, their rpd left today, or the rate): see
+    /// `batch_eta`. `None` with nothing to go on.
+    pub drain: Option<super::batch_eta::Eta>,
 }
 
 pub async fn list(
     state: web::Data<HttpState>,
     heavy: web::Data<HeavyReads>,
+    monitor: web::Data<super::monitor::Monitor>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let slot = heavy.enter().await?;
@@ -55,6 +63,20 @@ pub async fn list(
         let queue = state.config.job_queue(&pool.name);
         let depth = queue_depth(&state.broker, &queue).await;
         let mine: Vec<&KeyView> = keys.iter().filter(|k| k.pool == pool.name).collect();
+        let jobs_last_minute = per_minute.get(&pool.name).copied().unwrap_or(0);
+        let completed: u64 = mine
+            .iter()
+            .filter_map(|k| k.counters.get("completed"))
+            .sum();
+        let rate_per_s = monitor
+            .pool_rate(&pool.name, std::time::Instant::now(), completed)
+            .unwrap_or(jobs_last_minute as f64 / 60.0);
+        let in_flight: usize = mine.iter().map(|k| k.in_flight).sum();
+        let drain = depth.as_ref().ok().and_then(|d| {
+            let quotas = super::batch_eta::pool_quotas(&state.config, &keys, &pool.name);
+            let remaining = d.ready + in_flight as u64;
+            super::batch_eta::eta(remaining, &quotas, Some(rate_per_s), Timestamp::now())
+        });
         let mut by_state = BTreeMap::new();
         for label in keyrelay_core::keys::KeyState::LABELS {
             by_state.insert(label, mine.iter().filter(|k| k.state == label).count());
@@ -68,7 +90,9 @@ pub async fn list(
             keys_total: mine.len(),
             keys_usable: mine.iter().filter(|k| k.usable()).count(),
             keys_by_state: by_state,
-            jobs_last_minute: per_minute.get(&pool.name).copied().unwrap_or(0),
+            jobs_last_minute,
+            rate_per_s,
+            drain,
             name: pool.name.clone(),
             queue,
         });

@@ -33,6 +33,15 @@ async fn snapshot(client: &AdminClient) -> anyhow::Result<String> {
     Ok(render(&pools, &keys, &alerts, &fleet))
 }
 
+/// When a pool's backlog is done and what limits it, or `-`.
+fn drained_by(drain: &Value) -> String {
+    match (drain["seconds"].as_f64(), drain["limited_by"].as_str()) {
+        (Some(0.0), _) => "empty".to_owned(),
+        (Some(s), Some(why)) => format!("in {} ({why})", human(s.round() as i64)),
+        _ => "-".to_owned(),
+    }
+}
+
 /// The whole status text (pure, for tests).
 pub fn render(pools: &Value, keys: &Value, alerts: &Value, fleet: &Value) -> String {
     let text = |v: &Value| match v {
@@ -50,6 +59,10 @@ pub fn render(pools: &Value, keys: &Value, alerts: &Value, fleet: &Value) -> Str
                 text(&p["in_flight"]),
                 format!("{}/{}", text(&p["keys_usable"]), text(&p["keys_total"])),
                 text(&p["jobs_last_minute"]),
+                p["rate_per_s"]
+                    .as_f64()
+                    .map_or("-".to_owned(), |r| format!("{r:.2}/s")),
+                drained_by(&p["drain"]),
             ]
         })
         .collect();
@@ -86,6 +99,8 @@ pub fn render(pools: &Value, keys: &Value, alerts: &Value, fleet: &Value) -> Str
             "IN-FLIGHT",
             "USABLE",
             "JOBS/MIN",
+            "RATE",
+            "DRAINED",
         ],
         &pool_rows,
     );
@@ -164,7 +179,8 @@ mod tests {
     #[test]
     fn renders_pools_keys_and_alerts() {
         let pools = json!({"pools": [{"name": "g", "provider": "gemini", "ready": 3, "consumers": 1,
-            "in_flight": 0, "keys_usable": 1, "keys_total": 2, "jobs_last_minute": 7}],
+            "in_flight": 0, "keys_usable": 1, "keys_total": 2, "jobs_last_minute": 7,
+            "rate_per_s": 2.5, "drain": {"seconds": 100.0, "at": "2026-12-07T00:00:00Z", "limited_by": "rpm of 2 keys"}}],
             "dead_letters": {"ready": 0}});
         let keys = json!({"keys": [{"pool": "g", "name": "k1", "fingerprint": "abcd1234",
             "state": "cooling_down", "seconds_until": 90, "reason": "429", "in_flight": 0,
@@ -182,6 +198,10 @@ mod tests {
         assert!(out.contains("cooling_down"), "{out}");
         assert!(out.contains("90s left"));
         assert!(out.contains("1/2"));
+        assert!(
+            out.contains("2.50/s") && out.contains("in 100s (rpm of 2 keys)"),
+            "{out}"
+        );
         assert!(out.contains("KeyrelayPoolDegraded"));
     }
 }
