@@ -9,11 +9,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use tracing::debug;
 
-use crate::amqp::{AmqpError, Broker};
+use crate::amqp::Broker;
 use keyrelay_core::config::Config;
 use keyrelay_core::metrics as m;
 
@@ -22,30 +20,7 @@ pub const POLL_EVERY: Duration = Duration::from_secs(15);
 /// How far back dead-letter growth is judged.
 pub const GROWTH_WINDOW: SignedDuration = SignedDuration::from_secs(600);
 
-/// What the broker says about one queue.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct QueueDepth {
-    pub ready: u64,
-    pub consumers: u64,
-}
-
-/// Ready messages and consumers of `queue` (passive declare: never creates it).
-pub async fn queue_depth(broker: &Broker, queue: &str) -> Result<QueueDepth, AmqpError> {
-    let channel = broker.channel().await?;
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let declared = channel
-        .queue_declare(queue.into(), options, FieldTable::default())
-        .await
-        .map_err(AmqpError::op("queue.declare (passive)"))?;
-    let _ = channel.close(200, "depth read".into()).await;
-    Ok(QueueDepth {
-        ready: u64::from(declared.message_count()),
-        consumers: u64::from(declared.consumer_count()),
-    })
-}
+pub use crate::amqp::topology::{QueueDepth, queue_depth};
 
 /// Dead-letter depth samples, shared by the poller and `/v1/alerts`.
 #[derive(Default)]

@@ -171,7 +171,11 @@ pub async fn replay(
     let mut held = Vec::new();
     // Only the dead letters there now: a replayed job that fails at once is
     // dead-lettered again behind them, and must not be replayed twice.
-    let there = depth(&channel, &config.jobs.dead_letter_queue).await?;
+    let queue = &config.jobs.dead_letter_queue;
+    let there = crate::amqp::topology::queue_depth(&broker, queue)
+        .await
+        .with_context(|| format!("cannot read the dead-letter queue `{queue}`"))?
+        .ready as usize;
     for _ in 0..limit.min(there) {
         let Some(message) = get(&channel, &config.jobs.dead_letter_queue).await? else {
             break;
@@ -253,22 +257,6 @@ async fn requeue(held: Vec<lapin::message::Delivery>) {
             })
             .await;
     }
-}
-
-/// Messages ready in `queue` (a passive declare).
-async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<usize> {
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("cannot read the dead-letter queue `{queue}`"))?;
-    Ok(declared.message_count() as usize)
 }
 
 async fn get(

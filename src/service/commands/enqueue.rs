@@ -108,29 +108,12 @@ pub async fn enqueue(args: EnqueueArgs<'_>) -> anyhow::Result<EnqueueSummary> {
 /// unroutable (results stay in the store only): a missing one is declared,
 /// durable. One that exists is left as it is.
 async fn ensure_reply_queue(broker: &Broker, queue: &str) -> anyhow::Result<()> {
-    use lapin::options::QueueDeclareOptions;
-    use lapin::types::FieldTable;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let channel = broker.channel().await?;
-    if channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-        .is_ok()
-    {
-        let _ = channel.close(200, "reply queue exists".into()).await;
+    use crate::amqp::topology::{declare_plain, queue_depth};
+    if queue_depth(broker, queue).await.is_ok() {
         return Ok(());
     }
-    // The refused passive declare closed that channel.
     let channel = broker.channel().await?;
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
+    declare_plain(&channel, queue)
         .await
         .with_context(|| format!("cannot declare the reply queue `{queue}`"))?;
     eprintln!("declared the reply queue {queue} (durable): read the results from it");
