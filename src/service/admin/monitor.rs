@@ -20,7 +20,7 @@ pub const POLL_EVERY: Duration = Duration::from_secs(15);
 /// How far back dead-letter growth is judged.
 pub const GROWTH_WINDOW: SignedDuration = SignedDuration::from_secs(600);
 
-pub use crate::amqp::topology::{QueueDepth, queue_depth};
+pub use crate::amqp::depth::{QueueDepth, queue_depth};
 
 /// Dead-letter depth samples, shared by the poller and `/v1/alerts`.
 #[derive(Default)]

@@ -2,6 +2,7 @@
 //! mapping between AMQP properties and the job contract.
 
 mod broker;
+pub mod depth;
 mod error;
 mod properties;
 mod publisher;

@@ -1,7 +1,6 @@
 //! Declares keyrelay's queues: one job queue and one high-priority queue per
 //! pool, their delay queues, the default results queue, and the dead-letter
-//! queue. Declarations are idempotent. Also how deep a queue is (a passive
-//! declare, which never creates it).
+//! queue. Declarations are idempotent.
 
 use lapin::Channel;
 use lapin::options::QueueDeclareOptions;
@@ -147,29 +146,4 @@ pub async fn declare_plain(channel: &Channel, queue: &str) -> Result<(), AmqpErr
         .await
         .map_err(AmqpError::op("queue.declare"))?;
     Ok(())
-}
-
-/// What the broker says about one queue.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct QueueDepth {
-    pub ready: u64,
-    pub consumers: u64,
-}
-
-/// Ready messages and consumers of `queue` (passive declare: never creates it).
-pub async fn queue_depth(broker: &super::Broker, queue: &str) -> Result<QueueDepth, AmqpError> {
-    let channel = broker.channel().await?;
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let declared = channel
-        .queue_declare(queue.into(), options, FieldTable::default())
-        .await
-        .map_err(AmqpError::op("queue.declare (passive)"))?;
-    let _ = channel.close(200, "depth read".into()).await;
-    Ok(QueueDepth {
-        ready: u64::from(declared.message_count()),
-        consumers: u64::from(declared.consumer_count()),
-    })
 }

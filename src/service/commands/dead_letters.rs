@@ -172,7 +172,7 @@ pub async fn replay(
     // Only the dead letters there now: a replayed job that fails at once is
     // dead-lettered again behind them, and must not be replayed twice.
     let queue = &config.jobs.dead_letter_queue;
-    let there = crate::amqp::topology::queue_depth(&broker, queue)
+    let there = crate::amqp::depth::queue_depth(&broker, queue)
         .await
         .with_context(|| format!("cannot read the dead-letter queue `{queue}`"))?
         .ready as usize;

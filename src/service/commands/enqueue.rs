@@ -108,7 +108,8 @@ pub async fn enqueue(args: EnqueueArgs<'_>) -> anyhow::Result<EnqueueSummary> {
 /// unroutable (results stay in the store only): a missing one is declared,
 /// durable. One that exists is left as it is.
 async fn ensure_reply_queue(broker: &Broker, queue: &str) -> anyhow::Result<()> {
-    use crate::amqp::topology::{declare_plain, queue_depth};
+    use crate::amqp::depth::queue_depth;
+    use crate::amqp::topology::declare_plain;
     if queue_depth(broker, queue).await.is_ok() {
         return Ok(());
     }
