@@ -27,12 +27,39 @@ pub use crate::amqp::depth::{QueueDepth, queue_depth};
 pub struct Monitor {
     dead_letters: Mutex<VecDeque<(Timestamp, u64)>>,
     /// Per batch: (when, jobs answered), sampled on each request for it.
-    batches: Mutex<std::collections::HashMap<String, VecDeque<(std::time::Instant, u64)>>>,
+    batches: Samples,
     /// Per pool: (when, jobs completed), sampled on each `/v1/pools`.
-    pools: Mutex<std::collections::HashMap<String, VecDeque<(std::time::Instant, u64)>>>,
+    pools: Samples,
 }
 
-/// A batch's rate is measured over samples this recent.
+/// Per name: (when, a count that only grows), sampled on each request.
+type Samples = Mutex<std::collections::HashMap<String, VecDeque<(std::time::Instant, u64)>>>;
+
+/// Add the sample (`now`, `count`) of `name`, drop those older than
+/// [`RATE_WINDOW`], and say how fast the count grew since the oldest one,
+/// per second, when it is at least `min_span` seconds old.
+fn sampled_rate(
+    samples: &Samples,
+    name: &str,
+    now: std::time::Instant,
+    count: u64,
+    min_span: f64,
+) -> Option<f64> {
+    let mut all = samples.lock().ok()?;
+    let samples = all.entry(name.to_owned()).or_default();
+    samples.push_back((now, count));
+    while samples
+        .front()
+        .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+    {
+        samples.pop_front();
+    }
+    let (first_at, first) = *samples.front()?;
+    let span = now.duration_since(first_at).as_secs_f64();
+    (span >= min_span).then(|| count.saturating_sub(first) as f64 / span)
+}
+
+/// Rates are measured over samples this recent.
 const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Monitor {
@@ -40,18 +67,7 @@ impl Monitor {
     /// counters); its rate in jobs/s over the samples of the last 5 minutes
     /// at least 10 s apart, `None` before there are two such.
     pub fn pool_rate(&self, pool: &str, now: std::time::Instant, completed: u64) -> Option<f64> {
-        let mut all = self.pools.lock().ok()?;
-        let samples = all.entry(pool.to_owned()).or_default();
-        samples.push_back((now, completed));
-        while samples
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
-        {
-            samples.pop_front();
-        }
-        let (first_at, first) = *samples.front()?;
-        let span = now.duration_since(first_at).as_secs_f64();
-        (span >= 10.0).then(|| completed.saturating_sub(first) as f64 / span)
+        sampled_rate(&self.pools, pool, now, completed, 10.0)
     }
 
     /// Record that `batch` had `done` jobs answered at `now`; its rate in
@@ -64,22 +80,10 @@ impl Monitor {
         done: u64,
         started: Option<Timestamp>,
     ) -> Option<f64> {
-        let mut all = self.batches.lock().ok()?;
-        let samples = all.entry(batch.to_owned()).or_default();
-        samples.push_back((now, done));
-        while samples
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
-        {
-            samples.pop_front();
-        }
-        let (first_at, first_done) = *samples.front()?;
-        let span = now.duration_since(first_at).as_secs_f64();
-        if span >= 5.0 {
-            return Some(done.saturating_sub(first_done) as f64 / span);
-        }
-        let lived = Timestamp::now().duration_since(started?).as_secs_f64();
-        (lived >= 1.0).then(|| done as f64 / lived)
+        sampled_rate(&self.batches, batch, now, done, 5.0).or_else(|| {
+            let lived = Timestamp::now().duration_since(started?).as_secs_f64();
+            (lived >= 1.0).then(|| done as f64 / lived)
+        })
     }
 
     /// Record a dead-letter depth sample; drop those older than the window.
