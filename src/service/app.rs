@@ -342,6 +342,7 @@ fn pool_setups(
                     queue: config.job_queue(&pool.name),
                     high_queue: config.high_queue(&pool.name),
                     client,
+                    provider: pool.provider,
                     default_model: pool.default_model.clone(),
                     models: pool.models.clone(),
                     max_tpm: pool.largest_declared_tpm(),

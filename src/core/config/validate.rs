@@ -53,6 +53,11 @@ pub(super) fn validate(config: &mut Config, with_keys: bool) -> Result<(), Confi
     if let Some(name) = &config.instance.name {
         check_name("instance.name", name)?;
     }
+    for (name, template) in config.templates.iter_mut() {
+        template
+            .compile()
+            .map_err(|message| field(format!("templates.{name}"), message))?;
+    }
     if config.pools.is_empty() {
         return Err(field("pools", "at least one [[pools]] entry is required"));
     }

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::schema::{FormatSpec, ResponseFormat};
 use super::template::{self, TemplateConfig};
-use super::validated::{Job, Priority, ReplyAddress, ResponseFormat};
-use crate::provider::{ChatMessage, ProviderRequest, Role};
+use super::validated::{Job, Priority, ReplyAddress};
+use crate::provider::{ChatMessage, ProviderKind, ProviderRequest, Role, registry};
 
 /// The AMQP properties a job's decoding looks at.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +44,9 @@ pub struct DecodeContext<'a> {
     pub results_queue: &'a str,
     /// Whether jobs that do not say may use the response cache.
     pub cache_by_default: bool,
+    /// The pool's provider, which says what it cannot take (`None`: no
+    /// provider check, for tests of the contract alone).
+    pub provider: Option<ProviderKind>,
 }
 
 /// A job that breaks the contract, with what is known of where to reply.
@@ -56,7 +60,7 @@ pub struct InvalidJob {
     pub reason: String,
 }
 
-/// The job body as producers write it (contract v1).
+/// The job body as producers write it (contract v2).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JobBody {
@@ -66,7 +70,7 @@ struct JobBody {
     messages: Option<Vec<ChatMessage>>,
     template: Option<String>,
     input: Option<Value>,
-    response_format: Option<ResponseFormat>,
+    response_format: Option<FormatSpec>,
     max_output_tokens: Option<u32>,
     temperature: Option<f32>,
     user: Option<String>,
@@ -138,21 +142,28 @@ fn build(
     if body.max_output_tokens == Some(0) {
         return Err("max_output_tokens must be at least 1".into());
     }
-    let response_format = body.response_format.or(template_format).unwrap_or_default();
+    let response_format = match body.response_format {
+        Some(spec) => ResponseFormat::compile(spec).map_err(|e| format!("response_format: {e}"))?,
+        None => template_format.unwrap_or_default(),
+    };
     if let Some(batch) = &body.batch {
         valid_batch(batch)?;
+    }
+    let request = ProviderRequest {
+        model,
+        messages,
+        output: response_format.output(),
+        max_output_tokens: body.max_output_tokens,
+        temperature: body.temperature,
+        user: body.user.clone(),
+    };
+    if let Some(kind) = ctx.provider {
+        registry::check_request(kind, &request)?;
     }
     Ok(Job {
         id,
         pool: ctx.pool.to_owned(),
-        request: ProviderRequest {
-            model,
-            messages,
-            json_output: response_format == ResponseFormat::Json,
-            max_output_tokens: body.max_output_tokens,
-            temperature: body.temperature,
-            user: body.user.clone(),
-        },
+        request,
         response_format,
         user: body.user,
         metadata: body.metadata.unwrap_or(Value::Object(Default::default())),
@@ -190,6 +201,7 @@ fn messages_of(
         if !messages.iter().any(|m| m.role != Role::System) {
             return Err("`messages` needs at least one user or assistant message".into());
         }
+        check_messages(messages)?;
         return Ok((messages.clone(), None));
     }
     let name = body.template.as_deref().unwrap_or_default();
@@ -205,20 +217,30 @@ fn messages_of(
         template::render(&template.text, input).map_err(|e| format!("template `{name}`: {e}"))?;
     let mut messages = Vec::with_capacity(2);
     if let Some(system) = &template.system {
-        messages.push(ChatMessage {
-            role: Role::System,
-            content: system.clone(),
-        });
+        messages.push(ChatMessage::text(Role::System, system.clone()));
     }
     messages.push(user_message(text));
-    Ok((messages, template.response_format))
+    Ok((messages, template.compiled.clone()))
 }
 
 fn user_message(content: String) -> ChatMessage {
-    ChatMessage {
-        role: Role::User,
-        content,
+    ChatMessage::text(Role::User, content)
+}
+
+/// No empty message; images and documents only in what the user says
+/// (providers take them nowhere else).
+fn check_messages(messages: &[ChatMessage]) -> Result<(), String> {
+    for (i, m) in messages.iter().enumerate() {
+        if m.content.is_blank() {
+            return Err(format!("messages[{i}] has no content"));
+        }
+        if m.role != Role::User && m.content.media().next().is_some() {
+            return Err(format!(
+                "messages[{i}]: images and documents go in `user` messages only"
+            ));
+        }
     }
+    Ok(())
 }
 
 fn check_model(model: &str, ctx: &DecodeContext<'_>) -> Result<(), String> {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::provider::ProviderKind;
 use serde_json::json;
 
 fn templates() -> BTreeMap<String, TemplateConfig> {
@@ -8,7 +9,11 @@ fn templates() -> BTreeMap<String, TemplateConfig> {
         TemplateConfig {
             system: Some("You are a coach.".into()),
             text: "Analyse {{input}} and answer as JSON".into(),
-            response_format: Some(ResponseFormat::Json),
+            response_format: Some(FormatSpec::Json),
+            schema: None,
+            schema_file: None,
+            schema_name: None,
+            compiled: Some(ResponseFormat::Json),
         },
     );
     t
@@ -25,6 +30,7 @@ fn run(body: &[u8], props: JobProperties) -> Result<Job, InvalidJob> {
         max_body_bytes: 1024,
         results_queue: "results",
         cache_by_default: true,
+        provider: None,
     };
     decode(body, &props, &ctx, || "generated".into())
 }
@@ -79,7 +85,7 @@ fn invalid_jobs_name_their_problem() {
         (long_id.as_bytes(), "1-255 bytes"),
         (
             b"{\"prompt\": \"a\", \"response_format\": \"xml\"}",
-            "unknown variant",
+            "unknown response_format `xml`",
         ),
         (deep.as_bytes(), "not a valid job"),
         (big.as_bytes(), "over the limit of 1024"),
@@ -146,7 +152,7 @@ fn prompt_job_uses_pool_defaults() {
     assert_eq!(job.id, "j1");
     assert_eq!(job.request.model, "m1");
     assert_eq!(job.request.messages, vec![user_message("hello".into())]);
-    assert!(!job.request.json_output);
+    assert_eq!(job.request.output, crate::provider::OutputFormat::Text);
     assert_eq!(job.user.as_deref(), Some("u-1"));
     assert_eq!(job.metadata, json!({"k": 1}));
 }
@@ -158,9 +164,14 @@ fn template_job_renders_and_inherits_json_format() {
     assert_eq!(job.request.model, "m2");
     assert_eq!(job.request.messages.len(), 2);
     assert_eq!(job.request.messages[0].role, Role::System);
-    assert!(job.request.messages[1].content.contains("\"steps\": 3"));
-    assert!(job.request.json_output);
-    assert_eq!(job.response_format, ResponseFormat::Json);
+    assert!(
+        job.request.messages[1]
+            .content
+            .text()
+            .contains("\"steps\": 3")
+    );
+    assert_eq!(job.request.output, crate::provider::OutputFormat::Json);
+    assert!(matches!(job.response_format, ResponseFormat::Json));
 }
 
 proptest::proptest! {
@@ -200,4 +211,110 @@ fn batch_and_priority_are_read_and_checked() {
         "{}",
         bad.reason
     );
+}
+
+fn run_on(body: serde_json::Value, provider: ProviderKind) -> Result<Job, InvalidJob> {
+    let templates = templates();
+    let ctx = DecodeContext {
+        pool: "p",
+        default_model: "m1",
+        models: None,
+        templates: &templates,
+        max_body_bytes: 1 << 20,
+        results_queue: "results",
+        cache_by_default: true,
+        provider: Some(provider),
+    };
+    decode(
+        body.to_string().as_bytes(),
+        &JobProperties::default(),
+        &ctx,
+        || "generated".into(),
+    )
+}
+
+const PERSON: &str =
+    r#"{"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}"#;
+
+#[test]
+fn schema_jobs_ask_each_provider_for_it() {
+    let schema: serde_json::Value = serde_json::from_str(PERSON).unwrap();
+    let body = json!({"prompt": "who?", "response_format": {"type": "json_schema", "name": "person", "schema": schema}});
+    for provider in [
+        ProviderKind::Openai,
+        ProviderKind::Gemini,
+        ProviderKind::Anthropic,
+    ] {
+        let job = run_on(body.clone(), provider).unwrap();
+        let crate::provider::OutputFormat::Schema(s) = &job.request.output else {
+            panic!("{provider:?}")
+        };
+        assert_eq!(s.name, "person");
+        assert!(matches!(job.response_format, ResponseFormat::JsonSchema(_)));
+    }
+}
+
+#[test]
+fn what_a_provider_cannot_take_is_refused_by_name() {
+    let pattern_props = json!({"prompt": "x", "response_format": {"type": "json_schema", "schema": {"type": "object", "patternProperties": {"^a": {}}}}});
+    let array_root = json!({"prompt": "x", "response_format": {"type": "json_schema", "schema": {"type": "array"}}});
+    let pdf_url = json!({"messages": [{"role": "user", "content": [{"type": "document", "url": "https://example.com/a.pdf"}]}]});
+    let gif = json!({"messages": [{"role": "user", "content": [{"type": "image", "data": "R0lGODlh", "media_type": "image/gif"}]}]});
+    let bmp = json!({"messages": [{"role": "user", "content": [{"type": "image", "data": "Qk0=", "media_type": "image/bmp"}]}]});
+    let cases = [
+        (&pattern_props, ProviderKind::Openai, "`patternProperties`"),
+        (&pattern_props, ProviderKind::Gemini, "`patternProperties`"),
+        (&array_root, ProviderKind::Openai, "root"),
+        (&array_root, ProviderKind::Anthropic, "root"),
+        (&pdf_url, ProviderKind::Openai, "not a `url`"),
+        (&gif, ProviderKind::Gemini, "`image/gif`"),
+        (&bmp, ProviderKind::Anthropic, "`image/bmp`"),
+        (&bmp, ProviderKind::Openai, "`image/bmp`"),
+    ];
+    for (body, provider, wanted) in cases {
+        let err = run_on(body.clone(), provider).unwrap_err();
+        assert!(
+            err.reason.contains(wanted),
+            "{provider:?} {body}: {}",
+            err.reason
+        );
+    }
+    // What one provider refuses, another takes.
+    assert!(run_on(array_root.clone(), ProviderKind::Gemini).is_ok());
+    assert!(run_on(pdf_url.clone(), ProviderKind::Anthropic).is_ok());
+    assert!(run_on(gif.clone(), ProviderKind::Openai).is_ok());
+}
+
+#[test]
+fn media_only_in_user_messages() {
+    let body = json!({"messages": [
+        {"role": "system", "content": [{"type": "image", "url": "https://example.com/a.png"}]},
+        {"role": "user", "content": "hi"},
+    ]});
+    let err = run_on(body, ProviderKind::Anthropic).unwrap_err();
+    assert!(
+        err.reason.contains("`user` messages only"),
+        "{}",
+        err.reason
+    );
+    let empty = json!({"messages": [{"role": "user", "content": []}]});
+    let err = run_on(empty, ProviderKind::Anthropic).unwrap_err();
+    assert!(err.reason.contains("no content"), "{}", err.reason);
+}
+
+#[test]
+fn the_cache_key_sees_parts_and_schemas() {
+    let text = json!({"messages": [{"role": "user", "content": "a"}]});
+    let parts = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image", "url": "https://example.com/a.png"}]}]});
+    let other = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image", "url": "https://example.com/b.png"}]}]});
+    let mut schema = text.clone();
+    schema["response_format"] = json!({"type": "json_schema", "schema": {"type": "object"}});
+    let mut schema2 = text.clone();
+    schema2["response_format"] =
+        json!({"type": "json_schema", "schema": {"type": "object", "required": ["x"]}});
+    let keys: std::collections::HashSet<_> = [text, parts, other, schema, schema2]
+        .into_iter()
+        .map(|b| run_on(b, ProviderKind::Anthropic).unwrap().cache_key())
+        .collect();
+    assert_eq!(keys.len(), 5);
 }

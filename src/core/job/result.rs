@@ -23,7 +23,8 @@ pub enum ErrorKind {
     /// The job body broke the contract; it is also dead-lettered.
     #[default]
     InvalidJob,
-    /// `response_format: json` but the model's text is not JSON.
+    /// `response_format` json or json_schema, but the model's text is not
+    /// JSON, or breaks the schema (`violations` say where).
     InvalidOutput,
     /// The provider rejected the request itself (HTTP 400-style).
     BadRequest,
@@ -105,6 +106,10 @@ pub struct JobError {
     /// `too_large`: what the job needed, in the same unit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested: Option<u64>,
+    /// `invalid_output` of a `json_schema` job: where the answer breaks the
+    /// schema ("at /path: message"), at most ten and a count of the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<String>,
 }
 
 impl JobError {

@@ -1,10 +1,13 @@
 //! Named prompt templates: their definition (`[templates.NAME]` in the
 //! config) and their rendering with a job's `input` JSON.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::validated::ResponseFormat;
+use super::schema::{DEFAULT_SCHEMA_NAME, FormatSpec, ResponseFormat};
+use crate::provider::OutputSchema;
 
 /// `[templates.NAME]`: a named prompt; `{{input}}` is replaced by the job's input JSON,
 /// `{{input.FIELD}}` by one top-level field of it.
@@ -15,9 +18,72 @@ pub struct TemplateConfig {
     pub system: Option<String>,
     /// The user prompt text with placeholders.
     pub text: String,
-    /// Default `response_format` of jobs using this template (`text` or `json`).
+    /// Default `response_format` of jobs using this template (`text`,
+    /// `json`, or a `json_schema` table).
     #[serde(default)]
-    pub response_format: Option<ResponseFormat>,
+    pub response_format: Option<FormatSpec>,
+    /// The JSON Schema of the answer, inline (a TOML table): jobs get
+    /// `response_format` json_schema.
+    #[serde(default)]
+    pub schema: Option<Value>,
+    /// The same, read from a JSON file (relative to the working directory).
+    #[serde(default)]
+    pub schema_file: Option<PathBuf>,
+    /// The schema's name (default `output`).
+    #[serde(default)]
+    pub schema_name: Option<String>,
+    /// The format above, compiled when the config is loaded.
+    #[serde(skip)]
+    pub compiled: Option<ResponseFormat>,
+}
+
+impl TemplateConfig {
+    /// Read the schema file and compile the template's format; the error
+    /// says what is wrong (the caller names the template).
+    pub fn compile(&mut self) -> Result<(), String> {
+        let schema = match (&self.schema, &self.schema_file) {
+            (Some(_), Some(_)) => return Err("give `schema` or `schema_file`, not both".into()),
+            (Some(schema), None) => Some(schema.clone()),
+            (None, Some(path)) => Some(read_schema_file(path)?),
+            (None, None) => None,
+        };
+        let spec = match (schema, self.response_format.clone()) {
+            (Some(_), Some(spec)) if spec != FormatSpec::Text && spec != FormatSpec::Json => {
+                return Err(
+                    "give the schema in `schema`/`schema_file` or in `response_format`, not both"
+                        .into(),
+                );
+            }
+            (Some(_), Some(FormatSpec::Text)) => {
+                return Err(
+                    "a template with a schema answers JSON: drop `response_format = \"text\"`"
+                        .into(),
+                );
+            }
+            (Some(schema), _) => Some(FormatSpec::JsonSchema(OutputSchema {
+                name: self
+                    .schema_name
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_SCHEMA_NAME.to_owned()),
+                schema,
+            })),
+            (None, spec) => {
+                if self.schema_name.is_some() {
+                    return Err("`schema_name` needs `schema` or `schema_file`".into());
+                }
+                spec
+            }
+        };
+        self.compiled = spec.map(ResponseFormat::compile).transpose()?;
+        Ok(())
+    }
+}
+
+fn read_schema_file(path: &PathBuf) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read `schema_file` {}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("`schema_file` {} is not JSON: {e}", path.display()))
 }
 
 /// Replace `{{input}}` with the whole input as JSON and `{{input.FIELD}}` with one

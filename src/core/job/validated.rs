@@ -2,22 +2,10 @@
 //! provider request, the answer's format, where to reply) and its identity in
 //! the response cache.
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::provider::ProviderRequest;
-
-/// `response_format` of a job.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ResponseFormat {
-    /// The model's text as it is (`text` of the result).
-    #[default]
-    Text,
-    /// JSON output is asked of the provider and parsed into the result's `json`;
-    /// text that is not JSON fails the job with `invalid_output`.
-    Json,
-}
+use super::schema::ResponseFormat;
+use crate::provider::{OutputFormat, ProviderRequest};
 
 /// A validated job, ready to be sent to any key of its pool.
 #[derive(Debug, Clone)]
@@ -74,9 +62,20 @@ impl Job {
         h.update(r.model.as_bytes());
         for m in &r.messages {
             h.update([0, m.role as u8]);
-            h.update(m.content.as_bytes());
+            match &m.content {
+                crate::provider::MessageContent::Text(text) => h.update(text.as_bytes()),
+                parts => h.update(serde_json::to_vec(parts).unwrap_or_default()),
+            }
         }
-        h.update([0, r.json_output as u8]);
+        match &r.output {
+            OutputFormat::Text => h.update([0, 0]),
+            OutputFormat::Json => h.update([0, 1]),
+            OutputFormat::Schema(schema) => {
+                h.update([0, 2]);
+                h.update(schema.name.as_bytes());
+                h.update(serde_json::to_vec(&schema.schema).unwrap_or_default());
+            }
+        }
         h.update(r.max_output_tokens.unwrap_or(0).to_be_bytes());
         h.update(
             r.temperature

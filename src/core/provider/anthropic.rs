@@ -14,8 +14,9 @@ use serde_json::Value;
 
 use super::api::{ProviderApi, join_path, secret_header};
 use super::classify::{self, by_status, header_str, message_or_body, number_after};
+use super::content::{ContentPart, Media, MessageContent};
 use super::outcome::{Completion, FailureKind, JobFailure, Outcome, Usage};
-use super::request::{ProviderRequest, Role};
+use super::request::{OutputFormat, ProviderRequest, Role};
 use crate::secret::ApiKey;
 
 /// Anthropic's Messages API (`x-api-key` + `anthropic-version`).
@@ -92,12 +93,23 @@ pub struct Body<'a> {
     temperature: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<Metadata<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
 }
 
 #[derive(Debug, Serialize)]
 struct Message<'a> {
     role: &'static str,
-    content: &'a str,
+    content: Content<'a>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Content<'a> {
+    Text(&'a str),
+    Blocks(Vec<Value>),
 }
 
 #[derive(Debug, Serialize)]
@@ -105,16 +117,49 @@ struct Metadata<'a> {
     user_id: &'a str,
 }
 
-/// Build the request body. System messages are joined into `system`.
+/// The image types the Messages API reads ("Input should be 'image/jpeg',
+/// 'image/png', 'image/gif' or 'image/webp'", tests/fixtures/providers/anthropic.json).
+const IMAGE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/gif", "image/webp"];
+
+/// The forced tool's description: the schema is what the answer is.
+const TOOL_DESCRIPTION: &str = "Give your answer as this tool's input.";
+
+/// What `v1/messages` cannot take, found before any call. A schema is a
+/// tool's `input_schema`, whose root must be an object; the rest of it is
+/// sent as written (without `strict`, Anthropic treats it as guidance, so
+/// keyrelay validates the answer).
+pub fn check_request(req: &ProviderRequest) -> Result<(), String> {
+    if let OutputFormat::Schema(schema) = &req.output
+        && schema.schema.get("type").and_then(Value::as_str) != Some("object")
+    {
+        return Err("Anthropic structured output (a forced tool's input_schema) needs a schema whose root is `\"type\": \"object\"`; wrap the value in an object".into());
+    }
+    for part in req.messages.iter().flat_map(|m| m.content.media()) {
+        if let ContentPart::Image(media) = part
+            && let Some(t) = media
+                .media_type
+                .as_deref()
+                .filter(|t| !IMAGE_TYPES.contains(t))
+        {
+            return Err(format!(
+                "Anthropic does not read `{t}` images (jpeg, png, gif or webp)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Build the request body. System messages are joined into `system`; a
+/// schema becomes a tool the model is made to call.
 pub fn request_body(req: &ProviderRequest) -> Body<'_> {
-    let mut system: Vec<&str> = req
+    let mut system: Vec<String> = req
         .messages
         .iter()
         .filter(|m| m.role == Role::System)
-        .map(|m| m.content.as_str())
+        .map(|m| m.content.text())
         .collect();
-    if req.json_output {
-        system.push(JSON_INSTRUCTION);
+    if req.output == OutputFormat::Json {
+        system.push(JSON_INSTRUCTION.to_owned());
     }
     let messages = req
         .messages
@@ -126,9 +171,20 @@ pub fn request_body(req: &ProviderRequest) -> Body<'_> {
             } else {
                 "user"
             },
-            content: &m.content,
+            content: content_of(&m.content),
         })
         .collect();
+    let (tools, tool_choice) = match req.output.schema() {
+        Some(s) => (
+            Some(vec![serde_json::json!({
+                "name": s.name,
+                "description": TOOL_DESCRIPTION,
+                "input_schema": s.schema,
+            })]),
+            Some(serde_json::json!({"type": "tool", "name": s.name})),
+        ),
+        None => (None, None),
+    };
     Body {
         model: &req.model,
         max_tokens: req.max_output_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
@@ -136,6 +192,42 @@ pub fn request_body(req: &ProviderRequest) -> Body<'_> {
         messages,
         temperature: req.temperature,
         metadata: req.user.as_deref().map(|user_id| Metadata { user_id }),
+        tools,
+        tool_choice,
+    }
+}
+
+/// A string stays a string; parts become `text`, `image` and `document`
+/// blocks with a `base64` or `url` source.
+fn content_of(content: &MessageContent) -> Content<'_> {
+    let parts = match content {
+        MessageContent::Text(text) => return Content::Text(text),
+        MessageContent::Parts(parts) => parts,
+    };
+    Content::Blocks(
+        parts
+            .iter()
+            .map(|part| match part {
+                ContentPart::Text { text } => serde_json::json!({"type": "text", "text": text}),
+                ContentPart::Image(media) => {
+                    serde_json::json!({"type": "image", "source": source(media)})
+                }
+                ContentPart::Document(media) => {
+                    serde_json::json!({"type": "document", "source": source(media)})
+                }
+            })
+            .collect(),
+    )
+}
+
+fn source(media: &Media) -> Value {
+    match (&media.data, &media.url) {
+        (Some(data), _) => serde_json::json!({
+            "type": "base64",
+            "media_type": media.media_type,
+            "data": data,
+        }),
+        (None, url) => serde_json::json!({"type": "url", "url": url}),
     }
 }
 
@@ -151,6 +243,8 @@ struct Block {
     #[serde(rename = "type")]
     kind: String,
     text: Option<String>,
+    /// A `tool_use` block's arguments: the structured answer.
+    input: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,12 +271,23 @@ pub fn parse_success(body: &[u8]) -> Outcome {
             };
         }
     };
-    let text: String = resp
+    // A forced tool's input is the answer (a schema job); else the text.
+    let tool_input = resp
         .content
-        .into_iter()
-        .filter(|b| b.kind == "text")
-        .filter_map(|b| b.text)
-        .collect();
+        .iter()
+        .find(|b| b.kind == "tool_use")
+        .and_then(|b| b.input.as_ref())
+        .map(Value::to_string);
+    let from_tool = tool_input.is_some();
+    let text: String = match tool_input {
+        Some(input) => input,
+        None => resp
+            .content
+            .into_iter()
+            .filter(|b| b.kind == "text")
+            .filter_map(|b| b.text)
+            .collect(),
+    };
     let usage = resp.usage.map_or(Usage::default(), |u| {
         let (read, written) = (
             u.cache_read_input_tokens.unwrap_or(0),
@@ -215,6 +320,14 @@ pub fn parse_success(body: &[u8]) -> Outcome {
         let partial = (!text.is_empty()).then_some(text);
         let message = "the model refused (stop_reason refusal)".to_owned();
         return failure(FailureKind::Blocked, message, partial);
+    }
+    if from_tool && stop == "max_tokens" {
+        // The tool's input was cut off: whatever parsed of it is not the answer.
+        let message = format!(
+            "the output allowance ran out inside the structured answer ({} output tokens, stop_reason max_tokens)",
+            usage.output_tokens
+        );
+        return failure(FailureKind::Truncated, message, Some(text));
     }
     if !text.is_empty() {
         return Outcome::Success(Completion {

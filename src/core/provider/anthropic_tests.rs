@@ -7,7 +7,7 @@ use serde_json::json;
 fn request() -> ProviderRequest {
     let msg = |role, content: &str| ChatMessage {
         role,
-        content: content.to_owned(),
+        content: content.into(),
     };
     ProviderRequest {
         model: "claude-sonnet-4-5".to_owned(),
@@ -18,7 +18,7 @@ fn request() -> ProviderRequest {
             msg(Role::Assistant, "Pome."),
             msg(Role::User, "Plum?"),
         ],
-        json_output: true,
+        output: OutputFormat::Json,
         max_output_tokens: None,
         temperature: Some(0.0),
         user: Some("u-7".to_owned()),
@@ -50,7 +50,7 @@ fn body_joins_system_adds_json_instruction_and_defaults_max_tokens() {
 fn body_omits_unset_fields() {
     let mut req = request();
     req.messages.retain(|m| m.role == Role::User);
-    req.json_output = false;
+    req.output = OutputFormat::Text;
     req.max_output_tokens = Some(50);
     req.temperature = None;
     req.user = None;
@@ -131,4 +131,78 @@ fn usage_counts_cache_reads_and_writes_in_the_prompt() {
         ..Usage::default()
     };
     assert_eq!(c.usage, want);
+}
+
+/// Golden body: parts as `image`/`document` blocks with `base64` and `url`
+/// sources; the schema as a tool the model is made to call, sent as written.
+#[test]
+fn v2_body_maps_parts_and_forces_the_schema_tool() {
+    use crate::provider::{ContentPart, Media, MessageContent, OutputSchema};
+    let schema = json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}, "required": ["n"]});
+    let req = ProviderRequest {
+        model: "claude-sonnet-4-5".into(),
+        messages: vec![ChatMessage {
+            role: Role::User,
+            content: MessageContent::Parts(vec![
+                ContentPart::Image(Media {
+                    url: None,
+                    data: Some("/9j/4A==".into()),
+                    media_type: Some("image/jpeg".into()),
+                }),
+                ContentPart::Document(Media {
+                    url: Some("https://example.com/a.pdf".into()),
+                    data: None,
+                    media_type: None,
+                }),
+                ContentPart::Text {
+                    text: "How many?".into(),
+                },
+            ]),
+        }],
+        output: OutputFormat::Schema(std::sync::Arc::new(OutputSchema {
+            name: "count".into(),
+            schema: schema.clone(),
+        })),
+        max_output_tokens: Some(200),
+        temperature: None,
+        user: None,
+    };
+    let body = serde_json::to_value(request_body(&req)).unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 200,
+            "messages": [{"role": "user", "content": [
+                {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4A=="}},
+                {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}},
+                {"type": "text", "text": "How many?"},
+            ]}],
+            "tools": [{"name": "count", "description": TOOL_DESCRIPTION, "input_schema": schema}],
+            "tool_choice": {"type": "tool", "name": "count"},
+        })
+    );
+}
+
+/// The forced tool's input is the answer; cut off by max_tokens it is not.
+#[test]
+fn a_tool_answer_is_the_structured_output() {
+    let body = json!({
+        "content": [{"type": "tool_use", "id": "toolu_01", "name": "count", "input": {"n": 3}}],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 10, "output_tokens": 5},
+    });
+    let Outcome::Success(c) = parse_success(body.to_string().as_bytes()) else {
+        panic!()
+    };
+    assert_eq!(c.text, r#"{"n":3}"#);
+    let cut = json!({
+        "content": [{"type": "tool_use", "id": "toolu_01", "name": "count", "input": {}}],
+        "stop_reason": "max_tokens",
+        "usage": {"input_tokens": 10, "output_tokens": 200},
+    });
+    let Outcome::JobFailed(f) = parse_success(cut.to_string().as_bytes()) else {
+        panic!()
+    };
+    assert_eq!(f.kind, FailureKind::Truncated);
 }

@@ -138,7 +138,7 @@ mod tests {
         let request = ProviderRequest {
             model: "gpt-4o prod".to_owned(),
             messages: Vec::new(),
-            json_output: false,
+            output: Default::default(),
             max_output_tokens: None,
             temperature: None,
             user: None,

@@ -10,8 +10,10 @@ use serde_json::Value;
 
 use super::api::{ProviderApi, join_path, secret_header};
 use super::classify::{self, by_status, message_or_body, number_after, parse_go_duration};
+use super::content::{ContentPart, Media, MessageContent, PDF};
 use super::outcome::{Completion, FailureKind, JobFailure, Outcome, Usage};
-use super::request::{ChatMessage, ProviderRequest, Role};
+use super::request::{ChatMessage, OutputFormat, ProviderRequest, Role};
+use super::schema_subset::{self, Subset};
 use crate::secret::ApiKey;
 
 /// Google's Gemini API (`x-goog-api-key`).
@@ -28,7 +30,9 @@ impl ProviderApi for Gemini {
     }
 
     fn body(&self, request: &ProviderRequest) -> serde_json::Result<Vec<u8>> {
-        serde_json::to_vec(&request_body(request))
+        let body =
+            request_body(request).map_err(<serde_json::Error as serde::ser::Error>::custom)?;
+        serde_json::to_vec(&body)
     }
 
     fn parse_success(&self, body: &[u8]) -> Outcome {
@@ -56,23 +60,18 @@ pub fn method_segment(model: &str) -> String {
 /// The JSON body of a `generateContent` call.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Body<'a> {
-    contents: Vec<Content<'a>>,
+pub struct Body {
+    contents: Vec<Content>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    system_instruction: Option<Content<'a>>,
+    system_instruction: Option<Content>,
     generation_config: GenerationConfig,
 }
 
 #[derive(Debug, Serialize)]
-struct Content<'a> {
+struct Content {
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<&'static str>,
-    parts: Vec<Part<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct Part<'a> {
-    text: &'a str,
+    parts: Vec<Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,16 +83,119 @@ struct GenerationConfig {
     temperature: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_mime_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_json_schema: Option<Value>,
+}
+
+/// What `responseJsonSchema` takes: the list in the API's field doc
+/// ("only the following properties are supported", python-genai
+/// `types.py`, `GenerationConfig.response_json_schema`). Gemini ignores the
+/// others; the structural ones are refused rather than ignored, so a paid
+/// call never answers a shape the schema does not describe.
+pub const JSON_SCHEMA_SUBSET: Subset = Subset {
+    feature: "Gemini structured output (responseJsonSchema)",
+    kept: &[
+        "$id",
+        "$defs",
+        "$ref",
+        "$anchor",
+        "type",
+        "format",
+        "title",
+        "description",
+        "enum",
+        "items",
+        "prefixItems",
+        "minItems",
+        "maxItems",
+        "minimum",
+        "maximum",
+        "anyOf",
+        "oneOf",
+        "properties",
+        "additionalProperties",
+        "required",
+        "propertyOrdering",
+    ],
+    hinted: &[
+        "minLength",
+        "maxLength",
+        "pattern",
+        "const",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "uniqueItems",
+        "minProperties",
+        "maxProperties",
+        "contains",
+        "minContains",
+        "maxContains",
+        "not",
+        "dependentRequired",
+    ],
+    refused: &[
+        "allOf",
+        "if",
+        "then",
+        "else",
+        "patternProperties",
+        "propertyNames",
+        "dependentSchemas",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+    ],
+    strict_objects: false,
+    object_root: false,
+};
+
+/// The image types Gemini reads (no GIF).
+const IMAGE_TYPES: &[&str] = &[
+    "image/png",
+    "image/jpeg",
+    "image/webp",
+    "image/heic",
+    "image/heif",
+];
+
+/// What `generateContent` cannot take, found before any call.
+pub fn check_request(req: &ProviderRequest) -> Result<(), String> {
+    if let OutputFormat::Schema(schema) = &req.output {
+        schema_subset::fit(&schema.schema, &JSON_SCHEMA_SUBSET)?;
+    }
+    for part in req.messages.iter().flat_map(|m| m.content.media()) {
+        let (ContentPart::Image(media) | ContentPart::Document(media)) = part else {
+            continue;
+        };
+        if media.url.is_some()
+            && media.media_type.is_none()
+            && matches!(part, ContentPart::Image(_))
+        {
+            return Err("Gemini needs the `media_type` of a `url` part (fileData.mimeType)".into());
+        }
+        if let ContentPart::Image(media) = part
+            && let Some(t) = media
+                .media_type
+                .as_deref()
+                .filter(|t| !IMAGE_TYPES.contains(t))
+        {
+            return Err(format!(
+                "Gemini does not read `{t}` images (png, jpeg, webp, heic or heif)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Build the request body. System messages become `systemInstruction`; the
-/// assistant role is called `model`. Gemini has no end-user field.
-pub fn request_body(req: &ProviderRequest) -> Body<'_> {
-    let system: Vec<Part<'_>> = req
+/// assistant role is called `model`. Gemini has no end-user field. The
+/// error is the schema refusal [`check_request`] reports.
+pub fn request_body(req: &ProviderRequest) -> Result<Body, String> {
+    let system: Vec<Value> = req
         .messages
         .iter()
         .filter(|m| m.role == Role::System)
-        .map(|m| Part { text: &m.content })
+        .flat_map(|m| parts_of(&m.content))
         .collect();
     let contents = req
         .messages
@@ -101,7 +203,11 @@ pub fn request_body(req: &ProviderRequest) -> Body<'_> {
         .filter(|m| m.role != Role::System)
         .map(content_of)
         .collect();
-    Body {
+    let response_json_schema = match req.output.schema() {
+        Some(s) => Some(schema_subset::fit(&s.schema, &JSON_SCHEMA_SUBSET)?),
+        None => None,
+    };
+    Ok(Body {
         contents,
         system_instruction: (!system.is_empty()).then_some(Content {
             role: None,
@@ -110,12 +216,13 @@ pub fn request_body(req: &ProviderRequest) -> Body<'_> {
         generation_config: GenerationConfig {
             max_output_tokens: req.max_output_tokens,
             temperature: req.temperature,
-            response_mime_type: req.json_output.then_some("application/json"),
+            response_mime_type: req.output.is_json().then_some("application/json"),
+            response_json_schema,
         },
-    }
+    })
 }
 
-fn content_of(m: &ChatMessage) -> Content<'_> {
+fn content_of(m: &ChatMessage) -> Content {
     let role = if m.role == Role::Assistant {
         "model"
     } else {
@@ -123,7 +230,28 @@ fn content_of(m: &ChatMessage) -> Content<'_> {
     };
     Content {
         role: Some(role),
-        parts: vec![Part { text: &m.content }],
+        parts: parts_of(&m.content),
+    }
+}
+
+/// Text parts, `inlineData` for bytes, `fileData` for a URL.
+fn parts_of(content: &MessageContent) -> Vec<Value> {
+    content
+        .parts()
+        .into_iter()
+        .map(|part| match part {
+            ContentPart::Text { text } => serde_json::json!({ "text": text }),
+            ContentPart::Image(media) => media_part(&media, None),
+            ContentPart::Document(media) => media_part(&media, Some(PDF)),
+        })
+        .collect()
+}
+
+fn media_part(media: &Media, default_type: Option<&str>) -> Value {
+    let mime_type = media.media_type.as_deref().or(default_type);
+    match (&media.data, &media.url) {
+        (Some(data), _) => serde_json::json!({"inlineData": {"mimeType": mime_type, "data": data}}),
+        (None, url) => serde_json::json!({"fileData": {"mimeType": mime_type, "fileUri": url}}),
     }
 }
 

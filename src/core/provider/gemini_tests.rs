@@ -7,7 +7,7 @@ use serde_json::json;
 fn request(json_output: bool) -> ProviderRequest {
     let msg = |role, content: &str| ChatMessage {
         role,
-        content: content.to_owned(),
+        content: content.into(),
     };
     ProviderRequest {
         model: "gemini-2.0-flash".to_owned(),
@@ -17,7 +17,11 @@ fn request(json_output: bool) -> ProviderRequest {
             msg(Role::Assistant, "Hello"),
             msg(Role::User, "Name a colour"),
         ],
-        json_output,
+        output: if json_output {
+            OutputFormat::Json
+        } else {
+            OutputFormat::Text
+        },
         max_output_tokens: Some(256),
         temperature: Some(0.5),
         user: Some("u-1".to_owned()),
@@ -26,7 +30,7 @@ fn request(json_output: bool) -> ProviderRequest {
 
 #[test]
 fn body_maps_roles_system_and_generation_config() {
-    let body = serde_json::to_value(request_body(&request(true))).unwrap();
+    let body = serde_json::to_value(request_body(&request(true)).unwrap()).unwrap();
     assert_eq!(
         body,
         json!({
@@ -51,7 +55,7 @@ fn body_omits_unset_fields() {
     req.messages.retain(|m| m.role == Role::User);
     req.max_output_tokens = None;
     req.temperature = None;
-    let body = serde_json::to_value(request_body(&req)).unwrap();
+    let body = serde_json::to_value(request_body(&req).unwrap()).unwrap();
     assert!(body.get("systemInstruction").is_none());
     assert_eq!(body["generationConfig"], json!({}));
 }
@@ -153,4 +157,61 @@ fn usage_metadata_names_cached_and_thought_tokens() {
         ..Usage::default()
     };
     assert_eq!(c.usage, want);
+}
+
+/// Golden body: parts as `inlineData` and `fileData`, the schema as
+/// `responseJsonSchema` with `$ref`s kept and `pattern` moved to the
+/// description; the schema stays open (Gemini takes `additionalProperties`).
+#[test]
+fn v2_body_maps_parts_and_a_json_schema() {
+    use crate::provider::{ContentPart, Media, MessageContent, OutputSchema};
+    let mut req = request(false);
+    req.messages = vec![ChatMessage {
+        role: Role::User,
+        content: MessageContent::Parts(vec![
+            ContentPart::Text {
+                text: "Read.".into(),
+            },
+            ContentPart::Image(Media {
+                url: None,
+                data: Some("iVBORw0KGgo=".into()),
+                media_type: Some("image/png".into()),
+            }),
+            ContentPart::Document(Media {
+                url: Some("https://example.com/a.pdf".into()),
+                data: None,
+                media_type: None,
+            }),
+        ]),
+    }];
+    req.output = OutputFormat::Schema(std::sync::Arc::new(OutputSchema {
+        name: "doc".into(),
+        schema: json!({
+            "type": "object",
+            "properties": {"id": {"type": "string", "pattern": "^[a-z]+$"}, "p": {"$ref": "#/$defs/P"}},
+            "$defs": {"P": {"type": ["number", "null"]}},
+        }),
+    }));
+    let body = serde_json::to_value(request_body(&req).unwrap()).unwrap();
+    assert_eq!(
+        body["contents"],
+        json!([{"role": "user", "parts": [
+            {"text": "Read."},
+            {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}},
+            {"fileData": {"mimeType": "application/pdf", "fileUri": "https://example.com/a.pdf"}},
+        ]}])
+    );
+    assert_eq!(
+        body["generationConfig"],
+        json!({
+            "maxOutputTokens": 256,
+            "temperature": 0.5,
+            "responseMimeType": "application/json",
+            "responseJsonSchema": {
+                "type": "object",
+                "properties": {"id": {"type": "string", "description": "{\"pattern\":\"^[a-z]+$\"}"}, "p": {"$ref": "#/$defs/P"}},
+                "$defs": {"P": {"type": ["number", "null"]}},
+            },
+        })
+    );
 }

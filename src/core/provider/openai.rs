@@ -14,8 +14,10 @@ use super::api::{ProviderApi, join_path, secret_header};
 use super::classify::{
     self, by_status, header_str, message_or_body, number_after, parse_go_duration,
 };
+use super::content::{ContentPart, MessageContent, PDF};
 use super::outcome::{Completion, FailureKind, JobFailure, Outcome, Usage};
-use super::request::{ProviderRequest, Role};
+use super::request::{OutputFormat, ProviderRequest, Role};
+use super::schema_subset::{self, Subset};
 use super::token_field::{TokenField, TokenFields};
 use crate::secret::ApiKey;
 
@@ -42,10 +44,9 @@ impl ProviderApi for OpenAi {
     }
 
     fn body(&self, request: &ProviderRequest) -> serde_json::Result<Vec<u8>> {
-        serde_json::to_vec(&request_body(
-            request,
-            self.tokens.for_model(&request.model),
-        ))
+        let body = request_body(request, self.tokens.for_model(&request.model))
+            .map_err(<serde_json::Error as serde::ser::Error>::custom)?;
+        serde_json::to_vec(&body)
     }
 
     fn parse_success(&self, body: &[u8]) -> Outcome {
@@ -130,23 +131,113 @@ pub struct Body<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    response_format: Option<ResponseFormat>,
+    response_format: Option<Value>,
 }
 
 #[derive(Debug, Serialize)]
 struct Message<'a> {
     role: &'static str,
-    content: &'a str,
+    content: Content<'a>,
 }
 
 #[derive(Debug, Serialize)]
-struct ResponseFormat {
-    #[serde(rename = "type")]
-    kind: &'static str,
+#[serde(untagged)]
+enum Content<'a> {
+    Text(&'a str),
+    Parts(Vec<Value>),
 }
 
-/// Build the request body, with the output allowance in `field`.
-pub fn request_body(req: &ProviderRequest, field: TokenField) -> Body<'_> {
+/// What strict structured output takes ("Supported schemas" in OpenAI's
+/// structured-outputs guide; the refusals are the shapes it rejects with
+/// "'<keyword>' is not permitted", tests/fixtures/providers/openai.json).
+pub const STRICT_SUBSET: Subset = Subset {
+    feature: "OpenAI structured output (strict json_schema)",
+    kept: &[
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "anyOf",
+        "oneOf",
+        "enum",
+        "const",
+        "$ref",
+        "$defs",
+        "definitions",
+        "title",
+        "description",
+        "pattern",
+        "format",
+        "multipleOf",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "minItems",
+        "maxItems",
+    ],
+    hinted: &[
+        "minLength",
+        "maxLength",
+        "uniqueItems",
+        "minProperties",
+        "maxProperties",
+        "contains",
+        "minContains",
+        "maxContains",
+        "not",
+        "dependentRequired",
+    ],
+    refused: &[
+        "allOf",
+        "if",
+        "then",
+        "else",
+        "patternProperties",
+        "propertyNames",
+        "dependentSchemas",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+        "prefixItems",
+    ],
+    strict_objects: true,
+    object_root: true,
+};
+
+/// The image types OpenAI's vision models read (non-animated GIF included).
+const IMAGE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/webp", "image/gif"];
+
+/// What chat/completions cannot take, found before any call.
+pub fn check_request(req: &ProviderRequest) -> Result<(), String> {
+    if let OutputFormat::Schema(schema) = &req.output {
+        schema_subset::fit(&schema.schema, &STRICT_SUBSET)?;
+    }
+    for part in req.messages.iter().flat_map(|m| m.content.media()) {
+        match part {
+            ContentPart::Document(media) if media.url.is_some() => {
+                return Err("OpenAI chat/completions takes a PDF only as bytes (`file_data`): send the document's `data`, not a `url`".into());
+            }
+            ContentPart::Image(media) => {
+                if let Some(t) = media
+                    .media_type
+                    .as_deref()
+                    .filter(|t| !IMAGE_TYPES.contains(t))
+                {
+                    return Err(format!(
+                        "OpenAI does not read `{t}` images (png, jpeg, webp or gif)"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Build the request body, with the output allowance in `field`; the error
+/// is the schema refusal [`check_request`] reports.
+pub fn request_body(req: &ProviderRequest, field: TokenField) -> Result<Body<'_>, String> {
     let messages = req
         .messages
         .iter()
@@ -156,21 +247,59 @@ pub fn request_body(req: &ProviderRequest, field: TokenField) -> Body<'_> {
                 Role::User => "user",
                 Role::Assistant => "assistant",
             },
-            content: &m.content,
+            content: content_of(&m.content),
         })
         .collect();
     let completion_field = field == TokenField::MaxCompletionTokens;
-    Body {
+    let response_format = match &req.output {
+        OutputFormat::Text => None,
+        OutputFormat::Json => Some(serde_json::json!({"type": "json_object"})),
+        OutputFormat::Schema(s) => Some(serde_json::json!({
+            "type": "json_schema",
+            "json_schema": {
+                "name": s.name,
+                "schema": schema_subset::fit(&s.schema, &STRICT_SUBSET)?,
+                "strict": true,
+            },
+        })),
+    };
+    Ok(Body {
         model: &req.model,
         messages,
         max_tokens: req.max_output_tokens.filter(|_| !completion_field),
         max_completion_tokens: req.max_output_tokens.filter(|_| completion_field),
         temperature: req.temperature,
         user: req.user.as_deref(),
-        response_format: req.json_output.then_some(ResponseFormat {
-            kind: "json_object",
-        }),
-    }
+        response_format,
+    })
+}
+
+/// A string stays a string; parts become `text`, `image_url` (a URL or a
+/// data URL) and `file` (a PDF as a data URL) parts.
+fn content_of(content: &MessageContent) -> Content<'_> {
+    let parts = match content {
+        MessageContent::Text(text) => return Content::Text(text),
+        MessageContent::Parts(parts) => parts,
+    };
+    Content::Parts(
+        parts
+            .iter()
+            .map(|part| match part {
+                ContentPart::Text { text } => serde_json::json!({"type": "text", "text": text}),
+                ContentPart::Image(media) => serde_json::json!({
+                    "type": "image_url",
+                    "image_url": {"url": media.url.clone().or_else(|| media.data_url())},
+                }),
+                ContentPart::Document(media) => serde_json::json!({
+                    "type": "file",
+                    "file": {
+                        "filename": "document.pdf",
+                        "file_data": media.data_url().unwrap_or_else(|| format!("data:{PDF};base64,")),
+                    },
+                }),
+            })
+            .collect(),
+    )
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,18 +10,18 @@ fn request() -> ProviderRequest {
         messages: vec![
             ChatMessage {
                 role: Role::System,
-                content: "Answer in JSON.".to_owned(),
+                content: "Answer in JSON.".into(),
             },
             ChatMessage {
                 role: Role::User,
-                content: "Colour?".to_owned(),
+                content: "Colour?".into(),
             },
             ChatMessage {
                 role: Role::Assistant,
-                content: "{}".to_owned(),
+                content: "{}".into(),
             },
         ],
-        json_output: true,
+        output: OutputFormat::Json,
         max_output_tokens: Some(100),
         temperature: Some(0.25),
         user: Some("user-42".to_owned()),
@@ -30,7 +30,8 @@ fn request() -> ProviderRequest {
 
 #[test]
 fn body_has_all_fields() {
-    let body = serde_json::to_value(request_body(&request(), TokenField::MaxTokens)).unwrap();
+    let body =
+        serde_json::to_value(request_body(&request(), TokenField::MaxTokens).unwrap()).unwrap();
     assert_eq!(
         body,
         json!({
@@ -51,11 +52,11 @@ fn body_has_all_fields() {
 #[test]
 fn body_omits_unset_fields() {
     let mut req = request();
-    req.json_output = false;
+    req.output = OutputFormat::Text;
     req.max_output_tokens = None;
     req.temperature = None;
     req.user = None;
-    let body = serde_json::to_value(request_body(&req, TokenField::MaxTokens)).unwrap();
+    let body = serde_json::to_value(request_body(&req, TokenField::MaxTokens).unwrap()).unwrap();
     let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
     assert_eq!(keys, ["messages", "model"]);
 }
@@ -148,4 +149,85 @@ fn usage_details_name_cached_and_reasoning_tokens() {
         ..Usage::default()
     };
     assert_eq!(c.usage, want);
+}
+
+fn v2_request() -> ProviderRequest {
+    use crate::provider::{ContentPart, Media, MessageContent, OutputSchema};
+    let content = MessageContent::Parts(vec![
+        ContentPart::Text {
+            text: "Read these.".into(),
+        },
+        ContentPart::Image(Media {
+            url: Some("https://example.com/cat.png".into()),
+            data: None,
+            media_type: None,
+        }),
+        ContentPart::Image(Media {
+            url: None,
+            data: Some("iVBORw0KGgo=".into()),
+            media_type: Some("image/png".into()),
+        }),
+        ContentPart::Document(Media {
+            url: None,
+            data: Some("JVBERi0=".into()),
+            media_type: Some("application/pdf".into()),
+        }),
+    ]);
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "title": {"type": "string", "minLength": 1, "default": null},
+            "kind": {"oneOf": [{"enum": ["cat", "dog"]}, {"type": "null"}]},
+        },
+        "required": ["title"],
+    });
+    ProviderRequest {
+        model: "gpt-4o".into(),
+        messages: vec![ChatMessage {
+            role: Role::User,
+            content,
+        }],
+        output: OutputFormat::Schema(std::sync::Arc::new(OutputSchema {
+            name: "doc".into(),
+            schema,
+        })),
+        max_output_tokens: None,
+        temperature: None,
+        user: None,
+    }
+}
+
+/// Golden body: parts as `image_url` (URL and data URL) and `file`
+/// (`file_data`), the schema as strict `json_schema` (closed, every
+/// property required, `oneOf` as `anyOf`, `minLength` moved to the
+/// description, the `null` default dropped).
+#[test]
+fn v2_body_maps_parts_and_a_strict_schema() {
+    let body =
+        serde_json::to_value(request_body(&v2_request(), TokenField::MaxTokens).unwrap()).unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "model": "gpt-4o",
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "Read these."},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                {"type": "file", "file": {"filename": "document.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}},
+            ]}],
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "doc",
+                "strict": true,
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "title": {"type": "string", "description": "{\"minLength\":1}"},
+                        "kind": {"anyOf": [{"enum": ["cat", "dog"]}, {"type": "null"}]},
+                    },
+                    "required": ["kind", "title"],
+                    "additionalProperties": false,
+                },
+            }},
+        })
+    );
 }

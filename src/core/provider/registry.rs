@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::api::ProviderApi;
 pub use super::options::ProviderOptions;
+use super::request::ProviderRequest;
 use super::{anthropic, azure, gemini, openai};
 
 /// Which wire protocol a pool speaks (`provider = "..."` in a pool's config).
@@ -44,6 +45,16 @@ impl ProviderKind {
             ProviderKind::Anthropic => Some("https://api.anthropic.com"),
             ProviderKind::Azure => None,
         }
+    }
+}
+
+/// What the provider of `kind` cannot take of `request` (a schema keyword,
+/// a kind of part), found before any call: the job is refused with it.
+pub fn check_request(kind: ProviderKind, request: &ProviderRequest) -> Result<(), String> {
+    match kind {
+        ProviderKind::Gemini => gemini::check_request(request),
+        ProviderKind::Openai | ProviderKind::Azure => openai::check_request(request),
+        ProviderKind::Anthropic => anthropic::check_request(request),
     }
 }
 

@@ -175,6 +175,7 @@ pub async fn submit(
         max_body_bytes: config.jobs.max_body_bytes,
         results_queue: &config.jobs.results_queue,
         cache_by_default: config.jobs.cache_by_default,
+        provider: Some(pool.provider),
     };
     let props = JobProperties {
         reply_to: reply_to.clone(),

@@ -275,11 +275,11 @@ async fn probe(state: &HttpState, pool: String, key: String) -> Result<HttpRespo
         .map_err(key_command_error)?;
     let request = ProviderRequest {
         model: ctx.pool.default_model.clone(),
-        messages: vec![ChatMessage {
-            role: Role::User,
-            content: "Reply with the single word OK.".into(),
-        }],
-        json_output: false,
+        messages: vec![ChatMessage::text(
+            Role::User,
+            "Reply with the single word OK.",
+        )],
+        output: Default::default(),
         max_output_tokens: Some(5),
         temperature: Some(0.0),
         user: None,

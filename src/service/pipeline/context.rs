@@ -73,6 +73,8 @@ pub struct PoolContext {
     /// Its high-priority jobs' queue.
     pub high_queue: String,
     pub client: ProviderClient,
+    /// The wire protocol the pool speaks (what a job may ask of it).
+    pub provider: keyrelay_core::provider::ProviderKind,
     pub default_model: String,
     pub models: Option<Vec<String>>,
     pub metrics: keyrelay_core::metrics::PoolMetrics,
@@ -104,6 +106,7 @@ impl PoolContext {
             max_body_bytes: services.jobs.max_body_bytes,
             results_queue: &services.jobs.results_queue,
             cache_by_default: services.jobs.cache_by_default,
+            provider: Some(self.provider),
         }
     }
 }

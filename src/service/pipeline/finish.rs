@@ -26,16 +26,11 @@ pub async fn complete(
 ) {
     let mut result = base_result(&inflight, &key.pool, Some(key), JobStatus::Succeeded);
     result.usage = completion.usage;
-    if inflight.job.response_format == ResponseFormat::Json {
-        match parse_json_output(&completion.text) {
-            Ok(value) => result.json = Some(value),
-            Err(e) => {
-                result.status = JobStatus::Failed;
-                result.error = Some(JobError::new(
-                    ErrorKind::InvalidOutput,
-                    format!("response_format is json but the model's text is not JSON: {e}"),
-                ));
-            }
+    match check_output(&inflight.job.response_format, &completion.text) {
+        Ok(json) => result.json = json,
+        Err(error) => {
+            result.status = JobStatus::Failed;
+            result.error = Some(error);
         }
     }
     result.text = Some(completion.text);
@@ -91,6 +86,7 @@ pub async fn fail_job(
         reason: failure.reason,
         limit: failure.limit,
         requested: failure.requested,
+        violations: Vec::new(),
     });
     info!(
         job_id = %result.id,
@@ -456,6 +452,43 @@ fn record_outcome(pool: &PoolContext, result: &JobResult, timing: Timing) {
         latency_ms = result.latency_ms,
         "job finished"
     );
+}
+
+/// The answer's JSON, when the job asked for JSON; the `invalid_output`
+/// error when it is not JSON or breaks the job's schema (the raw text stays
+/// in the result, and a failed result is never cached).
+fn check_output(format: &ResponseFormat, text: &str) -> Result<Option<Value>, JobError> {
+    if !format.is_json() {
+        return Ok(None);
+    }
+    let value = parse_json_output(text).map_err(|e| {
+        let mut error = JobError::new(
+            ErrorKind::InvalidOutput,
+            format!(
+                "response_format is {} but the model's text is not JSON: {e}",
+                format.as_str()
+            ),
+        );
+        error.reason = Some("not_json".into());
+        error
+    })?;
+    if let ResponseFormat::JsonSchema(schema) = format {
+        let violations = schema.violations(&value);
+        if !violations.is_empty() {
+            let mut error = JobError::new(
+                ErrorKind::InvalidOutput,
+                format!(
+                    "the answer does not conform to the schema `{}`: {}",
+                    schema.spec.name,
+                    violations.join("; ")
+                ),
+            );
+            error.reason = Some("schema".into());
+            error.violations = violations;
+            return Err(error);
+        }
+    }
+    Ok(Some(value))
 }
 
 /// Parse a model's JSON answer, tolerating the ```json fences models like to add.

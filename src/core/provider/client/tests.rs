@@ -27,9 +27,9 @@ fn request() -> ProviderRequest {
         model: "gemini-2.0-flash".to_owned(),
         messages: vec![ChatMessage {
             role: Role::User,
-            content: "hi".to_owned(),
+            content: "hi".into(),
         }],
-        json_output: false,
+        output: Default::default(),
         max_output_tokens: None,
         temperature: None,
         user: None,
@@ -263,7 +263,7 @@ fn endpoints_tolerate_trailing_slash() {
     let request = ProviderRequest {
         model: "m".to_owned(),
         messages: Vec::new(),
-        json_output: false,
+        output: Default::default(),
         max_output_tokens: None,
         temperature: None,
         user: None,

@@ -1,0 +1,344 @@
+//! What a chat message says: plain text, or a list of parts (text, images,
+//! PDF documents). Parsed and checked here once; each provider file maps the
+//! parts to its own form and says which it cannot take.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+/// A message's `content`: a string, or a list of parts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    /// Plain text (contract v1).
+    Text(String),
+    /// Text, images and documents, in order.
+    Parts(Vec<ContentPart>),
+}
+
+/// One part of a message's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    /// Text.
+    Text {
+        /// The words.
+        text: String,
+    },
+    /// An image, by URL or as base64 bytes.
+    Image(Media),
+    /// A document (PDF), by URL or as base64 bytes.
+    Document(Media),
+}
+
+/// Where the bytes of an image or a document are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Media {
+    /// An `http(s)` URL the provider fetches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The bytes, base64 (standard alphabet, padded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// `image/png`, `application/pdf`, ...: required with `data`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+}
+
+/// The PDF media type, the one document type every provider takes.
+pub const PDF: &str = "application/pdf";
+
+impl MessageContent {
+    /// The text of the content: the string, or its text parts joined.
+    pub fn text(&self) -> String {
+        match self {
+            MessageContent::Text(text) => text.clone(),
+            MessageContent::Parts(parts) => parts
+                .iter()
+                .filter_map(|p| match p {
+                    ContentPart::Text { text } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    /// The parts, a string being one text part.
+    pub fn parts(&self) -> Vec<ContentPart> {
+        match self {
+            MessageContent::Text(text) => vec![ContentPart::Text { text: text.clone() }],
+            MessageContent::Parts(parts) => parts.clone(),
+        }
+    }
+
+    /// The images and documents of the content.
+    pub fn media(&self) -> impl Iterator<Item = &ContentPart> {
+        let parts: &[ContentPart] = match self {
+            MessageContent::Text(_) => &[],
+            MessageContent::Parts(parts) => parts,
+        };
+        parts
+            .iter()
+            .filter(|p| !matches!(p, ContentPart::Text { .. }))
+    }
+
+    /// Whether there is no text and no media.
+    pub fn is_blank(&self) -> bool {
+        match self {
+            MessageContent::Text(text) => text.trim().is_empty(),
+            MessageContent::Parts(parts) => parts.is_empty(),
+        }
+    }
+}
+
+impl From<String> for MessageContent {
+    fn from(text: String) -> MessageContent {
+        MessageContent::Text(text)
+    }
+}
+
+impl From<&str> for MessageContent {
+    fn from(text: &str) -> MessageContent {
+        MessageContent::Text(text.to_owned())
+    }
+}
+
+impl Media {
+    /// The bytes of a `data` part, decoded (`None` for a URL part).
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        STANDARD.decode(self.data.as_deref()?).ok()
+    }
+
+    /// `data:<media_type>;base64,<data>`, for providers that take a data URL.
+    pub fn data_url(&self) -> Option<String> {
+        let data = self.data.as_deref()?;
+        let media_type = self.media_type.as_deref()?;
+        Some(format!("data:{media_type};base64,{data}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageContent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<MessageContent, D::Error> {
+        use serde::de::Error;
+        match Value::deserialize(d)? {
+            Value::String(text) => Ok(MessageContent::Text(text)),
+            Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| parse_part(item).map_err(|e| format!("content part {i}: {e}")))
+                .collect::<Result<Vec<_>, _>>()
+                .map(MessageContent::Parts)
+                .map_err(D::Error::custom),
+            _ => Err(D::Error::custom(
+                "`content` must be a string or a list of parts",
+            )),
+        }
+    }
+}
+
+/// The wire form of a part, checked by [`parse_part`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPart {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+    url: Option<String>,
+    data: Option<String>,
+    media_type: Option<String>,
+}
+
+fn parse_part(item: Value) -> Result<ContentPart, String> {
+    let raw: RawPart = serde_json::from_value(item).map_err(|e| e.to_string())?;
+    let media = || Media {
+        url: raw.url.clone(),
+        data: raw.data.clone(),
+        media_type: raw.media_type.clone(),
+    };
+    let part = match raw.kind.as_str() {
+        "text" => {
+            if raw.url.is_some() || raw.data.is_some() || raw.media_type.is_some() {
+                return Err("a text part takes only `text`".into());
+            }
+            let text = raw.text.clone().ok_or("a text part needs `text`")?;
+            if text.trim().is_empty() {
+                return Err("`text` is empty".into());
+            }
+            ContentPart::Text { text }
+        }
+        "image" | "document" if raw.text.is_some() => {
+            return Err(format!("an {} part has no `text`", raw.kind));
+        }
+        "image" => ContentPart::Image(check_media(media(), "image")?),
+        "document" => ContentPart::Document(check_media(media(), "document")?),
+        other => {
+            return Err(format!(
+                "unknown part type `{other}` (text, image or document)"
+            ));
+        }
+    };
+    Ok(part)
+}
+
+/// Exactly one of `url` and `data`; a `data:` URL becomes `data` and
+/// `media_type`; base64 that decodes; a media type of the part's kind.
+fn check_media(mut media: Media, kind: &str) -> Result<Media, String> {
+    if let Some(url) = media.url.take() {
+        if let Some(inline) = url.strip_prefix("data:") {
+            let (head, data) = inline
+                .split_once(',')
+                .ok_or("a `data:` URL needs a `,` before its bytes")?;
+            let media_type = head
+                .strip_suffix(";base64")
+                .ok_or("a `data:` URL must be base64 (`data:<type>;base64,...`)")?;
+            if media.data.is_some() {
+                return Err(format!("an {kind} part takes `url` or `data`, not both"));
+            }
+            media.data = Some(data.to_owned());
+            media.media_type = media.media_type.or(Some(media_type.to_owned()));
+        } else {
+            media.url = Some(url);
+        }
+    }
+    match (&media.url, &media.data) {
+        (Some(_), Some(_)) => {
+            return Err(format!("an {kind} part takes `url` or `data`, not both"));
+        }
+        (None, None) => return Err(format!("an {kind} part needs `url` or `data`")),
+        (Some(url), None) => check_url(url)?,
+        (None, Some(data)) => {
+            if media.media_type.is_none() {
+                return Err(format!("an {kind} part with `data` needs `media_type`"));
+            }
+            if data.is_empty() || STANDARD.decode(data).is_err() {
+                return Err("`data` is not valid base64 (standard alphabet, padded)".into());
+            }
+        }
+    }
+    if let Some(media_type) = &media.media_type {
+        check_media_type(kind, media_type)?;
+    }
+    Ok(media)
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| format!("`url` {url:?} is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "http" | "https" => Ok(()),
+        other => Err(format!(
+            "`url` must be http or https (or a base64 `data:` URL), not `{other}:`"
+        )),
+    }
+}
+
+fn check_media_type(kind: &str, media_type: &str) -> Result<(), String> {
+    let ok = match kind {
+        "image" => media_type.starts_with("image/"),
+        _ => media_type == PDF,
+    };
+    if ok {
+        Ok(())
+    } else if kind == "image" {
+        Err(format!(
+            "`media_type` of an image must be image/..., not `{media_type}`"
+        ))
+    } else {
+        Err(format!(
+            "`media_type` of a document must be {PDF}, not `{media_type}`"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn content(v: Value) -> Result<MessageContent, String> {
+        serde_json::from_value(v).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn string_and_parts_parse() {
+        assert_eq!(
+            content(json!("hi")).unwrap(),
+            MessageContent::Text("hi".into())
+        );
+        let parts = content(json!([
+            {"type": "text", "text": "what is this?"},
+            {"type": "image", "url": "https://example.com/cat.png"},
+            {"type": "image", "data": "iVBORw0KGgo=", "media_type": "image/png"},
+            {"type": "document", "data": "JVBERi0=", "media_type": "application/pdf"},
+        ]))
+        .unwrap();
+        assert_eq!(parts.media().count(), 3);
+        assert_eq!(parts.text(), "what is this?");
+    }
+
+    #[test]
+    fn a_data_url_becomes_data_and_media_type() {
+        let parts =
+            content(json!([{"type": "image", "url": "data:image/jpeg;base64,/9j/4A=="}])).unwrap();
+        let MessageContent::Parts(parts) = parts else {
+            panic!()
+        };
+        assert_eq!(
+            parts[0],
+            ContentPart::Image(Media {
+                url: None,
+                data: Some("/9j/4A==".into()),
+                media_type: Some("image/jpeg".into())
+            })
+        );
+    }
+
+    #[test]
+    fn bad_parts_are_named() {
+        let cases = [
+            (json!(7), "string or a list"),
+            (
+                json!([{"type": "video", "url": "https://x"}]),
+                "unknown part type `video`",
+            ),
+            (json!([{"type": "image"}]), "needs `url` or `data`"),
+            (
+                json!([{"type": "image", "url": "https://x/a.png", "data": "AA=="}]),
+                "not both",
+            ),
+            (
+                json!([{"type": "image", "data": "AA=="}]),
+                "needs `media_type`",
+            ),
+            (
+                json!([{"type": "image", "data": "not base64!", "media_type": "image/png"}]),
+                "not valid base64",
+            ),
+            (
+                json!([{"type": "image", "url": "file:///etc/passwd"}]),
+                "http or https",
+            ),
+            (
+                json!([{"type": "document", "data": "AA==", "media_type": "text/html"}]),
+                "must be application/pdf",
+            ),
+            (
+                json!([{"type": "image", "data": "AA==", "media_type": "application/pdf"}]),
+                "image/...",
+            ),
+            (json!([{"type": "text", "text": " "}]), "`text` is empty"),
+            (
+                json!([{"type": "text", "text": "a", "extra": 1}]),
+                "unknown field `extra`",
+            ),
+        ];
+        for (value, wanted) in cases {
+            let err = content(value.clone()).unwrap_err();
+            assert!(err.contains(wanted), "{value}: {err}");
+        }
+        let err = content(json!(["x", {"type": "image"}])).unwrap_err();
+        assert!(err.contains("content part 0"), "{err}");
+    }
+}

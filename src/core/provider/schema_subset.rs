@@ -1,0 +1,244 @@
+//! Fitting a job's JSON Schema to the subset a provider's structured output
+//! takes. Every keyword is one of three things for a provider:
+//! - **kept**: sent as it is (subschemas in it are fitted in turn);
+//! - **hinted**: a constraint the provider cannot enforce: taken out and
+//!   written into the `description` (as Anthropic's SDK does in
+//!   `lib/_parse/_transform.py`), and enforced by keyrelay's own validation
+//!   of the answer against the original schema;
+//! - **refused**: a shape the provider cannot produce: the job is refused
+//!   with the keyword and where it is, before any call.
+//!
+//! Anything else (annotations such as `examples`, `$comment`, `default`) is
+//! left out.
+
+use serde_json::{Map, Value};
+
+/// What one provider's structured output takes.
+#[derive(Debug)]
+pub struct Subset {
+    /// How the provider's feature is called, for refusals.
+    pub feature: &'static str,
+    /// Sent as they are.
+    pub kept: &'static [&'static str],
+    /// Moved into `description`; checked by keyrelay's validation.
+    pub hinted: &'static [&'static str],
+    /// Refused.
+    pub refused: &'static [&'static str],
+    /// OpenAI strict mode: every object gets `additionalProperties: false`
+    /// and lists every property in `required` (as openai-python's
+    /// `_ensure_strict_json_schema` does); `oneOf` is sent as `anyOf`.
+    pub strict_objects: bool,
+    /// The root must be an object schema (a tool's input, OpenAI's root).
+    pub object_root: bool,
+}
+
+/// Keywords whose value is a map of subschemas.
+const SCHEMA_MAPS: &[&str] = &["properties", "$defs", "definitions"];
+/// Keywords whose value is a list of subschemas.
+const SCHEMA_LISTS: &[&str] = &["anyOf", "oneOf", "allOf", "prefixItems"];
+/// Keywords whose value is one subschema.
+const SCHEMA_ONE: &[&str] = &["items", "additionalProperties"];
+
+/// `schema` as the provider takes it, or why it cannot.
+pub fn fit(schema: &Value, subset: &Subset) -> Result<Value, String> {
+    if subset.object_root && schema.get("type").and_then(Value::as_str) != Some("object") {
+        return Err(format!(
+            "{} needs a schema whose root is `\"type\": \"object\"`; wrap the value in an object",
+            subset.feature
+        ));
+    }
+    fit_at(schema, subset, "")
+}
+
+fn fit_at(schema: &Value, subset: &Subset, at: &str) -> Result<Value, String> {
+    let Value::Object(map) = schema else {
+        // `true`/`false` schemas and malformed values: as they are.
+        return Ok(schema.clone());
+    };
+    let mut out = Map::new();
+    let mut hints = Map::new();
+    for (keyword, value) in map {
+        let here = format!("{at}/{keyword}");
+        let k = keyword.as_str();
+        if subset.refused.contains(&k) {
+            return Err(refusal(subset, k, at));
+        }
+        if subset.hinted.contains(&k) {
+            hints.insert(keyword.clone(), value.clone());
+            continue;
+        }
+        if !subset.kept.contains(&k) {
+            continue;
+        }
+        let fitted = fit_keyword(k, value, subset, &here)?;
+        let name = if subset.strict_objects && k == "oneOf" {
+            "anyOf".to_owned()
+        } else {
+            keyword.clone()
+        };
+        out.insert(name, fitted);
+    }
+    if subset.strict_objects {
+        strict_object(&mut out, at, subset)?;
+    }
+    if !hints.is_empty() {
+        let hint = Value::Object(hints).to_string();
+        let text = match out.get("description").and_then(Value::as_str) {
+            Some(d) => format!("{d}\n\n{hint}"),
+            None => hint,
+        };
+        out.insert("description".into(), Value::String(text));
+    }
+    Ok(Value::Object(out))
+}
+
+fn fit_keyword(k: &str, value: &Value, subset: &Subset, here: &str) -> Result<Value, String> {
+    Ok(match value {
+        Value::Object(items) if SCHEMA_MAPS.contains(&k) => {
+            let mut fitted = Map::new();
+            for (name, sub) in items {
+                fitted.insert(
+                    name.clone(),
+                    fit_at(sub, subset, &format!("{here}/{name}"))?,
+                );
+            }
+            Value::Object(fitted)
+        }
+        Value::Array(items) if SCHEMA_LISTS.contains(&k) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, sub)| fit_at(sub, subset, &format!("{here}/{i}")))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(_) if SCHEMA_ONE.contains(&k) => fit_at(value, subset, here)?,
+        _ => value.clone(),
+    })
+}
+
+/// OpenAI strict mode on one schema: objects are closed and every property
+/// is required. A map type (`additionalProperties` with a schema) cannot be
+/// closed without changing what it means: refused.
+fn strict_object(out: &mut Map<String, Value>, at: &str, subset: &Subset) -> Result<(), String> {
+    let is_object =
+        out.get("type").and_then(Value::as_str) == Some("object") || out.contains_key("properties");
+    if !is_object {
+        return Ok(());
+    }
+    match out.get("additionalProperties") {
+        None | Some(Value::Bool(_)) => {}
+        Some(_) => {
+            return Err(format!(
+                "{} cannot take a map type (`additionalProperties` with a schema) at {}: list the properties instead",
+                subset.feature,
+                or_root(at)
+            ));
+        }
+    }
+    // `true` narrowed to `false`: any answer it allows, the original allows.
+    out.insert("additionalProperties".into(), Value::Bool(false));
+    let names: Vec<Value> = out
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().map(Value::String).collect())
+        .unwrap_or_default();
+    out.insert("required".into(), Value::Array(names));
+    Ok(())
+}
+
+fn refusal(subset: &Subset, keyword: &str, at: &str) -> String {
+    format!(
+        "{} does not support the schema keyword `{keyword}` (at {})",
+        subset.feature,
+        or_root(at)
+    )
+}
+
+fn or_root(at: &str) -> &str {
+    if at.is_empty() { "the root" } else { at }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const TEST: Subset = Subset {
+        feature: "test output",
+        kept: &[
+            "type",
+            "properties",
+            "required",
+            "items",
+            "anyOf",
+            "oneOf",
+            "$ref",
+            "$defs",
+            "description",
+            "enum",
+            "additionalProperties",
+        ],
+        hinted: &["minLength"],
+        refused: &["patternProperties"],
+        strict_objects: true,
+        object_root: true,
+    };
+
+    #[test]
+    fn strict_objects_are_closed_and_fully_required() {
+        let fitted = fit(
+            &json!({"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "object", "properties": {"c": {"type": "integer"}}}}, "required": ["a"]}),
+            &TEST,
+        )
+        .unwrap();
+        assert_eq!(fitted["additionalProperties"], false);
+        assert_eq!(fitted["required"], json!(["a", "b"]));
+        assert_eq!(fitted["properties"]["b"]["additionalProperties"], false);
+        assert_eq!(fitted["properties"]["b"]["required"], json!(["c"]));
+    }
+
+    #[test]
+    fn hints_move_into_the_description_and_annotations_go() {
+        let fitted = fit(
+            &json!({"type": "object", "properties": {"name": {"type": "string", "minLength": 2, "description": "Full name", "examples": ["Ada"]}}}),
+            &TEST,
+        )
+        .unwrap();
+        let name = &fitted["properties"]["name"];
+        assert_eq!(name["description"], "Full name\n\n{\"minLength\":2}");
+        assert!(name.get("minLength").is_none() && name.get("examples").is_none());
+    }
+
+    #[test]
+    fn refs_defs_and_one_of_survive() {
+        let fitted = fit(
+            &json!({"type": "object", "properties": {"p": {"$ref": "#/$defs/P"}, "v": {"oneOf": [{"type": "string"}, {"type": "null"}]}}, "$defs": {"P": {"type": "object", "properties": {"x": {"enum": [1, 2]}}}}}),
+            &TEST,
+        )
+        .unwrap();
+        assert_eq!(fitted["properties"]["p"]["$ref"], "#/$defs/P");
+        assert_eq!(fitted["$defs"]["P"]["additionalProperties"], false);
+        assert_eq!(fitted["properties"]["v"]["anyOf"][1]["type"], "null");
+    }
+
+    #[test]
+    fn refusals_name_keyword_and_place() {
+        let err = fit(
+            &json!({"type": "object", "properties": {"tags": {"type": "object", "patternProperties": {"^x": {}}}}}),
+            &TEST,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("`patternProperties` (at /properties/tags)"),
+            "{err}"
+        );
+        let err = fit(&json!({"type": "array"}), &TEST).unwrap_err();
+        assert!(err.contains("root"), "{err}");
+        let err = fit(
+            &json!({"type": "object", "additionalProperties": {"type": "integer"}}),
+            &TEST,
+        )
+        .unwrap_err();
+        assert!(err.contains("map type"), "{err}");
+    }
+}
