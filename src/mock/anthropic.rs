@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::common::{self, Failure, Parsed, Usage};
 use super::state::{Limited, Window};
+use super::structured::{self, MediaSeen};
 
 const CONTENT_TYPE: &str = "application/json";
 const ORGANIZATION: &str = "00000000-0000-4000-8000-00000000c0de";
@@ -48,7 +49,11 @@ pub(crate) fn parse(req: &HttpRequest, body: &[u8]) -> Result<Parsed, String> {
         .unwrap_or_default();
     let mut input_chars = system.chars().count();
     let mut last_user = None;
-    for message in messages {
+    let mut media = MediaSeen::default();
+    for (i, message) in messages.iter().enumerate() {
+        if let Some(Value::Array(blocks)) = message.get("content") {
+            structured::anthropic_blocks(i, blocks, &mut media)?;
+        }
         let text = message
             .get("content")
             .and_then(common::content_text)
@@ -58,24 +63,68 @@ pub(crate) fn parse(req: &HttpRequest, body: &[u8]) -> Result<Parsed, String> {
             last_user = Some(text);
         }
     }
+    let (forced_tool, schema) = forced_tool(&request)?;
     Ok(Parsed {
         model: model.to_string(),
         last_user: last_user.ok_or("messages: must contain a user message")?,
         input_chars,
-        // Anthropic has no JSON mode: callers ask for JSON in the system prompt.
-        json_output: system.contains("JSON"),
+        // Anthropic has no JSON mode: callers ask for JSON in the system
+        // prompt, or force a tool whose input is the answer.
+        json_output: system.contains("JSON") || forced_tool.is_some(),
+        schema,
+        forced_tool,
+        media,
     })
+}
+
+/// `tool_choice: {"type": "tool", "name"}`: the tool's name and input schema.
+fn forced_tool(request: &Value) -> Result<(Option<String>, Option<Value>), String> {
+    let tools = request.get("tools").and_then(Value::as_array);
+    for (i, tool) in tools.into_iter().flatten().enumerate() {
+        if tool.pointer("/input_schema/type").and_then(Value::as_str) != Some("object") {
+            return Err(format!(
+                "tools.{i}.custom.input_schema.type: Input should be 'object'"
+            ));
+        }
+    }
+    if request.pointer("/tool_choice/type").and_then(Value::as_str) != Some("tool") {
+        return Ok((None, None));
+    }
+    let name = request
+        .pointer("/tool_choice/name")
+        .and_then(Value::as_str)
+        .ok_or("tool_choice.tool.name: Field required")?;
+    let schema = tools
+        .into_iter()
+        .flatten()
+        .find(|t| t.get("name").and_then(Value::as_str) == Some(name))
+        .and_then(|t| t.get("input_schema").cloned())
+        .ok_or_else(|| format!("Tool '{name}' not found in provided tools"))?;
+    Ok((Some(name.to_owned()), Some(schema)))
 }
 
 /// A `message` object carrying `text`.
 pub(crate) fn success(parsed: &Parsed, text: &str, usage: Usage) -> Value {
+    // A forced tool answers with a `tool_use` block whose input is the JSON.
+    let (content, stop_reason) = match &parsed.forced_tool {
+        Some(name) => (
+            json!([{
+                "type": "tool_use",
+                "id": common::fresh_id("toolu_"),
+                "name": name,
+                "input": serde_json::from_str::<Value>(text).unwrap_or(Value::String(text.to_owned())),
+            }]),
+            "tool_use",
+        ),
+        None => (json!([{ "type": "text", "text": text }]), "end_turn"),
+    };
     json!({
         "id": common::fresh_id("msg_"),
         "type": "message",
         "role": "assistant",
         "model": parsed.model,
-        "content": [{ "type": "text", "text": text }],
-        "stop_reason": "end_turn",
+        "content": content,
+        "stop_reason": stop_reason,
         "stop_sequence": null,
         "usage": {
             // Disjoint: the prompt is input + cache reads + cache writes

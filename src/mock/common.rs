@@ -8,9 +8,10 @@ use actix_web::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::state::Limited;
+use super::structured::{self, MediaSeen};
 
 /// What the mock needs from a provider request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Parsed {
     pub model: String,
     /// Text of the last user message: the echoed prompt, and where directives live.
@@ -18,6 +19,14 @@ pub(crate) struct Parsed {
     /// Characters of every message and the system prompt, for the usage numbers.
     pub input_chars: usize,
     pub json_output: bool,
+    /// The JSON Schema the answer must follow (OpenAI `json_schema`, Gemini
+    /// `responseJsonSchema`/`responseSchema`, Anthropic the forced tool's
+    /// `input_schema`).
+    pub schema: Option<Value>,
+    /// Anthropic: the tool the request forces (the answer is its input).
+    pub forced_tool: Option<String>,
+    /// The images and documents the request carried.
+    pub media: MediaSeen,
 }
 
 /// Token usage of one answer: ceil(chars / 4) each way, and, when a
@@ -39,7 +48,7 @@ pub(crate) struct Usage {
 impl Usage {
     pub fn of(parsed: &Parsed, text: &str) -> Usage {
         Usage {
-            input: tokens(parsed.input_chars),
+            input: tokens(parsed.input_chars) + parsed.media.tokens(),
             output: tokens(text.chars().count()),
             ..Usage::default()
         }
@@ -89,17 +98,26 @@ pub(crate) enum Failure {
     BadRequest(String),
 }
 
-/// The answer text: a deterministic function of the request.
-pub(crate) fn answer_text(parsed: &Parsed, invalid_json: bool) -> String {
+/// The answer text: a deterministic function of the request. With a
+/// schema, a value that conforms to it, unless `off_schema` asks for JSON
+/// that ignores it.
+pub(crate) fn answer_text(parsed: &Parsed, invalid_json: bool, off_schema: bool) -> String {
+    let echo = format!("{}{}", parsed.last_user, parsed.media.note());
+    if let Some(schema) = parsed.schema.as_ref().filter(|_| !invalid_json) {
+        if off_schema {
+            return json!({ "echo": echo, "off_schema": true }).to_string();
+        }
+        return structured::instance(schema, &format!("mock answer: {echo}")).to_string();
+    }
     if invalid_json {
         // Looks like the start of the requested JSON but never closes: not parseable.
         let echo = Value::String(parsed.last_user.clone());
         return format!("Sure! Here is the JSON you asked for: {{\"echo\": {echo}, \"model\": ");
     }
     if parsed.json_output {
-        json!({ "echo": parsed.last_user, "model": parsed.model }).to_string()
+        json!({ "echo": echo, "model": parsed.model }).to_string()
     } else {
-        format!("mock answer: {}", parsed.last_user)
+        format!("mock answer: {echo}")
     }
 }
 
@@ -162,18 +180,19 @@ mod tests {
             last_user: "say \"hi\"".into(),
             input_chars: 9,
             json_output,
+            ..Parsed::default()
         }
     }
 
     #[test]
     fn answer_text_variants() {
         assert_eq!(
-            answer_text(&parsed(false), false),
+            answer_text(&parsed(false), false, false),
             "mock answer: say \"hi\""
         );
-        let json: Value = serde_json::from_str(&answer_text(&parsed(true), false)).unwrap();
+        let json: Value = serde_json::from_str(&answer_text(&parsed(true), false, false)).unwrap();
         assert_eq!(json, json!({"echo": "say \"hi\"", "model": "m"}));
-        assert!(serde_json::from_str::<Value>(&answer_text(&parsed(true), true)).is_err());
+        assert!(serde_json::from_str::<Value>(&answer_text(&parsed(true), true, false)).is_err());
         assert_eq!(
             Usage::of(&parsed(false), "12345"),
             Usage {

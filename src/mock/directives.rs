@@ -41,6 +41,8 @@ pub(crate) struct Directives {
     pub sleep: Option<Duration>,
     /// Success whose text is not JSON.
     pub invalid_json: bool,
+    /// JSON that ignores the requested schema (the model did not follow it).
+    pub off_schema: bool,
     pub body: Option<BodyFault>,
     pub forced: Option<Forced>,
     /// Answer with this recorded real answer (see `replay`).
@@ -81,6 +83,7 @@ fn apply(d: &mut Directives, item: &str) -> Result<(), String> {
         "status" => d.status = Some(status(value)?),
         "sleep_ms" => d.sleep = Some(required_ms(name, value)?),
         "invalid_json" => d.invalid_json = true,
+        "off_schema" => d.off_schema = true,
         "malformed" => d.body = Some(BodyFault::Malformed),
         "missing_fields" => d.body = Some(BodyFault::MissingFields),
         "truncate" => d.body = Some(BodyFault::Truncate),

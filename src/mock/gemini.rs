@@ -5,6 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use serde_json::{Value, json};
 
 use super::common::{self, Failure, Parsed, Usage};
+use super::structured::{self, MediaSeen};
 
 const CONTENT_TYPE: &str = "application/json; charset=UTF-8";
 const RATE_LIMIT_DOCS: &str = "https://ai.google.dev/gemini-api/docs/rate-limits";
@@ -31,7 +32,11 @@ pub(crate) fn parse(model: &str, body: &[u8]) -> Result<Parsed, String> {
         .ok_or("* GenerateContentRequest.contents: contents is not specified\n")?;
     let mut input_chars = 0;
     let mut last_user = None;
+    let mut media = MediaSeen::default();
     for content in contents {
+        if let Some(Value::Array(parts)) = content.get("parts") {
+            structured::gemini_parts(parts, &mut media)?;
+        }
         let text = parts_text(content);
         input_chars += text.chars().count();
         // A content without role is a user turn, as in the real API.
@@ -56,11 +61,30 @@ pub(crate) fn parse(model: &str, body: &[u8]) -> Result<Parsed, String> {
         c.get("responseMimeType")
             .or_else(|| c.get("response_mime_type"))
     });
+    let schema = config.and_then(|c| {
+        [
+            "responseJsonSchema",
+            "response_json_schema",
+            "responseSchema",
+            "response_schema",
+        ]
+        .iter()
+        .find_map(|k| c.get(*k))
+        .cloned()
+    });
+    let json_output = mime.and_then(Value::as_str) == Some("application/json");
+    if schema.is_some() && !json_output {
+        // The API's own words when a schema comes without the JSON mime type.
+        return Err("* GenerateContentRequest.generation_config.response_mime_type: response_schema is only supported with response_mime_type application/json\n".into());
+    }
     Ok(Parsed {
         model: model.to_string(),
         last_user,
         input_chars,
-        json_output: mime.and_then(Value::as_str) == Some("application/json"),
+        json_output,
+        schema,
+        forced_tool: None,
+        media,
     })
 }
 

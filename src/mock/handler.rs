@@ -165,11 +165,11 @@ fn admitted(
         return replayed(api, name);
     }
     // Random faults only hit plain requests, so a directive's outcome stays certain.
-    let plain = directives.body.is_none() && !directives.invalid_json;
+    let plain = directives.body.is_none() && !directives.invalid_json && !directives.off_schema;
     if plain && state.fault_rate > 0.0 && rand::random_bool(state.fault_rate) {
         return (random_fault(api), Tally::Fault);
     }
-    let mut text = common::answer_text(parsed, directives.invalid_json);
+    let mut text = common::answer_text(parsed, directives.invalid_json, directives.off_schema);
     if directives.body == Some(BodyFault::Huge) {
         text = bodies::huge_text(&text);
     }

@@ -20,6 +20,7 @@ mod routes;
 mod settings;
 mod state;
 mod stats;
+mod structured;
 
 #[cfg(test)]
 mod tests;

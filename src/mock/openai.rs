@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::common::{self, Failure, Parsed, Usage};
 use super::state::{Limited, Window};
+use super::structured::{self, MediaSeen};
 
 const CONTENT_TYPE: &str = "application/json";
 /// Token limits are not modelled; these nominal values keep the headers complete.
@@ -52,7 +53,11 @@ pub(crate) fn parse_without_model(body: &[u8]) -> Result<Parsed, String> {
         .ok_or("Missing required parameter: 'messages'.")?;
     let mut input_chars = 0;
     let mut last_user = None;
-    for message in messages {
+    let mut media = MediaSeen::default();
+    for (i, message) in messages.iter().enumerate() {
+        if let Some(Value::Array(parts)) = message.get("content") {
+            structured::openai_parts(model, i, parts, &mut media)?;
+        }
         let text = message
             .get("content")
             .and_then(common::content_text)
@@ -68,11 +73,28 @@ pub(crate) fn parse_without_model(body: &[u8]) -> Result<Parsed, String> {
     let format = request
         .pointer("/response_format/type")
         .and_then(Value::as_str);
+    let schema = request
+        .pointer("/response_format/json_schema/schema")
+        .cloned();
+    if let Some(schema) = &schema
+        && request.pointer("/response_format/json_schema/strict") == Some(&Value::Bool(true))
+    {
+        let name = request
+            .pointer("/response_format/json_schema/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if let Some(error) = structured::openai_strict_error(name, schema) {
+            return Err(error);
+        }
+    }
     Ok(Parsed {
         model: model.to_string(),
         last_user: last_user.ok_or("'messages' must contain a message with role 'user'.")?,
         input_chars,
         json_output: matches!(format, Some("json_object" | "json_schema")),
+        schema,
+        forced_tool: None,
+        media,
     })
 }
 

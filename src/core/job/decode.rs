@@ -112,7 +112,8 @@ pub fn decode(
     }
     let parsed: JobBody = match serde_json::from_slice(body) {
         Ok(parsed) => parsed,
-        Err(e) => return Err(early(format!("body is not a valid job: {e}"), None)),
+        // The reply still carries the producer's id when the body has one.
+        Err(e) => return Err(early(format!("body is not a valid job: {e}"), id_in(body))),
     };
     let id = match parsed.id.clone() {
         Some(id) => match valid_id(&id) {
@@ -297,6 +298,13 @@ fn valid_id(id: &str) -> Result<(), String> {
         return Err("`id` must be 1-255 bytes of printable characters".into());
     }
     Ok(())
+}
+
+/// The valid `id` of a body that is JSON but not a valid job.
+fn id_in(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let id = value.get("id")?.as_str()?;
+    valid_id(id).is_ok().then(|| id.to_owned())
 }
 
 fn reply_address(props: &JobProperties, ctx: &DecodeContext<'_>, id: &str) -> ReplyAddress {

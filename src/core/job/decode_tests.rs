@@ -128,8 +128,11 @@ fn invalid_job_keeps_reply_address_and_best_id() {
         b"{\"id\": \"body-id\", \"prompt\": 1}",
         JobProperties::default(),
     );
-    // A body that fails to deserialize has no trusted id: fall back.
-    assert_eq!(err.unwrap_err().id, "generated");
+    // A body that is JSON but breaks the contract still names the job: the
+    // reply carries its id (it is not stored under it).
+    assert_eq!(err.unwrap_err().id, "body-id");
+    let err = run(b"{\"id\": \"\", \"prompt\": 1}", JobProperties::default());
+    assert_eq!(err.unwrap_err().id, "generated", "an invalid id is not used");
 }
 
 #[test]
@@ -317,4 +320,17 @@ fn the_cache_key_sees_parts_and_schemas() {
         .map(|b| run_on(b, ProviderKind::Anthropic).unwrap().cache_key())
         .collect();
     assert_eq!(keys.len(), 5);
+}
+
+#[test]
+fn a_body_that_breaks_the_contract_keeps_its_id_in_the_reply() {
+    let body =
+        json!({"id": "mine", "messages": [{"role": "user", "content": [{"type": "video"}]}]});
+    let err = run(body.to_string().as_bytes(), JobProperties::default()).unwrap_err();
+    assert_eq!(err.id, "mine");
+    assert!(
+        err.reason.contains("unknown part type `video`"),
+        "{}",
+        err.reason
+    );
 }
