@@ -127,7 +127,7 @@ async fn node_with_amqplib() -> Result<(PathBuf, PathBuf), String> {
     Ok((node, dir))
 }
 
-fn assert_succeeded(output: &str, id: &str) {
+fn assert_succeeded(output: &str, id: &str) -> Value {
     let line = output
         .lines()
         .rev()
@@ -136,7 +136,58 @@ fn assert_succeeded(output: &str, id: &str) {
     let result: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {output}"));
     assert_eq!(result["id"], id, "{output}");
     assert_eq!(result["status"], "succeeded", "{output}");
+    result
 }
+
+/// `program` with its job line (the line starting `job_line`) replaced by
+/// the snippet `NAME-KIND-job` of the document.
+fn with_job(program: &str, job_line: &str, snippet: &str) -> String {
+    let snippet = example(snippet);
+    let mut replaced = false;
+    let lines: Vec<String> = program
+        .lines()
+        .map(|line| {
+            if !replaced && line.starts_with(job_line) {
+                replaced = true;
+                snippet.trim_end().to_owned()
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    assert!(replaced, "no line starting {job_line:?}");
+    lines.join("\n") + "\n"
+}
+
+/// The variants each example is run in: its own job, then the schema job
+/// and the image job of the document, each checked for what it asks.
+const VARIANTS: [&str; 3] = ["", "schema", "image"];
+
+fn check_variant(result: &Value, variant: &str) {
+    match variant {
+        "schema" => {
+            let json = &result["json"];
+            assert!(
+                json["name"].is_string() && json["hex"].is_string(),
+                "{result}"
+            );
+        }
+        "image" => {
+            let text = result["text"].as_str().unwrap_or_default();
+            assert!(text.contains("[saw 1 image(s)"), "{result}");
+        }
+        _ => {}
+    }
+}
+
+/// A 1×1 PNG for the image examples.
+const PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
+    0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0xfc, 0xcf, 0xc0, 0x50,
+    0x0f, 0x00, 0x04, 0x85, 0x01, 0x80, 0x84, 0xa9, 0x8c, 0x21, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
+    0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
 
 #[actix::test]
 async fn producer_examples_run_against_keyrelay() {
@@ -147,7 +198,10 @@ async fn producer_examples_run_against_keyrelay() {
     }])
     .await;
     let work = tempfile::tempdir().unwrap();
+    let photo = work.path().join("photo.png");
+    std::fs::write(&photo, PNG).unwrap();
     let base = vec![
+        ("IMAGE", photo.display().to_string()),
         ("AMQP_URL", env.config.broker.url.clone()),
         ("KEYRELAY_QUEUE", env.queue("g")),
         ("KEYRELAY_URL", env.http_url()),
@@ -163,16 +217,24 @@ async fn producer_examples_run_against_keyrelay() {
 
     match python_with_pika().await {
         Ok(python) => {
-            let script = work.path().join("producer.py");
-            std::fs::write(&script, example("python")).unwrap();
-            let out = run(
-                &python,
-                &[&script.display().to_string()],
-                work.path(),
-                &with_id("py-1"),
-            )
-            .await;
-            assert_succeeded(&out.unwrap_or_else(|e| panic!("{e}")), "py-1");
+            for variant in VARIANTS {
+                let program = match variant {
+                    "" => example("python"),
+                    v => with_job(&example("python"), "job = {", &format!("python-{v}-job")),
+                };
+                let script = work.path().join("producer.py");
+                std::fs::write(&script, program).unwrap();
+                let id = format!("py-1{variant}");
+                let out = run(
+                    &python,
+                    &[&script.display().to_string()],
+                    work.path(),
+                    &with_id(&id),
+                )
+                .await;
+                let result = assert_succeeded(&out.unwrap_or_else(|e| panic!("{e}")), &id);
+                check_variant(&result, variant);
+            }
             ran.push("python");
         }
         Err(why) => announce(&format!(
@@ -181,16 +243,22 @@ async fn producer_examples_run_against_keyrelay() {
     }
     match node_with_amqplib().await {
         Ok((node, dir)) => {
-            let script = dir.join("producer.js");
-            std::fs::write(&script, example("node")).unwrap();
-            let out = run(
-                &node,
-                &[&script.display().to_string()],
-                &dir,
-                &with_id("node-1"),
-            )
-            .await;
-            assert_succeeded(&out.unwrap_or_else(|e| panic!("{e}")), "node-1");
+            for variant in VARIANTS {
+                let program = match variant {
+                    "" => example("node"),
+                    v => with_job(
+                        &example("node"),
+                        "  const job = {",
+                        &format!("node-{v}-job"),
+                    ),
+                };
+                let script = dir.join("producer.js");
+                std::fs::write(&script, program).unwrap();
+                let id = format!("node-1{variant}");
+                let out = run(&node, &[&script.display().to_string()], &dir, &with_id(&id)).await;
+                let result = assert_succeeded(&out.unwrap_or_else(|e| panic!("{e}")), &id);
+                check_variant(&result, variant);
+            }
             ran.push("node");
         }
         Err(why) => announce(&format!(
@@ -199,16 +267,24 @@ async fn producer_examples_run_against_keyrelay() {
     }
     match (on_path("sh"), on_path("curl")) {
         (Some(sh), Some(_)) => {
-            let script = work.path().join("submit.sh");
-            std::fs::write(&script, example("curl")).unwrap();
-            let out = run(
-                &sh,
-                &[&script.display().to_string()],
-                work.path(),
-                &with_id("curl-1"),
-            )
-            .await;
-            assert_succeeded(&out.unwrap_or_else(|e| panic!("{e}")), "curl-1");
+            for variant in VARIANTS {
+                let program = match variant {
+                    "" => example("curl"),
+                    v => with_job(&example("curl"), "  -d ", &format!("curl-{v}-job")),
+                };
+                let script = work.path().join("submit.sh");
+                std::fs::write(&script, program).unwrap();
+                let id = format!("curl-1{variant}");
+                let out = run(
+                    &sh,
+                    &[&script.display().to_string()],
+                    work.path(),
+                    &with_id(&id),
+                )
+                .await;
+                let result = assert_succeeded(&out.unwrap_or_else(|e| panic!("{e}")), &id);
+                check_variant(&result, variant);
+            }
             ran.push("curl");
         }
         _ => announce("SKIPPED the curl producer example: sh or curl is not installed"),

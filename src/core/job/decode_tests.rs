@@ -132,7 +132,11 @@ fn invalid_job_keeps_reply_address_and_best_id() {
     // reply carries its id (it is not stored under it).
     assert_eq!(err.unwrap_err().id, "body-id");
     let err = run(b"{\"id\": \"\", \"prompt\": 1}", JobProperties::default());
-    assert_eq!(err.unwrap_err().id, "generated", "an invalid id is not used");
+    assert_eq!(
+        err.unwrap_err().id,
+        "generated",
+        "an invalid id is not used"
+    );
 }
 
 #[test]
