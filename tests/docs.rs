@@ -23,6 +23,7 @@ const CONFIG_ADMIN_RS: &str = include_str!("../src/core/config/admin.rs");
 const RESULT_RS: &str = include_str!("../src/core/job/result.rs");
 const MESSAGES: &str = include_str!("../docs/messages.md");
 const RESULT_SCHEMA: &str = include_str!("../docs/schema/result.schema.json");
+const JOB_SCHEMA: &str = include_str!("../docs/schema/job.schema.json");
 const ADMIN_ROUTES_RS: &str = include_str!("../src/service/admin/mod.rs");
 
 /// The deserialized fields of `pub struct <name>` in `source`: every
@@ -227,4 +228,44 @@ fn every_error_kind_is_documented() {
             "{kind} missing from docs/schema/result.schema.json"
         );
     }
+}
+
+/// Every job example in docs/messages.md is valid under docs/schema/job.schema.json,
+/// and the schema refuses what the decoder refuses.
+#[test]
+fn the_job_schema_takes_the_documented_jobs() {
+    let schema: serde_json::Value = serde_json::from_str(JOB_SCHEMA).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("job.schema.json compiles");
+    let mut jobs = 0;
+    for block in MESSAGES.split("```json").skip(1) {
+        let text = block.split("```").next().unwrap_or_default();
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+            continue;
+        };
+        if value.get("prompt").is_none() && value.get("messages").is_none() {
+            continue; // a result, not a job
+        }
+        let value = replace_placeholders(value);
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{value}: {errors:?}");
+        jobs += 1;
+    }
+    assert!(jobs >= 3, "only {jobs} job examples found");
+    let refused = [
+        serde_json::json!({"prompt": "x", "response_format": {"type": "json_schema"}}),
+        serde_json::json!({"messages": [{"role": "user", "content": [{"type": "video", "url": "https://x"}]}]}),
+        serde_json::json!({"messages": [{"role": "user", "content": [{"type": "image", "data": "AA=="}]}]}),
+    ];
+    for job in refused {
+        assert!(!validator.is_valid(&job), "{job} should be refused");
+    }
+}
+
+/// `"<base64>"` in the examples stands for bytes.
+fn replace_placeholders(value: serde_json::Value) -> serde_json::Value {
+    let text = value.to_string().replace("<base64>", "AAAA");
+    serde_json::from_str(&text).unwrap()
 }

@@ -263,3 +263,52 @@ fn every_unset_key_variable_is_named_in_one_error() {
         "{e}"
     );
 }
+
+#[test]
+fn template_schemas_are_read_and_compiled_at_load() {
+    let (_key_dir, key_path) = key_file("k");
+    let base = BASE.replace(
+        "api_key_env = \"KR_TEST_KEY_PRIMARY\"",
+        &format!("api_key_file = \"{key_path}\""),
+    );
+    let vars = [];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("person.json");
+    std::fs::write(
+        &file,
+        r#"{"type": "object", "properties": {"name": {"type": "string"}}}"#,
+    )
+    .unwrap();
+    let with = |lines: &str| format!("{base}\n[templates.t]\ntext = \"x\"\n{lines}\n");
+    let config = load(
+        &with(&format!(
+            "schema_file = \"{}\"\nschema_name = \"person\"",
+            file.display()
+        )),
+        &vars,
+    )
+    .unwrap();
+    let Some(crate::job::ResponseFormat::JsonSchema(c)) = &config.templates["t"].compiled else {
+        panic!("compiled schema")
+    };
+    assert_eq!(c.spec.name, "person");
+    let cases = [
+        (
+            "schema_file = \"/no/such/schema.json\"",
+            "cannot read `schema_file`",
+        ),
+        ("schema = { type = \"nope\" }", "not a valid JSON Schema"),
+        (
+            "schema = { type = \"object\" }\nresponse_format = \"text\"",
+            "answers JSON",
+        ),
+        ("schema_name = \"x\"", "needs `schema`"),
+    ];
+    for (lines, wanted) in cases {
+        let err = load(&with(lines), &vars).unwrap_err().to_string();
+        assert!(
+            err.contains("templates.t") && err.contains(wanted),
+            "{lines}: {err}"
+        );
+    }
+}
