@@ -20,6 +20,8 @@ mod outcome;
 pub mod registry;
 mod request;
 pub mod schema_subset;
+#[cfg(test)]
+mod schema_subset_tests;
 pub mod token_field;
 
 pub use api::ProviderApi;
