@@ -280,3 +280,41 @@ async fn a_model_that_reads_no_images_answers_with_the_providers_reason() {
     );
     env.finish().await;
 }
+
+/// A schema as pydantic writes it (a described `$ref` in a one-entry
+/// `allOf`, an optional nested object, `definitions`, a `oneOf`, an unknown
+/// `format`) passes OpenAI's strict-mode checks and Gemini's once fitted.
+#[actix::test]
+async fn generated_schemas_pass_each_providers_rules() {
+    let mut env = TestEnv::start(pools()).await;
+    let schema = json!({
+        "title": "Order",
+        "type": "object",
+        "properties": {
+            "customer": {"allOf": [{"$ref": "#/definitions/Customer"}], "description": "Who ordered"},
+            "shipping": {"anyOf": [{"$ref": "#/definitions/Address"}, {"type": "null"}], "default": null},
+            "note": {"type": ["object", "null"], "properties": {"text": {"type": "string", "maxLength": 80}}},
+            "status": {"oneOf": [{"const": "open"}, {"const": "closed"}]},
+            "site": {"type": "string", "format": "uri"},
+        },
+        "required": ["customer", "status"],
+        "definitions": {
+            "Customer": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+            "Address": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    });
+    for p in ["g", "o", "a"] {
+        env.publish(
+            p,
+            &json!({"id": format!("{p}-order"), "prompt": format!("order {p}"), "response_format": {"type": "json_schema", "name": "order", "schema": schema}}),
+        )
+        .await;
+    }
+    let replies = env.replies(3).await;
+    for p in ["g", "o", "a"] {
+        let r = &replies[&format!("{p}-order")];
+        assert_eq!(r.status, JobStatus::Succeeded, "{p}: {r:?}");
+        assert_eq!(r.json.as_ref().unwrap()["status"], "open", "{p}");
+    }
+    env.finish().await;
+}

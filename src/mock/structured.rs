@@ -53,6 +53,18 @@ fn instance_at(root: &Value, schema: &Value, echo: &str, depth: usize) -> Value 
     if let Some(Value::Array(values)) = s.get("enum") {
         return values.first().cloned().unwrap_or(Value::Null);
     }
+    if let Some(Value::Array(all)) = s.get("allOf") {
+        // Every entry at once: their objects merged.
+        let mut merged = Map::new();
+        for entry in all {
+            match instance_at(root, entry, echo, depth + 1) {
+                Value::Object(o) => merged.extend(o),
+                other if all.len() == 1 => return other,
+                _ => {}
+            }
+        }
+        return Value::Object(merged);
+    }
     for k in ["anyOf", "oneOf"] {
         if let Some(Value::Array(options)) = s.get(k)
             && let Some(first) = options.first()
@@ -125,6 +137,7 @@ fn strict_problem(schema: &Value, context: &mut Vec<String>) -> Option<String> {
     };
     for unsupported in [
         "allOf",
+        "oneOf",
         "not",
         "if",
         "patternProperties",
@@ -138,7 +151,11 @@ fn strict_problem(schema: &Value, context: &mut Vec<String>) -> Option<String> {
             ));
         }
     }
-    let is_object = s.get("type").and_then(Value::as_str) == Some("object");
+    let is_object = match s.get("type") {
+        Some(Value::String(t)) => t == "object",
+        Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+        _ => false,
+    };
     if is_object && s.get("additionalProperties") != Some(&Value::Bool(false)) {
         return Some(format!(
             "In context={}, 'additionalProperties' is required to be supplied and to be false.",
@@ -166,14 +183,20 @@ fn strict_problem(schema: &Value, context: &mut Vec<String>) -> Option<String> {
             }
         }
     }
-    for k in ["items", "anyOf", "$defs"] {
+    for k in [
+        "items",
+        "anyOf",
+        "$defs",
+        "definitions",
+        "additionalProperties",
+    ] {
         let subs: Vec<(String, &Value)> = match s.get(k) {
             Some(Value::Array(a)) => a
                 .iter()
                 .enumerate()
                 .map(|(i, v)| (i.to_string(), v))
                 .collect(),
-            Some(Value::Object(m)) if k == "$defs" => {
+            Some(Value::Object(m)) if k == "$defs" || k == "definitions" => {
                 m.iter().map(|(n, v)| (n.clone(), v)).collect()
             }
             Some(v @ Value::Object(_)) => vec![(String::new(), v)],
@@ -318,6 +341,10 @@ pub(crate) fn gemini_parts(parts: &[Value], seen: &mut MediaSeen) -> Result<(), 
         }
         if mime == "application/pdf" {
             seen.documents += 1;
+        } else if mime == "image/gif" {
+            // Gemini reads no GIF (image understanding docs list png, jpeg,
+            // webp, heic, heif).
+            return Err(format!("Unsupported MIME type: {mime}"));
         } else if mime.starts_with("image/") {
             seen.images += 1;
         } else {

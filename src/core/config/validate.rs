@@ -144,7 +144,34 @@ pub(super) fn validate(config: &mut Config, with_keys: bool) -> Result<(), Confi
         }
         check_lanes(&at, pool)?;
     }
+    warn_unfit_template_schemas(config);
     report_unset(unset)
+}
+
+/// A template's schema that a pool's provider cannot take would fail every
+/// job sent there with `invalid_job`: said once at start-up. Not an error:
+/// templates are shared, and a template may be meant for other pools only.
+fn warn_unfit_template_schemas(config: &Config) {
+    use crate::job::ResponseFormat;
+    use crate::provider::{ProviderRequest, registry};
+    for (name, template) in &config.templates {
+        let Some(format @ ResponseFormat::JsonSchema(_)) = &template.compiled else {
+            continue;
+        };
+        let request = ProviderRequest {
+            model: String::new(),
+            messages: Vec::new(),
+            output: format.output(),
+            max_output_tokens: None,
+            temperature: None,
+            user: None,
+        };
+        for pool in &config.pools {
+            if let Err(reason) = registry::check_request(pool.provider, &request) {
+                tracing::warn!(template = %name, pool = %pool.name, %reason, "jobs using this template will be refused on this pool");
+            }
+        }
+    }
 }
 
 /// Every key variable that is not set, in one error.

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::schema::{FormatSpec, ResponseFormat};
 use super::template::{self, TemplateConfig};
 use super::validated::{Job, Priority, ReplyAddress};
-use crate::provider::{ChatMessage, ProviderKind, ProviderRequest, Role, registry};
+use crate::provider::{ChatMessage, MessageContent, ProviderKind, ProviderRequest, Role, registry};
 
 /// The AMQP properties a job's decoding looks at.
 #[derive(Debug, Clone, Default)]
@@ -232,7 +232,8 @@ fn user_message(content: String) -> ChatMessage {
 /// (providers take them nowhere else).
 fn check_messages(messages: &[ChatMessage]) -> Result<(), String> {
     for (i, m) in messages.iter().enumerate() {
-        if m.content.is_blank() {
+        // An empty string stays valid, as in contract v1.
+        if matches!(&m.content, MessageContent::Parts(parts) if parts.is_empty()) {
             return Err(format!("messages[{i}] has no content"));
         }
         if m.role != Role::User && m.content.media().next().is_some() {

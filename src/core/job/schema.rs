@@ -52,6 +52,9 @@ impl std::fmt::Debug for CompiledSchema {
 
 /// Most validation errors a result reports (the rest are counted).
 const MAX_REPORTED_ERRORS: usize = 10;
+/// Longest violation reported, in characters: the validator's message
+/// quotes the offending value, which may be the whole answer (kept in `text`).
+const MAX_VIOLATION_CHARS: usize = 200;
 
 impl ResponseFormat {
     /// Compile `spec`; the error names what is wrong with the schema.
@@ -117,7 +120,7 @@ impl CompiledSchema {
             if out.len() < MAX_REPORTED_ERRORS {
                 let at = error.instance_path().to_string();
                 let at = if at.is_empty() { "/".to_owned() } else { at };
-                out.push(format!("at {at}: {error}"));
+                out.push(shorten(format!("at {at}: {error}")));
             } else {
                 more += 1;
             }
@@ -126,6 +129,13 @@ impl CompiledSchema {
             out.push(format!("and {more} more"));
         }
         out
+    }
+}
+
+fn shorten(text: String) -> String {
+    match text.char_indices().nth(MAX_VIOLATION_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
     }
 }
 
@@ -308,5 +318,12 @@ mod tests {
                 .any(|v| v.starts_with("at /:") && v.contains("age"))
         );
         assert!(found.iter().any(|v| v.starts_with("at /tags/0:")));
+        // A violation quoting a long answer is cut short.
+        let long = c.violations(&json!("x".repeat(5_000)));
+        assert!(
+            long[0].chars().count() <= MAX_VIOLATION_CHARS + 1,
+            "{}",
+            long[0]
+        );
     }
 }

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::schema::ResponseFormat;
-use crate::provider::{OutputFormat, ProviderRequest};
+use crate::provider::{MessageContent, OutputFormat, ProviderRequest};
 
 /// A validated job, ready to be sent to any key of its pool.
 #[derive(Debug, Clone)]
@@ -60,12 +60,21 @@ impl Job {
         h.update(self.pool.as_bytes());
         h.update([0]);
         h.update(r.model.as_bytes());
+        // Each content tagged and length-prefixed: no text can pass for
+        // parts, nor for a message boundary.
         for m in &r.messages {
             h.update([0, m.role as u8]);
-            match &m.content {
-                crate::provider::MessageContent::Text(text) => h.update(text.as_bytes()),
-                parts => h.update(serde_json::to_vec(parts).unwrap_or_default()),
-            }
+            let parts;
+            let (tag, bytes) = match &m.content {
+                MessageContent::Text(text) => (b't', text.as_bytes()),
+                other => {
+                    parts = serde_json::to_vec(other).unwrap_or_default();
+                    (b'p', parts.as_slice())
+                }
+            };
+            h.update([tag]);
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
         }
         match &r.output {
             OutputFormat::Text => h.update([0, 0]),

@@ -226,6 +226,7 @@ mod tests {
                     text: "x".into(),
                     usage: Usage::default(),
                     limit_until: None,
+                    cut_short: false,
                 }),
                 None,
             ),

@@ -149,6 +149,25 @@ pub fn check_request(req: &ProviderRequest) -> Result<(), String> {
     Ok(())
 }
 
+/// The prompt tokens of an image or a PDF, before the call (vision docs:
+/// width × height / 750 after the long edge is cut to 1,568 px, about 1,600
+/// at most; a PDF page is its text and an image of it, measured at up to
+/// ~2,500).
+pub fn media_tokens(part: &ContentPart) -> u64 {
+    const PAGE: u64 = 2_500;
+    match part {
+        ContentPart::Text { .. } => 0,
+        ContentPart::Image(media) => match media.size() {
+            Some((w, h)) => {
+                let (w, h) = super::content::fit_long_edge(w, h, 1_568);
+                (w * h).div_ceil(750).min(1_600)
+            }
+            None => 1_600,
+        },
+        ContentPart::Document(media) => PAGE * media.pages_or_guess(),
+    }
+}
+
 /// Build the request body. System messages are joined into `system`; a
 /// schema becomes a tool the model is made to call.
 pub fn request_body(req: &ProviderRequest) -> Body<'_> {
@@ -334,6 +353,7 @@ pub fn parse_success(body: &[u8]) -> Outcome {
             text,
             usage,
             limit_until: None,
+            cut_short: stop == "max_tokens",
         });
     }
     if stop == "max_tokens" {

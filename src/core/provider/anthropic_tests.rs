@@ -82,6 +82,7 @@ fn parses_text_blocks_and_usage() {
             ..Usage::default()
         },
         limit_until: None,
+        cut_short: false,
     };
     assert_eq!(
         parse_success(body.to_string().as_bytes()),
@@ -148,11 +149,13 @@ fn v2_body_maps_parts_and_forces_the_schema_tool() {
                     url: None,
                     data: Some("/9j/4A==".into()),
                     media_type: Some("image/jpeg".into()),
+                    ..Media::default()
                 }),
                 ContentPart::Document(Media {
                     url: Some("https://example.com/a.pdf".into()),
                     data: None,
                     media_type: None,
+                    ..Media::default()
                 }),
                 ContentPart::Text {
                     text: "How many?".into(),

@@ -33,7 +33,7 @@ pub enum ContentPart {
 }
 
 /// Where the bytes of an image or a document are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Media {
     /// An `http(s)` URL the provider fetches.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -44,6 +44,13 @@ pub struct Media {
     /// `image/png`, `application/pdf`, ...: required with `data`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    /// An image's width and height, read once from the bytes' header (for
+    /// token estimates; `None` for a URL or an unreadable header).
+    #[serde(skip)]
+    pub pixels: Option<(u32, u32)>,
+    /// A PDF's pages, counted once in its bytes (`None` for a URL).
+    #[serde(skip)]
+    pub pages: Option<u32>,
 }
 
 /// The PDF media type, the one document type every provider takes.
@@ -83,14 +90,6 @@ impl MessageContent {
             .iter()
             .filter(|p| !matches!(p, ContentPart::Text { .. }))
     }
-
-    /// Whether there is no text and no media.
-    pub fn is_blank(&self) -> bool {
-        match self {
-            MessageContent::Text(text) => text.trim().is_empty(),
-            MessageContent::Parts(parts) => parts.is_empty(),
-        }
-    }
 }
 
 impl From<String> for MessageContent {
@@ -105,7 +104,31 @@ impl From<&str> for MessageContent {
     }
 }
 
+/// Fits `(w, h)` within `edge` on its long side, keeping the aspect.
+pub(super) fn fit_long_edge(w: u64, h: u64, edge: u64) -> (u64, u64) {
+    let long = w.max(h).max(1);
+    if long <= edge {
+        (w, h)
+    } else {
+        (w * edge / long, h * edge / long)
+    }
+}
+
+/// A PDF given by URL, whose pages are not known before the call: counted
+/// as ten.
+pub(super) const UNKNOWN_PDF_PAGES: u64 = 10;
+
 impl Media {
+    /// The pixels as `u64`s, when known.
+    pub fn size(&self) -> Option<(u64, u64)> {
+        self.pixels.map(|(w, h)| (u64::from(w), u64::from(h)))
+    }
+
+    /// The pages, when known, else [`UNKNOWN_PDF_PAGES`].
+    pub fn pages_or_guess(&self) -> u64 {
+        self.pages.map_or(UNKNOWN_PDF_PAGES, u64::from)
+    }
+
     /// The bytes of a `data` part, decoded (`None` for a URL part).
     pub fn bytes(&self) -> Option<Vec<u8>> {
         STANDARD.decode(self.data.as_deref()?).ok()
@@ -156,6 +179,7 @@ fn parse_part(item: Value) -> Result<ContentPart, String> {
         url: raw.url.clone(),
         data: raw.data.clone(),
         media_type: raw.media_type.clone(),
+        ..Media::default()
     };
     let part = match raw.kind.as_str() {
         "text" => {
@@ -183,23 +207,27 @@ fn parse_part(item: Value) -> Result<ContentPart, String> {
 }
 
 /// Exactly one of `url` and `data`; a `data:` URL becomes `data` and
-/// `media_type`; base64 that decodes; a media type of the part's kind.
+/// `media_type`; base64 that decodes; a media type of the part's kind, in
+/// its plain form (lower case, no parameters, `image/jpg` as `image/jpeg`:
+/// every provider refuses the other spellings).
 fn check_media(mut media: Media, kind: &str) -> Result<Media, String> {
+    media.media_type = media.media_type.as_deref().map(plain_media_type);
     if let Some(url) = media.url.take() {
-        if let Some(inline) = url.strip_prefix("data:") {
-            let (head, data) = inline
-                .split_once(',')
-                .ok_or("a `data:` URL needs a `,` before its bytes")?;
-            let media_type = head
-                .strip_suffix(";base64")
-                .ok_or("a `data:` URL must be base64 (`data:<type>;base64,...`)")?;
-            if media.data.is_some() {
-                return Err(format!("an {kind} part takes `url` or `data`, not both"));
+        match url.get(..5) {
+            Some(scheme) if scheme.eq_ignore_ascii_case("data:") => {
+                if media.data.is_some() {
+                    return Err(format!("an {kind} part takes `url` or `data`, not both"));
+                }
+                let (media_type, data) = split_data_url(&url[5..])?;
+                if let Some(given) = media.media_type.as_deref().filter(|g| *g != media_type) {
+                    return Err(format!(
+                        "`media_type` {given} contradicts the data URL's {media_type}"
+                    ));
+                }
+                media.data = Some(data.to_owned());
+                media.media_type = Some(media_type);
             }
-            media.data = Some(data.to_owned());
-            media.media_type = media.media_type.or(Some(media_type.to_owned()));
-        } else {
-            media.url = Some(url);
+            _ => media.url = Some(url),
         }
     }
     match (&media.url, &media.data) {
@@ -212,8 +240,18 @@ fn check_media(mut media: Media, kind: &str) -> Result<Media, String> {
             if media.media_type.is_none() {
                 return Err(format!("an {kind} part with `data` needs `media_type`"));
             }
-            if data.is_empty() || STANDARD.decode(data).is_err() {
-                return Err("`data` is not valid base64 (standard alphabet, padded)".into());
+            let bytes = STANDARD
+                .decode(data)
+                .ok()
+                .filter(|b| !b.is_empty())
+                .ok_or("`data` is not valid base64 (standard alphabet, padded)")?;
+            // Measured here, the one time the bytes are decoded.
+            if kind == "image" {
+                media.pixels = imagesize::blob_size(&bytes).ok().and_then(|s| {
+                    Some((u32::try_from(s.width).ok()?, u32::try_from(s.height).ok()?))
+                });
+            } else {
+                media.pages = Some(pdf_pages(&bytes));
             }
         }
     }
@@ -221,6 +259,68 @@ fn check_media(mut media: Media, kind: &str) -> Result<Media, String> {
         check_media_type(kind, media_type)?;
     }
     Ok(media)
+}
+
+/// The pages of a PDF: the largest `/Count` (the page tree's root holds the
+/// total) or the `/Type /Page` objects, whichever is more; at least 1 (a
+/// compressed object stream hides both).
+pub(super) fn pdf_pages(bytes: &[u8]) -> u32 {
+    let mut pages = 0u32;
+    for needle in [&b"/Type /Page"[..], &b"/Type/Page"[..]] {
+        let mut rest = bytes;
+        while let Some(at) = find(rest, needle) {
+            rest = &rest[at + needle.len()..];
+            if rest.first() != Some(&b's') {
+                pages = pages.saturating_add(1);
+            }
+        }
+    }
+    let mut rest = bytes;
+    let mut count = 0u32;
+    while let Some(at) = find(rest, b"/Count") {
+        rest = &rest[at + 6..];
+        let digits: String = rest
+            .iter()
+            .skip_while(|b| b.is_ascii_whitespace())
+            .take_while(|b| b.is_ascii_digit())
+            .map(|b| char::from(*b))
+            .collect();
+        count = count.max(digits.parse().unwrap_or(0));
+    }
+    pages.max(count).max(1)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `<type>[;param...];base64,<data>` → the plain type and the data.
+fn split_data_url(rest: &str) -> Result<(String, &str), String> {
+    let (head, data) = rest
+        .split_once(',')
+        .ok_or("a `data:` URL needs a `,` before its bytes")?;
+    let is_base64 = head
+        .rsplit(';')
+        .next()
+        .is_some_and(|last| last.eq_ignore_ascii_case("base64"));
+    if !is_base64 {
+        return Err("a `data:` URL must be base64 (`data:<type>;base64,...`)".into());
+    }
+    Ok((plain_media_type(head), data))
+}
+
+/// `IMAGE/JPG; charset=x` → `image/jpeg`.
+fn plain_media_type(media_type: &str) -> String {
+    let essence = media_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "image/jpg" => "image/jpeg".to_owned(),
+        _ => essence,
+    }
 }
 
 fn check_url(url: &str) -> Result<(), String> {
@@ -290,9 +390,54 @@ mod tests {
             ContentPart::Image(Media {
                 url: None,
                 data: Some("/9j/4A==".into()),
-                media_type: Some("image/jpeg".into())
+                media_type: Some("image/jpeg".into()),
+                ..Media::default()
             })
         );
+    }
+
+    #[test]
+    fn pdf_pages_are_counted() {
+        let flat = b"%PDF-1.4 1 0 obj << /Type /Pages /Count 2 >> 2 0 obj << /Type /Page >> 3 0 obj <</Type/Page>>";
+        assert_eq!(pdf_pages(flat), 2);
+        // Page objects hidden in a compressed stream: the root's /Count says.
+        assert_eq!(
+            pdf_pages(b"%PDF-1.5 << /Type /Pages /Count 12 /Kids [...] >>"),
+            12
+        );
+        assert_eq!(pdf_pages(b"%PDF-1.7 nothing readable"), 1);
+    }
+
+    #[test]
+    fn images_are_measured_once_at_parse() {
+        // A 1×1 PNG.
+        let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
+        let parts =
+            content(json!([{"type": "image", "data": png, "media_type": "image/png"}])).unwrap();
+        let Some(ContentPart::Image(m)) = parts.media().next() else {
+            panic!()
+        };
+        assert_eq!(m.pixels, Some((1, 1)));
+    }
+
+    #[test]
+    fn media_types_are_made_plain() {
+        let parts = content(json!([
+            {"type": "image", "url": "data:IMAGE/PNG;name=a.png;BASE64,iVBORw0KGgo="},
+            {"type": "image", "data": "/9j/4A==", "media_type": "image/jpg"},
+        ]))
+        .unwrap();
+        let types: Vec<_> = parts
+            .media()
+            .map(|p| match p {
+                ContentPart::Image(m) => m.media_type.clone().unwrap(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(types, ["image/png", "image/jpeg"]);
+        let err = content(json!([{"type": "image", "url": "data:image/png;base64,AA==", "media_type": "image/gif"}]))
+            .unwrap_err();
+        assert!(err.contains("contradicts"), "{err}");
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub const JSON_SCHEMA_SUBSET: Subset = Subset {
     kept: &[
         "$id",
         "$defs",
+        // Draft-07 generators (pydantic v1, zod-to-json-schema) keep their
+        // definitions here; a `$ref` into it must still resolve.
+        "definitions",
         "$ref",
         "$anchor",
         "type",
@@ -147,6 +150,7 @@ pub const JSON_SCHEMA_SUBSET: Subset = Subset {
     ],
     strict_objects: false,
     object_root: false,
+    formats: None,
 };
 
 /// The image types Gemini reads (no GIF).
@@ -185,6 +189,26 @@ pub fn check_request(req: &ProviderRequest) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The prompt tokens of an image or a PDF, before the call (token docs: an
+/// image within 384 px is 258, a larger one 258 a 768-px tile; a PDF page
+/// 258 on Gemini 2, measured at ~560 on Gemini 3, so 560). An image of
+/// unknown size counts as Gemini 3's default resolution, 1,120.
+pub fn media_tokens(part: &ContentPart) -> u64 {
+    const PAGE: u64 = 560;
+    match part {
+        ContentPart::Text { .. } => 0,
+        ContentPart::Image(media) => match media.size() {
+            Some((w, h)) if w <= 384 && h <= 384 => 258,
+            Some((w, h)) => {
+                let (w, h) = super::content::fit_long_edge(w, h, 3_072);
+                258 * w.div_ceil(768) * h.div_ceil(768)
+            }
+            None => 1_120,
+        },
+        ContentPart::Document(media) => PAGE * media.pages_or_guess(),
+    }
 }
 
 /// Build the request body. System messages become `systemInstruction`; the
@@ -370,6 +394,7 @@ pub fn parse_success(body: &[u8]) -> Outcome {
             text,
             usage,
             limit_until: None,
+            cut_short: finish == "MAX_TOKENS",
         });
     }
     if finish == "MAX_TOKENS" {

@@ -93,6 +93,7 @@ fn parses_text_and_usage_skipping_thoughts() {
             ..Usage::default()
         },
         limit_until: None,
+        cut_short: false,
     };
     assert_eq!(outcome, Outcome::Success(expected));
 }
@@ -176,11 +177,13 @@ fn v2_body_maps_parts_and_a_json_schema() {
                 url: None,
                 data: Some("iVBORw0KGgo=".into()),
                 media_type: Some("image/png".into()),
+                ..Media::default()
             }),
             ContentPart::Document(Media {
                 url: Some("https://example.com/a.pdf".into()),
                 data: None,
                 media_type: None,
+                ..Media::default()
             }),
         ]),
     }];

@@ -203,10 +203,44 @@ pub const STRICT_SUBSET: Subset = Subset {
     ],
     strict_objects: true,
     object_root: true,
+    formats: Some(&[
+        "date-time",
+        "time",
+        "date",
+        "duration",
+        "email",
+        "hostname",
+        "ipv4",
+        "ipv6",
+        "uuid",
+    ]),
 };
 
 /// The image types OpenAI's vision models read (non-animated GIF included).
 const IMAGE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/webp", "image/gif"];
+
+/// The prompt tokens of an image or a PDF, before the call. An image: the
+/// vision guide's `detail: high` rule (fit in 2,048², short side down to
+/// 768, 170 a 512-px tile plus 85), the most tiles when its size is not
+/// known. A PDF page: its extracted text and an image of it.
+pub fn media_tokens(part: &ContentPart) -> u64 {
+    const PAGE: u64 = 2_500;
+    match part {
+        ContentPart::Text { .. } => 0,
+        ContentPart::Image(media) => {
+            let (w, h) = media.size().unwrap_or((768, 2_048));
+            let (w, h) = super::content::fit_long_edge(w, h, 2_048);
+            let short = w.min(h).max(1);
+            let (w, h) = if short > 768 {
+                (w * 768 / short, h * 768 / short)
+            } else {
+                (w, h)
+            };
+            85 + 170 * w.div_ceil(512) * h.div_ceil(512)
+        }
+        ContentPart::Document(media) => PAGE * media.pages_or_guess(),
+    }
+}
 
 /// What chat/completions cannot take, found before any call.
 pub fn check_request(req: &ProviderRequest) -> Result<(), String> {
@@ -408,10 +442,11 @@ pub fn parse_success(body: &[u8]) -> Outcome {
         );
     }
     match (text, finish.as_str()) {
-        (Some(text), _) => Outcome::Success(Completion {
+        (Some(text), finish) => Outcome::Success(Completion {
             text,
             usage,
             limit_until: None,
+            cut_short: finish == "length",
         }),
         (None, "length") => failure(
             FailureKind::Truncated,

@@ -79,6 +79,7 @@ fn parses_text_and_usage() {
             ..Usage::default()
         },
         limit_until: None,
+        cut_short: false,
     };
     assert_eq!(
         parse_success(body.to_string().as_bytes()),
@@ -161,16 +162,19 @@ fn v2_request() -> ProviderRequest {
             url: Some("https://example.com/cat.png".into()),
             data: None,
             media_type: None,
+            ..Media::default()
         }),
         ContentPart::Image(Media {
             url: None,
             data: Some("iVBORw0KGgo=".into()),
             media_type: Some("image/png".into()),
+            ..Media::default()
         }),
         ContentPart::Document(Media {
             url: None,
             data: Some("JVBERi0=".into()),
             media_type: Some("application/pdf".into()),
+            ..Media::default()
         }),
     ]);
     let schema = json!({

@@ -65,6 +65,10 @@ pub struct Completion {
     /// then (OpenAI `x-ratelimit-remaining-*: 0`, Anthropic
     /// `anthropic-ratelimit-*-remaining: 0`): the key's budget tightens.
     pub limit_until: Option<Timestamp>,
+    /// The output allowance ran out before the model finished (OpenAI
+    /// `length`, Gemini `MAX_TOKENS`, Anthropic `max_tokens`): the text is
+    /// what it wrote until then, and JSON there is likely cut off.
+    pub cut_short: bool,
 }
 
 /// Why a job fails because of the job itself (never because of its key).

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::api::ProviderApi;
+use super::content::ContentPart;
 pub use super::options::ProviderOptions;
 use super::request::ProviderRequest;
 use super::{anthropic, azure, gemini, openai};
@@ -55,6 +56,16 @@ pub fn check_request(kind: ProviderKind, request: &ProviderRequest) -> Result<()
         ProviderKind::Gemini => gemini::check_request(request),
         ProviderKind::Openai | ProviderKind::Azure => openai::check_request(request),
         ProviderKind::Anthropic => anthropic::check_request(request),
+    }
+}
+
+/// The prompt tokens the provider of `kind` counts for an image or a PDF
+/// (0 for text), estimated before the call.
+pub fn media_tokens(kind: ProviderKind, part: &ContentPart) -> u64 {
+    match kind {
+        ProviderKind::Gemini => gemini::media_tokens(part),
+        ProviderKind::Openai | ProviderKind::Azure => openai::media_tokens(part),
+        ProviderKind::Anthropic => anthropic::media_tokens(part),
     }
 }
 

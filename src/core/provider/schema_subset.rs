@@ -9,7 +9,15 @@
 //!   with the keyword and where it is, before any call.
 //!
 //! Anything else (annotations such as `examples`, `$comment`, `default`) is
-//! left out.
+//! left out. Two rewrites keep common generated schemas usable: a one-entry
+//! `allOf` is merged into its parent (pydantic writes
+//! `{"allOf": [{"$ref": ...}], "description": ...}`, openai-python merges it
+//! too), and a `$ref` is sent without siblings (Gemini: "if `$ref` is set on
+//! a sub-schema, no other properties, except for those starting as a `$`,
+//! may be set"; openai-python inlines such refs).
+//!
+//! What is sent may be looser than the schema (hints, `oneOf` as `anyOf`):
+//! keyrelay validates every answer against the schema as written.
 
 use serde_json::{Map, Value};
 
@@ -30,6 +38,9 @@ pub struct Subset {
     pub strict_objects: bool,
     /// The root must be an object schema (a tool's input, OpenAI's root).
     pub object_root: bool,
+    /// The `format` values sent as they are (the others are hinted); `None`:
+    /// every value.
+    pub formats: Option<&'static [&'static str]>,
 }
 
 /// Keywords whose value is a map of subschemas.
@@ -41,7 +52,7 @@ const SCHEMA_ONE: &[&str] = &["items", "additionalProperties"];
 
 /// `schema` as the provider takes it, or why it cannot.
 pub fn fit(schema: &Value, subset: &Subset) -> Result<Value, String> {
-    if subset.object_root && schema.get("type").and_then(Value::as_str) != Some("object") {
+    if subset.object_root && !is_object(schema) {
         return Err(format!(
             "{} needs a schema whose root is `\"type\": \"object\"`; wrap the value in an object",
             subset.feature
@@ -50,11 +61,44 @@ pub fn fit(schema: &Value, subset: &Subset) -> Result<Value, String> {
     fit_at(schema, subset, "")
 }
 
+/// Whether `schema` describes objects: `type` is `object` or a list with
+/// it (`["object", "null"]`, an optional nested object), or it has
+/// `properties`.
+fn is_object(schema: &Value) -> bool {
+    match schema.get("type") {
+        Some(Value::String(t)) => t == "object",
+        Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+        _ => schema.get("properties").is_some(),
+    }
+}
+
 fn fit_at(schema: &Value, subset: &Subset, at: &str) -> Result<Value, String> {
     let Value::Object(map) = schema else {
         // `true`/`false` schemas and malformed values: as they are.
         return Ok(schema.clone());
     };
+    let merged;
+    let map = match merge_single_all_of(map) {
+        Some(m) => {
+            merged = m;
+            &merged
+        }
+        None => map,
+    };
+    if map.contains_key("$ref") {
+        // Only `$` keywords beside a `$ref` (the rest is checked locally).
+        let refs = map.iter().filter(|(k, _)| k.starts_with('$'));
+        return Ok(Value::Object(
+            refs.map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ));
+    }
+    if subset.strict_objects && map.contains_key("anyOf") && map.contains_key("oneOf") {
+        return Err(format!(
+            "{} cannot take `anyOf` and `oneOf` side by side (at {}): nest one in the other",
+            subset.feature,
+            or_root(at)
+        ));
+    }
     let mut out = Map::new();
     let mut hints = Map::new();
     for (keyword, value) in map {
@@ -63,7 +107,22 @@ fn fit_at(schema: &Value, subset: &Subset, at: &str) -> Result<Value, String> {
         if subset.refused.contains(&k) {
             return Err(refusal(subset, k, at));
         }
-        if subset.hinted.contains(&k) {
+        let unknown_format = k == "format"
+            && subset
+                .formats
+                .is_some_and(|known| !value.as_str().is_some_and(|f| known.contains(&f)));
+        // A `const` the provider lacks is a one-value `enum` it has (Gemini
+        // takes enums of strings and numbers).
+        if k == "const"
+            && !subset.kept.contains(&"const")
+            && subset.kept.contains(&"enum")
+            && (value.is_string() || value.is_number())
+            && !map.contains_key("enum")
+        {
+            out.insert("enum".into(), Value::Array(vec![value.clone()]));
+            continue;
+        }
+        if subset.hinted.contains(&k) || unknown_format {
             hints.insert(keyword.clone(), value.clone());
             continue;
         }
@@ -116,13 +175,28 @@ fn fit_keyword(k: &str, value: &Value, subset: &Subset, here: &str) -> Result<Va
     })
 }
 
+/// `{"allOf": [one], ...}` as one schema: the entry's keywords, then the
+/// parent's (which win).
+fn merge_single_all_of(map: &Map<String, Value>) -> Option<Map<String, Value>> {
+    let Some(Value::Array(entries)) = map.get("allOf") else {
+        return None;
+    };
+    let [Value::Object(only)] = entries.as_slice() else {
+        return None;
+    };
+    let mut merged = only.clone();
+    for (k, v) in map.iter().filter(|(k, _)| *k != "allOf") {
+        merged.insert(k.clone(), v.clone());
+    }
+    Some(merged)
+}
+
 /// OpenAI strict mode on one schema: objects are closed and every property
 /// is required. A map type (`additionalProperties` with a schema) cannot be
-/// closed without changing what it means: refused.
+/// closed without changing what it means, nor can an object without
+/// `properties` (it could only be `{}`): both refused.
 fn strict_object(out: &mut Map<String, Value>, at: &str, subset: &Subset) -> Result<(), String> {
-    let is_object =
-        out.get("type").and_then(Value::as_str) == Some("object") || out.contains_key("properties");
-    if !is_object {
+    if !is_object(&Value::Object(out.clone())) {
         return Ok(());
     }
     match out.get("additionalProperties") {
@@ -134,6 +208,13 @@ fn strict_object(out: &mut Map<String, Value>, at: &str, subset: &Subset) -> Res
                 or_root(at)
             ));
         }
+    }
+    if !out.contains_key("properties") {
+        return Err(format!(
+            "{} cannot take a free-form object (at {}): list its `properties`",
+            subset.feature,
+            or_root(at)
+        ));
     }
     // `true` narrowed to `false`: any answer it allows, the original allows.
     out.insert("additionalProperties".into(), Value::Bool(false));
@@ -182,6 +263,7 @@ mod tests {
         refused: &["patternProperties"],
         strict_objects: true,
         object_root: true,
+        formats: None,
     };
 
     #[test]
@@ -235,10 +317,12 @@ mod tests {
         let err = fit(&json!({"type": "array"}), &TEST).unwrap_err();
         assert!(err.contains("root"), "{err}");
         let err = fit(
-            &json!({"type": "object", "additionalProperties": {"type": "integer"}}),
+            &json!({"type": "object", "properties": {}, "additionalProperties": {"type": "integer"}}),
             &TEST,
         )
         .unwrap_err();
         assert!(err.contains("map type"), "{err}");
+        let err = fit(&json!({"type": "object"}), &TEST).unwrap_err();
+        assert!(err.contains("free-form object"), "{err}");
     }
 }

@@ -62,12 +62,18 @@ fn additional_properties() {
 #[test]
 fn keywords_per_provider() {
     let with = |k: &str, v: Value| object(json!({"x": {"type": "string", k: v}}));
-    // const: OpenAI keeps it, Gemini hints it.
+    // const: OpenAI keeps it, Gemini gets a one-value enum (a hint for
+    // what an enum cannot say).
     let c = with("const", json!("a"));
     assert_eq!(fit(&c, &OPENAI).unwrap()["properties"]["x"]["const"], "a");
     assert_eq!(
-        fit(&c, &GEMINI).unwrap()["properties"]["x"]["description"],
-        "{\"const\":\"a\"}"
+        fit(&c, &GEMINI).unwrap()["properties"]["x"]["enum"],
+        json!(["a"])
+    );
+    let t = with("const", json!(true));
+    assert_eq!(
+        fit(&t, &GEMINI).unwrap()["properties"]["x"]["description"],
+        "{\"const\":true}"
     );
     // pattern: OpenAI keeps it, Gemini hints it.
     let p = with("pattern", json!("^a"));
@@ -106,4 +112,63 @@ fn defs_are_fitted_too() {
     assert_eq!(a["additionalProperties"], false);
     assert_eq!(a["required"], json!(["s"]));
     assert_eq!(a["properties"]["s"]["description"], "{\"maxLength\":3}");
+}
+
+#[test]
+fn generated_schemas_fit() {
+    // pydantic's described reference, and a draft-07 `definitions` ref.
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "owner": {"allOf": [{"$ref": "#/$defs/Person"}], "description": "Who owns it"},
+            "old": {"$ref": "#/definitions/Old", "title": "Old"},
+        },
+        "$defs": {"Person": {"type": "object", "properties": {"name": {"type": "string"}}}},
+        "definitions": {"Old": {"type": "string"}},
+    });
+    for subset in [&OPENAI, &GEMINI] {
+        let fitted = fit(&schema, subset).unwrap();
+        assert_eq!(
+            fitted["properties"]["owner"],
+            json!({"$ref": "#/$defs/Person"})
+        );
+        assert_eq!(
+            fitted["properties"]["old"],
+            json!({"$ref": "#/definitions/Old"})
+        );
+        assert_eq!(fitted["definitions"]["Old"]["type"], "string");
+    }
+}
+
+#[test]
+fn optional_nested_objects_are_closed_for_openai() {
+    let schema = object(
+        json!({"addr": {"type": ["object", "null"], "properties": {"city": {"type": "string"}}}}),
+    );
+    let fitted = fit(&schema, &OPENAI).unwrap();
+    assert_eq!(fitted["properties"]["addr"]["additionalProperties"], false);
+    assert_eq!(fitted["properties"]["addr"]["required"], json!(["city"]));
+}
+
+#[test]
+fn openai_formats_outside_its_list_become_hints() {
+    let schema = object(
+        json!({"when": {"type": "string", "format": "date"}, "site": {"type": "string", "format": "uri"}}),
+    );
+    let fitted = fit(&schema, &OPENAI).unwrap();
+    assert_eq!(fitted["properties"]["when"]["format"], "date");
+    assert!(fitted["properties"]["site"].get("format").is_none());
+    assert_eq!(
+        fitted["properties"]["site"]["description"],
+        "{\"format\":\"uri\"}"
+    );
+}
+
+#[test]
+fn any_of_beside_one_of_is_refused_for_openai() {
+    let schema =
+        object(json!({"x": {"anyOf": [{"type": "string"}], "oneOf": [{"type": "integer"}]}}));
+    let err = fit(&schema, &OPENAI).unwrap_err();
+    assert!(err.contains("side by side (at /properties/x)"), "{err}");
+    assert!(fit(&schema, &GEMINI).is_ok());
 }

@@ -48,7 +48,12 @@ pub(super) async fn admit<'a>(
     if !key.is_available() || !services.lease.is_open() {
         return Err(Refusal::KeyUnavailable);
     }
-    let ticket = take_budget(key, services, estimate_tokens(&inflight.job.request)).await?;
+    let ticket = take_budget(
+        key,
+        services,
+        estimate_tokens(&inflight.job.request, key.pool.provider),
+    )
+    .await?;
     Ok(Admission {
         _permit: permit,
         _probe: probe,
@@ -120,9 +125,9 @@ pub(super) fn larger_than_any_key(
     let limit = pool.max_tpm?;
     let with_allowance = pool.client.tpm_counts_output_allowance();
     let requested = if with_allowance {
-        estimate_tokens(request)
+        estimate_tokens(request, pool.provider)
     } else {
-        prompt_tokens(request)
+        prompt_tokens(request, pool.provider)
     };
     let counted = if with_allowance {
         "prompt plus max_output_tokens, as the provider counts them"

@@ -52,6 +52,7 @@ fn summary(outcome: &Outcome) -> Outcome {
             text: String::new(),
             usage: c.usage,
             limit_until: c.limit_until,
+            cut_short: c.cut_short,
         }),
         Outcome::JobFailed(f) => Outcome::JobFailed(JobFailure {
             partial_text: None,

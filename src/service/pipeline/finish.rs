@@ -26,7 +26,11 @@ pub async fn complete(
 ) {
     let mut result = base_result(&inflight, &key.pool, Some(key), JobStatus::Succeeded);
     result.usage = completion.usage;
-    match check_output(&inflight.job.response_format, &completion.text) {
+    match check_output(
+        &inflight.job.response_format,
+        &completion.text,
+        completion.cut_short,
+    ) {
         Ok(json) => result.json = json,
         Err(error) => {
             result.status = JobStatus::Failed;
@@ -457,11 +461,26 @@ fn record_outcome(pool: &PoolContext, result: &JobResult, timing: Timing) {
 /// The answer's JSON, when the job asked for JSON; the `invalid_output`
 /// error when it is not JSON or breaks the job's schema (the raw text stays
 /// in the result, and a failed result is never cached).
-fn check_output(format: &ResponseFormat, text: &str) -> Result<Option<Value>, JobError> {
+fn check_output(
+    format: &ResponseFormat,
+    text: &str,
+    cut_short: bool,
+) -> Result<Option<Value>, JobError> {
     if !format.is_json() {
         return Ok(None);
     }
     let value = parse_json_output(text).map_err(|e| {
+        if cut_short {
+            // The allowance ran out mid-answer: say so, not "not JSON".
+            let mut error = JobError::new(
+                ErrorKind::Truncated,
+                format!(
+                    "the output allowance ran out before the JSON answer was complete; raise max_output_tokens ({e})"
+                ),
+            );
+            error.reason = Some("max_output_tokens".into());
+            return error;
+        }
         let mut error = JobError::new(
             ErrorKind::InvalidOutput,
             format!(
@@ -505,6 +524,39 @@ fn parse_json_output(text: &str) -> Result<Value, serde_json::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_checks_name_what_is_wrong() {
+        use keyrelay_core::job::FormatSpec;
+        let spec: FormatSpec = serde_json::from_value(serde_json::json!({
+            "type": "json_schema",
+            "schema": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
+        }))
+        .unwrap();
+        let format = ResponseFormat::compile(spec).unwrap();
+        assert_eq!(
+            check_output(&format, "{\"n\": 2}", false).unwrap().unwrap()["n"],
+            2
+        );
+        let broken = check_output(&format, "{\"n\": \"two\"}", false).unwrap_err();
+        assert_eq!(broken.kind, ErrorKind::InvalidOutput);
+        assert_eq!(broken.reason.as_deref(), Some("schema"));
+        assert!(
+            broken.violations[0].starts_with("at /n:"),
+            "{:?}",
+            broken.violations
+        );
+        let not_json = check_output(&format, "{\"n\": ", false).unwrap_err();
+        assert_eq!(not_json.reason.as_deref(), Some("not_json"));
+        // Cut off by the output allowance: truncated, not invalid.
+        let cut = check_output(&format, "{\"n\": ", true).unwrap_err();
+        assert_eq!(cut.kind, ErrorKind::Truncated);
+        assert!(
+            check_output(&ResponseFormat::Text, "{", true)
+                .unwrap()
+                .is_none()
+        );
+    }
 
     #[test]
     fn json_output_parsing() {

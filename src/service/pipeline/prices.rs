@@ -74,10 +74,10 @@ impl PoolPrices {
         let Some(price) = self.price(&request.model) else {
             return 0.0;
         };
-        let input = prompt_tokens(request);
+        let input = prompt_tokens(request, self.provider);
         let usage = Usage {
             input_tokens: input,
-            output_tokens: estimate_tokens(request) - input,
+            output_tokens: estimate_tokens(request, self.provider) - input,
             ..Usage::default()
         };
         cost_usd(price, &usage)
