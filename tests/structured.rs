@@ -318,3 +318,47 @@ async fn generated_schemas_pass_each_providers_rules() {
     }
     env.finish().await;
 }
+
+/// A 3 MiB inline image travels the whole way when `jobs.max_body_bytes`
+/// allows it, and a body over the limit is refused naming it.
+#[actix::test]
+async fn a_large_inline_image_goes_through_within_the_configured_limit() {
+    let mut env = TestEnv::start_with(
+        pools(),
+        MockSettings::default(),
+        "max_body_bytes = 8388608\n",
+    )
+    .await;
+    use base64::Engine as _;
+    let mut png = base64::engine::general_purpose::STANDARD
+        .decode(PNG)
+        .unwrap();
+    png.resize(3 << 20, 0); // trailing bytes after IEND: still a PNG header
+    let data = base64::engine::general_purpose::STANDARD.encode(&png);
+    let job = |id: &str, data: &str| {
+        json!({"id": id, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is it?"},
+            {"type": "image", "data": data, "media_type": "image/png"},
+        ]}]})
+    };
+    env.publish("a", &job("big", &data)).await;
+    let too_big = data.repeat(3);
+    env.publish("a", &job("too-big", &too_big)).await;
+    let replies = env.replies(2).await;
+    assert_eq!(
+        replies["big"].status,
+        JobStatus::Succeeded,
+        "{:?}",
+        replies["big"].error
+    );
+    // Over the limit, the body is not read: its reply has a generated id.
+    let refused = replies.values().find(|r| r.id != "big").unwrap();
+    let error = refused.error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::InvalidJob);
+    assert!(
+        error.message.contains("over the limit of 8388608"),
+        "{}",
+        error.message
+    );
+    env.finish().await;
+}

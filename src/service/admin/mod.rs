@@ -29,8 +29,9 @@ pub use errors::ApiError;
 pub use heavy::HeavyReads;
 pub use monitor::Monitor;
 
-/// Largest request body read at all; job bodies over `jobs.max_body_bytes`
-/// are refused by the job decoder with a 400 naming the limit.
+/// Largest request body read at all, unless `jobs.max_body_bytes` is larger
+/// (a job with inline images); job bodies over `jobs.max_body_bytes` are
+/// refused by the job decoder with a 400 naming the limit.
 const BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// What the admin handlers of every HTTP worker share.
@@ -38,6 +39,7 @@ const BODY_LIMIT: usize = 16 * 1024 * 1024;
 pub struct Shared {
     monitor: web::Data<Monitor>,
     heavy: web::Data<HeavyReads>,
+    body_limit: usize,
 }
 
 /// Start the background work of the operations surface (the queue-depth
@@ -48,6 +50,9 @@ pub fn start(state: &HttpState) -> Shared {
     Shared {
         monitor: web::Data::from(monitor),
         heavy: web::Data::new(HeavyReads::new(state.config.admin.max_heavy_reads)),
+        // One byte over the job limit, so the decoder, not the extractor,
+        // answers an oversized job (with a message naming the limit).
+        body_limit: BODY_LIMIT.max(state.config.jobs.max_body_bytes.saturating_add(1)),
     }
 }
 
@@ -55,7 +60,8 @@ impl Shared {
     /// Mount the status page and the `/v1` routes, with the shared state.
     pub fn routes(&self, cfg: &mut web::ServiceConfig) {
         cfg.app_data(self.monitor.clone())
-            .app_data(self.heavy.clone());
+            .app_data(self.heavy.clone())
+            .app_data(web::PayloadConfig::new(self.body_limit));
         routes(cfg);
     }
 }
@@ -63,7 +69,6 @@ impl Shared {
 fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::PathConfig::default().error_handler(|e, _| errors::extractor_error(e)))
         .app_data(web::QueryConfig::default().error_handler(|e, _| errors::extractor_error(e)))
-        .app_data(web::PayloadConfig::new(BODY_LIMIT))
         .route("/", web::get().to(status::page))
         .service(
             web::scope("/v1")
