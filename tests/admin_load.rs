@@ -128,6 +128,7 @@ async fn store_results(store: &Store, n: usize) {
                 metadata: serde_json::json!({"batch": i / 100}),
                 user: Some(format!("user-{}", i % 7)),
                 cached: false,
+                batch: None,
                 completed_at: now - SignedDuration::from_millis(20 * i as i64),
             };
             async move {

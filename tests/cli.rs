@@ -502,3 +502,142 @@ async fn enqueue_declares_a_missing_reply_queue_and_needs_no_keys() {
         .await;
     env.finish().await;
 }
+
+/// `keyrelay ARGS` with nothing in the environment about the admin API.
+async fn bare(args: &[&str], vars: &[(&str, &str)]) -> Run {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"));
+    cmd.args(args)
+        .env_remove("KEYRELAY_ADMIN_URL")
+        .env_remove("KEYRELAY_ADMIN_TOKEN")
+        .env_remove("KEYRELAY_READ_TOKEN")
+        .env_remove("KEYRELAY_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the command ends")
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[actix::test]
+async fn admin_commands_find_the_url_and_token_in_the_config() {
+    let env = start().await;
+    let token = env.dir.path().join("cli-admin.token");
+    std::fs::write(&token, ADMIN_TOKEN).unwrap();
+    let config = config_file(&env);
+    let listen = env.app().http_addr();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace(
+        "[jobs]",
+        &format!(
+            "[metrics]\nlisten = \"0.0.0.0:{}\"\n[admin]\nadmin_token_file = \"{}\"\n[jobs]",
+            listen.port(),
+            token.display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    // Only -c: the URL from metrics.listen (0.0.0.0 reached on loopback), the token from [admin].
+    let run = bare(&["status", "-c", &config], &[]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("k1"), "{}", run.stdout);
+    let run = bare(&["keys", "disable", "g", "k1", "-c", &config], &[]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(state_of(&env, "k1").await, "disabled");
+    // A read-only token in KEYRELAY_READ_TOKEN is enough to read.
+    let url = env.http_url();
+    let vars = [
+        ("KEYRELAY_ADMIN_URL", url.as_str()),
+        ("KEYRELAY_READ_TOKEN", READ_TOKEN),
+    ];
+    let run = bare(&["status"], &vars).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // A -c that cannot be read is named.
+    let run = bare(&["status", "-c", "/no/such/keyrelay.toml"], &[]).await;
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("/no/such/keyrelay.toml"),
+        "{}",
+        run.stderr
+    );
+    env.finish().await;
+}
+
+#[actix::test]
+async fn results_filter_by_pool_and_batch_and_invalid_jobs_are_found() {
+    let mut env = start().await;
+    for i in 0..3 {
+        env.publish(
+            "g",
+            &serde_json::json!({"id": format!("b-{i}"), "prompt": "x", "batch": "nightly"}),
+        )
+        .await;
+    }
+    env.publish("g", &serde_json::json!({"id": "loose", "prompt": "y"}))
+        .await;
+    // Invalid (temperature out of range): stored, so it can be looked up.
+    env.publish(
+        "g",
+        &serde_json::json!({"id": "fixme", "prompt": "z", "temperature": 9}),
+    )
+    .await;
+    let replies = env.replies(5).await;
+    assert_eq!(replies["b-0"].batch.as_deref(), Some("nightly"));
+    let run = keyrelay(
+        &env,
+        Some(READ_TOKEN),
+        &["results", "--batch", "nightly"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 3, "{}", run.stdout);
+    let run = keyrelay(&env, Some(READ_TOKEN), &["results", "--pool", "g"], None).await;
+    assert_eq!(run.stdout.lines().count(), 5, "{}", run.stdout);
+    let run = keyrelay(
+        &env,
+        Some(READ_TOKEN),
+        &["results", "--pool", "other"],
+        None,
+    )
+    .await;
+    assert_eq!(run.stdout.lines().count(), 0, "{}", run.stdout);
+
+    let client = reqwest::Client::new();
+    let base = env.http_url();
+    let get = |id: &str| {
+        client
+            .get(format!("{base}/v1/jobs/{id}"))
+            .bearer_auth(READ_TOKEN)
+            .send()
+    };
+    let found: serde_json::Value = get("fixme").await.unwrap().json().await.unwrap();
+    assert_eq!(found["error"]["kind"], "invalid_job", "{found}");
+    // Corrected and sent again under the same id: it runs.
+    env.publish("g", &serde_json::json!({"id": "fixme", "prompt": "z"}))
+        .await;
+    let (again, _) = env.next_reply().await;
+    assert_eq!(again.id, "fixme");
+    assert_eq!(again.status, keyrelay_core::job::JobStatus::Succeeded);
+    let found: serde_json::Value = get("fixme").await.unwrap().json().await.unwrap();
+    assert_eq!(found["status"], "succeeded", "{found}");
+    // A broken resend under a good job's id does not hide its answer.
+    env.publish("g", &serde_json::json!({"id": "fixme", "prompt": 3}))
+        .await;
+    let (broken, _) = env.next_reply().await;
+    assert_eq!(
+        broken.error.unwrap().kind,
+        keyrelay_core::job::ErrorKind::InvalidJob
+    );
+    let found: serde_json::Value = get("fixme").await.unwrap().json().await.unwrap();
+    assert_eq!(found["status"], "succeeded", "{found}");
+    env.finish().await;
+}

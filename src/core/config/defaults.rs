@@ -32,12 +32,6 @@ pub(super) fn max_body_bytes() -> usize {
 pub(super) fn max_attempts() -> u32 {
     3
 }
-pub(super) fn results_queue() -> String {
-    "keyrelay.results".into()
-}
-pub(super) fn dead_letter_queue() -> String {
-    "keyrelay.dead".into()
-}
 pub(super) fn connect_timeout_secs() -> u64 {
     10
 }

@@ -222,11 +222,13 @@ pub struct JobsConfig {
     /// Provider calls one job may make on transient failures before it fails.
     #[serde(default = "defaults::max_attempts")]
     pub max_attempts: u32,
-    /// Reply queue for jobs that carry no `reply_to`.
-    #[serde(default = "defaults::results_queue")]
+    /// Reply queue for jobs that carry no `reply_to`; `<queue_prefix>.results`
+    /// when not set (filled in by validation).
+    #[serde(default)]
     pub results_queue: String,
-    /// Queue receiving dead letters (with an `x-keyrelay-reason` header).
-    #[serde(default = "defaults::dead_letter_queue")]
+    /// Queue receiving dead letters (with an `x-keyrelay-reason` header);
+    /// `<queue_prefix>.dead` when not set.
+    #[serde(default)]
     pub dead_letter_queue: String,
     /// Connect timeout for provider calls, in seconds.
     #[serde(default = "defaults::connect_timeout_secs")]
@@ -294,8 +296,8 @@ impl Default for JobsConfig {
         JobsConfig {
             max_body_bytes: defaults::max_body_bytes(),
             max_attempts: defaults::max_attempts(),
-            results_queue: defaults::results_queue(),
-            dead_letter_queue: defaults::dead_letter_queue(),
+            results_queue: String::new(),
+            dead_letter_queue: String::new(),
             connect_timeout_secs: defaults::connect_timeout_secs(),
             request_timeout_secs: defaults::request_timeout_secs(),
             shutdown_grace_secs: defaults::shutdown_grace_secs(),

@@ -312,3 +312,19 @@ fn template_schemas_are_read_and_compiled_at_load() {
         );
     }
 }
+
+#[test]
+fn results_and_dead_letter_queues_follow_the_prefix() {
+    let (_dir, path) = key_file("k");
+    let text = BASE
+        .replace(
+            "api_key_env = \"KR_TEST_KEY_PRIMARY\"",
+            &format!("api_key_file = \"{path}\""),
+        )
+        .replace("[broker]\n", "[broker]\nqueue_prefix = \"team-a\"\n");
+    let config = load(&text, &[]).unwrap();
+    assert_eq!(config.jobs.results_queue, "team-a.results");
+    assert_eq!(config.jobs.dead_letter_queue, "team-a.dead");
+    let set = text.replace("[[pools]]", "[jobs]\nresults_queue = \"mine\"\n\n[[pools]]");
+    assert_eq!(load(&set, &[]).unwrap().jobs.results_queue, "mine");
+}

@@ -48,6 +48,14 @@ pub(super) fn validate(config: &mut Config, with_keys: bool) -> Result<(), Confi
     check_url(&config.broker.url)?;
     check_tls(&config.broker)?;
     check_name("broker.queue_prefix", &config.broker.queue_prefix)?;
+    // Unset, they live under the prefix like every other queue of keyrelay's.
+    let prefix = &config.broker.queue_prefix;
+    if config.jobs.results_queue.is_empty() {
+        config.jobs.results_queue = format!("{prefix}.results");
+    }
+    if config.jobs.dead_letter_queue.is_empty() {
+        config.jobs.dead_letter_queue = format!("{prefix}.dead");
+    }
     check_name("jobs.results_queue", &config.jobs.results_queue)?;
     check_name("jobs.dead_letter_queue", &config.jobs.dead_letter_queue)?;
     if let Some(name) = &config.instance.name {

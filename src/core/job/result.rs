@@ -170,6 +170,9 @@ pub struct JobResult {
     /// True when the answer came from the response cache (no provider call).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cached: bool,
+    /// The job's `batch`, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
     /// When the result was made.
     pub completed_at: Timestamp,
 }
@@ -183,11 +186,17 @@ impl JobResult {
     /// Whether the result answers the job for good. Failures that only mean
     /// "not now" (transient errors outlasted the retries, no key could run it)
     /// do not: such a job is dead-lettered, and when an operator replays it,
-    /// it runs again instead of being answered with the old failure.
+    /// it runs again instead of being answered with the old failure. Nor
+    /// does `invalid_job`: a corrected job sent with the same id runs.
     pub fn is_final(&self) -> bool {
         !matches!(
             self.error.as_ref().map(|e| e.kind),
-            Some(ErrorKind::Upstream | ErrorKind::AllKeysUnavailable | ErrorKind::BudgetExceeded)
+            Some(
+                ErrorKind::Upstream
+                    | ErrorKind::AllKeysUnavailable
+                    | ErrorKind::BudgetExceeded
+                    | ErrorKind::InvalidJob
+            )
         )
     }
 

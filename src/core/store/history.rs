@@ -21,6 +21,10 @@ const SCAN_BUDGET: usize = 50_000;
 pub struct HistoryQuery {
     /// Only results of this end user.
     pub user: Option<String>,
+    /// Only results of this pool.
+    pub pool: Option<String>,
+    /// Only results of this batch.
+    pub batch: Option<String>,
     /// Only results with this status.
     pub status: Option<JobStatus>,
     /// Completed at or after.
@@ -209,6 +213,11 @@ fn matches(result: &JobResult, query: &HistoryQuery) -> bool {
         .user
         .as_ref()
         .is_none_or(|u| result.user.as_ref() == Some(u))
+        && query.pool.as_ref().is_none_or(|p| &result.pool == p)
+        && query
+            .batch
+            .as_ref()
+            .is_none_or(|b| result.batch.as_ref() == Some(b))
         && query.status.is_none_or(|s| result.status == s)
 }
 
@@ -236,9 +245,39 @@ mod tests {
             latency_ms: 1,
             metadata: serde_json::Value::Null,
             cached: false,
+            batch: None,
             user: Some(user.into()),
             completed_at: Timestamp::from_second(at).unwrap(),
         }
+    }
+
+    #[tokio::test]
+    async fn pool_and_batch_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        for (i, (pool, batch)) in [("p", Some("b1")), ("q", Some("b1")), ("p", None)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut r = result(&format!("j{i}"), 1000 + i as i64, "u", true);
+            r.pool = pool.into();
+            r.batch = batch.map(str::to_owned);
+            store.persist_result(&r, None).await.unwrap();
+        }
+        let ids = |query: HistoryQuery| -> Vec<String> {
+            let page = store.history(&HistoryQuery { limit: 10, ..query }).unwrap();
+            page.results.into_iter().map(|r| r.id).collect()
+        };
+        let pool_p = HistoryQuery {
+            pool: Some("p".into()),
+            ..HistoryQuery::default()
+        };
+        assert_eq!(ids(pool_p), ["j2", "j0"]);
+        let batch = HistoryQuery {
+            batch: Some("b1".into()),
+            ..HistoryQuery::default()
+        };
+        assert_eq!(ids(batch), ["j1", "j0"]);
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@ fn result(id: &str) -> JobResult {
         metadata: serde_json::json!({}),
         user: None,
         cached: false,
+        batch: None,
         completed_at: jiff::Timestamp::now(),
     }
 }

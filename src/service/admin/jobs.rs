@@ -104,7 +104,9 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let p = Params::parse(
         req.query_string(),
-        &["user", "since", "until", "status", "limit", "cursor"],
+        &[
+            "user", "pool", "batch", "since", "until", "status", "limit", "cursor",
+        ],
     )?;
     let now = Timestamp::now();
     let status = match p.choice("status", &["succeeded", "failed", "any"], "any")? {
@@ -127,6 +129,8 @@ pub async fn list(
         .transpose()?;
     let query = HistoryQuery {
         user: p.text("user").map(str::to_owned),
+        pool: p.text("pool").map(str::to_owned),
+        batch: p.text("batch").map(str::to_owned),
         status,
         since,
         until,

@@ -1,30 +1,46 @@
 //! A small client of keyrelay's admin API for the CLI commands (`status`,
 //! `keys`, `results`): bearer token, JSON, and errors that read as one line.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use keyrelay_core::config::Config;
 use serde_json::Value;
 use thiserror::Error;
 
-/// Where the admin API is and how to authenticate (flags or environment).
+/// Where the admin API is and how to authenticate: flags, the environment,
+/// else the config file (its listen address and `[admin]` tokens), as the
+/// service itself reads them.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminArgs {
-    /// Base URL of keyrelay's HTTP endpoint (metrics.listen).
-    #[arg(
-        long,
-        env = "KEYRELAY_ADMIN_URL",
-        default_value = "http://127.0.0.1:9464"
-    )]
-    pub admin_url: String,
-    /// Bearer token (read-only is enough for status and results).
+    /// Base URL of keyrelay's HTTP endpoint; default: the config's
+    /// metrics.listen, else http://127.0.0.1:9464.
+    #[arg(long, env = "KEYRELAY_ADMIN_URL")]
+    pub admin_url: Option<String>,
+    /// Bearer token; default: KEYRELAY_READ_TOKEN (enough for reads), then
+    /// the config's admin or read-only token.
     #[arg(long, env = "KEYRELAY_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The config file the URL and token are read from when not given
+    /// (default: config/keyrelay.toml, when there is one).
+    #[arg(long, short, env = "KEYRELAY_CONFIG")]
+    pub config: Option<PathBuf>,
 }
+
+/// The config read when `-c` is not given, if it exists.
+const DEFAULT_CONFIG: &str = "config/keyrelay.toml";
+/// The admin URL when neither a flag nor a config says.
+const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9464";
 
 #[derive(Debug, Error)]
 pub enum ClientError {
-    #[error("no admin token: pass --token or set KEYRELAY_ADMIN_TOKEN")]
+    #[error(
+        "no admin token: pass --token, set KEYRELAY_ADMIN_TOKEN (or KEYRELAY_READ_TOKEN for reads), or point -c at a config whose [admin] names one"
+    )]
     NoToken,
+    #[error("{0}")]
+    Config(String),
     #[error("admin API at {url} is unreachable: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("admin API refused the token ({status}): {message}")]
@@ -58,18 +74,26 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn new(args: &AdminArgs) -> Result<AdminClient, ClientError> {
+        let config = config_of(args)?;
         let token = args
             .token
             .clone()
+            .or_else(|| std::env::var("KEYRELAY_READ_TOKEN").ok())
             .filter(|t| !t.is_empty())
+            .or_else(|| config.as_ref().and_then(config_token))
             .ok_or(ClientError::NoToken)?;
+        let base = match (&args.admin_url, &config) {
+            (Some(url), _) => url.clone(),
+            (None, Some(config)) => url_of(config.metrics.listen),
+            (None, None) => DEFAULT_ADMIN_URL.to_owned(),
+        };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| ClientError::Client(e.to_string()))?;
         Ok(AdminClient {
             http,
-            base: args.admin_url.trim_end_matches('/').to_owned(),
+            base: base.trim_end_matches('/').to_owned(),
             token,
         })
     }
@@ -173,9 +197,55 @@ pub fn encode(value: &str) -> String {
         .collect()
 }
 
+/// The config `-c` names (an error if it cannot be read), else the default
+/// file when it exists and reads (else nothing: flags and environment only).
+fn config_of(args: &AdminArgs) -> Result<Option<Config>, ClientError> {
+    if let Some(path) = &args.config {
+        return Config::load_without_keys(path)
+            .map(Some)
+            .map_err(|e| ClientError::Config(format!("{}: {e}", path.display())));
+    }
+    let default = Path::new(DEFAULT_CONFIG);
+    if !default.is_file() {
+        return Ok(None);
+    }
+    Ok(Config::load_without_keys(default).ok())
+}
+
+/// The config's admin token, else its read-only one.
+fn config_token(config: &Config) -> Option<String> {
+    let admin = &config.admin;
+    admin
+        .admin_token
+        .as_ref()
+        .or(admin.read_token.as_ref())
+        .map(|t| t.expose().to_owned())
+}
+
+/// The URL of a listen address: an unspecified address (0.0.0.0, ::) is
+/// reached on loopback.
+fn url_of(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, listen.port()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses_become_urls() {
+        assert_eq!(
+            url_of("0.0.0.0:9464".parse().unwrap()),
+            "http://127.0.0.1:9464"
+        );
+        assert_eq!(url_of("[::]:9464".parse().unwrap()), "http://[::1]:9464");
+        assert_eq!(url_of("10.0.0.5:80".parse().unwrap()), "http://10.0.0.5:80");
+    }
 
     #[test]
     fn retry_after_is_honoured_within_bounds() {

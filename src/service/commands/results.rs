@@ -17,6 +17,12 @@ pub struct ResultsFilter {
     /// Only this user's jobs.
     #[arg(long)]
     pub user: Option<String>,
+    /// Only this pool's jobs.
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Only this batch's jobs.
+    #[arg(long)]
+    pub batch: Option<String>,
     /// succeeded, failed or any.
     #[arg(long)]
     pub status: Option<String>,
@@ -35,6 +41,8 @@ pub async fn run(args: &AdminArgs, filter: &ResultsFilter) -> anyhow::Result<usi
         ("since", &filter.since),
         ("until", &filter.until),
         ("user", &filter.user),
+        ("pool", &filter.pool),
+        ("batch", &filter.batch),
         ("status", &filter.status),
     ] {
         if let Some(v) = value {

@@ -25,23 +25,17 @@ pub(super) fn seen(services: &Services, job: &Job, declared_total: Option<u64>) 
 
 /// An invalid job of a batch (read leniently from its body) is answered
 /// too: counted as seen and failed with `invalid_job`, or its batch would
-/// never be done.
+/// never be done. Returns the batch it was counted in.
 pub(super) fn invalid(
     services: &Services,
     pool: &str,
     body: &[u8],
     id: &str,
     declared_total: Option<u64>,
-) {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return;
-    };
-    let Some(batch) = value["batch"].as_str() else {
-        return;
-    };
-    if keyrelay_core::job::valid_batch(batch).is_err() {
-        return;
-    }
+) -> Option<String> {
+    let value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    let batch = value["batch"].as_str()?;
+    keyrelay_core::job::valid_batch(batch).ok()?;
     let store = &services.store;
     let counted = store
         .batch_seen(batch, pool, id, declared_total, jiff::Timestamp::now())
@@ -49,6 +43,7 @@ pub(super) fn invalid(
     if let Err(e) = counted {
         warn!(job_id = %id, batch, error = %e, "cannot count the invalid job in its batch");
     }
+    Some(batch.to_owned())
 }
 
 /// Why the job must not run, if it or its batch was cancelled.

@@ -111,7 +111,7 @@ pub async fn reject_invalid(
 ) {
     warn!(job_id = %invalid.id, pool = %pool.name, reason = %invalid.reason, "invalid job");
     let declared = crate::amqp::job_properties(inbound.properties()).batch_total;
-    super::batch::invalid(services, &pool.name, inbound.body(), &invalid.id, declared);
+    let batch = super::batch::invalid(services, &pool.name, inbound.body(), &invalid.id, declared);
     if !dead_letter(
         services,
         pool,
@@ -139,11 +139,11 @@ pub async fn reject_invalid(
         metadata: Value::Object(Default::default()),
         user: None,
         cached: false,
+        batch,
         completed_at: jiff::Timestamp::now(),
     };
-    // Not stored under its id: an invalid job's id is not trustworthy, and a later
-    // valid job with the same id must not be answered with this failure. The
-    // dead letter is already safe, so a lost reply must not dead-letter it twice.
+    store_invalid(services, &result).await;
+    // The dead letter is already safe, so a lost reply must not dead-letter it twice.
     publish_and_ack(
         services,
         pool,
@@ -154,6 +154,24 @@ pub async fn reject_invalid(
         OnReplyFailure::Ack,
     )
     .await;
+}
+
+/// Store an invalid job's failure so `GET /v1/jobs/{id}` finds it, unless
+/// its id already has a result: a broken body resent under a good job's id
+/// must not hide that job's answer. It is not final ([`JobResult::is_final`]):
+/// a corrected job with the same id runs.
+async fn store_invalid(services: &Services, result: &JobResult) {
+    match services.store.result_of(&result.pool, &result.id) {
+        Ok(None) => {}
+        Ok(Some(_)) => return,
+        Err(e) => {
+            warn!(job_id = %result.id, error = %e, "cannot look up the invalid job's id; not storing its failure");
+            return;
+        }
+    }
+    if let Err(e) = services.store.persist_result(result, None).await {
+        warn!(job_id = %result.id, error = %e, "cannot store the invalid job's failure");
+    }
 }
 
 /// A redelivered job that already completed: the stored result, no provider call.
@@ -206,6 +224,7 @@ pub async fn answer_from_cache(
         metadata: job.metadata.clone(),
         user: job.user.clone(),
         cached: true,
+        batch: job.batch.clone(),
         completed_at: jiff::Timestamp::now(),
     };
     let store = Persist {
@@ -265,6 +284,7 @@ fn base_result(
         metadata: inflight.job.metadata.clone(),
         user: inflight.job.user.clone(),
         cached: false,
+        batch: inflight.job.batch.clone(),
         completed_at: jiff::Timestamp::now(),
     }
 }
