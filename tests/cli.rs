@@ -641,3 +641,27 @@ async fn results_filter_by_pool_and_batch_and_invalid_jobs_are_found() {
     assert_eq!(found["status"], "succeeded", "{found}");
     env.finish().await;
 }
+
+#[actix::test]
+async fn version_names_the_git_revision() {
+    let run = bare(&["--version"], &[]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let version = run.stdout.trim();
+    assert!(
+        version.starts_with(&format!("keyrelay {} (", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    // From a git checkout, the revision is HEAD's; elsewhere `unknown`.
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let wanted = head.unwrap_or_else(|| "unknown".into());
+    assert!(
+        version.ends_with(&format!("({wanted})")),
+        "{version} vs {wanted}"
+    );
+}

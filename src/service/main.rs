@@ -32,10 +32,18 @@ fn disable_transparent_huge_pages() {
     }
 }
 
+/// `keyrelay --version`: the crate version and the git revision it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("KEYRELAY_GIT_REV"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "keyrelay",
-    version,
+    version = VERSION,
     about = "A pool of LLM API keys behind RabbitMQ"
 )]
 struct Cli {
@@ -270,6 +278,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 config.job_queue(&pool)
             };
+            let broker = keyrelay::amqp::Broker::connect(&config.broker.url).await?;
+            commands::pool_queues::ensure(&broker, &config, &pool).await?;
+            let _ = broker.close().await;
             let summary = commands::enqueue::enqueue(commands::enqueue::EnqueueArgs {
                 broker_url: &config.broker.url,
                 queue,

@@ -212,7 +212,8 @@ fn config_of(args: &AdminArgs) -> Result<Option<Config>, ClientError> {
     Ok(Config::load_without_keys(default).ok())
 }
 
-/// The config's admin token, else its read-only one.
+/// The config's admin token, else its read-only one, else the development
+/// token its instance wrote (a loopback-only instance without tokens).
 fn config_token(config: &Config) -> Option<String> {
     let admin = &config.admin;
     admin
@@ -220,6 +221,7 @@ fn config_token(config: &Config) -> Option<String> {
         .as_ref()
         .or(admin.read_token.as_ref())
         .map(|t| t.expose().to_owned())
+        .or_else(|| super::dev_token::applies(config).then(|| super::dev_token::read(config))?)
 }
 
 /// The URL of a listen address: an unspecified address (0.0.0.0, ::) is

@@ -72,6 +72,7 @@ pub async fn run(args: BatchRun<'_>) -> anyhow::Result<BatchSummary> {
         ..BatchSummary::default()
     };
     let broker = Arc::new(Broker::connect(&args.config.broker.url).await?);
+    super::pool_queues::ensure(&broker, args.config, args.pool).await?;
     let replies = format!("{}.batch.{batch}", args.config.broker.queue_prefix);
     let channel = broker.channel().await?;
     // Durable: results that come while this command is stopped wait for the rerun.
@@ -287,7 +288,7 @@ async fn publish(
     }
     if failed > 0 {
         bail!(
-            "{failed} jobs were not confirmed by the broker (is {queue} declared? is keyrelay running?); run the same command again to send them"
+            "{failed} jobs were not confirmed by the broker (into {queue}); run the same command again to send them"
         );
     }
     Ok(())

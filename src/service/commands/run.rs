@@ -9,14 +9,25 @@ use crate::app::App;
 use keyrelay_core::config::Config;
 
 /// Run until a shutdown signal, then stop gracefully.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let grace = Duration::from_secs(config.jobs.shutdown_grace_secs);
+    let dev_token = super::dev_token::ensure(&mut config)?;
+    let (listen, token_file) = (config.metrics.listen, super::dev_token::path(&config));
     // Listen before starting: consumers run as soon as App::start returns (even
     // before), and a SIGTERM with no handler yet would kill the process outright.
     let signal = shutdown_signal()?;
     let app = App::start(config)
         .await
         .context("keyrelay could not start")?;
+    // Said once started: a start-up error stays the one line it is.
+    if let Some(token) = dev_token {
+        info!(
+            %listen,
+            token = %token,
+            file = %token_file.display(),
+            "no [admin] token: this loopback-only instance uses a dev admin token (the CLI reads it from the file; paste it into the status page)"
+        );
+    }
     signal.await?;
     info!(grace_secs = grace.as_secs(), "shutting down");
     if let Err(e) = app.shutdown(grace).await {
