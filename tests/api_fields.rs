@@ -7,6 +7,7 @@ use common::{ADMIN_TOKEN, TestEnv, TestKey, TestPool};
 use serde_json::{Value, json};
 
 const API_DOC: &str = include_str!("../docs/api.md");
+const RESULT_SCHEMA: &str = include_str!("../docs/schema/result.schema.json");
 
 async fn get(env: &TestEnv, path: &str) -> Value {
     reqwest::Client::new()
@@ -59,7 +60,32 @@ async fn every_field_the_admin_api_answers_with_is_documented() {
     let budgets = get(&env, "/v1/budgets").await;
     let batch = get(&env, "/v1/batches/docs").await;
     let fleet = get(&env, "/v1/fleet").await;
+    let jobs = get(&env, "/v1/jobs").await;
     let mut missing = Vec::new();
+    missing.extend(undocumented("/v1/jobs", &jobs));
+    // A stored result's fields are the result schema's.
+    let schema: Value = serde_json::from_str(RESULT_SCHEMA).unwrap();
+    let result = &jobs["jobs"][0];
+    let one = get(&env, "/v1/jobs/doc-1").await;
+    for (endpoint, answer) in [("/v1/jobs", result), ("/v1/jobs/{id}", &one)] {
+        for field in answer.as_object().expect("a result").keys() {
+            if schema["properties"].get(field).is_none() {
+                missing.push(format!(
+                    "{endpoint}: {field} (docs/schema/result.schema.json)"
+                ));
+            }
+        }
+    }
+    for by in ["key", "error", "hour", "upstream", "pool", "user", "model"] {
+        let stats = get(&env, &format!("/v1/stats?by={by}")).await;
+        missing.extend(undocumented(&format!("/v1/stats?by={by}"), &stats));
+        let groups = stats["groups"].as_object().expect("groups");
+        if let Some((_, group)) = groups.iter().next()
+            && by != "upstream"
+        {
+            missing.extend(undocumented(&format!("/v1/stats?by={by} group"), group));
+        }
+    }
     missing.extend(undocumented("/v1/keys", &keys["keys"][0]));
     missing.extend(undocumented("/v1/pools", &pools["pools"][0]));
     missing.extend(undocumented("/v1/budgets", &budgets["budgets"][0]));
