@@ -8,3 +8,5 @@ scripts/ensure-chromium.sh
 cargo test --workspace --all-targets --locked "$@"
 # Deployment files: compose, Prometheus config and rules, dashboard (no Docker engine needed).
 scripts/check-docker.sh
+# The shipped binary: size and --version.
+scripts/check-release.sh

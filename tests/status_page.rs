@@ -30,6 +30,18 @@ fn find_chromium() -> Option<PathBuf> {
 
 /// Load `url` and return the DOM once scripts had `budget_ms` of virtual time.
 async fn dump_dom(chromium: &PathBuf, url: &str, budget_ms: u32) -> String {
+    render(chromium, url, budget_ms, (1280, 900), "--dump-dom").await
+}
+
+/// Run Chromium on `url` in a window of `size` with `output` (`--dump-dom`,
+/// or `--screenshot=FILE`); its standard output.
+async fn render(
+    chromium: &PathBuf,
+    url: &str,
+    budget_ms: u32,
+    size: (u32, u32),
+    output: &str,
+) -> String {
     let profile = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new(chromium)
         .args([
@@ -43,7 +55,9 @@ async fn dump_dom(chromium: &PathBuf, url: &str, budget_ms: u32) -> String {
             "--no-first-run",
             &format!("--user-data-dir={}", profile.path().display()),
             &format!("--virtual-time-budget={budget_ms}"),
-            "--dump-dom",
+            &format!("--window-size={},{}", size.0, size.1),
+            "--hide-scrollbars",
+            output,
             url,
         ])
         .stdin(Stdio::null())
@@ -90,12 +104,18 @@ async fn status_page_shows_pools_keys_states_and_alerts() {
             .json(&body)
             .send()
     };
-    post(
+    // A provider's long message must not push the table off the page.
+    let long = format!(
+        "revoked in console {}",
+        "because the provider said so ".repeat(6)
+    );
+    let disabled = post(
         "/v1/keys/g/bravo/disable",
-        serde_json::json!({"reason": "revoked in console"}),
+        serde_json::json!({ "reason": long }),
     )
     .await
     .unwrap();
+    assert!(disabled.status().is_success(), "{:?}", disabled.status());
     post("/v1/keys/g/charlie/disable", serde_json::json!({}))
         .await
         .unwrap();
@@ -133,7 +153,57 @@ async fn status_page_shows_pools_keys_states_and_alerts() {
     assert!(dom.contains("$0.00 / $25.00"), "{dom}");
     assert!(dom.contains("No batch running"), "{dom}");
     assert!(dom.contains("updated "), "{dom}");
+    // Last hour's outcomes, and key actions by the state of each key.
+    assert!(dom.contains("id=\"outcomes\""), "{dom}");
+    assert!(dom.contains("No job in the last hour"), "{dom}");
+    let alpha = row_of(&dom, "data-key=\"g/alpha\"");
+    assert!(
+        alpha.contains("data-action=\"disable\"") && alpha.contains("data-action=\"probe\""),
+        "{alpha}"
+    );
+    let bravo = row_of(&dom, "data-key=\"g/bravo\"");
+    assert!(
+        bravo.contains("data-action=\"enable\"") && !bravo.contains("data-action=\"disable\""),
+        "{bravo}"
+    );
+    // The server keeps the throughput history: the sparkline has its points.
+    assert!(dom.contains("data-points="), "{dom}");
     // The token never lands in the page itself.
     assert!(!dom.contains(READ_TOKEN));
+
+    // The page fits a laptop and a phone: its own width never scrolls
+    // sideways, whatever the long texts (tables scroll in their boxes).
+    for (width, height, name) in [
+        (1280, 900, "status-1280.png"),
+        (390, 844, "status-phone.png"),
+    ] {
+        let dom = render(&chromium, &url, 5000, (width, height), "--dump-dom").await;
+        assert!(
+            dom.contains("data-fits=\"true\""),
+            "{width} px: the page is wider than its window"
+        );
+        if let Some(dir) = std::env::var_os("KEYRELAY_SCREENSHOTS") {
+            let file = PathBuf::from(dir).join(name);
+            render(
+                &chromium,
+                &url,
+                5000,
+                (width, height),
+                &format!("--screenshot={}", file.display()),
+            )
+            .await;
+            assert!(file.is_file(), "{} written", file.display());
+        }
+    }
     env.finish().await;
+}
+
+/// The `<tr ...>...</tr>` holding `marker`.
+fn row_of<'a>(dom: &'a str, marker: &str) -> &'a str {
+    let at = dom
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} in the page"));
+    let start = dom[..at].rfind("<tr").unwrap();
+    let end = at + dom[at..].find("</tr>").unwrap();
+    &dom[start..end]
 }

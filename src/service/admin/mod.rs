@@ -46,7 +46,12 @@ pub struct Shared {
 /// poller) and the heavy-read cap; mount them with [`Shared::routes`].
 pub fn start(state: &HttpState) -> Shared {
     let monitor = Arc::new(Monitor::default());
-    monitor::start(&state.broker, state.config.clone(), monitor.clone());
+    monitor::start(
+        &state.broker,
+        state.config.clone(),
+        state.store.clone(),
+        monitor.clone(),
+    );
     Shared {
         monitor: web::Data::from(monitor),
         heavy: web::Data::new(HeavyReads::new(state.config.admin.max_heavy_reads)),

@@ -1,8 +1,10 @@
 //! Queue depths from the broker: a passive `queue.declare` per queue (ready
 //! messages and consumers; RabbitMQ's AMQP interface does not report unacked
 //! messages — that needs the management API, which keyrelay does not use), a
-//! poller that exports them as gauges every 15 s, and the dead-letter depth
-//! history behind the `KeyrelayDeadLettersGrowing` alert.
+//! poller that exports them as gauges every 15 s, the dead-letter depth
+//! history behind the `KeyrelayDeadLettersGrowing` alert, and each pool's
+//! completed jobs per minute over the last half hour (the status page's
+//! sparkline, kept here so a reload does not lose it).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
@@ -14,6 +16,7 @@ use tracing::debug;
 use crate::amqp::Broker;
 use keyrelay_core::config::Config;
 use keyrelay_core::metrics as m;
+use keyrelay_core::store::Store;
 
 /// How often the poller asks the broker.
 pub const POLL_EVERY: Duration = Duration::from_secs(15);
@@ -30,7 +33,12 @@ pub struct Monitor {
     batches: Samples,
     /// Per pool: (when, jobs completed), sampled on each `/v1/pools`.
     pools: Samples,
+    /// Per pool: jobs this instance completed, sampled by the poller.
+    completed: Mutex<std::collections::HashMap<String, VecDeque<(Timestamp, u64)>>>,
 }
+
+/// How far back the per-minute history goes.
+pub const HISTORY_MINUTES: i64 = 30;
 
 /// Per name: (when, a count that only grows), sampled on each request.
 type Samples = Mutex<std::collections::HashMap<String, VecDeque<(std::time::Instant, u64)>>>;
@@ -86,6 +94,34 @@ impl Monitor {
         })
     }
 
+    /// Record that `pool`'s keys had completed `count` jobs at `at`.
+    pub fn record_completed(&self, pool: &str, at: Timestamp, count: u64) {
+        let Ok(mut all) = self.completed.lock() else {
+            return;
+        };
+        let samples = all.entry(pool.to_owned()).or_default();
+        samples.push_back((at, count));
+        let keep = SignedDuration::from_mins(HISTORY_MINUTES + 1);
+        while samples
+            .front()
+            .is_some_and(|(t, _)| at.duration_since(*t) > keep)
+        {
+            samples.pop_front();
+        }
+    }
+
+    /// `pool`'s completed jobs in each of the last minutes, oldest first
+    /// (at most [`HISTORY_MINUTES`]; empty before two samples a minute apart).
+    pub fn per_minute(&self, pool: &str, now: Timestamp) -> Vec<u64> {
+        let Ok(all) = self.completed.lock() else {
+            return Vec::new();
+        };
+        let Some(samples) = all.get(pool) else {
+            return Vec::new();
+        };
+        per_minute(samples, now)
+    }
+
     /// Record a dead-letter depth sample; drop those older than the window.
     pub fn record_dead_letters(&self, at: Timestamp, depth: u64) {
         let Ok(mut samples) = self.dead_letters.lock() else {
@@ -114,15 +150,37 @@ impl Monitor {
     }
 }
 
+/// Jobs completed in each whole minute before `now`, oldest first: for
+/// each minute, the growth between the samples nearest its two ends.
+fn per_minute(samples: &VecDeque<(Timestamp, u64)>, now: Timestamp) -> Vec<u64> {
+    let at = |t: Timestamp| {
+        samples
+            .iter()
+            .rev()
+            .find(|(when, _)| *when <= t)
+            .map(|(_, count)| *count)
+    };
+    let mut out = Vec::new();
+    for back in (1..=HISTORY_MINUTES).rev() {
+        let end = now - SignedDuration::from_mins(back - 1);
+        let start = end - SignedDuration::from_mins(1);
+        if let (Some(from), Some(to)) = (at(start), at(end)) {
+            out.push(to.saturating_sub(from));
+        }
+    }
+    out
+}
+
 /// Start the poller. It stops by itself once the broker is dropped (the app
 /// shut down) and never reconnects a closed connection.
-pub fn start(broker: &Arc<Broker>, config: Arc<Config>, monitor: Arc<Monitor>) {
+pub fn start(broker: &Arc<Broker>, config: Arc<Config>, store: Store, monitor: Arc<Monitor>) {
     let broker = Arc::downgrade(broker);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(POLL_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            sample_completed(&config, &store, &monitor);
             if !poll_once(&broker, &config, &monitor).await {
                 return;
             }
@@ -131,6 +189,23 @@ pub fn start(broker: &Arc<Broker>, config: Arc<Config>, monitor: Arc<Monitor>) {
 }
 
 /// One round; `false` when the app is gone.
+/// Each pool's completed jobs, from its keys' counters in the store (this
+/// instance's share of the work).
+fn sample_completed(config: &Config, store: &Store, monitor: &Monitor) {
+    let now = Timestamp::now();
+    for pool in &config.pools {
+        let completed: u64 = pool
+            .keys
+            .iter()
+            .filter_map(|k| store.counters(&format!("{}/{}", pool.name, k.name)).ok())
+            .flatten()
+            .filter(|(field, _)| field == "completed")
+            .map(|(_, n)| n)
+            .sum();
+        monitor.record_completed(&pool.name, now, completed);
+    }
+}
+
 async fn poll_once(broker: &Weak<Broker>, config: &Config, monitor: &Monitor) -> bool {
     let Some(broker) = broker.upgrade() else {
         return false;
@@ -162,6 +237,24 @@ async fn poll_once(broker: &Weak<Broker>, config: &Config, monitor: &Monitor) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_minute_counts_the_growth_within_each_minute() {
+        let now = Timestamp::from_second(10_000).unwrap();
+        let mins = |m: i64| now - SignedDuration::from_mins(m);
+        // Samples every 30 s over the last 3 minutes: 10 jobs a minute, then 40.
+        let samples: VecDeque<(Timestamp, u64)> = [
+            (mins(3), 100),
+            (mins(3) + SignedDuration::from_secs(30), 105),
+            (mins(2), 110),
+            (mins(1), 120),
+            (mins(1) + SignedDuration::from_secs(30), 140),
+            (now, 160),
+        ]
+        .into();
+        assert_eq!(per_minute(&samples, now), [10, 10, 40]);
+        assert!(per_minute(&VecDeque::new(), now).is_empty());
+    }
 
     #[test]
     fn growth_is_measured_against_the_window_low() {

@@ -43,6 +43,9 @@ pub struct PoolView {
     /// it (the keys' rpm, their rpd left today, or the rate): see
     /// `batch_eta`. `None` with nothing to go on.
     pub drain: Option<super::batch_eta::Eta>,
+    /// Jobs this instance completed in each of the last 30 minutes, oldest
+    /// first (sampled every 15 s by the server, so a page reload keeps it).
+    pub history_per_min: Vec<u64>,
 }
 
 pub async fn list(
@@ -93,6 +96,7 @@ pub async fn list(
             jobs_last_minute,
             rate_per_s,
             drain,
+            history_per_min: monitor.per_minute(&pool.name, Timestamp::now()),
             name: pool.name.clone(),
             queue,
         });

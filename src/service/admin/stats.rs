@@ -38,6 +38,10 @@ struct Row {
     output_tokens: u64,
     /// What the jobs' calls cost (unpriced models count 0).
     cost_usd: f64,
+    /// Answered from the response cache (no call).
+    cached: u64,
+    /// Needed more than one provider call.
+    retried: u64,
     /// Only from results: mean latency in ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     mean_latency_ms: Option<u64>,
@@ -192,6 +196,8 @@ fn add(row: &mut Row, r: &JobResult) {
     row.output_tokens += r.usage.output_tokens;
     row.cost_usd += r.usage.cost_usd.unwrap_or(0.0);
     row.latency_sum += r.latency_ms;
+    row.cached += u64::from(r.cached);
+    row.retried += u64::from(r.attempts > 1);
 }
 
 /// Lifetime counters per key, or summed per outcome.
