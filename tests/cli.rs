@@ -19,22 +19,24 @@ struct Run {
     stderr: String,
 }
 
-/// Run `keyrelay args...` with the admin URL and `token` in its environment.
-async fn keyrelay(env: &TestEnv, token: Option<&str>, args: &[&str], stdin: Option<&str>) -> Run {
+/// `keyrelay args...`, with nothing in its environment about the admin API.
+fn cli(args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"));
     cmd.args(args)
-        .env("KEYRELAY_ADMIN_URL", env.http_url())
+        .env_remove("KEYRELAY_ADMIN_URL")
         .env_remove("KEYRELAY_ADMIN_TOKEN")
+        .env_remove("KEYRELAY_READ_TOKEN")
         .env_remove("KEYRELAY_CONFIG")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(token) = token {
-        cmd.env("KEYRELAY_ADMIN_TOKEN", token);
+    cmd
+}
+
+/// Run `cmd`, writing `stdin` to it, until it ends (60 s at most).
+async fn output_of(mut cmd: tokio::process::Command, stdin: Option<&str>) -> Run {
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
     }
     let mut child = cmd.spawn().expect("keyrelay binary runs");
     if let Some(input) = stdin {
@@ -51,6 +53,16 @@ async fn keyrelay(env: &TestEnv, token: Option<&str>, args: &[&str], stdin: Opti
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Run `keyrelay args...` with the admin URL and `token` in its environment.
+async fn keyrelay(env: &TestEnv, token: Option<&str>, args: &[&str], stdin: Option<&str>) -> Run {
+    let mut cmd = cli(args);
+    cmd.env("KEYRELAY_ADMIN_URL", env.http_url());
+    if let Some(token) = token {
+        cmd.env("KEYRELAY_ADMIN_TOKEN", token);
+    }
+    output_of(cmd, stdin).await
 }
 
 /// A config file for the AMQP commands, pointing at this test's queues.
@@ -503,29 +515,13 @@ async fn enqueue_declares_a_missing_reply_queue_and_needs_no_keys() {
     env.finish().await;
 }
 
-/// `keyrelay ARGS` with nothing in the environment about the admin API.
+/// `keyrelay ARGS` with nothing in the environment about the admin API but `vars`.
 async fn bare(args: &[&str], vars: &[(&str, &str)]) -> Run {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"));
-    cmd.args(args)
-        .env_remove("KEYRELAY_ADMIN_URL")
-        .env_remove("KEYRELAY_ADMIN_TOKEN")
-        .env_remove("KEYRELAY_READ_TOKEN")
-        .env_remove("KEYRELAY_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = cli(args);
     for (k, v) in vars {
         cmd.env(k, v);
     }
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("the command ends")
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    output_of(cmd, None).await
 }
 
 #[actix::test]

@@ -217,24 +217,13 @@ async fn producer_examples_run_against_keyrelay() {
 
     match python_with_pika().await {
         Ok(python) => {
-            for variant in VARIANTS {
-                let program = match variant {
-                    "" => example("python"),
-                    v => with_job(&example("python"), "job = {", &format!("python-{v}-job")),
-                };
-                let script = work.path().join("producer.py");
-                std::fs::write(&script, program).unwrap();
-                let id = format!("py-1{variant}");
-                let out = run(
-                    &python,
-                    &[&script.display().to_string()],
-                    work.path(),
-                    &with_id(&id),
-                )
-                .await;
-                let result = assert_succeeded(&out.unwrap_or_else(|e| panic!("{e}")), &id);
-                check_variant(&result, variant);
-            }
+            let run = Variants {
+                lang: "python",
+                job_line: "job = {",
+                script: "producer.py",
+                id: "py-1",
+            };
+            run.all(&python, work.path(), &with_id).await;
             ran.push("python");
         }
         Err(why) => announce(&format!(
@@ -243,22 +232,13 @@ async fn producer_examples_run_against_keyrelay() {
     }
     match node_with_amqplib().await {
         Ok((node, dir)) => {
-            for variant in VARIANTS {
-                let program = match variant {
-                    "" => example("node"),
-                    v => with_job(
-                        &example("node"),
-                        "  const job = {",
-                        &format!("node-{v}-job"),
-                    ),
-                };
-                let script = dir.join("producer.js");
-                std::fs::write(&script, program).unwrap();
-                let id = format!("node-1{variant}");
-                let out = run(&node, &[&script.display().to_string()], &dir, &with_id(&id)).await;
-                let result = assert_succeeded(&out.unwrap_or_else(|e| panic!("{e}")), &id);
-                check_variant(&result, variant);
-            }
+            let run = Variants {
+                lang: "node",
+                job_line: "  const job = {",
+                script: "producer.js",
+                id: "node-1",
+            };
+            run.all(&node, &dir, &with_id).await;
             ran.push("node");
         }
         Err(why) => announce(&format!(
@@ -267,28 +247,62 @@ async fn producer_examples_run_against_keyrelay() {
     }
     match (on_path("sh"), on_path("curl")) {
         (Some(sh), Some(_)) => {
-            for variant in VARIANTS {
-                let program = match variant {
-                    "" => example("curl"),
-                    v => with_job(&example("curl"), "  -d ", &format!("curl-{v}-job")),
-                };
-                let script = work.path().join("submit.sh");
-                std::fs::write(&script, program).unwrap();
-                let id = format!("curl-1{variant}");
-                let out = run(
-                    &sh,
-                    &[&script.display().to_string()],
-                    work.path(),
-                    &with_id(&id),
-                )
-                .await;
-                let result = assert_succeeded(&out.unwrap_or_else(|e| panic!("{e}")), &id);
-                check_variant(&result, variant);
-            }
+            let run = Variants {
+                lang: "curl",
+                job_line: "  -d ",
+                script: "submit.sh",
+                id: "curl-1",
+            };
+            run.all(&sh, work.path(), &with_id).await;
             ran.push("curl");
         }
         _ => announce("SKIPPED the curl producer example: sh or curl is not installed"),
     }
     announce(&format!("producer examples run: {ran:?}"));
     env.finish().await;
+}
+
+/// One language's example, run as written and with each job snippet of the
+/// document in place of its job line.
+struct Variants {
+    /// The example's name in the document (`python`, `node`, `curl`).
+    lang: &'static str,
+    /// How the example's job line starts.
+    job_line: &'static str,
+    /// The file the program is written to.
+    script: &'static str,
+    /// The job id of the plain run; each variant appends its name.
+    id: &'static str,
+}
+
+impl Variants {
+    async fn all(
+        &self,
+        interpreter: &Path,
+        dir: &Path,
+        with_id: &impl Fn(&str) -> Vec<(&'static str, String)>,
+    ) {
+        for variant in VARIANTS {
+            let program = match variant {
+                "" => example(self.lang),
+                v => with_job(
+                    &example(self.lang),
+                    self.job_line,
+                    &format!("{}-{v}-job", self.lang),
+                ),
+            };
+            let script = dir.join(self.script);
+            std::fs::write(&script, program).unwrap();
+            let id = format!("{}{variant}", self.id);
+            let out = run(
+                interpreter,
+                &[&script.display().to_string()],
+                dir,
+                &with_id(&id),
+            )
+            .await;
+            let result = assert_succeeded(&out.unwrap_or_else(|e| panic!("{e}")), &id);
+            check_variant(&result, variant);
+        }
+    }
 }

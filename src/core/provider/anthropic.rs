@@ -134,17 +134,10 @@ pub fn check_request(req: &ProviderRequest) -> Result<(), String> {
     {
         return Err("Anthropic structured output (a forced tool's input_schema) needs a schema whose root is `\"type\": \"object\"`; wrap the value in an object".into());
     }
-    for part in req.messages.iter().flat_map(|m| m.content.media()) {
-        if let ContentPart::Image(media) = part
-            && let Some(t) = media
-                .media_type
-                .as_deref()
-                .filter(|t| !IMAGE_TYPES.contains(t))
-        {
-            return Err(format!(
-                "Anthropic does not read `{t}` images (jpeg, png, gif or webp)"
-            ));
-        }
+    if let Some(t) = req.image_type_outside(IMAGE_TYPES) {
+        return Err(format!(
+            "Anthropic does not read `{t}` images (jpeg, png, gif or webp)"
+        ));
     }
     Ok(())
 }

@@ -121,33 +121,16 @@ pub const JSON_SCHEMA_SUBSET: Subset = Subset {
         "propertyOrdering",
     ],
     hinted: &[
-        "minLength",
-        "maxLength",
-        "pattern",
-        "const",
-        "exclusiveMinimum",
-        "exclusiveMaximum",
-        "multipleOf",
-        "uniqueItems",
-        "minProperties",
-        "maxProperties",
-        "contains",
-        "minContains",
-        "maxContains",
-        "not",
-        "dependentRequired",
+        schema_subset::NARROWING,
+        &[
+            "pattern",
+            "const",
+            "exclusiveMinimum",
+            "exclusiveMaximum",
+            "multipleOf",
+        ],
     ],
-    refused: &[
-        "allOf",
-        "if",
-        "then",
-        "else",
-        "patternProperties",
-        "propertyNames",
-        "dependentSchemas",
-        "unevaluatedProperties",
-        "unevaluatedItems",
-    ],
+    refused: &[schema_subset::STRUCTURAL],
     strict_objects: false,
     object_root: false,
     formats: None,
@@ -167,26 +150,16 @@ pub fn check_request(req: &ProviderRequest) -> Result<(), String> {
     if let OutputFormat::Schema(schema) = &req.output {
         schema_subset::fit(&schema.schema, &JSON_SCHEMA_SUBSET)?;
     }
-    for part in req.messages.iter().flat_map(|m| m.content.media()) {
-        let (ContentPart::Image(media) | ContentPart::Document(media)) = part else {
-            continue;
-        };
-        if media.url.is_some()
-            && media.media_type.is_none()
-            && matches!(part, ContentPart::Image(_))
-        {
-            return Err("Gemini needs the `media_type` of a `url` part (fileData.mimeType)".into());
-        }
-        if let ContentPart::Image(media) = part
-            && let Some(t) = media
-                .media_type
-                .as_deref()
-                .filter(|t| !IMAGE_TYPES.contains(t))
-        {
-            return Err(format!(
-                "Gemini does not read `{t}` images (png, jpeg, webp, heic or heif)"
-            ));
-        }
+    let untyped_url = req.messages.iter().flat_map(|m| m.content.media()).any(
+        |part| matches!(part, ContentPart::Image(m) if m.url.is_some() && m.media_type.is_none()),
+    );
+    if untyped_url {
+        return Err("Gemini needs the `media_type` of a `url` part (fileData.mimeType)".into());
+    }
+    if let Some(t) = req.image_type_outside(IMAGE_TYPES) {
+        return Err(format!(
+            "Gemini does not read `{t}` images (png, jpeg, webp, heic or heif)"
+        ));
     }
     Ok(())
 }

@@ -177,30 +177,8 @@ pub const STRICT_SUBSET: Subset = Subset {
         "minItems",
         "maxItems",
     ],
-    hinted: &[
-        "minLength",
-        "maxLength",
-        "uniqueItems",
-        "minProperties",
-        "maxProperties",
-        "contains",
-        "minContains",
-        "maxContains",
-        "not",
-        "dependentRequired",
-    ],
-    refused: &[
-        "allOf",
-        "if",
-        "then",
-        "else",
-        "patternProperties",
-        "propertyNames",
-        "dependentSchemas",
-        "unevaluatedProperties",
-        "unevaluatedItems",
-        "prefixItems",
-    ],
+    hinted: &[schema_subset::NARROWING],
+    refused: &[schema_subset::STRUCTURAL, &["prefixItems"]],
     strict_objects: true,
     object_root: true,
     formats: Some(&[
@@ -247,24 +225,18 @@ pub fn check_request(req: &ProviderRequest) -> Result<(), String> {
     if let OutputFormat::Schema(schema) = &req.output {
         schema_subset::fit(&schema.schema, &STRICT_SUBSET)?;
     }
-    for part in req.messages.iter().flat_map(|m| m.content.media()) {
-        match part {
-            ContentPart::Document(media) if media.url.is_some() => {
-                return Err("OpenAI chat/completions takes a PDF only as bytes (`file_data`): send the document's `data`, not a `url`".into());
-            }
-            ContentPart::Image(media) => {
-                if let Some(t) = media
-                    .media_type
-                    .as_deref()
-                    .filter(|t| !IMAGE_TYPES.contains(t))
-                {
-                    return Err(format!(
-                        "OpenAI does not read `{t}` images (png, jpeg, webp or gif)"
-                    ));
-                }
-            }
-            _ => {}
-        }
+    let pdf_by_url = req
+        .messages
+        .iter()
+        .flat_map(|m| m.content.media())
+        .any(|part| matches!(part, ContentPart::Document(media) if media.url.is_some()));
+    if pdf_by_url {
+        return Err("OpenAI chat/completions takes a PDF only as bytes (`file_data`): send the document's `data`, not a `url`".into());
+    }
+    if let Some(t) = req.image_type_outside(IMAGE_TYPES) {
+        return Err(format!(
+            "OpenAI does not read `{t}` images (png, jpeg, webp or gif)"
+        ));
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::content::MessageContent;
+use super::content::{ContentPart, MessageContent};
 
 /// Role of one chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -63,6 +63,23 @@ pub struct OutputSchema {
     pub name: String,
     /// The JSON Schema, as the producer wrote it.
     pub schema: Value,
+}
+
+impl ProviderRequest {
+    /// The first image media type of the request not in `accepted`: what a
+    /// provider that reads only those refuses.
+    pub fn image_type_outside(&self, accepted: &[&str]) -> Option<&str> {
+        self.messages
+            .iter()
+            .flat_map(|m| m.content.media())
+            .find_map(|part| match part {
+                ContentPart::Image(media) => media
+                    .media_type
+                    .as_deref()
+                    .filter(|t| !accepted.contains(t)),
+                _ => None,
+            })
+    }
 }
 
 impl OutputFormat {

@@ -29,9 +29,9 @@ pub struct Subset {
     /// Sent as they are.
     pub kept: &'static [&'static str],
     /// Moved into `description`; checked by keyrelay's validation.
-    pub hinted: &'static [&'static str],
+    pub hinted: &'static [&'static [&'static str]],
     /// Refused.
-    pub refused: &'static [&'static str],
+    pub refused: &'static [&'static [&'static str]],
     /// OpenAI strict mode: every object gets `additionalProperties: false`
     /// and lists every property in `required` (as openai-python's
     /// `_ensure_strict_json_schema` does); `oneOf` is sent as `anyOf`.
@@ -41,6 +41,39 @@ pub struct Subset {
     /// The `format` values sent as they are (the others are hinted); `None`:
     /// every value.
     pub formats: Option<&'static [&'static str]>,
+}
+
+/// Keywords that only narrow the values a schema allows: a provider that
+/// cannot enforce them gets them as hints, and keyrelay enforces them.
+pub const NARROWING: &[&str] = &[
+    "minLength",
+    "maxLength",
+    "uniqueItems",
+    "minProperties",
+    "maxProperties",
+    "contains",
+    "minContains",
+    "maxContains",
+    "not",
+    "dependentRequired",
+];
+
+/// Keywords that shape the answer in ways neither OpenAI's nor Gemini's
+/// structured output can produce.
+pub const STRUCTURAL: &[&str] = &[
+    "allOf",
+    "if",
+    "then",
+    "else",
+    "patternProperties",
+    "propertyNames",
+    "dependentSchemas",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+];
+
+fn listed(lists: &[&[&str]], keyword: &str) -> bool {
+    lists.iter().any(|list| list.contains(&keyword))
 }
 
 /// Keywords whose value is a map of subschemas.
@@ -104,7 +137,7 @@ fn fit_at(schema: &Value, subset: &Subset, at: &str) -> Result<Value, String> {
     for (keyword, value) in map {
         let here = format!("{at}/{keyword}");
         let k = keyword.as_str();
-        if subset.refused.contains(&k) {
+        if listed(subset.refused, k) {
             return Err(refusal(subset, k, at));
         }
         let unknown_format = k == "format"
@@ -122,7 +155,7 @@ fn fit_at(schema: &Value, subset: &Subset, at: &str) -> Result<Value, String> {
             out.insert("enum".into(), Value::Array(vec![value.clone()]));
             continue;
         }
-        if subset.hinted.contains(&k) || unknown_format {
+        if listed(subset.hinted, k) || unknown_format {
             hints.insert(keyword.clone(), value.clone());
             continue;
         }
@@ -259,8 +292,8 @@ mod tests {
             "enum",
             "additionalProperties",
         ],
-        hinted: &["minLength"],
-        refused: &["patternProperties"],
+        hinted: &[&["minLength"]],
+        refused: &[&["patternProperties"]],
         strict_objects: true,
         object_root: true,
         formats: None,

@@ -4,7 +4,7 @@
 //! holds; usage, history and recovery add methods of their own beside it.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -41,6 +41,23 @@ pub struct Store {
     /// keyrelay before results were kept per pool): only then is a second
     /// lookup worth its cost.
     legacy_ids: bool,
+}
+
+/// A [`Store`] that may be gone: reads only while the store is open.
+#[derive(Clone)]
+pub struct WeakStore {
+    tables: Weak<RwLock<Option<Arc<Tables>>>>,
+    pending_counters: Weak<PendingCounters>,
+}
+
+impl WeakStore {
+    /// A key's counters, as [`Store::counters`]; `None` once the store is gone.
+    pub fn counters(&self, key: &str) -> Option<Vec<(String, u64)>> {
+        let tables = self.tables.upgrade()?;
+        let pending = self.pending_counters.upgrade()?;
+        let tables = tables.read().unwrap_or_else(|e| e.into_inner()).clone()?;
+        pending.read(&tables.key_counters, key).ok()
+    }
 }
 
 impl Store {
@@ -94,6 +111,15 @@ impl Store {
     pub(super) fn tables(&self) -> Result<Arc<Tables>, StoreError> {
         let tables = self.tables.read().unwrap_or_else(|e| e.into_inner());
         tables.clone().ok_or(StoreError::Reopening)
+    }
+
+    /// A handle that does not keep the database open: a background task that
+    /// outlives the app (a poller) must not hold sled's lock after shutdown.
+    pub fn downgrade(&self) -> WeakStore {
+        WeakStore {
+            tables: Arc::downgrade(&self.tables),
+            pending_counters: Arc::downgrade(&self.pending_counters),
+        }
     }
 
     /// The stored result of job `id` of `pool`, if it completed before (or

@@ -20,7 +20,7 @@ mod unsaved;
 mod usage;
 mod write_health;
 
-pub use db::{DEFAULT_CACHE_BYTES, Store};
+pub use db::{DEFAULT_CACHE_BYTES, Store, WeakStore};
 pub use error::StoreError;
 pub use group_commit::GroupCommit;
 pub use layout::{index_key, record_key, split_time_key, time_key};

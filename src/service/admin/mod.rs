@@ -49,7 +49,7 @@ pub fn start(state: &HttpState) -> Shared {
     monitor::start(
         &state.broker,
         state.config.clone(),
-        state.store.clone(),
+        &state.store,
         monitor.clone(),
     );
     Shared {

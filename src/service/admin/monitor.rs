@@ -16,7 +16,7 @@ use tracing::debug;
 use crate::amqp::Broker;
 use keyrelay_core::config::Config;
 use keyrelay_core::metrics as m;
-use keyrelay_core::store::Store;
+use keyrelay_core::store::{Store, WeakStore};
 
 /// How often the poller asks the broker.
 pub const POLL_EVERY: Duration = Duration::from_secs(15);
@@ -173,8 +173,10 @@ fn per_minute(samples: &VecDeque<(Timestamp, u64)>, now: Timestamp) -> Vec<u64> 
 
 /// Start the poller. It stops by itself once the broker is dropped (the app
 /// shut down) and never reconnects a closed connection.
-pub fn start(broker: &Arc<Broker>, config: Arc<Config>, store: Store, monitor: Arc<Monitor>) {
+pub fn start(broker: &Arc<Broker>, config: Arc<Config>, store: &Store, monitor: Arc<Monitor>) {
     let broker = Arc::downgrade(broker);
+    // Weak: this task must not keep sled's lock once the app has stopped.
+    let store = store.downgrade();
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(POLL_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -191,13 +193,13 @@ pub fn start(broker: &Arc<Broker>, config: Arc<Config>, store: Store, monitor: A
 /// One round; `false` when the app is gone.
 /// Each pool's completed jobs, from its keys' counters in the store (this
 /// instance's share of the work).
-fn sample_completed(config: &Config, store: &Store, monitor: &Monitor) {
+fn sample_completed(config: &Config, store: &WeakStore, monitor: &Monitor) {
     let now = Timestamp::now();
     for pool in &config.pools {
         let completed: u64 = pool
             .keys
             .iter()
-            .filter_map(|k| store.counters(&format!("{}/{}", pool.name, k.name)).ok())
+            .filter_map(|k| store.counters(&format!("{}/{}", pool.name, k.name)))
             .flatten()
             .filter(|(field, _)| field == "completed")
             .map(|(_, n)| n)
