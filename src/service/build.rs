@@ -8,16 +8,35 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=KEYRELAY_GIT_REV");
+    let ours = is_our_checkout();
     let rev = std::env::var("KEYRELAY_GIT_REV")
         .ok()
         .filter(|r| !r.trim().is_empty())
-        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .or_else(|| ours.then(|| git(&["rev-parse", "--short=12", "HEAD"]))?)
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=KEYRELAY_GIT_REV={}", rev.trim());
-    watch_head();
+    if ours {
+        watch_head();
+    }
 }
 
-/// Rebuild when HEAD moves: HEAD itself, the branch it names, packed refs.
+/// Whether the git work tree around us is keyrelay's own (a source tarball
+/// unpacked inside another repository must not take that one's revision).
+fn is_our_checkout() -> bool {
+    let (Some(top), Ok(manifest)) = (
+        git(&["rev-parse", "--show-toplevel"]),
+        std::env::var("CARGO_MANIFEST_DIR"),
+    ) else {
+        return false;
+    };
+    let same =
+        |a: &str, b: &str| Path::new(a).canonicalize().ok() == Path::new(b).canonicalize().ok();
+    same(&top, &manifest)
+}
+
+/// Rebuild when HEAD moves: HEAD itself, the branch it names, packed refs,
+/// and HEAD's reflog (written on every commit and checkout, so a branch ref
+/// that lives only in packed refs is followed too).
 fn watch_head() {
     let Some(head) = git(&["rev-parse", "--git-path", "HEAD"]) else {
         return;
@@ -29,8 +48,10 @@ fn watch_head() {
     {
         watched.push(path);
     }
-    if let Some(packed) = git(&["rev-parse", "--git-path", "packed-refs"]) {
-        watched.push(packed);
+    for extra in ["packed-refs", "logs/HEAD"] {
+        if let Some(path) = git(&["rev-parse", "--git-path", extra]) {
+            watched.push(path);
+        }
     }
     // A path that does not exist would rerun the script on every build.
     for path in watched.iter().filter(|p| Path::new(p).exists()) {

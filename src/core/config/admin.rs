@@ -35,6 +35,11 @@ pub struct AdminConfig {
     /// default, so that a 2-key pool with one key out is degraded.
     /// Env: `KEYRELAY__ADMIN__POOL_DEGRADED_BELOW`.
     pub pool_degraded_below: f64,
+    /// Development only: with no token configured and `metrics.listen` on
+    /// loopback, `keyrelay run` makes an admin token and keeps it beside the
+    /// store, where the CLI finds it. Off by default (the dev config turns
+    /// it on). Env: `KEYRELAY__ADMIN__DEV_TOKEN`.
+    pub dev_token: bool,
     /// The resolved read-only token (filled by validation, never deserialized).
     #[serde(skip)]
     pub read_token: Option<ApiKey>,
@@ -58,6 +63,7 @@ impl Default for AdminConfig {
             admin_token_env: None,
             admin_token_file: None,
             max_heavy_reads: DEFAULT_MAX_HEAVY_READS,
+            dev_token: false,
             pool_degraded_below: 0.75,
             read_token: None,
             admin_token: None,

@@ -254,6 +254,31 @@ impl Store {
         Ok(())
     }
 
+    /// Record `result` only if its job has no result yet (an atomic
+    /// compare-and-swap on the record): `Ok(false)` when one was there.
+    /// Durable like [`Store::persist_result`]; no counters, no cache.
+    pub async fn persist_if_absent(&self, result: &JobResult) -> Result<bool, StoreError> {
+        let encoded = serde_json::to_vec(result).map_err(|e| StoreError::Flush(e.to_string()))?;
+        let tables = self.tables()?;
+        let record = record_key(&result.pool, &result.id);
+        // A result answered while the store could not write counts as there.
+        if self.unsaved.get(&record).is_some() {
+            return Ok(false);
+        }
+        let swapped = tables.results.compare_and_swap(
+            record.as_bytes(),
+            None as Option<&[u8]>,
+            Some(encoded.as_slice()),
+        )?;
+        if swapped.is_err() {
+            return Ok(false);
+        }
+        tables.results_by_time.insert(index_key(result), &[][..])?;
+        tables.commit.flush().await?;
+        self.watermark.durable(&index_key(result));
+        Ok(true)
+    }
+
     /// Persisted state of a key (written by the supervisor).
     pub fn key_state<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         read_json(&self.tables()?.key_states, KEY_STATES, key)

@@ -387,3 +387,17 @@ async fn spend_counters_merge_per_hour_and_budgets_survive_a_reopen() {
     assert_eq!(budgets.len(), 1);
     assert_eq!(budgets[0].2.usd_per_day, Some(2.5));
 }
+
+#[tokio::test]
+async fn persist_if_absent_never_replaces_a_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s")).unwrap();
+    let mut first = result("j");
+    first.text = Some("the answer".into());
+    assert!(store.persist_if_absent(&first).await.unwrap());
+    let mut second = result("j");
+    second.text = Some("an invalid resend".into());
+    assert!(!store.persist_if_absent(&second).await.unwrap());
+    let stored = store.result_of(&first.pool, "j").unwrap().unwrap();
+    assert_eq!(stored.text.as_deref(), Some("the answer"));
+}

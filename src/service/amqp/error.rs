@@ -25,6 +25,17 @@ pub enum AmqpError {
 }
 
 impl AmqpError {
+    /// Whether the broker said the queue (or exchange) does not exist:
+    /// AMQP's NOT_FOUND (404), as a passive declare of a missing queue gets.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            AmqpError::Op { source, .. } => {
+                matches!(source.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 404)
+            }
+            _ => false,
+        }
+    }
+
     /// A connection to `url` failed with `error`.
     pub(crate) fn connect(url: &str, error: &(dyn std::error::Error + 'static)) -> AmqpError {
         let mut innermost = error;

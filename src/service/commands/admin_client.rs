@@ -36,9 +36,9 @@ const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9464";
 #[derive(Debug, Error)]
 pub enum ClientError {
     #[error(
-        "no admin token: pass --token, set KEYRELAY_ADMIN_TOKEN (or KEYRELAY_READ_TOKEN for reads), or point -c at a config whose [admin] names one"
+        "no admin token: pass --token, set KEYRELAY_ADMIN_TOKEN (or KEYRELAY_READ_TOKEN for reads), or point -c at a config whose [admin] names one{0}"
     )]
-    NoToken,
+    NoToken(String),
     #[error("{0}")]
     Config(String),
     #[error("admin API at {url} is unreachable: {reason}")]
@@ -74,19 +74,36 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn new(args: &AdminArgs) -> Result<AdminClient, ClientError> {
-        let config = config_of(args)?;
-        let token = args
-            .token
-            .clone()
-            .or_else(|| std::env::var("KEYRELAY_READ_TOKEN").ok())
-            .filter(|t| !t.is_empty())
-            .or_else(|| config.as_ref().and_then(config_token))
-            .ok_or(ClientError::NoToken)?;
+        let given = args.token.clone().filter(|t| !t.is_empty());
+        // The config is read only for what the flags and environment leave
+        // open: a broken config does not stop `--admin-url X --token T`.
+        let config = match (&args.admin_url, &given) {
+            (Some(_), Some(_)) => None,
+            _ => config_of(args)?,
+        };
         let base = match (&args.admin_url, &config) {
             (Some(url), _) => url.clone(),
             (None, Some(config)) => url_of(config.metrics.listen),
             (None, None) => DEFAULT_ADMIN_URL.to_owned(),
         };
+        // A token from the config goes only to the address from the same
+        // config, never to a URL named elsewhere.
+        let from_config = match (&args.admin_url, &config) {
+            (None, Some(config)) => config_token(config),
+            _ => None,
+        };
+        let read_only = std::env::var("KEYRELAY_READ_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        let token = given.or(from_config).or(read_only).ok_or_else(|| {
+            ClientError::NoToken(match &config {
+                Some(config) if config.admin.dev_token => format!(
+                    " (no dev admin token at {}: is `keyrelay run` up, started from this directory?)",
+                    super::dev_token::path(config).display()
+                ),
+                _ => String::new(),
+            })
+        })?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -221,7 +238,7 @@ fn config_token(config: &Config) -> Option<String> {
         .as_ref()
         .or(admin.read_token.as_ref())
         .map(|t| t.expose().to_owned())
-        .or_else(|| super::dev_token::applies(config).then(|| super::dev_token::read(config))?)
+        .or_else(|| super::dev_token::read(config))
 }
 
 /// The URL of a listen address: an unspecified address (0.0.0.0, ::) is

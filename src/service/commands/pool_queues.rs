@@ -10,11 +10,14 @@ use crate::amqp::depth::queue_depth;
 use crate::amqp::topology::declare_pool;
 use keyrelay_core::config::Config;
 
-/// Declare `pool`'s job, high-priority, delay and dead-letter queues unless
-/// its job queue exists (then keyrelay owns them, arguments and all).
+/// Declare `pool`'s job, high-priority, delay and dead-letter queues when
+/// the broker says its job queue does not exist; one that exists belongs
+/// to keyrelay, arguments and all, and any other answer is left to the
+/// publish that follows.
 pub async fn ensure(broker: &Broker, config: &Config, pool: &str) -> anyhow::Result<()> {
-    if queue_depth(broker, &config.job_queue(pool)).await.is_ok() {
-        return Ok(());
+    match queue_depth(broker, &config.job_queue(pool)).await {
+        Err(e) if e.is_not_found() => {}
+        _ => return Ok(()),
     }
     let channel = broker.channel().await?;
     declare_pool(&channel, config, pool)

@@ -1,5 +1,6 @@
 //! `keyrelay run`: start the service and run until SIGINT or SIGTERM.
 
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -19,14 +20,18 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let app = App::start(config)
         .await
         .context("keyrelay could not start")?;
-    // Said once started: a start-up error stays the one line it is.
+    // Said once started: a start-up error stays the one line it is. The
+    // token itself never goes to the logs (they may be shipped): only to a
+    // terminal.
     if let Some(token) = dev_token {
         info!(
             %listen,
-            token = %token,
             file = %token_file.display(),
-            "no [admin] token: this loopback-only instance uses a dev admin token (the CLI reads it from the file; paste it into the status page)"
+            "dev admin token in use (no [admin] token, loopback only): the CLI reads it from the file"
         );
+        if std::io::stderr().is_terminal() {
+            eprintln!("status page: http://{listen}/  dev admin token: {token}");
+        }
     }
     signal.await?;
     info!(grace_secs = grace.as_secs(), "shutting down");

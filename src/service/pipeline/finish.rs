@@ -161,15 +161,7 @@ pub async fn reject_invalid(
 /// must not hide that job's answer. It is not final ([`JobResult::is_final`]):
 /// a corrected job with the same id runs.
 async fn store_invalid(services: &Services, result: &JobResult) {
-    match services.store.result_of(&result.pool, &result.id) {
-        Ok(None) => {}
-        Ok(Some(_)) => return,
-        Err(e) => {
-            warn!(job_id = %result.id, error = %e, "cannot look up the invalid job's id; not storing its failure");
-            return;
-        }
-    }
-    if let Err(e) = services.store.persist_result(result, None).await {
+    if let Err(e) = services.store.persist_if_absent(result).await {
         warn!(job_id = %result.id, error = %e, "cannot store the invalid job's failure");
     }
 }
