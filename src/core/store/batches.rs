@@ -214,6 +214,26 @@ impl Store {
         Ok(())
     }
 
+    /// Drop cancellations made before `cutoff` (results are kept as long:
+    /// a job redelivered after both are gone runs as a new one). Returns how
+    /// many went.
+    pub fn prune_cancellations(&self, cutoff: jiff::Timestamp) -> Result<usize, StoreError> {
+        let tables = self.tables()?;
+        let mut removed = 0;
+        for entry in tables.cancelled.iter() {
+            let (key, at) = entry?;
+            let old = std::str::from_utf8(&at)
+                .ok()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| t < cutoff);
+            if old {
+                tables.cancelled.remove(key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// When `what` was cancelled, if it was.
     pub fn cancelled(&self, what: &Cancel<'_>) -> Result<Option<String>, StoreError> {
         let tables = self.tables()?;

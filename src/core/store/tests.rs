@@ -401,3 +401,18 @@ async fn persist_if_absent_never_replaces_a_result() {
     let stored = store.result_of(&first.pool, "j").unwrap().unwrap();
     assert_eq!(stored.text.as_deref(), Some("the answer"));
 }
+
+#[tokio::test]
+async fn cancellations_past_the_cutoff_are_pruned() {
+    use super::batches::Cancel;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s")).unwrap();
+    let old = jiff::Timestamp::from_second(1_000).unwrap();
+    let new = jiff::Timestamp::from_second(5_000).unwrap();
+    store.cancel(&Cancel::Job("old"), old).unwrap();
+    store.cancel(&Cancel::Batch("kept"), new).unwrap();
+    let cutoff = jiff::Timestamp::from_second(2_000).unwrap();
+    assert_eq!(store.prune_cancellations(cutoff).unwrap(), 1);
+    assert!(store.cancelled(&Cancel::Job("old")).unwrap().is_none());
+    assert!(store.cancelled(&Cancel::Batch("kept")).unwrap().is_some());
+}

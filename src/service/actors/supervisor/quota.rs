@@ -175,6 +175,16 @@ impl Supervisor {
                     Ok(_) => {}
                     Err(e) => warn!(error = %e, "cannot prune old results"),
                 }
+                // Cancellations are kept as long as results (and checked
+                // on every delivery while any exist).
+                match store.prune_cancellations(cutoff) {
+                    Ok(n) if n > 0 => info!(
+                        removed = n,
+                        "pruned cancellations past the results' retention"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "cannot prune old cancellations"),
+                }
             }
             if let Ok(cutoff) =
                 jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_hours(24 * days))
