@@ -62,9 +62,7 @@ impl ResponseFormat {
         Ok(match spec {
             FormatSpec::Text => ResponseFormat::Text,
             FormatSpec::Json => ResponseFormat::Json,
-            FormatSpec::JsonSchema(schema) => {
-                ResponseFormat::JsonSchema(Arc::new(CompiledSchema::new(schema)?))
-            }
+            FormatSpec::JsonSchema(schema) => ResponseFormat::JsonSchema(compiled(schema)?),
         })
     }
 
@@ -137,6 +135,42 @@ fn shorten(text: String) -> String {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text,
     }
+}
+
+/// Schemas compiled lately, by a digest of their name and text: a batch
+/// sends one schema with every job, and compiling it costs ~55 µs (a
+/// 20-property schema, measured) against ~0.4 µs to validate an answer.
+/// Bounded: emptied when full.
+static COMPILED: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<CompiledSchema>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Most schemas kept compiled.
+const COMPILED_CAP: usize = 256;
+
+/// `spec` compiled, from [`COMPILED`] when it was lately.
+fn compiled(spec: OutputSchema) -> Result<Arc<CompiledSchema>, String> {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    digest.update(spec.name.as_bytes());
+    digest.update([0]);
+    digest.update(serde_json::to_vec(&spec.schema).unwrap_or_default());
+    let key: [u8; 32] = digest.finalize().into();
+    let cache = || {
+        COMPILED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if let Some(hit) = cache().get(&key) {
+        return Ok(hit.clone());
+    }
+    let fresh = Arc::new(CompiledSchema::new(spec)?);
+    let mut cache = cache();
+    if cache.len() >= COMPILED_CAP {
+        cache.clear();
+    }
+    cache.insert(key, fresh.clone());
+    Ok(fresh)
 }
 
 /// OpenAI's rule for `json_schema.name`, which the other providers accept.
@@ -298,6 +332,19 @@ mod tests {
             let err = compile(v.clone()).unwrap_err();
             assert!(err.contains(wanted), "{v}: {err}");
         }
+    }
+
+    #[test]
+    fn a_schema_seen_lately_is_not_compiled_again() {
+        let spec = |t: &str| OutputSchema {
+            name: "cached".into(),
+            schema: json!({"type": "object", "properties": {"x": {"type": t}}}),
+        };
+        let a = compiled(spec("string")).unwrap();
+        let b = compiled(spec("string")).unwrap();
+        let c = compiled(spec("integer")).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
     }
 
     #[test]
