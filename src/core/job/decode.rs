@@ -228,8 +228,8 @@ fn user_message(content: String) -> ChatMessage {
     ChatMessage::text(Role::User, content)
 }
 
-/// No empty message; images and documents only in what the user says
-/// (providers take them nowhere else).
+/// No empty list of parts; images and documents only in what the user
+/// says (providers take them nowhere else).
 fn check_messages(messages: &[ChatMessage]) -> Result<(), String> {
     for (i, m) in messages.iter().enumerate() {
         // An empty string stays valid, as in contract v1.

@@ -129,11 +129,6 @@ impl Media {
         self.pages.map_or(UNKNOWN_PDF_PAGES, u64::from)
     }
 
-    /// The bytes of a `data` part, decoded (`None` for a URL part).
-    pub fn bytes(&self) -> Option<Vec<u8>> {
-        STANDARD.decode(self.data.as_deref()?).ok()
-    }
-
     /// `data:<media_type>;base64,<data>`, for providers that take a data URL.
     pub fn data_url(&self) -> Option<String> {
         let data = self.data.as_deref()?;
