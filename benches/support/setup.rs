@@ -106,10 +106,12 @@ impl Env {
             amqp_url(),
             dir.path().join("store").display()
         );
+        // The mock's model is priced, so a clean run logs no warning.
         for p in 0..shape.pools {
             text += &format!(
                 "\n[[pools]]\nname = \"p{p}\"\nprovider = \"gemini\"\nbase_url = \"{base_url}\"\n\
-                 default_model = \"model-a\"\nhttp2_prior_knowledge = {}\n",
+                 default_model = \"model-a\"\nhttp2_prior_knowledge = {}\n\
+                 prices = {{ \"model-a\" = {{ input = 0.10, output = 0.40 }} }}\n",
                 shape.http2
             );
             if let Some(limit) = limit {
