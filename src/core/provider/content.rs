@@ -72,14 +72,6 @@ impl MessageContent {
         }
     }
 
-    /// The parts, a string being one text part.
-    pub fn parts(&self) -> Vec<ContentPart> {
-        match self {
-            MessageContent::Text(text) => vec![ContentPart::Text { text: text.clone() }],
-            MessageContent::Parts(parts) => parts.clone(),
-        }
-    }
-
     /// The images and documents of the content.
     pub fn media(&self) -> impl Iterator<Item = &ContentPart> {
         let parts: &[ContentPart] = match self {

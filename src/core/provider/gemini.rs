@@ -233,13 +233,16 @@ fn content_of(m: &ChatMessage) -> Content {
 
 /// Text parts, `inlineData` for bytes, `fileData` for a URL.
 fn parts_of(content: &MessageContent) -> Vec<Value> {
-    content
-        .parts()
-        .into_iter()
+    let parts = match content {
+        MessageContent::Text(text) => return vec![serde_json::json!({ "text": text })],
+        MessageContent::Parts(parts) => parts,
+    };
+    parts
+        .iter()
         .map(|part| match part {
             ContentPart::Text { text } => serde_json::json!({ "text": text }),
-            ContentPart::Image(media) => media_part(&media, None),
-            ContentPart::Document(media) => media_part(&media, Some(PDF)),
+            ContentPart::Image(media) => media_part(media, None),
+            ContentPart::Document(media) => media_part(media, Some(PDF)),
         })
         .collect()
 }
