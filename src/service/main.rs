@@ -232,11 +232,8 @@ fn main() -> ExitCode {
         _ => commands::telemetry::SERVICE_FILTER,
     };
     commands::telemetry::init(cli.log_format, filter);
-    // Actors live on the System's arbiter; job tasks and I/O use every core.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Actors live on the System's arbiter; job tasks and I/O on the runtime.
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -253,6 +250,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The environment variable tokio reads for its worker count.
+const WORKER_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
+
+/// One worker thread unless `TOKIO_WORKER_THREADS` asks for more. A job costs
+/// keyrelay about 80 µs of CPU, so one thread has room for some 12,000 jobs/s,
+/// more than the combined quota of most key pools; on two cores a second
+/// thread only added thread hops (wake-ups, futexes, context switches): 25 %
+/// more CPU per job at the same throughput (docs/performance.md). The AMQP
+/// I/O loops, sled's writers and the HTTP workers keep threads of their own.
+fn runtime_builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os(WORKER_THREADS_VAR).is_none() {
+        builder.worker_threads(1);
+    }
+    builder
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
