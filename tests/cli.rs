@@ -661,3 +661,22 @@ async fn version_names_the_git_revision() {
         "{version} vs {wanted}"
     );
 }
+
+/// A worker-thread count that is not a number is refused by name, before
+/// anything starts (tokio would panic on it).
+#[actix::test]
+async fn a_bad_worker_thread_count_is_refused_by_name() {
+    for bad in ["abc", "0", "-2"] {
+        let mut cmd = cli(&["status"]);
+        cmd.env("TOKIO_WORKER_THREADS", bad);
+        let run = output_of(cmd, None).await;
+        assert_eq!(run.code, 1, "{bad}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("TOKIO_WORKER_THREADS must be a whole number above 0"),
+            "{bad}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    }
+}

@@ -30,8 +30,6 @@ impl PoolConsumers {
 pub struct Facts<'a> {
     /// Whether the broker connection is up.
     pub broker_connected: bool,
-    /// Whether the connection key leases live on is up.
-    pub leases_connected: bool,
     /// Why the store cannot write, while it cannot.
     pub store_error: Option<&'a str>,
     /// Every pool's consumers.
@@ -44,12 +42,6 @@ pub struct Facts<'a> {
 pub enum NotReady {
     /// The broker connection is down.
     Broker {
-        /// What is wrong, for people.
-        reason: String,
-    },
-    /// The connection key leases live on is down: this instance drives no
-    /// key until it is back.
-    Leases {
         /// What is wrong, for people.
         reason: String,
     },
@@ -78,14 +70,6 @@ pub fn assess(facts: Facts<'_>) -> Vec<NotReady> {
     if !facts.broker_connected {
         reasons.push(NotReady::Broker {
             reason: "the broker connection is down (reconnecting)".to_owned(),
-        });
-    }
-    // Reported apart only while the broker itself answers.
-    if facts.broker_connected && !facts.leases_connected {
-        reasons.push(NotReady::Leases {
-            reason:
-                "the lease connection is down (reconnecting); no key is driven until it is back"
-                    .to_owned(),
         });
     }
     if let Some(error) = facts.store_error {
@@ -126,44 +110,29 @@ mod tests {
                 .iter()
                 .map(|r| match r {
                     NotReady::Broker { .. } => "broker",
-                    NotReady::Leases { .. } => "leases",
                     NotReady::Store { .. } => "store",
                     NotReady::Pool { .. } => "pool",
                 })
                 .collect()
         };
-        type Row<'a> = (
-            (bool, bool),
-            Option<&'a str>,
-            &'a [PoolConsumers],
-            &'a [&'a str],
-        );
+        type Row<'a> = (bool, Option<&'a str>, &'a [PoolConsumers], &'a [&'a str]);
         let healthy = [pool(2, 2), pool(0, 0)];
-        let rows: [Row; 8] = [
-            ((true, true), None, &healthy, &[]),
-            ((false, true), None, &healthy, &["broker"]),
-            ((true, false), None, &healthy, &["leases"]),
-            // The broker is down: the lease connection with it, said once.
-            ((false, false), None, &healthy, &["broker"]),
+        let rows: [Row; 6] = [
+            (true, None, &healthy, &[]),
+            (false, None, &healthy, &["broker"]),
+            (true, Some("No space left on device"), &healthy, &["store"]),
+            (true, None, &[pool(2, 0)], &["pool"]),
+            (true, None, &[pool(2, 1)], &[]),
             (
-                (true, true),
-                Some("No space left on device"),
-                &healthy,
-                &["store"],
-            ),
-            ((true, true), None, &[pool(2, 0)], &["pool"]),
-            ((true, true), None, &[pool(2, 1)], &[]),
-            (
-                (false, true),
+                false,
                 Some("x"),
                 &[pool(1, 0)],
                 &["broker", "store", "pool"],
             ),
         ];
-        for ((broker_connected, leases_connected), store_error, pools, want) in rows {
+        for (broker_connected, store_error, pools, want) in rows {
             let facts = Facts {
                 broker_connected,
-                leases_connected,
                 store_error,
                 pools,
             };

@@ -44,8 +44,6 @@ pub struct App {
     supervisor: Addr<Supervisor>,
     watches: Watches,
     broker: Arc<Broker>,
-    /// The connection key leases live on.
-    leases: Arc<Broker>,
     store: Store,
     http: actix_web::dev::ServerHandle,
     http_addr: SocketAddr,
@@ -89,7 +87,6 @@ impl App {
         let batches_running = Arc::new(crate::pipeline::batch_running::RunningBatches::default());
         let instance = config.instance.resolved_name();
         let broker = Arc::new(Broker::for_service(Arc::new(config.clone()), &instance).await?);
-        let leases = Arc::new(Broker::for_leases(&config, &instance).await?);
         let publisher = Publisher::new(broker.clone())
             .await?
             .with_confirm_timeout(crate::amqp::SERVICE_CONFIRM_TIMEOUT);
@@ -118,7 +115,6 @@ impl App {
         let state = HttpState {
             prometheus,
             broker: broker.clone(),
-            leases: leases.clone(),
             supervisor: supervisor.clone(),
             store: store.clone(),
             config: config.clone(),
@@ -132,7 +128,7 @@ impl App {
         // Keys are driven from here on, as their leases are taken.
         let fleet = Fleet::launch(
             FleetSetup {
-                broker: leases.clone(),
+                broker: broker.clone(),
                 config: config.clone(),
                 instance: instance.clone(),
                 http: config.instance.advertised(http_addr),
@@ -150,7 +146,6 @@ impl App {
             supervisor,
             watches,
             broker,
-            leases,
             store,
             http,
             http_addr,
@@ -219,11 +214,6 @@ impl App {
         let closed = steps.run("close the broker connection", self.broker.close());
         if let Some(Err(e)) = closed.await {
             warn!(error = %e, "the broker connection did not close cleanly");
-        }
-        // Every lease was handed over; any left goes with this connection.
-        let closed = steps.run("close the lease connection", self.leases.close());
-        if let Some(Err(e)) = closed.await {
-            warn!(error = %e, "the lease connection did not close cleanly");
         }
         // Jobs that finished after the deadline counted in memory only.
         if let Some(Err(e)) = steps.run("flush the store again", self.store.flush()).await {

@@ -233,7 +233,14 @@ fn main() -> ExitCode {
     };
     commands::telemetry::init(cli.log_format, filter);
     // Actors live on the System's arbiter; job tasks and I/O on the runtime.
-    let runtime = match runtime_builder().enable_all().build() {
+    let mut builder = match runtime_builder() {
+        Ok(builder) => builder,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -256,17 +263,32 @@ fn main() -> ExitCode {
 const WORKER_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
 
 /// One worker thread unless `TOKIO_WORKER_THREADS` asks for more. A job costs
-/// keyrelay about 80 µs of CPU, so one thread has room for some 12,000 jobs/s,
+/// keyrelay about 90 µs of CPU, so one thread has room for some 10,000 jobs/s,
 /// more than the combined quota of most key pools; on two cores a second
-/// thread only added thread hops (wake-ups, futexes, context switches): 25 %
-/// more CPU per job at the same throughput (docs/performance.md). The AMQP
-/// I/O loops, sled's writers and the HTTP workers keep threads of their own.
-fn runtime_builder() -> tokio::runtime::Builder {
+/// thread only added thread hops (wake-ups, futexes, context switches): 14 %
+/// more CPU per job at the same throughput (docs/performance.md). Socket I/O
+/// (lapin's I/O loop), sled's writers and the HTTP workers have threads of
+/// their own.
+fn runtime_builder() -> Result<tokio::runtime::Builder, String> {
+    let threads = match std::env::var(WORKER_THREADS_VAR) {
+        Err(std::env::VarError::NotPresent) => 1,
+        Ok(value) => match value.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return Err(format!(
+                    "{WORKER_THREADS_VAR} must be a whole number above 0, not {value:?}"
+                ));
+            }
+        },
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(format!(
+                "{WORKER_THREADS_VAR} must be a whole number above 0"
+            ));
+        }
+    };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if std::env::var_os(WORKER_THREADS_VAR).is_none() {
-        builder.worker_threads(1);
-    }
-    builder
+    builder.worker_threads(threads);
+    Ok(builder)
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

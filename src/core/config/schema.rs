@@ -69,9 +69,7 @@ impl Config {
         format!("{}.high", self.job_queue(pool))
     }
 
-    /// The durable queue whose one exclusive consumer drives a key (its
-    /// lease). Older versions declared it as an exclusive queue: the same
-    /// name keeps both kinds of instance from driving one key.
+    /// The exclusive queue whose holder drives a key (its lease).
     pub fn lease_queue(&self, pool: &str, key: &str) -> String {
         format!("{}.lease.{}.{}", self.broker.queue_prefix, pool, key)
     }

@@ -19,15 +19,6 @@ use keyrelay_core::config::Config;
 /// running past the shutdown deadline keep theirs open, so this is bounded.
 const SETTLERS_GRACE: Duration = Duration::from_secs(2);
 
-/// The service connection's largest frame. lapin keeps 32 frames of buffer
-/// each way, resident once traffic has cycled through them: RabbitMQ's
-/// default of 128 KiB costs 8 MiB, 32 KiB costs 2. A job or reply bigger
-/// than a frame is split into several.
-const SERVICE_FRAME_MAX: u32 = 32_768;
-/// The lease connection's largest frame (AMQP's floor is 4,096): it carries
-/// beacons and snapshots of a few KiB.
-const LEASE_FRAME_MAX: u32 = 16_384;
-
 /// The connection to RabbitMQ. Callers ask for channels; when the connection is
 /// gone the next request reconnects (and re-declares the topology), so
 /// restarted workers recover by themselves.
@@ -68,20 +59,7 @@ impl Broker {
     pub async fn for_service(config: Arc<Config>, instance: &str) -> Result<Broker, AmqpError> {
         let name = format!("keyrelay {} {instance}", config.broker.queue_prefix);
         let url = with_heartbeat(&config.broker.url, config.broker.heartbeat_secs);
-        let url = with_query(&url, "frame_max", SERVICE_FRAME_MAX);
         let mut broker = Self::open_with(&name, &url, Some(config.clone())).await?;
-        broker.heartbeat = config.broker.heartbeat_secs;
-        Ok(broker)
-    }
-
-    /// The connection key leases live on (see `fleet`): one channel per held
-    /// lease, so a thousand leases do not crowd the workers' channels, and
-    /// its heartbeat bounds how long a lost instance keeps its leases.
-    pub async fn for_leases(config: &Config, instance: &str) -> Result<Broker, AmqpError> {
-        let name = format!("keyrelay {} {instance} leases", config.broker.queue_prefix);
-        let url = with_heartbeat(&config.broker.url, config.broker.heartbeat_secs);
-        let url = with_query(&url, "frame_max", LEASE_FRAME_MAX);
-        let mut broker = Self::open_with(&name, &url, None).await?;
         broker.heartbeat = config.broker.heartbeat_secs;
         Ok(broker)
     }
@@ -245,16 +223,11 @@ impl Broker {
 /// `url` with `heartbeat=secs` added, unless it sets one already (or is not a
 /// URL: validation has said so by then, and lapin will too).
 fn with_heartbeat(url: &str, secs: u16) -> String {
-    with_query(url, "heartbeat", u32::from(secs))
-}
-
-/// `url` with `key=value` added, unless the URL sets `key` itself.
-fn with_query(url: &str, key: &str, value: u32) -> String {
     match reqwest::Url::parse(url) {
-        Ok(mut parsed) if !parsed.query_pairs().any(|(k, _)| k == key) => {
+        Ok(mut parsed) if !parsed.query_pairs().any(|(k, _)| k == "heartbeat") => {
             parsed
                 .query_pairs_mut()
-                .append_pair(key, &value.to_string());
+                .append_pair("heartbeat", &secs.to_string());
             parsed.to_string()
         }
         _ => url.to_owned(),
@@ -301,7 +274,7 @@ fn tls_config(broker: &keyrelay_core::config::BrokerConfig) -> Result<OwnedTLSCo
 
 #[cfg(test)]
 mod tests {
-    use super::{with_heartbeat, with_query};
+    use super::with_heartbeat;
 
     #[test]
     fn heartbeat_is_added_unless_the_url_sets_one() {
@@ -315,12 +288,5 @@ mod tests {
         );
         let own = "amqp://h/%2f?heartbeat=30";
         assert_eq!(with_heartbeat(own, 4), own);
-        // The lease connection's small frames, unless the URL chose its own.
-        assert_eq!(
-            with_query("amqp://h/v?heartbeat=4", "frame_max", 16_384),
-            "amqp://h/v?heartbeat=4&frame_max=16384"
-        );
-        let own = "amqp://h/v?frame_max=8192";
-        assert_eq!(with_query(own, "frame_max", 16_384), own);
     }
 }

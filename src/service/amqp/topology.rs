@@ -12,7 +12,7 @@ use keyrelay_core::config::{Config, QueueType};
 
 /// Every durable queue this config makes: the results and dead-letter
 /// queues, per pool its job queue and delay queues, and per key its state
-/// and lease queues (declared by the fleet, not by [`declare`]).
+/// queue (declared by the fleet, not by [`declare`]).
 pub fn declared_queues(config: &Config) -> Vec<String> {
     let mut queues = vec![
         config.jobs.results_queue.clone(),
@@ -29,7 +29,6 @@ pub fn declared_queues(config: &Config) -> Vec<String> {
         // Durable, declared when a key is first driven (the fleet's).
         for key in &pool.keys {
             queues.push(config.key_state_queue(&pool.name, &key.name));
-            queues.push(config.lease_queue(&pool.name, &key.name));
         }
     }
     queues

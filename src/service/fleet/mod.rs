@@ -1,6 +1,6 @@
 //! Several instances on one broker: each key is driven by exactly one of
-//! them, the holder of its lease (the exclusive consumer of the key's lease
-//! queue, on that instance's lease connection). The lease keeper ([`keeper`]) takes and hands over leases and
+//! them, the holder of its lease (an exclusive queue on that instance's
+//! connection). The lease keeper ([`keeper`]) takes and hands over leases and
 //! publishes each key's state and budget; [`freshness`] stops calls as soon
 //! as this process may have lost its leases; [`view`] is who else is out
 //! there; [`wire`] is the AMQP of it. The decisions themselves are pure, in

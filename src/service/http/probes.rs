@@ -30,7 +30,6 @@ fn not_ready(state: &HttpState) -> Vec<readiness::NotReady> {
     let pools = state.pool_consumers.borrow();
     readiness::assess(readiness::Facts {
         broker_connected: state.broker.is_connected(),
-        leases_connected: state.leases.is_connected(),
         store_error: store_error.as_deref(),
         pools: &pools,
     })
@@ -39,7 +38,6 @@ fn not_ready(state: &HttpState) -> Vec<readiness::NotReady> {
 fn reason_text(reason: &readiness::NotReady) -> String {
     match reason {
         readiness::NotReady::Broker { reason } => format!("broker: {reason}"),
-        readiness::NotReady::Leases { reason } => format!("leases: {reason}"),
         readiness::NotReady::Store { reason } => format!("store: {reason}"),
         readiness::NotReady::Pool {
             pool,

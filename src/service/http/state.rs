@@ -18,8 +18,6 @@ use keyrelay_core::store::Store;
 pub struct HttpState {
     pub prometheus: PrometheusHandle,
     pub broker: Arc<Broker>,
-    /// The connection key leases live on (the lease keeper's).
-    pub leases: Arc<Broker>,
     pub supervisor: Addr<Supervisor>,
     pub store: Store,
     pub config: Arc<Config>,

@@ -1,7 +1,7 @@
 //! Whether this process may start calls with the keys it leases right now.
 //!
-//! A key's lease is an exclusive consumer on this process's lease connection:
-//! the broker drops it, and another instance can take the key, once it
+//! A key's lease is an exclusive queue on this process's broker connection:
+//! the broker deletes it, and another instance can take the key, once it
 //! stops hearing from this process (about one heartbeat interval after the
 //! last frame). So calls may start only while a round trip to the broker
 //! succeeded recently: the lease keeper extends the gate after each one, by

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use futures_util::StreamExt;
-use futures_util::stream::{BoxStream, FuturesUnordered, SelectAll};
+use futures_util::stream::FuturesUnordered;
 use lapin::Channel;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -92,10 +92,6 @@ type FirstConfirm = (KeyId, Prepared, Result<(), AmqpError>);
 
 /// One key this instance holds the lease of.
 struct Held {
-    lease: wire::Lease,
-    /// Tells this lease from an earlier one of the same key (see
-    /// [`LeaseKeeper::lease_ended`]).
-    serial: u64,
     /// Set when the hand-over began: the key takes no new calls.
     releasing: Option<Instant>,
     last_publish: Instant,
@@ -139,32 +135,6 @@ impl Held {
     }
 }
 
-/// The ends of the leases held: one `(key, serial)` per lease whose consumer
-/// ended. Behind a mutex only to be `Sync` (the keeper is shared across
-/// awaits); it is only ever reached through `&mut`, so never locked.
-#[derive(Default)]
-struct LeaseEnds(std::sync::Mutex<SelectAll<BoxStream<'static, (KeyId, u64)>>>);
-
-impl LeaseEnds {
-    fn streams(&mut self) -> &mut SelectAll<BoxStream<'static, (KeyId, u64)>> {
-        self.0
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn push(&mut self, end: BoxStream<'static, (KeyId, u64)>) {
-        self.streams().push(end);
-    }
-
-    fn is_empty(&mut self) -> bool {
-        self.streams().is_empty()
-    }
-
-    async fn next(&mut self) -> Option<(KeyId, u64)> {
-        self.streams().next().await
-    }
-}
-
 pub(super) struct LeaseKeeper {
     broker: Arc<Broker>,
     spend: Arc<SpendLedger>,
@@ -187,9 +157,6 @@ pub(super) struct LeaseKeeper {
     held: BTreeMap<KeyId, Held>,
     /// First snapshots of keys just taken, awaiting the broker's confirm.
     first_confirms: FuturesUnordered<JoinHandle<FirstConfirm>>,
-    /// One item per lease whose consumer ended: `(key, serial)`.
-    lease_ends: LeaseEnds,
-    next_serial: u64,
     let_go_at: HashMap<KeyId, Instant>,
     orphaned_since: HashMap<KeyId, Instant>,
     broker_trouble_logged: bool,
@@ -219,8 +186,6 @@ impl LeaseKeeper {
             beacons: None,
             held: BTreeMap::new(),
             first_confirms: FuturesUnordered::new(),
-            lease_ends: LeaseEnds::default(),
-            next_serial: 0,
             let_go_at: HashMap::new(),
             orphaned_since: HashMap::new(),
             broker_trouble_logged: false,
@@ -247,9 +212,6 @@ impl LeaseKeeper {
                 }
                 Some(answer) = self.first_confirms.next(), if !self.first_confirms.is_empty() => {
                     self.first_confirmed(answer).await;
-                }
-                Some((key, serial)) = self.lease_ends.next(), if !self.lease_ends.is_empty() => {
-                    self.lease_ended(key, serial);
                 }
                 beacon = wire::next_beacon(&mut self.beacons) => {
                     if let Some(beacon) = beacon {
@@ -353,7 +315,6 @@ impl LeaseKeeper {
         self.beacons = None;
         // Their answers are about leases gone with the connection.
         self.first_confirms = FuturesUnordered::new();
-        self.lease_ends = LeaseEnds::default();
         if !self.held.is_empty() {
             warn!(
                 keys = self.held.len(),
@@ -364,22 +325,6 @@ impl LeaseKeeper {
             self.keys[key.0].stop_admitting();
             self.supervisor.do_send(LetKeyGo { key });
         }
-    }
-
-    /// The consumer of `key`'s lease ended. If it is the lease held now (not
-    /// one let go), the broker took it away on a live connection (its queue
-    /// was deleted, its channel closed): the key stops at once, and may be
-    /// taken again like any free key.
-    fn lease_ended(&mut self, key: KeyId, serial: u64) {
-        if self.held.get(&key).is_none_or(|h| h.serial != serial) {
-            return;
-        }
-        let ctx = &self.keys[key.0];
-        warn!(pool = %ctx.pool.name, key = %ctx.name, "the broker ended this instance's lease of the key; the key stops");
-        ctx.stop_admitting();
-        self.supervisor.do_send(LetKeyGo { key });
-        self.held.remove(&key);
-        self.let_go_at.insert(key, Instant::now());
     }
 
     fn beacon(&self, leaving: bool) -> Beacon {

@@ -170,9 +170,9 @@ impl LeaseKeeper {
             // allowance counts as spent): the lease can go all the same.
             warn!(pool = %ctx.pool.name, key = %ctx.name, error = %e, "cannot publish the key's last snapshot");
         }
-        if let Some(held) = self.held.remove(&key) {
-            held.lease.release().await;
-        }
+        let lease_queue = self.config.lease_queue(&ctx.pool.name, &ctx.name);
+        self.drop_lease(channel, &lease_queue).await;
+        self.held.remove(&key);
         self.let_go_at.insert(key, Instant::now());
     }
 }

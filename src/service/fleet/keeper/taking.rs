@@ -2,6 +2,7 @@
 //! taking their leases, and starting each key from its last snapshot.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use futures_util::StreamExt;
@@ -14,21 +15,9 @@ use super::{
 };
 use crate::actors::messages::{LetKeyGo, TakeKeys};
 use crate::amqp::AmqpError;
-use crate::fleet::wire::{self, Attempt, AttemptChannels, Lease, LeaseChannels};
+use crate::fleet::wire::{self, Attempt, AttemptChannels};
 use keyrelay_core::keys::{Allowance, KeyId, KeyState};
 use keyrelay_core::lease::{HandoverSnapshot, plan, take_over};
-
-/// A lease just taken.
-pub(super) struct Taken {
-    key: KeyId,
-    /// When the attempt was sent (a round trip on the lease connection).
-    sent: Instant,
-    lease: Lease,
-    /// Ends when the lease does.
-    consumer: lapin::Consumer,
-    /// The key's last snapshot, if it has one.
-    snapshot: Option<HandoverSnapshot>,
-}
 
 impl LeaseKeeper {
     /// Move towards this instance's share: let keys go above it, take free
@@ -72,64 +61,33 @@ impl LeaseKeeper {
             // All attempts first, then the keys: taking leases and starting
             // keys at once is slower on the broker (measured: 6.5 s against
             // 4.7 s for a thousand keys), which does both one at a time.
-            let lease_channels = match LeaseChannels::open(&channels, queues.len()).await {
-                Ok(Some(opened)) => Arc::new(opened),
-                // The connection changed: the next tick starts over.
-                Ok(None) => break,
-                Err(e) => {
-                    warn!(error = %e, "cannot take key leases now");
-                    break;
-                }
-            };
-            let attempts = futures_util::stream::iter(queues.into_iter().enumerate().map(
-                |(n, (key, lease, state))| {
+            let attempts =
+                futures_util::stream::iter(queues.into_iter().map(|(key, lease, state)| {
                     let channels = channels.clone();
-                    let lease_channels = lease_channels.clone();
                     async move {
                         let sent = Instant::now();
-                        let on = lease_channels.for_attempt(n);
-                        (
-                            key,
-                            sent,
-                            wire::take_lease(&channels, on, &lease, &state).await,
-                        )
+                        (key, sent, wire::take_lease(&channels, &lease, &state).await)
                     }
-                },
-            ))
-            .buffer_unordered(PARALLEL_ATTEMPTS)
-            .collect::<Vec<_>>()
-            .await;
+                }))
+                .buffer_unordered(PARALLEL_ATTEMPTS)
+                .collect::<Vec<_>>()
+                .await;
             let mut broken = None;
             let mut taken = Vec::new();
-            let mut undone = 0;
             for (key, sent, attempt) in attempts {
                 match attempt {
                     Ok(Attempt::Held) => {}
-                    // Its channel closed after the consume: a refusal of
-                    // another attempt of this round took it down.
-                    Ok(Attempt::Taken(lease, _, _)) if !lease.is_live() => undone += 1,
-                    Ok(Attempt::Taken(lease, consumer, snapshot)) => {
-                        taken.push(Taken {
-                            key,
-                            sent,
-                            lease,
-                            consumer,
-                            snapshot: snapshot.map(|s| *s),
-                        });
+                    Ok(Attempt::Taken(snapshot)) => {
+                        taken.push((key, sent, snapshot.map(|s| *s)));
                     }
-                    Ok(Attempt::Unreadable(lease, e)) => {
+                    Ok(Attempt::Unreadable(e)) => {
                         let ctx = &self.keys[key.0];
                         warn!(pool = %ctx.pool.name, key = %ctx.name, error = %e, "key lease taken but its state unreadable; letting it go");
-                        lease.release().await;
+                        let lease_queue = self.config.lease_queue(&ctx.pool.name, &ctx.name);
+                        self.drop_lease(channel, &lease_queue).await;
                     }
                     Err(e) => broken = Some(e),
                 }
-            }
-            if undone > 0 {
-                info!(
-                    keys = undone,
-                    "another instance took a key this instance tried for at the same moment; leases taken beside it are tried again"
-                );
             }
             // Leases taken before a failure are driven all the same.
             let driven = self.start_driving(taken, channel).await;
@@ -180,8 +138,8 @@ impl LeaseKeeper {
             }
         }
         // Each instance starts at its own place in the list, so instances
-        // starting together mostly go for different keys: two consumes of
-        // one lease refuse one of them, and the refusal undoes its round.
+        // starting together mostly go for different keys rather than all
+        // racing for the first ones.
         if !free.is_empty() {
             let start = start_offset(&self.me) % free.len();
             free.rotate_left(start);
@@ -196,13 +154,17 @@ impl LeaseKeeper {
     /// then the key admits no call. The snapshots go out together, each
     /// confirm awaited on its own task: a thousand keys start in about a
     /// second. Returns how many keys are now driven.
-    async fn start_driving(&mut self, taken: Vec<Taken>, fleet: &Channel) -> usize {
+    async fn start_driving(
+        &mut self,
+        taken: Vec<(KeyId, Instant, Option<HandoverSnapshot>)>,
+        fleet: &Channel,
+    ) -> usize {
         if taken.is_empty() {
             return 0;
         }
         let keys: Vec<(KeyId, Option<KeyState>)> = taken
             .into_iter()
-            .map(|taken| (taken.key, self.begin_driving(taken)))
+            .map(|(key, sent, snapshot)| (key, self.begin_driving(key, sent, snapshot)))
             .collect();
         let ids: Vec<KeyId> = keys.iter().map(|(key, _)| *key).collect();
         // One round trip for the lot: the states they are driven in.
@@ -212,7 +174,8 @@ impl LeaseKeeper {
             // The supervisor is gone (the process is stopping) or stuck.
             _ => {
                 for key in ids {
-                    self.let_go_unconfirmed(key, &AmqpError::Closed).await;
+                    self.let_go_unconfirmed(key, fleet, &AmqpError::Closed)
+                        .await;
                 }
                 return 0;
             }
@@ -234,7 +197,7 @@ impl LeaseKeeper {
                     driven += 1;
                 }
                 Ok(None) => {}
-                Err(e) => self.let_go_unconfirmed(key, &e).await,
+                Err(e) => self.let_go_unconfirmed(key, fleet, &e).await,
             }
         }
         driven
@@ -242,10 +205,10 @@ impl LeaseKeeper {
 
     /// `key` was taken, but its first snapshot cannot be confirmed: stop it
     /// and let its lease go again.
-    async fn let_go_unconfirmed(&mut self, key: KeyId, why: &AmqpError) {
+    async fn let_go_unconfirmed(&mut self, key: KeyId, fleet: &Channel, why: &AmqpError) {
         self.keys[key.0].stop_admitting();
         self.supervisor.do_send(LetKeyGo { key });
-        self.abandon(key, why).await;
+        self.abandon(key, fleet, why).await;
     }
 
     /// The broker answered `key`'s first snapshot: with a confirm the key
@@ -267,21 +230,25 @@ impl LeaseKeeper {
         }
         match confirm {
             Ok(()) => self.confirmed(key, &prepared),
-            Err(e) => self.let_go_unconfirmed(key, &e).await,
+            Err(e) => match self.fleet.as_ref().map(|(c, _)| c.clone()) {
+                Some(fleet) => self.let_go_unconfirmed(key, &fleet, &e).await,
+                None => {
+                    self.keys[key.0].stop_admitting();
+                    self.supervisor.do_send(LetKeyGo { key });
+                    self.held.remove(&key);
+                }
+            },
         }
     }
 
-    /// Take a key over locally: its budget from its snapshot (or as it
-    /// is), admitting nothing until the first allowance; the state to drive
-    /// it in.
-    fn begin_driving(&mut self, taken: Taken) -> Option<KeyState> {
-        let Taken {
-            key,
-            sent,
-            lease,
-            consumer,
-            snapshot,
-        } = taken;
+    /// Take `key` over locally: its budget from `snapshot` (or as it is),
+    /// admitting nothing until the first allowance; the state to drive it in.
+    fn begin_driving(
+        &mut self,
+        key: KeyId,
+        sent: Instant,
+        snapshot: Option<HandoverSnapshot>,
+    ) -> Option<KeyState> {
         let ctx = self.keys[key.0].clone();
         // The declaration was a round trip on the lease connection.
         let (_, validity) = crate::fleet::freshness::timing(self.broker.heartbeat_secs());
@@ -308,15 +275,9 @@ impl LeaseKeeper {
         };
         // Sized from what this owner admits, not from the key's whole history.
         let (_, admitted) = ctx.allowance_status();
-        self.next_serial += 1;
-        let serial = self.next_serial;
-        self.lease_ends
-            .push(wire::lease_end(consumer, (key, serial)));
         self.held.insert(
             key,
             Held {
-                lease,
-                serial,
                 releasing: None,
                 last_publish: Instant::now(),
                 admitted,
@@ -329,11 +290,30 @@ impl LeaseKeeper {
     }
 
     /// The first snapshot of `key` failed: let its lease go again.
-    async fn abandon(&mut self, key: KeyId, why: &AmqpError) {
+    async fn abandon(&mut self, key: KeyId, fleet: &Channel, why: &AmqpError) {
         let ctx = &self.keys[key.0];
         warn!(pool = %ctx.pool.name, key = %ctx.name, error = %why, "cannot publish the key's first snapshot; letting the lease go");
-        if let Some(held) = self.held.remove(&key) {
-            held.lease.release().await;
+        self.held.remove(&key);
+        let lease_queue = self.config.lease_queue(&ctx.pool.name, &ctx.name);
+        self.drop_lease(fleet, &lease_queue).await;
+    }
+
+    /// Delete a lease this connection holds: on the fleet channel, or on a
+    /// fresh channel of the same connection if that one is closed (a lease
+    /// left behind would keep the key from every instance until this
+    /// connection ends).
+    pub(super) async fn drop_lease(&self, fleet: &Channel, lease_queue: &str) {
+        if wire::drop_lease(fleet, lease_queue).await.is_ok() {
+            return;
+        }
+        let leases_on = self.generation.load(Ordering::Acquire);
+        if let Ok((channel, generation)) = self.broker.channel_with_generation().await
+            && generation == leases_on
+        {
+            if let Err(e) = wire::drop_lease(&channel, lease_queue).await {
+                warn!(queue = %lease_queue, error = %e, "cannot drop a key lease; it goes with the connection");
+            }
+            let _ = channel.close(200, "lease dropped".into()).await;
         }
     }
 }
