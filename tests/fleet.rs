@@ -66,6 +66,20 @@ fn one_pool(keys: Vec<TestKey>) -> Vec<TestPool> {
     }]
 }
 
+/// Pool `g` of the six [`KEYS`], each declaring (and the mock enforcing) [`RPM`].
+fn rpm_limited_pool() -> Vec<TestPool> {
+    let keys = KEYS
+        .iter()
+        .map(|k| {
+            TestKey::new(k, 1)
+                .concurrency(CONCURRENCY)
+                .limits(&format!("  rpm = {RPM}"))
+                .mock(|m| m.with_rpm(RPM))
+        })
+        .collect();
+    one_pool(keys)
+}
+
 /// The mock for `pools`, answering in 20 ms, its rate window `minute` long,
 /// recording who called with which key and when.
 async fn recording_mock(pools: &[TestPool], minute: Duration) -> keyrelay_mock::MockProvider {
@@ -124,16 +138,7 @@ async fn until_driven(
 #[actix::test]
 async fn three_instances_share_the_keys_and_survive_a_sigkill() {
     common::init_logs();
-    let keys = KEYS
-        .iter()
-        .map(|k| {
-            TestKey::new(k, 1)
-                .concurrency(CONCURRENCY)
-                .limits(&format!("  rpm = {RPM}"))
-                .mock(|m| m.with_rpm(RPM))
-        })
-        .collect();
-    let pools = one_pool(keys);
+    let pools = rpm_limited_pool();
     let mock = recording_mock(&pools, WINDOW).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("kr-fleet.{}", uuid::Uuid::now_v7().simple());
@@ -660,16 +665,7 @@ fn job_cost(prompt: &str) -> f64 {
 #[actix::test]
 async fn three_instances_started_at_once_share_the_keys() {
     common::init_logs();
-    let keys = KEYS
-        .iter()
-        .map(|k| {
-            TestKey::new(k, 1)
-                .concurrency(CONCURRENCY)
-                .limits(&format!("  rpm = {RPM}"))
-                .mock(|m| m.with_rpm(RPM))
-        })
-        .collect();
-    let pools = one_pool(keys);
+    let pools = rpm_limited_pool();
     let mock = recording_mock(&pools, WINDOW).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("kr-fleet-race.{}", uuid::Uuid::now_v7().simple());
