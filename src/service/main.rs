@@ -268,7 +268,9 @@ const WORKER_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
 /// thread only added thread hops (wake-ups, futexes, context switches): 14 %
 /// more CPU per job at the same throughput (docs/performance.md). Socket I/O
 /// (lapin's I/O loop), sled's writers and the HTTP workers have threads of
-/// their own.
+/// their own; lapin's heartbeats run here, so a stalled worker stalls them
+/// and the lease gate's round trips alike (the gate closes: no key is
+/// driven on a lease that may be gone).
 fn runtime_builder() -> Result<tokio::runtime::Builder, String> {
     let threads = match std::env::var(WORKER_THREADS_VAR) {
         Err(std::env::VarError::NotPresent) => 1,
