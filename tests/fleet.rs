@@ -101,6 +101,24 @@ async fn producer(prefix: &str) -> (Arc<Broker>, Publisher, String, ReplyQueue) 
     (broker, publisher, replies_name, replies)
 }
 
+/// `n` persistent jobs `<tag>-00000`… on `queue`, replies to `replies`,
+/// each confirmed as routed to the queue.
+async fn publish_backlog(publisher: &Publisher, queue: &str, replies: &str, tag: &str, n: usize) {
+    for i in 0..n {
+        let id = format!("{tag}-{i:05}");
+        let body = serde_json::json!({"id": id, "prompt": format!("{tag} job {id}")});
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_reply_to(replies.into());
+        let outcome = publisher
+            .publish(queue, body.to_string().as_bytes(), props, true)
+            .await
+            .unwrap();
+        assert_eq!(outcome, PublishOutcome::Delivered);
+    }
+}
+
 /// Keys each live member drives, from its `/metrics`.
 async fn driven(members: &[Member]) -> BTreeMap<&'static str, usize> {
     let mut out = BTreeMap::new();
@@ -173,19 +191,7 @@ async fn three_instances_share_the_keys_and_survive_a_sigkill() {
     // A backlog, then two more instances join while it drains.
     let (broker, publisher, replies_name, mut replies) = producer(&prefix).await;
     let queue = config.job_queue("g");
-    for i in 0..JOBS {
-        let id = format!("fleet-{i:05}");
-        let body = serde_json::json!({"id": id, "prompt": format!("fleet job {id}")});
-        let props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_reply_to(replies_name.as_str().into());
-        let outcome = publisher
-            .publish(&queue, body.to_string().as_bytes(), props, true)
-            .await
-            .unwrap();
-        assert_eq!(outcome, PublishOutcome::Delivered);
-    }
+    publish_backlog(&publisher, &queue, &replies_name, "fleet", JOBS).await;
     members.push(spawn("b", &config_path, dir.path()).await);
     members.push(spawn("c", &config_path, dir.path()).await);
     let balanced = until_driven(&members, BALANCE_LIMIT, "the three share the keys", |d| {
@@ -688,22 +694,14 @@ async fn three_instances_started_at_once_share_the_keys() {
             .unwrap();
     }
     let jobs = 240;
-    for i in 0..jobs {
-        let body =
-            serde_json::json!({"id": format!("race-{i:04}"), "prompt": format!("race job {i}")});
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_reply_to(replies_name.as_str().into());
-        publisher
-            .publish(
-                &config.job_queue("g"),
-                body.to_string().as_bytes(),
-                props,
-                true,
-            )
-            .await
-            .unwrap();
-    }
+    publish_backlog(
+        &publisher,
+        &config.job_queue("g"),
+        &replies_name,
+        "race",
+        jobs,
+    )
+    .await;
 
     let (a, b, c) = tokio::join!(
         spawn("a", &config_path, dir.path()),
